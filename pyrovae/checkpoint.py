@@ -1,0 +1,72 @@
+"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)``.
+
+A checkpoint is a dict of tensors, numbers, strings and state dicts — never a pickled object — so
+loading one cannot run code. Writes go to a temporary file in the same folder, are flushed to
+disk, then renamed over the target, so a crash at any moment leaves the old or the new file whole.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded, with what to do about it."""
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(file_object)`` on a temporary file, then rename it over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def save(obj: dict[str, Any], path: str | Path) -> None:
+    """Atomically ``torch.save`` ``obj`` to ``path``."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Atomically write a text file."""
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely; refuses pickled objects and reports truncation clearly."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"{path} holds pickled Python objects, which pyrovae refuses to load (they could run "
+                "code). Only load checkpoints written by pyrovae, or re-save the weights as tensors."
+            ) from None
+        raise CheckpointError(
+            f"{path} could not be read ({msg}); it is truncated or corrupted. Delete it, or resume "
+            "from another checkpoint of the run (best.pt)."
+        ) from None
+    if not isinstance(obj, dict) or "model" not in obj:
+        raise CheckpointError(f"{path} is not a pyrovae checkpoint (no 'model' entry)")
+    return obj

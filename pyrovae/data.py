@@ -1,0 +1,224 @@
+"""Data sets as tensors on the training device: MNIST and a user's own arrays.
+
+Every split is one tensor ``x`` of shape ``(N, *x_shape)`` with values in [0, 1] (plus labels
+``y`` when known); batches are index slices of a permutation, so an epoch has no per-item Python.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+DEFAULT_ROOT = Path.home() / ".cache" / "pyrovae"
+
+
+class DataError(ValueError):
+    """Data that cannot be used, with a message saying what to do about it."""
+
+
+@dataclass
+class Split:
+    """One split of a data set: ``x`` of shape ``(N, *x_shape)`` in [0, 1], labels ``y`` or None."""
+
+    x: Tensor
+    y: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Split:
+        y = None if self.y is None else self.y.to(device)
+        return Split(self.x.to(device, dtype), y)
+
+    def subset(self, index: Tensor | slice) -> Split:
+        return Split(self.x[index], None if self.y is None else self.y[index])
+
+
+@dataclass
+class Dataset:
+    """Train / validation / test splits and what is known about them."""
+
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int = 0
+    name: str = "data"
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+
+def data_root(data_dir: str | os.PathLike | None = None) -> tuple[Path, bool]:
+    """Where to look for data: ``data_dir``, else ``$PYROVAE_DATA``, else a default cache folder.
+
+    :returns: the folder and whether downloading into it is allowed (only for the default).
+    """
+    if data_dir:
+        return Path(data_dir), False
+    if os.environ.get("PYROVAE_DATA"):
+        return Path(os.environ["PYROVAE_DATA"]), False
+    return DEFAULT_ROOT, True
+
+
+def _missing_mnist(root: Path) -> list[str]:
+    raw = root / "MNIST" / "raw"
+    return [f for f in MNIST_FILES if not (raw / f).exists() and not (raw / f"{f}.gz").exists()]
+
+
+def load_mnist(data_dir: str | os.PathLike | None = None) -> tuple[Split, Split, int]:
+    """MNIST train (60k) and test (10k) as float tensors in [0, 1] of shape (N, 1, 28, 28)."""
+    import torchvision
+
+    root, may_download = data_root(data_dir)
+    missing = _missing_mnist(root)
+    if missing and may_download:
+        try:
+            torchvision.datasets.MNIST(root, train=True, download=True)
+            torchvision.datasets.MNIST(root, train=False, download=True)
+        except Exception as e:  # no network, or a mirror that is down
+            raise DataError(
+                f"could not download MNIST into {root} ({e}). " + _where_help(root)
+            ) from None
+        missing = _missing_mnist(root)
+    if missing:
+        raise DataError(f"MNIST files missing from {root / 'MNIST' / 'raw'}: {', '.join(missing)}. " + _where_help(root))
+    splits = []
+    for train in (True, False):
+        try:
+            ds = torchvision.datasets.MNIST(root, train=train, download=False)
+            x, y = ds.data, ds.targets
+        except Exception as e:
+            raise DataError(
+                f"MNIST files in {root / 'MNIST' / 'raw'} could not be read ({type(e).__name__}: {e}); "
+                "they are truncated or corrupted: delete them and copy or download them again"
+            ) from None
+        expected = 60000 if train else 10000
+        if x.shape != (expected, 28, 28) or y.shape != (expected,):
+            raise DataError(
+                f"MNIST {'train' if train else 'test'} files hold {tuple(x.shape)} images, expected "
+                f"({expected}, 28, 28): they are truncated or corrupted; delete and replace them"
+            )
+        splits.append(Split(x.unsqueeze(1).float().div_(255), y.long()))
+    return splits[0], splits[1], 10
+
+
+def _where_help(root: Path) -> str:
+    return (
+        f"Expected the four files {', '.join(MNIST_FILES)} under <DIR>/MNIST/raw/ "
+        "(torchvision's layout). Point pyrovae at DIR with --data-dir DIR or the PYROVAE_DATA "
+        "environment variable."
+    )
+
+
+def load_array(path: str | os.PathLike, labels: str | os.PathLike | None = None) -> Split:
+    """A user's data: a ``.pt`` tensor (or dict with ``"x"`` and optional ``"y"``) or ``.npy`` array
+    of shape (N, ...) with values in [0, 1]; labels from ``labels`` (``.pt``/``.npy``) if given."""
+    path = Path(path)
+    x, y = _read(path), None
+    if isinstance(x, dict):
+        if "x" not in x:
+            raise DataError(f"{path} holds a dict without the key 'x'; save {{'x': data, 'y': labels}}")
+        x, y = x["x"], x.get("y")
+    if labels is not None:
+        y = _read(Path(labels))
+    x = torch.as_tensor(x)
+    if not x.is_floating_point():
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    if x.dim() < 2 or x.shape[0] < 2:
+        raise DataError(f"{path} holds a tensor of shape {tuple(x.shape)}; expected (N, ...) with N >= 2")
+    check_values(x, str(path))
+    if y is not None:
+        y = torch.as_tensor(y).long().reshape(-1)
+        if y.shape[0] != x.shape[0]:
+            raise DataError(f"{x.shape[0]} data points but {y.shape[0]} labels; give one label per row")
+        if (y < 0).any():
+            raise DataError("labels must be class indices 0, 1, ..., K-1")
+    return Split(x, y)
+
+
+def _read(path: Path):
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist")
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if path.suffix == ".pt":
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(f"could not read {path} ({type(e).__name__}: {e}); is it truncated or corrupted?") from None
+    raise DataError(f"unsupported data file {path}: use a .pt tensor or a .npy array")
+
+
+def check_values(x: Tensor, what: str = "data") -> None:
+    """Refuse non-finite data and values outside [0, 1]."""
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).sum().item()
+        raise DataError(f"{what} contains {bad} NaN or infinite values; clean or drop those rows")
+    lo, hi = x.min().item(), x.max().item()
+    if lo < 0 or hi > 1:
+        raise DataError(f"{what} has values in [{lo:.3g}, {hi:.3g}]; pyrovae expects [0, 1]: rescale it")
+
+
+def is_binary(x: Tensor) -> bool:
+    return bool(((x == 0) | (x == 1)).all())
+
+
+def binarize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One Bernoulli draw per pixel with the grey value as probability (dynamic binarization)."""
+    return torch.bernoulli(x, generator=generator)
+
+
+def split_train_val(train: Split, val_size: int, seed: int = 0) -> tuple[Split, Split]:
+    """A fixed random validation split; the same ``seed`` always gives the same split."""
+    if not 0 < val_size < len(train):
+        raise DataError(f"validation size {val_size} must be between 1 and {len(train) - 1}")
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    return train.subset(perm[val_size:]), train.subset(perm[:val_size])
+
+
+def load_dataset(
+    name: str = "mnist",
+    data_dir: str | None = None,
+    data_file: str | None = None,
+    labels_file: str | None = None,
+    val_size: int = 10000,
+    split_seed: int = 0,
+) -> Dataset:
+    """Load a data set and split it. ``name`` is ``"mnist"``, or ``"file"`` with ``data_file``.
+
+    A user's file is split into train / validation / test (80 / 10 / 10 unless ``val_size`` fits).
+    """
+    if name == "mnist":
+        train, test, k = load_mnist(data_dir)
+        train, val = split_train_val(train, val_size, split_seed)
+        return Dataset(train, val, test, k, "mnist")
+    if name == "file":
+        if not data_file:
+            raise DataError("--dataset file needs --data-file PATH (a .pt or .npy array)")
+        full = load_array(data_file, labels_file)
+        n = len(full)
+        n_hold = max(1, min(val_size, n // 10))
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+        val, test, train = (full.subset(perm[:n_hold]), full.subset(perm[n_hold : 2 * n_hold]),
+                            full.subset(perm[2 * n_hold :]))  # fmt: skip
+        k = int(full.y.max()) + 1 if full.y is not None else 0
+        return Dataset(train, val, test, k, Path(data_file).stem)
+    raise DataError(f"unknown dataset {name!r}; choose 'mnist' or 'file'")
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None, device=None):
+    """Index tensors of a fresh random permutation, ``batch_size`` at a time (last may be short)."""
+    perm = torch.randperm(n, generator=generator).to(device)
+    return perm.split(batch_size)

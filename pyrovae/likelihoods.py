@@ -1,0 +1,104 @@
+"""Likelihood families p(x | z): each turns decoder output into a distribution over one datum.
+
+Protocol: a likelihood is a :class:`~pyro.nn.PyroModule` constructed as ``cls(x_shape)`` whose
+``forward(out)`` takes decoder output of shape ``(*lead, *x_shape)`` and returns a distribution
+with ``event_shape == x_shape`` (use ``.to_event``). It also says how to map the mean training
+datum to the decoder's output bias (:meth:`Likelihood.bias_from_mean`) and what values it
+accepts (:attr:`Likelihood.support`), so bad data is refused before training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule, PyroParam
+from torch import Tensor
+from torch.distributions import constraints
+
+_EPS = 1e-4
+
+
+class Likelihood(PyroModule):
+    """Base class; subclasses implement :meth:`forward`."""
+
+    #: Values a datum may take: ``"binary"``, ``"unit"`` (the interval [0, 1]) or ``"real"``.
+    support: str = "real"
+    #: Whether the likelihood is normalized only on {0, 1}: grey data must be binarized first.
+    needs_binary: bool = False
+
+    def __init__(self, x_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.x_shape = tuple(x_shape)
+
+    def bias_from_mean(self, mean: Tensor) -> Tensor:
+        """Decoder output that makes ``forward`` centred on the data mean (Burda et al. 2015)."""
+        return mean
+
+    def mean(self, out: Tensor) -> Tensor:
+        """The mean of p(x | z) given decoder output, for reconstructions and sample grids."""
+        return self(out).mean
+
+
+class Bernoulli(Likelihood):
+    """Bernoulli pixels from logits: the likelihood for binarized images."""
+
+    support = "binary"
+    needs_binary = True
+
+    def forward(self, out: Tensor) -> dist.Distribution:
+        return dist.Bernoulli(logits=out).to_event(len(self.x_shape))
+
+    def bias_from_mean(self, mean: Tensor) -> Tensor:
+        return torch.logit(mean.clamp(_EPS, 1 - _EPS))
+
+
+class ContinuousBernoulli(Likelihood):
+    """Continuous Bernoulli (Loaiza-Ganem & Cunningham 2019): a normalized density for grey values
+    in [0, 1]. Its mean is not ``sigmoid(logits)``, which :meth:`mean` accounts for."""
+
+    support = "unit"
+
+    def forward(self, out: Tensor) -> dist.Distribution:
+        return dist.ContinuousBernoulli(logits=out).to_event(len(self.x_shape))
+
+    def bias_from_mean(self, mean: Tensor) -> Tensor:
+        return torch.logit(mean.clamp(_EPS, 1 - _EPS))
+
+
+class _LocationScale(Likelihood):
+    family: type[dist.Distribution]
+
+    def __init__(self, x_shape: Sequence[int], scale: float | None = None) -> None:
+        """:param scale: a fixed scale, or ``None`` to learn one scale per data element."""
+        super().__init__(x_shape)
+        self.learned = scale is None
+        if self.learned:
+            self.scale = PyroParam(torch.full(self.x_shape, 0.1), constraint=constraints.positive)
+        else:
+            self.register_buffer("scale", torch.full(self.x_shape, float(scale)))
+
+    def forward(self, out: Tensor) -> dist.Distribution:
+        return self.family(out, self.scale).to_event(len(self.x_shape))
+
+
+class Normal(_LocationScale):
+    """Gaussian pixels around the decoder output, with a fixed or learned per-pixel scale."""
+
+    family = dist.Normal
+
+
+class Laplace(_LocationScale):
+    """Laplace pixels around the decoder output, with a fixed or learned per-pixel scale."""
+
+    family = dist.Laplace
+
+
+LIKELIHOODS: dict[str, type[Likelihood]] = {
+    "bernoulli": Bernoulli,
+    "cbernoulli": ContinuousBernoulli,
+    "normal": Normal,
+    "laplace": Laplace,
+}
+"""Registry of likelihood families by command-line name."""

@@ -1,0 +1,148 @@
+"""Prior families p(z) and p(z | y).
+
+Protocol: a prior is a :class:`~pyro.nn.PyroModule` whose ``forward(y=None)`` returns a
+distribution over one latent vector (``event_shape == (z_dim,)``) with a batch shape that
+broadcasts against the ``"data"`` plate: ``()`` for an unconditional prior, ``(batch,)`` when it
+uses the one-hot label ``y`` of shape ``(batch, num_classes)``. Priors that cannot take a label set
+``conditionable = False``; a prior that needs the model's guide (the VampPrior) implements
+``bind(guide)``. Tensors live in buffers or parameters so ``.to(device, dtype)`` moves them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro.distributions as dist
+import pyro.distributions.transforms as T
+import torch
+from pyro.nn import PyroModule, PyroParam
+from torch import Tensor, nn
+from torch.distributions import constraints
+
+
+class StandardNormal(PyroModule):
+    """p(z) = N(0, I)."""
+
+    conditionable = True  # a label-free prior is a valid choice for a conditional VAE
+
+    def __init__(self, z_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("loc", torch.zeros(z_dim))
+        self.register_buffer("scale", torch.ones(z_dim))
+
+    def forward(self, y: Tensor | None = None) -> dist.Distribution:
+        return dist.Normal(self.loc, self.scale).to_event(1)
+
+
+class LearnedNormal(PyroModule):
+    """p(z) = N(mu, diag(sigma^2)) with learned mu and sigma."""
+
+    conditionable = True
+
+    def __init__(self, z_dim: int) -> None:
+        super().__init__()
+        self.loc = PyroParam(torch.zeros(z_dim))
+        self.scale = PyroParam(torch.ones(z_dim), constraint=constraints.positive)
+
+    def forward(self, y: Tensor | None = None) -> dist.Distribution:
+        return dist.Normal(self.loc, self.scale).to_event(1)
+
+
+class MixtureOfGaussians(PyroModule):
+    """p(z) = sum_k pi_k N(mu_k, diag(sigma_k^2)) with K learned components."""
+
+    conditionable = True
+
+    def __init__(self, z_dim: int, components: int = 10) -> None:
+        super().__init__()
+        self.logits = PyroParam(torch.zeros(components))
+        # Spread the means so the components do not start identical.
+        self.locs = PyroParam(torch.randn(components, z_dim))
+        self.scales = PyroParam(torch.ones(components, z_dim), constraint=constraints.positive)
+
+    def forward(self, y: Tensor | None = None) -> dist.Distribution:
+        components = dist.Normal(self.locs, self.scales).to_event(1)  # batch (K,)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+
+
+class VampPrior(PyroModule):
+    """p(z) = 1/K sum_k q(z | u_k): the guide evaluated at K learned pseudo-inputs.
+
+    References: Tomczak & Welling (2018), *VAE with a VampPrior*.
+    """
+
+    conditionable = False  # the pseudo-inputs would need labels of their own
+
+    def __init__(self, z_dim: int, x_shape: Sequence[int], pseudo_inputs: int = 500) -> None:
+        super().__init__()
+        init = (0.5 + 0.05 * torch.randn(pseudo_inputs, *x_shape)).clamp(0.01, 0.99)
+        self.pseudo_inputs = PyroParam(init, constraint=constraints.unit_interval)
+        self._guide: list[nn.Module] = []  # a list, so the guide is not registered twice
+
+    def bind(self, guide: nn.Module) -> None:
+        self._guide[:] = [guide]
+
+    def forward(self, y: Tensor | None = None) -> dist.Distribution:
+        if not self._guide:
+            raise RuntimeError("VampPrior needs the model's guide: call prior.bind(guide) first")
+        q = self._guide[0](self.pseudo_inputs)  # batch (K,), event (z_dim,)
+        weights = q.batch_shape[-1:]
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.pseudo_inputs.new_zeros(weights)), q)
+
+
+class FlowPrior(PyroModule):
+    """p(z): N(0, I) pushed through learned masked autoregressive flows.
+
+    The transforms are stored in their inverse-autoregressive direction and applied inverted, so
+    scoring the guide's samples (what the ELBO needs) takes one network pass per layer.
+    """
+
+    conditionable = True
+
+    def __init__(self, z_dim: int, layers: int = 2, hidden: Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.register_buffer("loc", torch.zeros(z_dim))
+        self.register_buffer("scale", torch.ones(z_dim))
+        hidden = list(hidden or [4 * z_dim])
+        self.flows = nn.ModuleList(T.affine_autoregressive(z_dim, hidden) for _ in range(layers))
+        self.register_buffer("reverse", torch.arange(z_dim - 1, -1, -1))
+
+    def forward(self, y: Tensor | None = None) -> dist.Distribution:
+        transforms: list = []
+        for i, flow in enumerate(self.flows):
+            if i:
+                transforms.append(T.Permute(self.reverse))
+            transforms.append(flow.inv)
+        base = dist.Normal(self.loc, self.scale).to_event(1)
+        return dist.TransformedDistribution(base, transforms)
+
+
+class ConditionalNormal(PyroModule):
+    """p(z | y) = N(mu(y), diag(sigma(y)^2)), a learned Gaussian per class."""
+
+    conditionable = True
+
+    def __init__(self, z_dim: int, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError("the conditional prior needs labels: train with --conditional")
+        self.loc = nn.Linear(num_classes, z_dim, bias=False)
+        self.log_scale = nn.Linear(num_classes, z_dim, bias=False)
+        nn.init.zeros_(self.loc.weight)
+        nn.init.zeros_(self.log_scale.weight)
+
+    def forward(self, y: Tensor | None = None) -> dist.Distribution:
+        if y is None:
+            raise ValueError("the conditional prior p(z | y) needs a label y")
+        return dist.Normal(self.loc(y), self.log_scale(y).exp()).to_event(1)  # batch (batch,)
+
+
+PRIORS: dict[str, type[PyroModule]] = {
+    "normal": StandardNormal,
+    "learned": LearnedNormal,
+    "mixture": MixtureOfGaussians,
+    "vamp": VampPrior,
+    "flow": FlowPrior,
+    "conditional": ConditionalNormal,
+}
+"""Registry of prior families by command-line name."""
