@@ -1,0 +1,28 @@
+"""pyrovae: variational autoencoders written as Pyro programs and trained by SVI.
+
+>>> import torch, pyrovae
+>>> vae = pyrovae.VAE((1, 28, 28), z_dim=2, hidden=(16,))
+>>> vae.encode(torch.rand(5, 1, 28, 28)).batch_shape
+torch.Size([5])
+"""
+
+from .config import PRESETS, Config, ConfigError, build_model
+from .data import DataError, Dataset, Split, load_dataset
+from .evaluate import active_units, elbo_terms, evaluate, kl_per_dim, log_likelihood
+from .guides import GUIDES
+from .likelihoods import LIKELIHOODS
+from .models import VAE
+from .nets import NETS
+from .objectives import CapacityELBO, make_elbo
+from .priors import PRIORS
+from .runs import Run, load_run
+from .train import TrainingError, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VAE", "Config", "ConfigError", "DataError", "Dataset", "Split", "Run", "TrainingError",
+    "PRESETS", "PRIORS", "GUIDES", "LIKELIHOODS", "NETS", "CapacityELBO",
+    "build_model", "load_dataset", "train", "load_run", "make_elbo",
+    "evaluate", "elbo_terms", "log_likelihood", "kl_per_dim", "active_units",
+]  # fmt: skip

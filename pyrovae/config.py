@@ -17,60 +17,75 @@ from .nets import ACTIVATIONS, NETS
 from .priors import PRIORS
 
 
+def _opt(default, help: str):
+    """A config field with its ``--help`` text; list defaults are copied per instance."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 class ConfigError(ValueError):
     """An invalid option, with a message saying which and what to use instead."""
 
 
 @dataclass
 class Config:
-    """Everything that defines a run. Field comments are the ``--help`` texts."""
+    """Everything that defines a run; each field's metadata holds its ``--help`` text."""
 
     # data
-    dataset: str = "mnist"  # 'mnist' or 'file' (with --data-file)
-    data_dir: str | None = None  # folder holding MNIST/raw/ (else $PYROVAE_DATA, else ~/.cache/pyrovae)
-    data_file: str | None = None  # a .pt or .npy array (N, ...) in [0, 1] for --dataset file
-    labels_file: str | None = None  # labels for --data-file (.pt or .npy, one class index per row)
-    binarize: str = "auto"  # 'dynamic' (fresh Bernoulli draw every epoch), 'none', or 'auto' (dynamic for Bernoulli)
-    val_size: int = 10000  # validation images held out of the training set
-    split_seed: int = 0  # seed of the train/validation split (fixed across runs)
+    dataset: str = _opt("mnist", "'mnist' or 'file' (with --data-file)")
+    data_dir: str | None = _opt(None, "folder holding MNIST/raw/ (else $PYROVAE_DATA, else ~/.cache/pyrovae)")
+    data_file: str | None = _opt(None, "a .pt or .npy array (N, ...) in [0, 1] for --dataset file")
+    labels_file: str | None = _opt(None, "labels for --data-file (.pt or .npy, one class index per row)")
+    binarize: str = _opt(
+        "auto",
+        "'dynamic' (fresh Bernoulli draw every epoch), 'none', or 'auto' (dynamic for Bernoulli)",
+    )
+    val_size: int = _opt(10000, "validation images held out of the training set")
+    split_seed: int = _opt(0, "seed of the train/validation split (fixed across runs)")
     # model
-    z_dim: int = 50  # latent dimensions
-    hidden: list[int] = field(default_factory=lambda: [400])  # hidden layer sizes of encoder and decoder
-    activation: str = "softplus"  # activation of the networks
-    net: str = "mlp"  # encoder/decoder pair
-    prior: str = "normal"  # prior family p(z)
-    guide: str = "diag"  # guide family q(z|x)
-    likelihood: str = "bernoulli"  # likelihood family p(x|z)
-    guide_scale: str = "softplus"  # how the guide makes its scale positive: 'softplus' or 'exp'
-    components: int = 10  # mixture prior: number of components
-    pseudo_inputs: int = 500  # VampPrior: number of pseudo-inputs
-    flow_layers: int = 2  # flow prior / IAF guide: number of autoregressive layers
-    likelihood_scale: float | None = None  # normal/laplace: fixed scale (default: learned per pixel)
-    conditional: bool = False  # condition prior, guide and decoder on the labels
-    init_bias: bool = True  # set the decoder's output bias from the mean training image
+    z_dim: int = _opt(50, "latent dimensions")
+    hidden: list[int] = _opt([400], "hidden layer sizes of encoder and decoder")
+    activation: str = _opt("softplus", "activation of the networks")
+    net: str = _opt("mlp", "encoder/decoder pair")
+    prior: str = _opt("normal", "prior family p(z)")
+    guide: str = _opt("diag", "guide family q(z|x)")
+    likelihood: str = _opt("bernoulli", "likelihood family p(x|z)")
+    guide_scale: str = _opt("softplus", "how the guide makes its scale positive: 'softplus' or 'exp'")
+    components: int = _opt(10, "mixture prior: number of components")
+    pseudo_inputs: int = _opt(500, "VampPrior: number of pseudo-inputs")
+    flow_layers: int = _opt(2, "flow prior / IAF guide: number of autoregressive layers")
+    likelihood_scale: float | None = _opt(None, "normal/laplace: fixed scale (default: learned per pixel)")
+    conditional: bool = _opt(False, "condition prior, guide and decoder on the labels")
+    init_bias: bool = _opt(True, "set the decoder's output bias from the mean training image")
     # objective
-    elbo: str = "trace"  # 'trace' (Trace_ELBO), 'meanfield' (analytic KL), 'iwae' (importance-weighted bound)
-    num_particles: int = 1  # samples per datum in the ELBO (vectorized); K for --elbo iwae
-    beta: float = 1.0  # weight of the KL term (beta-VAE); the maximum of a schedule
-    beta_schedule: str = "constant"  # 'constant', 'linear' (warm-up from 0) or 'cyclical'
-    warmup_epochs: float = 10.0  # epochs of linear warm-up, or of one cycle for 'cyclical'
-    capacity: float | None = None  # C_max in nats: train on gamma*|KL - C(t)| (Burgess et al. 2018)
-    capacity_epochs: float = 10.0  # epochs for C(t) to rise from 0 to C_max
-    gamma: float = 100.0  # weight of the capacity term
+    elbo: str = _opt(
+        "trace",
+        "'trace' (Trace_ELBO), 'meanfield' (analytic KL), 'iwae' (importance-weighted bound)",
+    )
+    num_particles: int = _opt(1, "samples per datum in the ELBO (vectorized); K for --elbo iwae")
+    beta: float = _opt(1.0, "weight of the KL term (beta-VAE); the maximum of a schedule")
+    beta_schedule: str = _opt("constant", "'constant', 'linear' (warm-up from 0) or 'cyclical'")
+    warmup_epochs: float = _opt(10.0, "epochs of linear warm-up, or of one cycle for 'cyclical'")
+    capacity: float | None = _opt(None, "C_max in nats: train on gamma*|KL - C(t)| (Burgess et al. 2018)")
+    capacity_epochs: float = _opt(10.0, "epochs for C(t) to rise from 0 to C_max")
+    gamma: float = _opt(100.0, "weight of the capacity term")
     # optimization
-    epochs: int = 10  # training epochs
-    batch_size: int = 256  # images per step
-    lr: float = 1e-3  # Adam learning rate
-    lr_schedule: str = "none"  # 'none', 'cosine' or 'exponential' (per epoch)
-    lr_decay: float = 0.95  # per-epoch factor for 'exponential'
-    clip_norm: float | None = None  # clip the gradient norm to this value
-    patience: int | None = None  # stop after this many epochs without a better validation ELBO
-    on_nan: str = "stop"  # on a NaN/inf loss: 'stop', or 'rollback' to the last good state with half the lr
-    seed: int = 0  # seeds torch, Pyro and the batch order
-    device: str = "auto"  # 'auto', 'cpu', 'cuda' or 'cuda:N'
+    epochs: int = _opt(10, "training epochs")
+    batch_size: int = _opt(256, "images per step")
+    lr: float = _opt(1e-3, "Adam learning rate")
+    lr_schedule: str = _opt("none", "'none', 'cosine' or 'exponential' (per epoch)")
+    lr_decay: float = _opt(0.95, "per-epoch factor for 'exponential'")
+    clip_norm: float | None = _opt(None, "clip the gradient norm to this value")
+    patience: int | None = _opt(None, "stop after this many epochs without a better validation ELBO")
+    on_nan: str = _opt(
+        "stop", "on a NaN/inf loss: 'stop', or 'rollback' to the last good state with half the lr"
+    )
+    seed: int = _opt(0, "seeds torch, Pyro and the batch order")
+    device: str = _opt("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
     # evaluation at the end of training
-    eval_k: int = 1000  # importance samples per test image for log p(x)
-    eval_n_test: int | None = 1000  # test images for the importance-sampled log p(x) (None: all)
+    eval_k: int = _opt(1000, "importance samples per test image for log p(x)")
+    eval_n_test: int | None = _opt(1000, "test images for the importance-sampled log p(x) (None: all)")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -112,10 +127,16 @@ class Config:
             raise ConfigError(f"--beta must be >= 0, got {self.beta}")
         if self.capacity is not None and self.capacity < 0:
             raise ConfigError(f"--capacity must be >= 0 nats, got {self.capacity}")
-        if self.capacity is not None and (self.beta != 1 or self.beta_schedule != "constant" or self.elbo != "trace"):
-            raise ConfigError("--capacity replaces beta: use it with --beta 1, a constant schedule and --elbo trace")
+        if self.capacity is not None and (
+            self.beta != 1 or self.beta_schedule != "constant" or self.elbo != "trace"
+        ):
+            raise ConfigError(
+                "--capacity replaces beta: use it with --beta 1, a constant schedule and --elbo trace"
+            )
         if self.elbo == "iwae" and (self.beta != 1 or self.beta_schedule != "constant"):
-            raise ConfigError("--elbo iwae trains the importance-weighted bound, which has no beta: use --beta 1")
+            raise ConfigError(
+                "--elbo iwae trains the importance-weighted bound, which has no beta: use --beta 1"
+            )
         if self.elbo == "iwae" and self.num_particles < 2:
             raise ConfigError("--elbo iwae needs --num-particles K >= 2 (K=1 is the plain ELBO)")
         for name in ["clip_norm", "likelihood_scale", "patience", "eval_n_test"]:
@@ -151,7 +172,9 @@ def _choice(name: str, value: str, options) -> None:
 
 PRESETS: dict[str, dict] = {
     # Pyro's VAE tutorial (examples/vae/vae.py): 784-400-50 softplus MLPs, exp scale, Adam 1e-3.
-    "tutorial": dict(z_dim=50, hidden=[400], activation="softplus", guide_scale="exp", lr=1e-3, batch_size=256),
+    "tutorial": dict(
+        z_dim=50, hidden=[400], activation="softplus", guide_scale="exp", lr=1e-3, batch_size=256
+    ),
     # Burda et al. (2015), one stochastic layer: 784-200-200-50 tanh MLPs.
     "iwae": dict(z_dim=50, hidden=[200, 200], activation="tanh", guide_scale="exp", lr=1e-3, batch_size=20),
 }
@@ -177,7 +200,10 @@ def build_model(cfg: Config, x_shape: tuple[int, ...], num_classes: int = 0) -> 
         "conditional": dict(num_classes=k),
     }
     prior = PRIORS[cfg.prior](cfg.z_dim, **prior_opts.get(cfg.prior, {}))
-    lik_opts = {"normal": dict(scale=cfg.likelihood_scale), "laplace": dict(scale=cfg.likelihood_scale)}
+    lik_opts = {
+        "normal": dict(scale=cfg.likelihood_scale),
+        "laplace": dict(scale=cfg.likelihood_scale),
+    }
     likelihood = LIKELIHOODS[cfg.likelihood](x_shape, **lik_opts.get(cfg.likelihood, {}))
     try:
         return VAE(x_shape, cfg.z_dim, prior=prior, guide=guide, likelihood=likelihood,
@@ -196,7 +222,9 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name} asked for CUDA, but no CUDA device is available; use --device cpu")
+            raise ConfigError(
+                f"--device {name} asked for CUDA, but no CUDA device is available; use --device cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
     elif device.type != "cpu":

@@ -88,12 +88,12 @@ def load_mnist(data_dir: str | os.PathLike | None = None) -> tuple[Split, Split,
             torchvision.datasets.MNIST(root, train=True, download=True)
             torchvision.datasets.MNIST(root, train=False, download=True)
         except Exception as e:  # no network, or a mirror that is down
-            raise DataError(
-                f"could not download MNIST into {root} ({e}). " + _where_help(root)
-            ) from None
+            raise DataError(f"could not download MNIST into {root} ({e}). " + _where_help(root)) from None
         missing = _missing_mnist(root)
     if missing:
-        raise DataError(f"MNIST files missing from {root / 'MNIST' / 'raw'}: {', '.join(missing)}. " + _where_help(root))
+        raise DataError(
+            f"MNIST files missing from {root / 'MNIST' / 'raw'}: {', '.join(missing)}. " + _where_help(root)
+        )
     splits = []
     for train in (True, False):
         try:
@@ -157,7 +157,9 @@ def _read(path: Path):
         if path.suffix == ".pt":
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise DataError(f"could not read {path} ({type(e).__name__}: {e}); is it truncated or corrupted?") from None
+        raise DataError(
+            f"could not read {path} ({type(e).__name__}: {e}); is it truncated or corrupted?"
+        ) from None
     raise DataError(f"unsupported data file {path}: use a .pt tensor or a .npy array")
 
 

@@ -84,8 +84,7 @@ class IAF(PyroModule):
         self.base = DiagonalNormal(encoder, z_dim, scale)
         hidden = list(hidden or [4 * z_dim])
         self.flows = nn.ModuleList(
-            T.conditional_affine_autoregressive(z_dim, encoder.feature_dim, hidden)
-            for _ in range(layers)
+            T.conditional_affine_autoregressive(z_dim, encoder.feature_dim, hidden) for _ in range(layers)
         )
         self.register_buffer("reverse", torch.arange(z_dim - 1, -1, -1))
 

@@ -107,7 +107,9 @@ class VAE(PyroModule):
 
     # -- the Pyro program -----------------------------------------------------------------
     @pyro_method
-    def model(self, x: Tensor | None = None, y: Tensor | None = None, *, batch_size: int | None = None) -> Tensor:
+    def model(
+        self, x: Tensor | None = None, y: Tensor | None = None, *, batch_size: int | None = None
+    ) -> Tensor:
         """p(z | y) p(x | z, y). With ``x=None`` it generates ``batch_size`` (or ``len(y)``) data."""
         if x is not None:
             n = x.shape[0]

@@ -33,7 +33,7 @@ def mlp(sizes: Sequence[int], activation: str = "softplus", final_activation: bo
     """
     act = ACTIVATIONS[activation]
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(n_in, n_out))
         if final_activation or i < len(sizes) - 2:
             layers.append(act())
@@ -96,7 +96,9 @@ def _conv_plan(x_shape: Sequence[int]) -> tuple[int, int, int]:
         )
     c, h, w = x_shape
     if h % 4 or w % 4:
-        raise ValueError(f"the conv network needs height and width divisible by 4, got {h}x{w}; use --net mlp")
+        raise ValueError(
+            f"the conv network needs height and width divisible by 4, got {h}x{w}; use --net mlp"
+        )
     return c, h // 4, w // 4
 
 
@@ -161,4 +163,3 @@ NETS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "conv": (ConvEncoder, ConvDecoder),
 }
 """Registry of encoder/decoder pairs; each takes ``(x_shape, [z_dim,] hidden, activation, num_classes)``."""
-

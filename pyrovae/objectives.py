@@ -8,7 +8,6 @@ change the loss, so it is a small :class:`~pyro.infer.Trace_ELBO` subclass.
 
 from __future__ import annotations
 
-
 import pyro.infer
 import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
@@ -61,7 +60,7 @@ class CapacityELBO(Trace_ELBO):
         loss = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             recon, kl = 0.0, 0.0
-            for name, site in model_trace.nodes.items():
+            for site in model_trace.nodes.values():
                 if site["type"] != "sample":
                     continue
                 if site["is_observed"]:

@@ -29,7 +29,17 @@ from .objectives import beta_at, capacity_at, make_elbo
 
 #: Options that may change when a run is resumed; every other option must match the saved one.
 RESUMABLE = {"epochs", "patience", "device", "eval_k", "eval_n_test", "data_dir", "on_nan"}
-METRICS = ["epoch", "train_loss", "val_elbo", "val_recon", "val_kl", "beta", "capacity", "lr", "seconds"]
+METRICS = [
+    "epoch",
+    "train_loss",
+    "val_elbo",
+    "val_recon",
+    "val_kl",
+    "beta",
+    "capacity",
+    "lr",
+    "seconds",
+]
 EVAL_BINARIZE_SEED = 0  # validation and test sets are binarized once, identically in every run
 
 
@@ -60,15 +70,23 @@ class _State:
 def load_data(cfg: Config) -> Dataset:
     """The config's data set, checked against the likelihood; validation and test are binarized
     once with a fixed seed when training binarizes, so figures compare across runs."""
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.data_file, cfg.labels_file, cfg.val_size, cfg.split_seed)
+    data = load_dataset(
+        cfg.dataset, cfg.data_dir, cfg.data_file, cfg.labels_file, cfg.val_size, cfg.split_seed
+    )
     check_values(data.train.x, "training data")
-    if LIKELIHOODS[cfg.likelihood].needs_binary and not cfg.resolve_binarize() and not is_binary(data.train.x):
+    if (
+        LIKELIHOODS[cfg.likelihood].needs_binary
+        and not cfg.resolve_binarize()
+        and not is_binary(data.train.x)
+    ):
         raise DataError(
             f"--likelihood {cfg.likelihood} is only normalized on {{0, 1}} but the data has grey values; "
             "use --binarize dynamic, or a likelihood for grey values (--likelihood cbernoulli, normal, laplace)"
         )
     if cfg.batch_size > len(data.train):
-        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(data.train)} training data; lower it")
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} is larger than the {len(data.train)} training data; lower it"
+        )
     if cfg.resolve_binarize():
         g = torch.Generator().manual_seed(EVAL_BINARIZE_SEED)
         data.val.x = binarize(data.val.x, g)
@@ -87,12 +105,16 @@ def prepare_run_dir(out: Path, cfg: Config, resume: bool, overwrite: bool) -> No
         diff = {k: (getattr(old, k), getattr(cfg, k)) for k in vars(cfg) if k not in RESUMABLE
                 and getattr(old, k) != getattr(cfg, k)}  # fmt: skip
         if diff:
-            lines = ", ".join(f"{k}: saved {a!r}, given {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
+            lines = ", ".join(
+                f"{k}: saved {a!r}, given {b!r}" for k, a, b in ((k, *v) for k, v in diff.items())
+            )
             raise ConfigError(f"--resume with options that contradict the saved run ({lines}); "
                               "drop them to continue the run as configured, or start a new run")  # fmt: skip
         return
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"{out} already holds files; pass --resume to continue that run or --overwrite to replace it")
+        raise ConfigError(
+            f"{out} already holds files; pass --resume to continue that run or --overwrite to replace it"
+        )
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         for name in ["checkpoint.pt", "best.pt", "metrics.csv", "eval.json"]:
@@ -220,6 +242,8 @@ def train(
             },
             "state": dict(vars(state)),
             "config": cfg.to_json(),
+            "x_shape": list(data.x_shape),
+            "num_classes": data.num_classes,
         }
 
     def restore(snap: dict) -> None:
@@ -261,7 +285,13 @@ def train(
                     x = torch.bernoulli(x, generator=gen)
                 y = train_y[idx] if train_y is not None else None
 
-                loss = elbo.differentiable_loss(vae.model, vae.guide, x, y)
+                try:
+                    loss = elbo.differentiable_loss(vae.model, vae.guide, x, y)
+                except ValueError as e:
+                    if "invalid values" not in str(e):  # Pyro's validation of NaN parameters
+                        raise
+                    nan_at = (s, math.nan, math.nan)
+                    break
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 grads = [p.grad for p in params if p.grad is not None]
@@ -296,7 +326,9 @@ def train(
                     state.rollbacks += 1
                     state.lr_factor *= 0.5
                     restore(_clone(good))
-                    tqdm.write(f"non-finite {what} at {where}: rolled back to the last good state, lr x{state.lr_factor}")
+                    tqdm.write(
+                        f"non-finite {what} at {where}: rolled back to the last good state, lr x{state.lr_factor}"
+                    )
                     continue
                 raise TrainingError(
                     f"non-finite {what} at {where}; parameters were not updated and the last good checkpoint "

@@ -1,0 +1,142 @@
+"""Posterior inspection: the functions behind ``pyrovae inspect`` and the notebooks.
+
+Each takes a :class:`~pyrovae.models.VAE` and tensors and returns tensors or distributions on the
+input's device and dtype; nothing here draws pictures (see :mod:`pyrovae.plots`).
+"""
+
+from __future__ import annotations
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import Predictive
+from torch import Tensor
+
+from .evaluate import elbo_terms, log_likelihood, posterior_mean
+from .models import VAE
+
+
+def encode(vae: VAE, x: Tensor, y: Tensor | None = None) -> pyro.distributions.Distribution:
+    """q(z | x, y): batch shape ``(batch,)``, event shape ``(z_dim,)``."""
+    return vae.encode(x, y)
+
+
+@torch.no_grad()
+def posterior_samples(vae: VAE, x: Tensor, y: Tensor | None = None, num_samples: int = 16) -> Tensor:
+    """z ~ q(z | x, y), shape ``(num_samples, batch, z_dim)``."""
+    return vae.encode(x, y).sample((num_samples,))
+
+
+@torch.no_grad()
+def reconstruct(vae: VAE, x: Tensor, y: Tensor | None = None, sample: bool = False) -> Tensor:
+    """The mean of p(x | z) at the posterior mean of z, or at one posterior sample (``sample``);
+    with ``sample`` the pixels are drawn from p(x | z) too."""
+    if sample:
+        z = vae.encode(x, y).sample()
+        return vae.decode(z, y).sample()
+    return vae.likelihood.mean(vae.decoder(posterior_mean(vae, x, y), vae.one_hot(y, x)))
+
+
+@torch.no_grad()
+def sample_prior(vae: VAE, n: int = 64, y: Tensor | None = None, mean: bool = True) -> Tensor:
+    """New data from the model: z ~ p(z | y), then the mean of p(x | z, y) (or a draw of it).
+
+    :param y: class labels for a conditional model, shape ``(n,)``.
+    """
+    ref = vae._reference()
+    z = vae.prior_dist(y, like=ref).sample(() if y is not None else (n,))  # (n, z_dim)
+    if y is not None and z.dim() == 1:
+        z = z.expand(n, -1)
+    out = vae.decoder(z, vae.one_hot(y, ref))
+    return vae.likelihood.mean(out) if mean else vae.likelihood(out).sample()
+
+
+def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
+    """Spherical interpolation between rows ``a`` and ``b`` at fractions ``t`` (White 2016)."""
+    an, bn = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
+    omega = torch.acos((an * bn).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
+    so = torch.sin(omega)
+    t = t[:, None]
+    return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
+
+
+@torch.no_grad()
+def interpolate(
+    vae: VAE, x1: Tensor, x2: Tensor, steps: int = 10, method: str = "linear", y: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Decode a path between the posterior means of two data ``x1`` and ``x2`` (each one datum).
+
+    :param method: ``"linear"`` or ``"spherical"``.
+    :returns: the latent path ``(steps, z_dim)`` (endpoints equal the encodings) and the decoded
+        means ``(steps, *x_shape)``.
+    """
+    pair = torch.stack([x1, x2])
+    yy = None if y is None else y.reshape(1).expand(2)
+    za, zb = posterior_mean(vae, pair, yy)
+    t = torch.linspace(0, 1, steps, device=pair.device, dtype=pair.dtype)
+    if method == "linear":
+        path = za + t[:, None] * (zb - za)
+    elif method == "spherical":
+        path = slerp(za.expand(steps, -1), zb.expand(steps, -1), t)
+    else:
+        raise ValueError(f"unknown interpolation {method!r}; use 'linear' or 'spherical'")
+    ys = None if y is None else y.reshape(1).expand(steps)
+    return path, vae.likelihood.mean(vae.decoder(path, vae.one_hot(ys, pair)))
+
+
+@torch.no_grad()
+def traverse(
+    vae: VAE, x: Tensor, dims: list[int], values: Tensor | None = None, y: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Vary each chosen latent dimension of one datum's posterior mean over ``values``.
+
+    :returns: latents ``(len(dims), len(values), z_dim)`` and decoded means
+        ``(len(dims), len(values), *x_shape)``.
+    """
+    values = torch.linspace(-3, 3, 9) if values is None else values
+    values = values.to(x)
+    z0 = posterior_mean(vae, x[None], None if y is None else y.reshape(1))[0]  # (z_dim,)
+    z = z0.expand(len(dims), len(values), -1).clone()
+    for i, d in enumerate(dims):
+        z[i, :, d] = values
+    ys = None if y is None else y.reshape(1, 1).expand(len(dims), len(values))
+    return z, vae.likelihood.mean(vae.decoder(z, vae.one_hot(ys, x)))
+
+
+@torch.no_grad()
+def posterior_predictive(
+    vae: VAE, x: Tensor, y: Tensor | None = None, num_samples: int = 16
+) -> dict[str, Tensor]:
+    """Replicated data x_rep ~ p(x | z), z ~ q(z | x), through :class:`pyro.infer.Predictive`.
+
+    :returns: ``{"z": (num_samples, batch, z_dim), "x": (num_samples, batch, *x_shape)}``.
+    """
+    model = poutine.uncondition(vae.model)  # sample "x" instead of clamping it to the data
+    predictive = Predictive(model, guide=vae.guide, num_samples=num_samples, return_sites=("z", "x"))
+    return predictive(x, y)
+
+
+@torch.no_grad()
+def embed(vae: VAE, x: Tensor, y: Tensor | None = None, batch_size: int = 1000) -> Tensor:
+    """Posterior means of a whole data set, shape ``(N, z_dim)``."""
+    parts = []
+    for i in range(0, x.shape[0], batch_size):
+        yy = None if y is None or not vae.num_classes else y[i : i + batch_size]
+        parts.append(posterior_mean(vae, x[i : i + batch_size], yy))
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def anomaly_scores(
+    vae: VAE, x: Tensor, y: Tensor | None = None, k: int = 100, batch_size: int = 100
+) -> dict[str, Tensor]:
+    """Per-datum anomaly scores: ``neg_elbo`` (-ELBO) and ``neg_log_likelihood``
+    (importance-sampled -log p(x) with ``k`` samples); higher means more anomalous."""
+    neg_elbo, nll = [], []
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i : i + batch_size]
+        yb = None if y is None or not vae.num_classes else y[i : i + batch_size]
+        recon, kl = elbo_terms(vae, xb, yb)
+        neg_elbo.append(kl - recon)
+        nll.append(-log_likelihood(vae, xb, yb, k))
+    return {"neg_elbo": torch.cat(neg_elbo), "neg_log_likelihood": torch.cat(nll)}

@@ -1,0 +1,152 @@
+"""The training loop: resume equivalence, checkpoints, non-finite losses, early stopping."""
+
+import csv
+import importlib
+import json
+
+import pytest
+import torch
+from conftest import tiny_data_file
+
+from pyrovae import checkpoint
+from pyrovae.config import Config, ConfigError
+from pyrovae.train import TrainingError, train
+
+
+def _cfg(path, **kw):
+    base = dict(
+        dataset="file",
+        data_file=str(path),
+        z_dim=2,
+        hidden=[16],
+        batch_size=16,
+        epochs=3,
+        val_size=12,
+        seed=3,
+    )
+    return Config(**{**base, **kw})
+
+
+def _params(vae):
+    return {k: v.clone() for k, v in vae.state_dict().items()}
+
+
+def test_run_directory_contents(tmp_path):
+    cfg = _cfg(tiny_data_file(tmp_path), epochs=2)
+    train(cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert {"config.json", "metrics.csv", "checkpoint.pt", "best.pt"} <= {p.name for p in run.iterdir()}
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(float(r["val_elbo"]) < 0 for r in rows)
+    assert float(rows[0]["val_elbo"]) == pytest.approx(float(rows[0]["val_recon"]) - float(rows[0]["val_kl"]))
+    assert Config.load(run / "config.json") == cfg
+    ck = checkpoint.load(run / "checkpoint.pt")  # weights_only=True
+    assert ck["state"]["epoch"] == 2 and ck["x_shape"] == [1, 8, 8]
+
+
+def test_resume_reproduces_uninterrupted_run_exactly(tmp_path):
+    data = tiny_data_file(tmp_path)
+    full = train(_cfg(data), tmp_path / "a", progress=False)
+    full_last = checkpoint.load(tmp_path / "a" / "checkpoint.pt")["model"]
+    train(_cfg(data, epochs=1), tmp_path / "b", progress=False)
+    resumed = train(_cfg(data), tmp_path / "b", resume=True, progress=False)
+    last = checkpoint.load(tmp_path / "b" / "checkpoint.pt")["model"]
+    assert full_last.keys() == last.keys()
+    for k in last:
+        assert torch.equal(full_last[k], last[k]), k
+    for k, v in _params(full).items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    a = (tmp_path / "a" / "metrics.csv").read_text().splitlines()
+    b = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
+    strip = lambda lines: [line.rsplit(",", 1)[0] for line in lines]  # noqa: E731 (seconds differ)
+    assert strip(a) == strip(b)
+
+
+def test_resume_refuses_contradicting_config(tmp_path):
+    data = tiny_data_file(tmp_path)
+    train(_cfg(data, epochs=1), tmp_path / "r", progress=False)
+    with pytest.raises(ConfigError, match="z_dim"):
+        train(_cfg(data, z_dim=3), tmp_path / "r", resume=True, progress=False)
+
+
+def test_existing_run_directory_is_refused(tmp_path):
+    data = tiny_data_file(tmp_path)
+    train(_cfg(data, epochs=1), tmp_path / "r", progress=False)
+    with pytest.raises(ConfigError, match="--resume .* --overwrite"):
+        train(_cfg(data, epochs=1), tmp_path / "r", progress=False)
+    train(_cfg(data, epochs=1), tmp_path / "r", overwrite=True, progress=False)
+
+
+def test_nan_loss_stops_at_its_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    data = tiny_data_file(tmp_path)
+    cfg = _cfg(data, epochs=3)
+    T = importlib.import_module("pyrovae.train")
+
+    real_build = T.build_model
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        vae = real_build(*a, **k)
+        fwd = vae.decoder.forward
+
+        def forward(z, y=None):
+            calls["n"] += 1
+            out = fwd(z, y)
+            return (
+                out * float("nan") if calls["n"] == 11 else out
+            )  # step 4 of epoch 2 (7 steps/epoch, 1 val call)
+
+        vae.decoder.forward = forward
+        return vae
+
+    monkeypatch.setattr(T, "build_model", poisoned)
+    with pytest.raises(TrainingError, match=r"epoch 2, step \d+"):
+        train(cfg, tmp_path / "r", progress=False)
+    ck = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
+    assert ck["state"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_nan_rollback_continues_with_lower_lr(tmp_path, monkeypatch):
+    data = tiny_data_file(tmp_path)
+    T = importlib.import_module("pyrovae.train")
+
+    real_build = T.build_model
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        vae = real_build(*a, **k)
+        fwd = vae.decoder.forward
+
+        def forward(z, y=None):
+            calls["n"] += 1
+            return fwd(z, y) * float("nan") if calls["n"] == 11 else fwd(z, y)
+
+        vae.decoder.forward = forward
+        return vae
+
+    monkeypatch.setattr(T, "build_model", poisoned)
+    train(_cfg(data, epochs=3, on_nan="rollback"), tmp_path / "r", progress=False)
+    ck = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
+    assert ck["state"]["epoch"] == 3 and ck["state"]["rollbacks"] == 1 and ck["state"]["lr_factor"] == 0.5
+
+
+def test_early_stopping(tmp_path):
+    cfg = _cfg(tiny_data_file(tmp_path), epochs=30, patience=1, lr=0.5)  # a wild lr stops improving soon
+    train(cfg, tmp_path / "r", progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "r" / "metrics.csv")))
+    assert len(rows) < 30
+    best = max(float(r["val_elbo"]) for r in rows)
+    assert float(rows[-2]["val_elbo"]) == best or float(rows[-1]["val_elbo"]) < best
+
+
+def test_config_round_trip_and_validation(tmp_path):
+    cfg = Config(prior="mixture", hidden=[10, 20], capacity=None)
+    assert Config.from_dict(json.loads(cfg.to_json())) == cfg
+    with pytest.raises(ConfigError, match="Did you mean 'vamp'"):
+        Config(prior="vampp").validate()
+    for bad, msg in [(dict(batch_size=0), "batch-size"), (dict(beta=-1.0), "beta"), (dict(lr=0.0), "lr"),
+                     (dict(hidden=[0]), "hidden"), (dict(elbo="iwae"), "num-particles")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=msg):
+            Config(**bad).validate()
