@@ -2,7 +2,8 @@
 
 Protocol: a guide is a :class:`~pyro.nn.PyroModule` constructed as ``cls(encoder, z_dim)`` whose
 ``forward(x, y=None)`` returns a distribution over one latent vector per datum:
-``batch_shape == (batch,)`` and ``event_shape == (z_dim,)``. The encoder (see :mod:`pyrovae.nets`)
+``batch_shape == (batch,)`` and ``event_shape == (z_dim,)``. A guide whose ``log_prob`` is only
+cheap or finite at its own samples sets ``scores_any_z = False``. The encoder (see :mod:`pyrovae.nets`)
 maps ``(x, y)`` to ``(batch, encoder.feature_dim)`` features; the guide adds its own heads.
 """
 
@@ -59,8 +60,9 @@ class FullRankNormal(PyroModule):
     def forward(self, x: Tensor, y: Tensor | None = None) -> dist.Distribution:
         h = self.encoder(x, y)  # (batch, feature_dim)
         diag = _positive(self.raw_diag(h), self.scale_fn)  # (batch, z_dim)
-        tril = torch.diag_embed(diag)  # (batch, z_dim, z_dim)
-        tril = tril.index_put((..., self.rows[0], self.rows[1]), self.off_diag(h))
+        tril = h.new_zeros(*diag.shape, self.z_dim)  # (batch, z_dim, z_dim)
+        tril[..., self.rows[0], self.rows[1]] = self.off_diag(h)
+        tril = tril + torch.diag_embed(diag)
         return dist.MultivariateNormal(self.loc(h), scale_tril=tril)
 
 
@@ -71,6 +73,8 @@ class IAF(PyroModule):
     References: Kingma et al. (2016), *Improved variational inference with inverse autoregressive
     flow*.
     """
+
+    scores_any_z = False  # log_prob of a z it did not sample inverts the flow: one pass per dimension
 
     def __init__(
         self,
@@ -106,6 +110,8 @@ class IAF(PyroModule):
 class Delta(PyroModule):
     """q(z | x) = delta(z - f(x)): a point estimate, which turns the VAE into a deterministic
     autoencoder regularized by log p(z)."""
+
+    scores_any_z = False  # a point mass: every other z has density zero
 
     def __init__(self, encoder: nn.Module, z_dim: int) -> None:
         super().__init__()

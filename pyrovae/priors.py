@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
-from pyro.nn import PyroModule, PyroParam
+from pyro.nn import AutoRegressiveNN, PyroModule, PyroParam
 from torch import Tensor, nn
 from torch.distributions import constraints
 
@@ -80,6 +80,11 @@ class VampPrior(PyroModule):
         self._guide: list[nn.Module] = []  # a list, so the guide is not registered twice
 
     def bind(self, guide: nn.Module) -> None:
+        if not getattr(guide, "scores_any_z", True):
+            raise ValueError(
+                f"the VampPrior scores z under the guide at its pseudo-inputs, which {type(guide).__name__} "
+                "cannot do (it only scores its own samples, or is a point mass); use --guide diag or fullrank"
+            )
         self._guide[:] = [guide]
 
     def forward(self, y: Tensor | None = None) -> dist.Distribution:
@@ -88,6 +93,18 @@ class VampPrior(PyroModule):
         q = self._guide[0](self.pseudo_inputs)  # batch (K,), event (z_dim,)
         weights = q.batch_shape[-1:]
         return dist.MixtureSameFamily(dist.Categorical(logits=self.pseudo_inputs.new_zeros(weights)), q)
+
+
+class _AffineAutoregressive(T.AffineAutoregressive):
+    # Pyro's sequential inverse starts from torch.zeros() in the default dtype, which breaks
+    # float64 models under a float32 default; run it with the input's dtype as the default.
+    def _inverse(self, y: Tensor) -> Tensor:
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(y.dtype)
+        try:
+            return super()._inverse(y)
+        finally:
+            torch.set_default_dtype(old)
 
 
 class FlowPrior(PyroModule):
@@ -104,7 +121,9 @@ class FlowPrior(PyroModule):
         self.register_buffer("loc", torch.zeros(z_dim))
         self.register_buffer("scale", torch.ones(z_dim))
         hidden = list(hidden or [4 * z_dim])
-        self.flows = nn.ModuleList(T.affine_autoregressive(z_dim, hidden) for _ in range(layers))
+        self.flows = nn.ModuleList(
+            _AffineAutoregressive(AutoRegressiveNN(z_dim, hidden)) for _ in range(layers)
+        )
         self.register_buffer("reverse", torch.arange(z_dim - 1, -1, -1))
 
     def forward(self, y: Tensor | None = None) -> dist.Distribution:

@@ -1,0 +1,155 @@
+"""Table-driven tests over the registries: a newly registered component is tested here at once."""
+
+import itertools
+import math
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+
+from pyrovae import checkpoint
+from pyrovae.config import Config, ConfigError, build_model
+from pyrovae.guides import GUIDES
+from pyrovae.likelihoods import LIKELIHOODS
+from pyrovae.nets import NETS
+from pyrovae.priors import PRIORS
+
+SHAPES = {"mlp": [(1, 8, 8), (3, 4, 4), (12,)], "conv": [(1, 8, 8), (3, 4, 4)]}
+REFUSED = {("vamp", "iaf"), ("vamp", "delta")}  # the VampPrior must score any z under the guide
+UNCONDITIONAL_PRIORS = [p for p in PRIORS if p != "conditional"]
+
+
+def _cfg(prior="normal", guide="diag", likelihood="bernoulli", net="mlp", **kw):
+    return Config(prior=prior, guide=guide, likelihood=likelihood, net=net, z_dim=2, hidden=[8],
+                  components=3, pseudo_inputs=4, **kw)  # fmt: skip
+
+
+def _data(likelihood, shape, n=6):
+    x = torch.rand(n, *shape)
+    return torch.bernoulli(x) if LIKELIHOODS[likelihood].needs_binary else x
+
+
+COMBOS = [
+    (p, g, lik, net, shape)
+    for p, g, lik in itertools.product(UNCONDITIONAL_PRIORS, GUIDES, LIKELIHOODS)
+    for net in NETS
+    for shape in SHAPES[net][:1]
+] + [("normal", "diag", "bernoulli", net, shape) for net in NETS for shape in SHAPES[net][1:]]
+
+
+@pytest.mark.parametrize("prior,guide,likelihood,net,shape", COMBOS)
+def test_every_combination_traces_and_gets_gradients(prior, guide, likelihood, net, shape):
+    try:
+        vae = build_model(_cfg(prior, guide, likelihood, net), shape)
+    except ConfigError as e:
+        assert (prior, guide) in REFUSED, f"refused unexpectedly: {e}"
+        assert "use --guide" in str(e)
+        return
+    assert (prior, guide) not in REFUSED
+    x = _data(likelihood, shape)
+    guide_tr = poutine.trace(vae.guide).get_trace(x)
+    model_tr = poutine.trace(poutine.replay(vae.model, guide_tr)).get_trace(x)
+    assert guide_tr.nodes["z"]["value"].shape == (6, 2)
+    assert model_tr.nodes["z"]["fn"].batch_shape == (6,) and model_tr.nodes["z"]["fn"].event_shape == (2,)
+    assert model_tr.nodes["x"]["fn"].event_shape == shape
+    loss = Trace_ELBO(num_particles=2, vectorize_particles=True).differentiable_loss(vae.model, vae.guide, x)
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, p in vae.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, f"no gradient reaches {name}"
+
+
+@pytest.mark.parametrize(
+    "prior,guide,likelihood",
+    [(p, g, lk) for p in UNCONDITIONAL_PRIORS for g in GUIDES for lk in LIKELIHOODS][::5],
+)
+def test_save_load_gives_identical_elbo(tmp_path, prior, guide, likelihood):
+    shape = (1, 4, 4)
+    cfg = _cfg(prior, guide, likelihood)
+    try:
+        vae = build_model(cfg, shape)
+    except ConfigError:
+        assert (prior, guide) in REFUSED
+        return
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # move off the initial values
+    checkpoint.save({"model": vae.state_dict()}, tmp_path / "m.pt")
+    other = build_model(cfg, shape)
+    other.load_state_dict(checkpoint.load(tmp_path / "m.pt")["model"])
+    x = _data(likelihood, shape)
+    losses = []
+    for m in (vae, other):
+        pyro.set_rng_seed(5)
+        losses.append(Trace_ELBO().loss(m.model, m.guide, x))
+    assert losses[0] == losses[1]
+
+
+def _grid(lim=7.0, n=281):
+    t = torch.linspace(-lim, lim, n, dtype=torch.float64)
+    zz = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
+    return zz, (t[1] - t[0]) ** 2
+
+
+def _check_density(d, zz, cell, samples):
+    """exp(log_prob) integrates to 1 and its mean matches the sampler's (2-D, by quadrature)."""
+    with torch.no_grad():
+        dens = d.log_prob(zz).exp()  # (points,)
+        mass = (dens * cell).sum().item()
+        mean_quad = (zz * dens[:, None] * cell).sum(0) / mass
+    assert mass == pytest.approx(1.0, abs=0.02)
+    assert torch.allclose(samples.mean(0).double(), mean_quad, atol=0.1)
+
+
+@pytest.mark.parametrize("prior", [p for p in PRIORS if p not in ("vamp", "conditional")])
+def test_prior_density_normalized_and_matches_its_samples(prior):
+    vae = build_model(_cfg(prior), (1, 4, 4)).double()
+    with torch.no_grad():
+        for p in vae.prior.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # a non-trivial prior that stays on the grid
+    zz, cell = _grid()
+    d = vae.prior_dist(like=zz)
+    _check_density(d, zz, cell, d.sample((20000,)))
+
+
+@pytest.mark.parametrize("guide", [g for g in GUIDES if g != "delta"])
+def test_guide_density_normalized_and_matches_its_samples(guide):
+    vae = build_model(_cfg(guide=guide), (1, 4, 4)).double()
+    with torch.no_grad():
+        for p in vae.guide_net.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x = torch.rand(1, 1, 4, 4, dtype=torch.float64)
+    zz, cell = _grid()
+    q = vae.encode(x.expand(len(zz), 1, 4, 4))  # the same q for every grid point
+    samples = vae.encode(x).sample((20000,))[:, 0]
+    _check_density(q, zz, cell, samples)
+
+
+def test_vamp_prior_is_the_guide_at_pseudo_inputs():
+    vae = build_model(_cfg("vamp"), (1, 4, 4))
+    z = torch.randn(5, 2)
+    q = vae.guide_net(vae.prior.pseudo_inputs)  # batch (K,)
+    by_hand = torch.logsumexp(q.log_prob(z[:, None]), -1) - math.log(4)
+    assert torch.allclose(vae.prior_dist().log_prob(z), by_hand, atol=1e-5)
+
+
+def test_delta_guide_is_a_regularized_autoencoder():
+    vae = build_model(_cfg(guide="delta"), (1, 4, 4))
+    x = _data("bernoulli", (1, 4, 4))
+    tr = poutine.trace(vae.guide).get_trace(x)
+    tr.compute_log_prob()
+    assert torch.all(tr.nodes["z"]["log_prob"] == 0)  # log q = 0: loss is -log p(x|z) - log p(z)
+
+
+@pytest.mark.parametrize("net,shape", [("conv", (12,)), ("conv", (1, 6, 6))])
+def test_nonsense_combinations_are_refused(net, shape):
+    with pytest.raises(ConfigError, match="--net mlp"):
+        build_model(_cfg(net=net), shape)
+
+
+def test_vamp_prior_refuses_labels():
+    with pytest.raises(ConfigError, match="cannot be conditioned"):
+        _cfg("vamp", conditional=True).validate()
