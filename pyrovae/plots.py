@@ -53,3 +53,73 @@ def save(fig, path: str | Path) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def training_curves(metrics_csv: str | Path, path: str | Path) -> Path:
+    """Training loss and validation ELBO (with its terms) per epoch, from ``metrics.csv``."""
+    import csv
+
+    rows = list(csv.DictReader(open(metrics_csv)))
+    ep = [int(r["epoch"]) for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(ep, [-float(r["train_loss"]) for r in rows], "o-", label="training objective (-loss)")
+    a.plot(ep, [float(r["val_elbo"]) for r in rows], "s-", label="validation ELBO (beta = 1)")
+    a.set_xlabel("epoch")
+    a.set_ylabel("nats per datum")
+    a.set_title("Objective")
+    a.legend()
+    b.plot(ep, [-float(r["val_recon"]) for r in rows], "o-", label="distortion: -E[log p(x|z)]")
+    b.plot(ep, [float(r["val_kl"]) for r in rows], "s-", label="rate: KL(q(z|x) || p(z))")
+    b.set_xlabel("epoch")
+    b.set_ylabel("nats per datum")
+    b.set_title("Validation rate and distortion")
+    b.legend()
+    return save(fig, path)
+
+
+def latent_map(z: torch.Tensor, labels: torch.Tensor | None, path: str | Path, method: str = "auto") -> Path:
+    """Posterior means in 2-D, coloured by label: the means themselves for a 2-D latent space,
+    else t-SNE (when scikit-learn is installed and ``method`` allows it) or PCA."""
+    z = z.detach().double().cpu()
+    how = "latent dimensions 1 and 2"
+    if z.shape[1] > 2:
+        if method in ("auto", "tsne"):
+            try:
+                from sklearn.manifold import TSNE
+
+                z2, how = torch.as_tensor(TSNE(init="pca", random_state=0).fit_transform(z.numpy())), "t-SNE"
+            except ImportError:
+                if method == "tsne":
+                    raise
+                method = "pca"
+        if method == "pca":
+            zc = z - z.mean(0)
+            _, s, v = torch.linalg.svd(zc, full_matrices=False)
+            z2 = zc @ v[:2].T
+            var = (s[:2] ** 2 / (s**2).sum()).tolist()
+            how = f"PCA (components explain {var[0]:.0%} and {var[1]:.0%} of the variance)"
+    else:
+        z2 = z
+    fig, ax = plt.subplots(figsize=(7, 6))
+    if labels is not None:
+        sc = ax.scatter(z2[:, 0], z2[:, 1], c=labels.cpu(), cmap="tab10", s=6, alpha=0.8)
+        fig.colorbar(sc, ax=ax, label="label")
+    else:
+        ax.scatter(z2[:, 0], z2[:, 1], s=6, alpha=0.8)
+    ax.set_title(f"Posterior means E[z|x] of {len(z)} test images, {how}")
+    ax.set_xlabel("component 1")
+    ax.set_ylabel("component 2")
+    return save(fig, path)
+
+
+def kl_bars(kl: list[float] | torch.Tensor, path: str | Path, threshold: float = 0.01) -> Path:
+    """KL(q || p) per latent dimension, averaged over data, sorted from largest."""
+    kl = torch.as_tensor(kl).cpu()
+    order = kl.argsort(descending=True)
+    fig, ax = plt.subplots(figsize=(max(6, len(kl) * 0.18), 4))
+    ax.bar(range(len(kl)), kl[order], color=["C0" if v > threshold else "C7" for v in kl[order]])
+    ax.set_xticks(range(len(kl)), [str(int(i)) for i in order], fontsize=6, rotation=90)
+    ax.set_xlabel("latent dimension (sorted)")
+    ax.set_ylabel("KL per image (nats)")
+    ax.set_title(f"KL per latent dimension: total {kl.sum():.1f} nats")
+    return save(fig, path)

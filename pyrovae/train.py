@@ -151,6 +151,34 @@ def validate(vae: VAE, data, batch_size: int = 1000) -> tuple[float, float]:
     return recon / len(data), kl / len(data)
 
 
+def svi_step(
+    elbo, vae: VAE, opt: torch.optim.Optimizer, params: list, x, y=None, clip_norm=None
+) -> tuple[float, float]:
+    """One SVI step: the ELBO's differentiable loss, backward, and an optimizer step.
+
+    The step is skipped, and ``nan`` or ``inf`` returned, when the loss or gradient is not finite,
+    so a bad batch never reaches the parameters.
+
+    :returns: the loss and the gradient norm (before clipping).
+    """
+    try:
+        loss = elbo.differentiable_loss(vae.model, vae.guide, x, y)
+    except ValueError as e:
+        if "invalid values" not in str(e):  # Pyro's validation caught NaN distribution parameters
+            raise
+        return math.nan, math.nan
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_norm:
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    loss_v, norm_v = torch.stack([loss.detach(), norm.to(loss)]).tolist()  # one device sync
+    if math.isfinite(loss_v) and math.isfinite(norm_v):
+        opt.step()
+    return loss_v, norm_v
+
+
 class _Signals:
     """Turn SIGINT/SIGTERM into a flag checked between steps, so a checkpoint can be written."""
 
@@ -285,25 +313,10 @@ def train(
                     x = torch.bernoulli(x, generator=gen)
                 y = train_y[idx] if train_y is not None else None
 
-                try:
-                    loss = elbo.differentiable_loss(vae.model, vae.guide, x, y)
-                except ValueError as e:
-                    if "invalid values" not in str(e):  # Pyro's validation of NaN parameters
-                        raise
-                    nan_at = (s, math.nan, math.nan)
-                    break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                grads = [p.grad for p in params if p.grad is not None]
-                if cfg.clip_norm:
-                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
-                else:
-                    norm = torch.nn.utils.get_total_norm(grads)
-                loss_v, norm_v = torch.stack([loss.detach(), norm.to(loss)]).tolist()
+                loss_v, norm_v = svi_step(elbo, vae, opt, params, x, y, cfg.clip_norm)
                 if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
                     nan_at = (s, loss_v, norm_v)
                     break
-                opt.step()
                 state.step += 1
                 state.step_in_epoch = s + 1
                 state.loss_sum += loss_v

@@ -1,0 +1,136 @@
+"""``pyrovae inspect RUN``: every inspection figure of a run, with an ``index.md`` explaining each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyro
+import torch
+
+from . import plots
+from .evaluate import active_units, kl_per_dim
+from .posterior import (
+    anomaly_scores,
+    embed,
+    interpolate,
+    posterior_predictive,
+    reconstruct,
+    sample_prior,
+    traverse,
+)
+from .runs import Run
+
+
+def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
+    """Write the figures to ``run.path / "figures"`` and return the path of ``index.md``.
+
+    :param k: importance samples per image for the anomaly scores.
+    :param n: test images used for the latent map, KL bars and anomaly ranking.
+    """
+    pyro.set_rng_seed(seed)
+    out = run.path / "figures"
+    out.mkdir(exist_ok=True)
+    vae, test = run.model, run.data.test.subset(slice(0, n)).to(run.device)
+    y = test.y if vae.num_classes else None
+    entries: list[tuple[str, str, str]] = []
+
+    def add(name: str, title: str, text: str) -> None:
+        entries.append((name, title, text))
+
+    # 1. samples from the model
+    if vae.num_classes:
+        labels = torch.arange(vae.num_classes, device=run.device).repeat_interleave(8)
+        plots.image_grid(
+            sample_prior(vae, len(labels), labels), out / "samples.png", "Samples, one row per class", nrow=8
+        )
+        add(
+            "samples.png",
+            "Class-conditional samples",
+            "Each row decodes z ~ p(z|y) for one label y (mean of p(x|z,y)).",
+        )
+    else:
+        plots.image_grid(sample_prior(vae, 64), out / "samples.png", "Samples from the model")
+        add(
+            "samples.png",
+            "Prior samples",
+            "Mean of p(x|z) for z ~ p(z): what the model has learned to generate.",
+        )
+
+    # 2. reconstructions and posterior predictive
+    x8, y8 = test.x[:16], None if y is None else y[:16]
+    rec = reconstruct(vae, x8, y8)
+    plots.image_grid(torch.stack([x8, rec], 1).flatten(0, 1), out / "reconstructions.png",
+                     "Test images (odd columns) and reconstructions (even)", nrow=16)  # fmt: skip
+    add(
+        "reconstructions.png",
+        "Reconstructions",
+        "Each test image next to the mean of p(x|z) at the posterior mean of z.",
+    )
+    pp = posterior_predictive(vae, x8[:8], y8[:8] if y8 is not None else None, num_samples=7)[
+        "x"
+    ]  # (7, 8, ...)
+    grid = torch.cat([x8[:8, None], pp.transpose(0, 1)], 1).flatten(0, 1)
+    plots.image_grid(
+        grid, out / "posterior_predictive.png", "Posterior predictive: data, then 7 replicates", nrow=8
+    )
+    add("posterior_predictive.png", "Posterior predictive check",
+        "Rows: a test image, then seven draws x_rep ~ p(x|z), z ~ q(z|x) (via pyro.infer.Predictive). "
+        "Replicates far from their image show what the model cannot explain.")  # fmt: skip
+
+    # 3. interpolation and traversal
+    a, b = 0, next(i for i in range(1, len(test.x)) if y is None or y[i] != y[0]) if len(test.x) > 1 else 0
+    rows = []
+    for method in ("linear", "spherical"):
+        rows.append(
+            interpolate(vae, test.x[a], test.x[b], steps=10, method=method, y=None if y is None else y[a])[1]
+        )
+    plots.image_grid(
+        torch.cat(rows), out / "interpolation.png", "Interpolation: linear (top), spherical (bottom)", nrow=10
+    )
+    add("interpolation.png", "Latent interpolation",
+        "Decoded points on a path between the posterior means of two test images.")  # fmt: skip
+    kl = kl_per_dim(vae, test.x, y)
+    dims = (kl.argsort(descending=True)[:8] if kl is not None else torch.arange(min(8, vae.z_dim))).tolist()
+    _, trav = traverse(vae, test.x[0], dims, y=None if y is None else y[0])
+    plots.image_grid(trav.flatten(0, 1), out / "traversal.png",
+                     f"Traversal of dimensions {dims} from -3 to 3 (one row each)", nrow=trav.shape[1])  # fmt: skip
+    add("traversal.png", "Latent traversal",
+        "Each row changes one latent dimension of a test image's posterior mean from -3 to 3 "
+        "(the dimensions with the largest KL first).")  # fmt: skip
+
+    # 4. latent map, KL per dimension, active units
+    z = embed(vae, test.x, y)
+    plots.latent_map(z, test.y, out / "latent_map.png")
+    add("latent_map.png", "Latent map", "Posterior means of test images in 2-D, coloured by their label.")
+    if kl is not None:
+        plots.kl_bars(kl, out / "kl_per_dim.png")
+        add("kl_per_dim.png", "KL per dimension",
+            f"Average KL(q||p) per latent dimension; {active_units(z)} of {vae.z_dim} dimensions are active "
+            "(posterior-mean variance above 0.01).")  # fmt: skip
+
+    # 5. training curves
+    if (run.path / "metrics.csv").exists():
+        plots.training_curves(run.path / "metrics.csv", out / "training.png")
+        add(
+            "training.png",
+            "Training curves",
+            "Training objective and validation ELBO, rate and distortion per epoch.",
+        )
+
+    # 6. anomalies
+    scores = anomaly_scores(vae, test.x, y, k=k)["neg_log_likelihood"]
+    order = scores.argsort(descending=True)
+    pick = torch.cat([order[:16], order[-16:]])
+    plots.image_grid(test.x[pick], out / "anomalies.png",
+                     f"Most anomalous (top 2 rows) and most typical (bottom 2 rows) of {len(scores)} test images", nrow=8)  # fmt: skip
+    add("anomalies.png", "Anomalies",
+        f"Test images ranked by importance-sampled -log p(x) (K={k}); top: highest, "
+        f"{scores[order[0]]:.0f} nats; bottom: lowest, {scores[order[-1]]:.0f} nats.")  # fmt: skip
+
+    lines = [f"# Inspection of `{run.path}`", "", f"Model: prior `{run.config.prior}`, guide `{run.config.guide}`, "
+             f"likelihood `{run.config.likelihood}`, net `{run.config.net}`, z_dim {vae.z_dim}.", ""]  # fmt: skip
+    for name, title, text in entries:
+        lines += [f"## {title}", "", f"![{title}]({name})", "", text, ""]
+    index = out / "index.md"
+    index.write_text("\n".join(lines))
+    return index
