@@ -42,6 +42,7 @@ class Config:
         "'dynamic' (fresh Bernoulli draw every epoch), 'none', or 'auto' (dynamic for Bernoulli)",
     )
     val_size: int = _opt(10000, "validation images held out of the training set")
+    train_size: int | None = _opt(None, "use only the first N training images, for quick runs (default: all)")
     split_seed: int = _opt(0, "seed of the train/validation split (fixed across runs)")
     # model
     z_dim: int = _opt(50, "latent dimensions")
@@ -139,7 +140,7 @@ class Config:
             )
         if self.elbo == "iwae" and self.num_particles < 2:
             raise ConfigError("--elbo iwae needs --num-particles K >= 2 (K=1 is the plain ELBO)")
-        for name in ["clip_norm", "likelihood_scale", "patience", "eval_n_test"]:
+        for name in ["clip_norm", "likelihood_scale", "patience", "eval_n_test", "train_size"]:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ConfigError(f"--{_flag(name)} must be positive, got {v}")

@@ -73,6 +73,8 @@ def load_data(cfg: Config) -> Dataset:
     data = load_dataset(
         cfg.dataset, cfg.data_dir, cfg.data_file, cfg.labels_file, cfg.val_size, cfg.split_seed
     )
+    if cfg.train_size is not None:
+        data.train = data.train.subset(slice(0, cfg.train_size))
     check_values(data.train.x, "training data")
     if (
         LIKELIHOODS[cfg.likelihood].needs_binary

@@ -21,7 +21,7 @@ def _clean_pyro():
 def mnist_dir() -> Path:
     if not DATA or not (Path(DATA) / "MNIST" / "raw").exists():
         pytest.skip("set PYROVAE_DATA to a folder holding MNIST/raw/ to run the real-data tests")
-    return Path(DATA)
+    return Path(DATA).resolve()
 
 
 def tiny_data_file(
