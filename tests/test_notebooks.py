@@ -18,11 +18,15 @@ def test_notebooks_exist():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes(path, mnist_dir, tmp_path, monkeypatch):
     nb = nbformat.read(path, as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks with outputs stripped"
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
+        "commit notebooks with outputs stripped"
+    )
     monkeypatch.setenv("PYROVAE_DATA", str(mnist_dir))
     monkeypatch.setenv("PYROVAE_NB_EPOCHS", "1")
     monkeypatch.setenv("PYROVAE_NB_TRAIN", "3000")
     monkeypatch.setenv("PYROVAE_NB_OUT", str(tmp_path))
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
