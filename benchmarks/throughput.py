@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyrovae.config import PRESETS, Config, build_model
+from pyrovae.distributed import ELBOLoss
 from pyrovae.objectives import make_elbo
 from pyrovae.train import make_optimizer, svi_step
 
@@ -76,11 +77,11 @@ def main(args: argparse.Namespace) -> None:
     def pyrovae_step(kind: str):
         vae = _fresh(cfg).to(device)
         params = list(vae.parameters())
-        opt, elbo = make_optimizer(params, 1e-3), make_elbo(kind)
+        opt, loss_fn = make_optimizer(params, 1e-3), ELBOLoss(vae, make_elbo(kind))
 
         def step(x):
             with pyro.validation_enabled(False):  # as in the training loop after its first step
-                return svi_step(elbo, vae, opt, params, x)[0]
+                return svi_step(loss_fn, opt, params, x)[0]
 
         return step
 

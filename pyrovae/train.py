@@ -20,7 +20,7 @@ import torch
 from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import Config, ConfigError, build_model, resolve_device
 from .data import DataError, Dataset, binarize, check_values, is_binary, load_dataset
 from .evaluate import elbo_terms
@@ -164,9 +164,11 @@ def make_optimizer(params: list, lr: float) -> torch.optim.Optimizer:
 
 
 def svi_step(
-    elbo, vae: VAE, opt: torch.optim.Optimizer, params: list, x, y=None, clip_norm=None
+    loss_fn, opt: torch.optim.Optimizer, params: list, x, y=None, clip_norm=None
 ) -> tuple[float, float]:
     """One SVI step: the ELBO's differentiable loss, backward, and an optimizer step.
+
+    :param loss_fn: an :class:`~pyrovae.distributed.ELBOLoss` (or DDP around one).
 
     The step is skipped, and ``nan`` or ``inf`` returned, when the loss or gradient is not finite,
     so a bad batch never reaches the parameters.
@@ -174,7 +176,7 @@ def svi_step(
     :returns: the loss and the gradient norm (before clipping).
     """
     try:
-        loss = elbo.differentiable_loss(vae.model, vae.guide, x, y)
+        loss = loss_fn(x, y)
     except ValueError as e:
         if "invalid values" not in str(e):  # Pyro's validation caught NaN distribution parameters
             raise
@@ -233,11 +235,14 @@ def train(
     """
     cfg.validate()
     out = Path(out)
-    device = resolve_device(cfg.device)
-    prepare_run_dir(out, cfg, resume, overwrite)
+    ctx = distributed.init(resolve_device(cfg.device))
+    device = ctx.device
+    if ctx.main:
+        prepare_run_dir(out, cfg, resume, overwrite)
 
     # 1. seeds, data, model
-    pyro.set_rng_seed(cfg.seed)
+    pyro.set_rng_seed(cfg.seed + 1000 * ctx.rank)  # each rank its own z draws
+    progress = progress and ctx.main
     data = data if data is not None else load_data(cfg)
     vae = build_model(cfg, data.x_shape, data.num_classes)
     if cfg.init_bias:
@@ -246,13 +251,15 @@ def train(
     train_x = data.train.x.to(device)
     train_y = data.train.y.to(device) if cfg.conditional else None
     val = data.val.to(device) if cfg.conditional else type(data.val)(data.val.x.to(device))
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # the same data order on every rank
+    noise = torch.Generator(device=device).manual_seed(cfg.seed + 1000 * ctx.rank + 1)  # binarization
     do_binarize = cfg.resolve_binarize()
 
     # 2. objective and optimizer
     capacity = dict(gamma=cfg.gamma, capacity=0.0) if cfg.capacity is not None else {}
     elbo = make_elbo(cfg.elbo, cfg.num_particles, **capacity)
     params = [p for p in vae.parameters() if p.requires_grad]
+    loss_fn = distributed.wrap(distributed.ELBOLoss(vae, elbo, ctx.world), ctx)
     opt = make_optimizer(params, cfg.lr)
     state = _State()
 
@@ -264,6 +271,7 @@ def train(
         opt.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["rng"]["torch"])
         gen.set_state(ck["rng"]["data"].to(gen.get_state().device))
+        noise.set_state(ck["rng"]["noise"].to(noise.get_state().device))
         if device.type == "cuda" and ck["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ck["rng"]["cuda"], device)
         for k, v in ck["state"].items():
@@ -278,6 +286,7 @@ def train(
             "rng": {
                 "torch": torch.get_rng_state(),
                 "data": gen.get_state(),
+                "noise": noise.get_state(),
                 "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             },
             "state": dict(vars(state)),
@@ -291,6 +300,7 @@ def train(
         opt.load_state_dict(snap["optimizer"])
         torch.set_rng_state(snap["rng"]["torch"])
         gen.set_state(snap["rng"]["data"])
+        noise.set_state(snap["rng"]["noise"])
         keep = state.lr_factor, state.rollbacks
         for k, v in snap["state"].items():
             setattr(state, k, v)
@@ -320,16 +330,16 @@ def train(
                 vae.beta = beta_at(cfg, t)
                 if capacity:
                     elbo.capacity = capacity_at(t, cfg.capacity, cfg.capacity_epochs)
-                idx = index[s]
+                idx = ctx.shard(index[s])
                 x = train_x[idx]  # (batch, *x_shape)
                 if do_binarize:
-                    x = torch.bernoulli(x, generator=gen)
+                    x = torch.bernoulli(x, generator=noise)
                 y = train_y[idx] if train_y is not None else None
 
                 # Pyro's argument checks run on the first step of a run; after that the loss and
                 # gradient checks below catch NaNs at a fraction of the per-step cost.
                 with pyro.validation_enabled(first_step and is_validation_enabled()):
-                    loss_v, norm_v = svi_step(elbo, vae, opt, params, x, y, cfg.clip_norm)
+                    loss_v, norm_v = svi_step(loss_fn, opt, params, x, y, cfg.clip_norm)
                 first_step = False
                 if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
                     nan_at = (s, loss_v, norm_v)
@@ -337,12 +347,13 @@ def train(
                 state.step += 1
                 state.step_in_epoch = s + 1
                 state.loss_sum += loss_v
-                state.seen += len(idx)
+                state.seen += len(idx) * ctx.world
                 bar.update()
                 bar.set_postfix(loss=f"{state.loss_sum / state.seen:.2f}", refresh=False)
                 if signals.caught is not None:
                     bar.close()
-                    checkpoint.save(snapshot(), ckpt_path)
+                    if ctx.main:
+                        checkpoint.save(snapshot(), ckpt_path)
                     raise Interrupted(
                         f"stopped by signal {signals.caught} at epoch {epoch + 1}, step {s + 1}; "
                         f"checkpoint written to {ckpt_path}: continue with --resume"
@@ -369,7 +380,7 @@ def train(
 
             # 5. validate at beta = 1, record, checkpoint
             vae.beta = 1.0
-            recon, kl = validate(vae, val)
+            recon, kl = ctx.broadcast(list(validate(vae, val)))
             val_elbo = recon - kl
             state.rows.append({
                 "epoch": epoch + 1, "train_loss": state.loss_sum / max(state.seen, 1), "val_elbo": val_elbo,
@@ -383,10 +394,11 @@ def train(
             else:
                 state.bad_epochs += 1
             snap = snapshot()
-            if improved:
-                checkpoint.save(snap, best_path)
-            checkpoint.save(snap, ckpt_path)
-            checkpoint.write_text(out / "metrics.csv", _metrics_csv(state.rows))
+            if ctx.main:  # one writer; every rank holds the same parameters
+                if improved:
+                    checkpoint.save(snap, best_path)
+                checkpoint.save(snap, ckpt_path)
+                checkpoint.write_text(out / "metrics.csv", _metrics_csv(state.rows))
             good = _clone(snap)
             if progress:
                 tqdm.write(f"epoch {epoch + 1}: train loss {state.rows[-1]['train_loss']:.2f}, "
@@ -397,6 +409,8 @@ def train(
                 break
 
     vae.beta = cfg.beta if cfg.beta_schedule == "constant" else 1.0
+    if ctx.active:
+        torch.distributed.barrier()  # rank 0 has written best.pt
     if best_path.exists():
         vae.load_state_dict(checkpoint.load(best_path, map_location=device)["model"])
     return vae

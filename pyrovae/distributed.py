@@ -1,0 +1,83 @@
+"""Data-parallel training on PyTorch's own engine, following Pyro's recipe: the ELBO's loss wrapped
+as a module, :class:`~torch.nn.parallel.DistributedDataParallel` around it, a torch optimizer.
+
+Launch with ``torchrun --nproc_per_node=N -m pyrovae train ...``; torchrun's ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK`` variables switch it on. Every rank draws the same permutation
+of the data each epoch and takes its share of each global batch; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+@dataclass
+class Context:
+    """Where this process stands: its rank, the number of processes and its device."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def shard(self, idx: Tensor) -> Tensor:
+        """This rank's contiguous share of a global batch of indices."""
+        return idx.tensor_split(self.world)[self.rank] if self.active else idx
+
+    def broadcast(self, values: list[float]) -> list[float]:
+        """Rank 0's values on every rank, so decisions (early stopping) agree."""
+        if not self.active:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.broadcast(t, 0)
+        return t.tolist()
+
+
+def init(device: torch.device) -> Context:
+    """Join the process group torchrun describes, if any (NCCL on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Context(device=device)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Context(rank, world, device)
+
+
+class ELBOLoss(nn.Module):
+    """``elbo.differentiable_loss(vae.model, vae.guide, x, y)`` as a module, so DDP can wrap it.
+
+    Under DDP each rank's loss is multiplied by the number of ranks: DDP averages gradients, and
+    the average of ``world * local sum`` is the gradient of the global batch's sum, exactly as one
+    process would compute it.
+    """
+
+    def __init__(self, vae: nn.Module, elbo, world: int = 1) -> None:
+        super().__init__()
+        self.vae, self.elbo, self.world = vae, elbo, world
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.world * self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, y)
+
+
+def wrap(loss: ELBOLoss, ctx: Context) -> nn.Module:
+    """DDP around the loss module when running distributed; the module itself otherwise."""
+    if not ctx.active:
+        return loss
+    ids = [ctx.device.index] if ctx.device is not None and ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(loss, device_ids=ids)
