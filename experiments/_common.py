@@ -10,13 +10,13 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def budget_options(p: argparse.ArgumentParser, epochs: int) -> None:
+def budget_options(p: argparse.ArgumentParser, epochs: int, k: int = 1000, n_test: int = 1000) -> None:
     p.add_argument("--epochs", type=int, default=epochs, help=f"training epochs per run (default: {epochs})")
     p.add_argument(
         "--train-size", type=int, default=None, help="use only the first N training images (default: all)"
     )
-    p.add_argument("--k", type=int, default=1000, help="importance samples for log p(x) (default: 1000)")
-    p.add_argument("--n-test", type=int, default=1000, help="test images for log p(x) (default: 1000)")
+    p.add_argument("--k", type=int, default=k, help=f"importance samples for log p(x) (default: {k})")
+    p.add_argument("--n-test", type=int, default=n_test, help=f"test images for log p(x) (default: {n_test})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (default: $PYROVAE_DATA)")
     p.add_argument(

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .models import unregistered
+
 
 @dataclass
 class Context:
@@ -72,7 +74,9 @@ class ELBOLoss(nn.Module):
         self.vae, self.elbo, self.world = vae, elbo, world
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.world * self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, y)
+        # The loop steps a torch optimizer, so Pyro's parameter store need not be kept in sync.
+        with unregistered(self.vae):
+            return self.world * self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, y)
 
 
 def wrap(loss: ELBOLoss, ctx: Context) -> nn.Module:

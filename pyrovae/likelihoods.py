@@ -95,6 +95,36 @@ class Laplace(_LocationScale):
     family = dist.Laplace
 
 
+class Masked(Likelihood):
+    """Another likelihood scored only where ``mask`` is true: the pixels a structured-output
+    model must predict (Sohn et al. 2015), with the given pixels contributing nothing.
+
+    :param likelihood: the family of each pixel, e.g. ``Bernoulli(x_shape)``.
+    :param mask: boolean, broadcastable to ``x_shape``; ``True`` where a pixel is scored.
+
+    >>> lik = Masked(Bernoulli((1, 2, 2)), torch.tensor([[[True, False], [False, False]]]))
+    >>> round(float(lik(torch.zeros(1, 1, 2, 2)).log_prob(torch.ones(1, 1, 2, 2))), 4)  # log 1/2
+    -0.6931
+    """
+
+    def __init__(self, likelihood: Likelihood, mask: Tensor) -> None:
+        super().__init__(likelihood.x_shape)
+        self.inner = likelihood
+        self.support, self.needs_binary = likelihood.support, likelihood.needs_binary
+        self.register_buffer("mask", mask.bool().expand(self.x_shape).clone())
+
+    def forward(self, out: Tensor) -> dist.Distribution:
+        d = self.inner(out)
+        # Mask before reinterpreting the pixels as one event: masked pixels then add 0 to the sum.
+        return d.base_dist.mask(self.mask).to_event(d.reinterpreted_batch_ndims)
+
+    def bias_from_mean(self, mean: Tensor) -> Tensor:
+        return self.inner.bias_from_mean(mean)
+
+    def mean(self, out: Tensor) -> Tensor:
+        return self.inner.mean(out)
+
+
 LIKELIHOODS: dict[str, type[Likelihood]] = {
     "bernoulli": Bernoulli,
     "cbernoulli": ContinuousBernoulli,

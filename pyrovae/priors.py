@@ -19,6 +19,8 @@ from pyro.nn import AutoRegressiveNN, PyroModule, PyroParam
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from .nets import mlp
+
 
 class StandardNormal(PyroModule):
     """p(z) = N(0, I)."""
@@ -137,23 +139,39 @@ class FlowPrior(PyroModule):
 
 
 class ConditionalNormal(PyroModule):
-    """p(z | y) = N(mu(y), diag(sigma(y)^2)), a learned Gaussian per class."""
+    """p(z | y) = N(mu(y), diag(sigma(y)^2)): a learned Gaussian per class, or, with ``hidden``
+    layers, a prior network over any conditioning vector (Sohn et al. 2015's p(z | x)).
+
+    :param z_dim: latent dimensions.
+    :param num_classes: width of the conditioning vector (classes, or a flattened tensor).
+    :param hidden: hidden sizes of an MLP in front of the heads; none for a per-class Gaussian.
+    :param activation: activation of that MLP.
+    """
 
     conditionable = True
 
-    def __init__(self, z_dim: int, num_classes: int) -> None:
+    def __init__(
+        self, z_dim: int, num_classes: int, hidden: Sequence[int] = (), activation: str = "relu"
+    ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError("the conditional prior needs labels: train with --conditional")
-        self.loc = nn.Linear(num_classes, z_dim, bias=False)
-        self.log_scale = nn.Linear(num_classes, z_dim, bias=False)
-        nn.init.zeros_(self.loc.weight)
-        nn.init.zeros_(self.log_scale.weight)
+        self.body = mlp([num_classes, *hidden], activation) if hidden else nn.Identity()
+        width = hidden[-1] if hidden else num_classes
+        # A per-class Gaussian needs no bias (one-hot rows select a column); a network does.
+        self.loc = nn.Linear(width, z_dim, bias=bool(hidden))
+        self.log_scale = nn.Linear(width, z_dim, bias=bool(hidden))
+        # Start at N(0, I) so training begins from the unconditional model's prior.
+        for layer in (self.loc, self.log_scale):
+            nn.init.zeros_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
     def forward(self, y: Tensor | None = None) -> dist.Distribution:
         if y is None:
             raise ValueError("the conditional prior p(z | y) needs a label y")
-        return dist.Normal(self.loc(y), self.log_scale(y).exp()).to_event(1)  # batch (batch,)
+        h = self.body(y)
+        return dist.Normal(self.loc(h), self.log_scale(h).exp()).to_event(1)  # batch (batch,)
 
 
 PRIORS: dict[str, type[PyroModule]] = {

@@ -24,6 +24,7 @@ SMOKE = {
         "--quiet",
     ],  # fmt: skip
     "beta_sweep.py": [*TINY, "--betas", "0.5", "4", "--z-dim", "4", "--quiet"],
+    "cvae_quadrants.py": [*TINY, "--quadrants", "1", "3", "--z-dim", "4", "--hidden", "32", "--quiet"],
     "custom_components.py": ["--epochs", "1", "--train-size", "600", "--k", "50", "--n-test", "50"],
 }
 
@@ -58,5 +59,13 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
         assert [r["beta"] for r in result] == [0.5, 4.0]
         assert result[1]["rate"] < result[0]["rate"]  # a larger beta buys a lower rate
         assert (tmp_path / "results" / "beta_sweep.png").exists()
+    elif name == "cvae_quadrants.py":
+        assert [r["n_given"] for r in result] == [1, 3]
+        for r in result:  # nats over the hidden pixels: positive and finite
+            assert all(0 < r[k] < 500 for k in ("baseline", "cvae_elbo", "cvae_is"))
+        assert result[1]["baseline"] < result[0]["baseline"]  # fewer hidden pixels with 3 given
+        text = (tmp_path / "results" / "cvae_quadrants.md").read_text()
+        assert "Command: `" in text and "| 3 given |" in text and "71.80" in text  # Pyro's figure beside ours
+        assert (tmp_path / "results" / "cvae_quadrants_q3.png").exists()
     else:  # the user-written prior and guide trained: far above the untrained ~ -540 nats
         assert -450 < result["elbo"] < result["log_likelihood"] + 2 and result["log_likelihood"] < 0

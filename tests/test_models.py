@@ -197,3 +197,22 @@ def test_float64_stays_float64_under_float32_default():
     prior = vae.prior_dist(like=x)
     assert prior.sample().dtype == torch.float64
     assert math.isfinite(loss.item())
+
+
+def test_training_loop_loss_skips_the_param_store_but_changes_nothing_else():
+    from pyrovae.distributed import ELBOLoss
+    from pyrovae.models import unregistered
+
+    vae, x = _small_vae(), _binary(8)
+    pyro.set_rng_seed(3)
+    with poutine.trace(param_only=True) as params_seen:
+        plain = Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(3)
+    with poutine.trace(param_only=True) as params_fast:
+        fast = ELBOLoss(vae, Trace_ELBO())(x)
+    assert torch.equal(plain, fast)
+    assert len(params_seen.trace.nodes) > 0 and len(params_fast.trace.nodes) == 0
+    with unregistered(vae):
+        assert "decoder" in vae.__dict__
+    assert "decoder" not in vae.__dict__  # restored: plain SVI registers parameters again
+    test_two_models_do_not_share_parameters_through_the_param_store()
