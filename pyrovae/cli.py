@@ -170,7 +170,8 @@ def _evaluate_run(run_dir: Path, k, n_test, which: str, device: str, data_dir, f
     write_json(run_dir / "eval.json", res)
     print(
         f"test ELBO {res['elbo']:.2f} nats/image over {res['n_images']} images; "
-        f"importance-sampled log p(x) {res['log_likelihood']:.2f} nats/image (K={k}, {res['n_ll_images']} images); "
+        f"importance-sampled log p(x) {res['log_likelihood']:.2f} nats/image (K={k}, first {res['n_ll_images']} images, "
+        f"whose ELBO is {res['elbo_ll_images']:.2f}); "
         f"active units {res['active_units']}/{run.model.z_dim}; binarized: {res['binarized']}"
     )
     if figures:

@@ -124,7 +124,8 @@ def evaluate(
 ) -> dict:
     """ELBO on all of ``data`` and the importance-sampled ``log p(x)`` on its first ``n_ll``.
 
-    :returns: a dict of mean nats per datum (``elbo``, ``recon``, ``kl``, ``log_likelihood``) and
+    :returns: a dict of mean nats per datum (``elbo``, ``recon``, ``kl``, ``log_likelihood``, and
+        ``elbo_ll_images``, the ELBO over the images that ``log_likelihood`` covers) and
         ``k``, ``n_images``, ``n_ll_images``, ``active_units``, ``kl_per_dim``.
     """
     recon, kl, means, kls = [], [], [], []
@@ -150,6 +151,7 @@ def evaluate(
         ll.append(log_likelihood(vae, part.x, part.y, k))
     return {
         "elbo": (recon - kl).mean().item(),
+        "elbo_ll_images": (recon - kl)[:n_ll].mean().item(),
         "recon": recon.mean().item(),
         "kl": kl.mean().item(),
         "log_likelihood": torch.cat(ll).mean().item(),
