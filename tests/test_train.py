@@ -78,11 +78,10 @@ def test_existing_run_directory_is_refused(tmp_path):
     train(_cfg(data, epochs=1), tmp_path / "r", overwrite=True, progress=False)
 
 
-def test_nan_loss_stops_at_its_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    data = tiny_data_file(tmp_path)
-    cfg = _cfg(data, epochs=3)
+def _poison_decoder(monkeypatch, at_call: int) -> None:
+    """Make the decoder's ``at_call``-th forward pass return NaN: step 4 of epoch 2 for 11 (7 steps
+    per epoch and one validation call)."""
     T = importlib.import_module("pyrovae.train")
-
     real_build = T.build_model
     calls = {"n": 0}
 
@@ -92,15 +91,17 @@ def test_nan_loss_stops_at_its_step_and_keeps_last_good_checkpoint(tmp_path, mon
 
         def forward(z, y=None):
             calls["n"] += 1
-            out = fwd(z, y)
-            return (
-                out * float("nan") if calls["n"] == 11 else out
-            )  # step 4 of epoch 2 (7 steps/epoch, 1 val call)
+            return fwd(z, y) * float("nan") if calls["n"] == at_call else fwd(z, y)
 
         vae.decoder.forward = forward
         return vae
 
     monkeypatch.setattr(T, "build_model", poisoned)
+
+
+def test_nan_loss_stops_at_its_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = _cfg(tiny_data_file(tmp_path), epochs=3)
+    _poison_decoder(monkeypatch, 11)
     with pytest.raises(TrainingError, match=r"epoch 2, step \d+"):
         train(cfg, tmp_path / "r", progress=False)
     ck = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
@@ -110,23 +111,7 @@ def test_nan_loss_stops_at_its_step_and_keeps_last_good_checkpoint(tmp_path, mon
 
 def test_nan_rollback_continues_with_lower_lr(tmp_path, monkeypatch):
     data = tiny_data_file(tmp_path)
-    T = importlib.import_module("pyrovae.train")
-
-    real_build = T.build_model
-    calls = {"n": 0}
-
-    def poisoned(*a, **k):
-        vae = real_build(*a, **k)
-        fwd = vae.decoder.forward
-
-        def forward(z, y=None):
-            calls["n"] += 1
-            return fwd(z, y) * float("nan") if calls["n"] == 11 else fwd(z, y)
-
-        vae.decoder.forward = forward
-        return vae
-
-    monkeypatch.setattr(T, "build_model", poisoned)
+    _poison_decoder(monkeypatch, 11)
     train(_cfg(data, epochs=3, on_nan="rollback"), tmp_path / "r", progress=False)
     ck = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
     assert ck["state"]["epoch"] == 3 and ck["state"]["rollbacks"] == 1 and ck["state"]["lr_factor"] == 0.5
