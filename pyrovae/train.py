@@ -237,14 +237,15 @@ def train(
     out = Path(out)
     ctx = distributed.init(resolve_device(cfg.device))
     device = ctx.device
-    if ctx.main:
-        prepare_run_dir(out, cfg, resume, overwrite)
 
-    # 1. seeds, data, model
+    # 1. seeds, data, model; all checked before the run directory is touched, so refused input
+    # leaves nothing behind
     pyro.set_rng_seed(cfg.seed + 1000 * ctx.rank)  # each rank its own z draws
     progress = progress and ctx.main
     data = data if data is not None else load_data(cfg)
     vae = build_model(cfg, data.x_shape, data.num_classes)
+    if ctx.main:
+        prepare_run_dir(out, cfg, resume, overwrite)
     if cfg.init_bias:
         vae.init_output_bias(data.train.x.mean(0))
     vae.to(device)

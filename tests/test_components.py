@@ -153,3 +153,36 @@ def test_nonsense_combinations_are_refused(net, shape):
 def test_vamp_prior_refuses_labels():
     with pytest.raises(ConfigError, match="cannot be conditioned"):
         _cfg("vamp", conditional=True).validate()
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    from conftest import tiny_data_file
+
+    return tiny_data_file(tmp_path_factory.mktemp("data"), n=60, shape=(1, 8, 8))
+
+
+@pytest.mark.parametrize(
+    "prior,guide,likelihood,net",
+    list(itertools.product(UNCONDITIONAL_PRIORS, GUIDES, LIKELIHOODS, NETS)),
+)
+def test_every_combination_trains_from_the_cli_and_reloads(
+    tmp_path, tiny_file, capsys, prior, guide, likelihood, net
+):
+    from pyrovae.cli import main
+
+    run = tmp_path / "r"
+    args = ["train", "--dataset", "file", "--data-file", str(tiny_file), "--epochs", "1", "--z-dim", "2",
+            "--hidden", "8", "--batch-size", "24", "--val-size", "6", "--components", "3", "--pseudo-inputs", "4",
+            "--prior", prior, "--guide", guide, "--likelihood", likelihood, "--net", net, "--out", str(run),
+            "--no-eval", "--quiet"]  # fmt: skip
+    code = main(args)
+    if (prior, guide) in REFUSED:
+        assert code == 2 and "VampPrior" in capsys.readouterr().err and not run.exists()
+        return
+    assert code == 0
+    assert main(["evaluate", str(run), "--k", "3", "--n-test", "6"]) == 0
+    import json
+
+    res = json.loads((run / "eval.json").read_text())
+    assert math.isfinite(res["elbo"]) and math.isfinite(res["log_likelihood"]) and res["k"] == 3
