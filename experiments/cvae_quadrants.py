@@ -117,25 +117,23 @@ def run_setting(n_given: int, data, test_x, args) -> dict:
         loss, _ = svi_step(loss_fn, c_opt, c_params, x, condition(baseline, x, given))
         return loss / len(x)
 
-    val_elbo, test_elbo = make_elbo("trace"), make_elbo("trace", args.particles)
-
-    def c_val():
-        return _batched_mean(lambda x: _neg_elbo(val_elbo, vae, x, condition(baseline, x, given)), val_x)
+    def cvae_nll(elbo):
+        """−ELBO per image of the CVAE under ``elbo``, for :func:`_batched_mean`."""
+        return lambda x: _neg_elbo(elbo, vae, x, condition(baseline, x, given))
 
     t0 = time.perf_counter()
-    c_epochs = _fit(c_step, c_val, c_params, train_x, args, f"CVAE q{n_given}")
+    c_epochs = _fit(
+        c_step, lambda: _batched_mean(cvae_nll(elbo), val_x), c_params, train_x, args, f"CVAE q{n_given}"
+    )
     t_cvae = time.perf_counter() - t0
 
     c_test = condition(baseline, test_x, given)
+    test_elbo = make_elbo("trace", args.particles)
     res = {
         "n_given": n_given,
         "baseline": _batched_mean(baseline_nll, test_x),
-        "cvae_elbo": _batched_mean(
-            lambda x: _neg_elbo(test_elbo, vae, x, condition(baseline, x, given)), test_x
-        ),
-        "cvae_elbo_subset": _batched_mean(
-            lambda x: _neg_elbo(test_elbo, vae, x, condition(baseline, x, given)), test_x[: args.n_test]
-        ),
+        "cvae_elbo": _batched_mean(cvae_nll(test_elbo), test_x),
+        "cvae_elbo_subset": _batched_mean(cvae_nll(test_elbo), test_x[: args.n_test]),
         "cvae_is": -torch.cat(
             [log_likelihood(vae, test_x[i:j], c_test[i:j], args.k) for i, j in _chunks(args.n_test, 100)]
         )
