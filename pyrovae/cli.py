@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--checkpoint", default="best", help="'best', 'last' or a file name in RUN (default: best)"
     )
+    e.add_argument(
+        "--seed", type=int, default=0, help="seed of the estimates' samples, so figures repeat (default: 0)"
+    )
     _common(e)
 
     s = sub.add_parser("sample", help="a grid of images generated from the prior")
@@ -145,7 +148,11 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_run(run_dir: Path, k, n_test, which: str, device: str, data_dir, figures: bool = False) -> dict:
+def _evaluate_run(
+    run_dir: Path, k, n_test, which: str, device: str, data_dir, figures: bool = False, seed: int = 0
+) -> dict:
+    import pyro
+
     from .evaluate import evaluate
     from .runs import load_run, write_json
 
@@ -162,7 +169,9 @@ def _evaluate_run(run_dir: Path, k, n_test, which: str, device: str, data_dir, f
     test = run.data.test.to(run.device)
     if not run.model.num_classes:
         test.y = None
+    pyro.set_rng_seed(seed)
     res = evaluate(run.model, test, k=k, n_ll=n_test, progress=True)
+    res["seed"] = seed
     res["binarized"] = (
         "dynamic (test set binarized once, seed 0)" if cfg.resolve_binarize() else "no (grey values)"
     )
@@ -229,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return _train(args)
         if args.command == "evaluate":
-            _evaluate_run(args.run, args.k, args.n_test, args.checkpoint, args.device, args.data_dir)
+            _evaluate_run(
+                args.run, args.k, args.n_test, args.checkpoint, args.device, args.data_dir, seed=args.seed
+            )
             return 0
         from .runs import load_run
 

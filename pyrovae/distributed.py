@@ -76,7 +76,8 @@ class ELBOLoss(nn.Module):
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         # The loop steps a torch optimizer, so Pyro's parameter store need not be kept in sync.
         with unregistered(self.vae):
-            return self.world * self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, y)
+            loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, y)
+        return loss if self.world == 1 else self.world * loss
 
 
 def wrap(loss: ELBOLoss, ctx: Context) -> nn.Module:

@@ -2,9 +2,10 @@
 
 Protocol: a likelihood is a :class:`~pyro.nn.PyroModule` constructed as ``cls(x_shape)`` whose
 ``forward(out)`` takes decoder output of shape ``(*lead, *x_shape)`` and returns a distribution
-with ``event_shape == x_shape`` (use ``.to_event``). It also says how to map the mean training
-datum to the decoder's output bias (:meth:`Likelihood.bias_from_mean`) and what values it
-accepts (:attr:`Likelihood.support`), so bad data is refused before training.
+with ``event_shape == x_shape`` (use ``.to_event``, or :func:`pyrovae.distributions.to_event`,
+which a plate need not copy). It also says how to map the mean training datum to the decoder's
+output bias (:meth:`Likelihood.bias_from_mean`) and what values it accepts
+(:attr:`Likelihood.support`), so bad data is refused before training.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 from torch.distributions import constraints
+
+from .distributions import BernoulliEvent, to_event
 
 _EPS = 1e-4
 
@@ -48,7 +51,7 @@ class Bernoulli(Likelihood):
     needs_binary = True
 
     def forward(self, out: Tensor) -> dist.Distribution:
-        return dist.Bernoulli(logits=out).to_event(len(self.x_shape))
+        return BernoulliEvent(dist.Bernoulli(logits=out), len(self.x_shape))
 
     def bias_from_mean(self, mean: Tensor) -> Tensor:
         return torch.logit(mean.clamp(_EPS, 1 - _EPS))
@@ -61,7 +64,7 @@ class ContinuousBernoulli(Likelihood):
     support = "unit"
 
     def forward(self, out: Tensor) -> dist.Distribution:
-        return dist.ContinuousBernoulli(logits=out).to_event(len(self.x_shape))
+        return to_event(dist.ContinuousBernoulli(logits=out), len(self.x_shape))
 
     def bias_from_mean(self, mean: Tensor) -> Tensor:
         return torch.logit(mean.clamp(_EPS, 1 - _EPS))
@@ -80,7 +83,7 @@ class _LocationScale(Likelihood):
             self.register_buffer("scale", torch.full(self.x_shape, float(scale)))
 
     def forward(self, out: Tensor) -> dist.Distribution:
-        return self.family(out, self.scale).to_event(len(self.x_shape))
+        return to_event(self.family(out, self.scale), len(self.x_shape))
 
 
 class Normal(_LocationScale):
@@ -116,7 +119,7 @@ class Masked(Likelihood):
     def forward(self, out: Tensor) -> dist.Distribution:
         d = self.inner(out)
         # Mask before reinterpreting the pixels as one event: masked pixels then add 0 to the sum.
-        return d.base_dist.mask(self.mask).to_event(d.reinterpreted_batch_ndims)
+        return to_event(d.base_dist.mask(self.mask), d.reinterpreted_batch_ndims)
 
     def bias_from_mean(self, mean: Tensor) -> Tensor:
         return self.inner.bias_from_mean(mean)

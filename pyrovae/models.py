@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -35,6 +36,26 @@ from .priors import StandardNormal
 _instances = itertools.count()
 
 
+# Per root module: the (module, name, child) triples that ``unregistered`` patches.
+_patch_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _patches(root: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    cached = _patch_cache.get(root)
+    # A replaced child invalidates the list; a newly added one only misses the shortcut.
+    if cached is not None and all(mod._modules.get(name) is child for mod, name, child in cached):
+        return cached
+    found = [
+        (mod, name, child)
+        for mod in root.modules()
+        if isinstance(mod, PyroModule)
+        for name, child in mod._modules.items()
+        if child is not None and not isinstance(child, PyroModule)
+    ]
+    _patch_cache[root] = found
+    return found
+
+
 @contextmanager
 def unregistered(root: nn.Module) -> Iterator[None]:
     """Within this context, a :class:`~pyro.nn.PyroModule` reaches its plain ``nn.Module``
@@ -47,12 +68,10 @@ def unregistered(root: nn.Module) -> Iterator[None]:
     gradients are unchanged.
     """
     patched = []
-    for mod in root.modules():
-        if isinstance(mod, PyroModule):
-            for name, child in mod._modules.items():
-                if child is not None and not isinstance(child, PyroModule) and name not in mod.__dict__:
-                    mod.__dict__[name] = child  # found before nn.Module.__getattr__ is consulted
-                    patched.append((mod, name))
+    for mod, name, child in _patches(root):
+        if name not in mod.__dict__:
+            mod.__dict__[name] = child  # found before nn.Module.__getattr__ is consulted
+            patched.append((mod, name))
     try:
         yield
     finally:
@@ -169,8 +188,10 @@ class VAE(PyroModule):
             n = batch_size
         else:
             raise ValueError("model() needs data x, labels y or a batch_size")
-        y1 = self.one_hot(y, x if x is not None else self._reference())
-        with pyro.plate("data", n):
+        like = x if x is not None else self._reference()
+        y1 = self.one_hot(y, like)
+        # The device saves Pyro a lookup per plate and puts the plate's indices with the data.
+        with pyro.plate("data", n, device=like.device):
             with poutine.scale(scale=self.beta):
                 z = pyro.sample("z", self.prior(y1))
             out = self.decoder(z, y1)  # (*lead, batch, *x_shape)
@@ -180,7 +201,7 @@ class VAE(PyroModule):
     def guide(self, x: Tensor, y: Tensor | None = None, *, batch_size: int | None = None) -> Tensor:
         """q(z | x, y), amortized by the encoder."""
         y1 = self.one_hot(y, x)
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate("data", x.shape[0], device=x.device):
             with poutine.scale(scale=self.beta):
                 return pyro.sample("z", self.guide_net(x, y1))
 

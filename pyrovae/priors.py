@@ -19,6 +19,7 @@ from pyro.nn import AutoRegressiveNN, PyroModule, PyroParam
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from .distributions import to_event
 from .nets import mlp
 
 
@@ -171,7 +172,7 @@ class ConditionalNormal(PyroModule):
         if y is None:
             raise ValueError("the conditional prior p(z | y) needs a label y")
         h = self.body(y)
-        return dist.Normal(self.loc(h), self.log_scale(h).exp()).to_event(1)  # batch (batch,)
+        return to_event(dist.Normal(self.loc(h), self.log_scale(h).exp()), 1)  # batch (batch,)
 
 
 PRIORS: dict[str, type[PyroModule]] = {

@@ -21,6 +21,9 @@ def test_one_epoch_on_real_mnist_then_evaluate_sample_reconstruct(tmp_path, mnis
     assert -200 < res["elbo_ll_images"] < res["log_likelihood"] < 0 and -200 < res["elbo"] < 0
     for f in ["samples.png", "reconstructions.png", "metrics.csv", "best.pt"]:
         assert (run / f).stat().st_size > 0
+    first = res
+    assert main(["evaluate", str(run), "--k", "20", "--n-test", "100"]) == 0  # as train's own evaluation
+    assert json.loads((run / "eval.json").read_text()) == first  # seeded: the figures repeat
     assert main(["evaluate", str(run), "--k", "5", "--n-test", "50"]) == 0
     res = json.loads((run / "eval.json").read_text())
     assert res["k"] == 5 and res["n_ll_images"] == 50 and len(res["kl_per_dim"]) == 50

@@ -13,7 +13,8 @@ from torch import nn
 
 from pyrovae import VAE
 from pyrovae.evaluate import elbo_terms, log_likelihood
-from pyrovae.likelihoods import Normal
+from pyrovae.likelihoods import Bernoulli, Normal
+from pyrovae.objectives import MeanFieldELBO
 from pyrovae.posterior import posterior_predictive
 
 
@@ -69,6 +70,19 @@ def test_meanfield_elbo_is_recon_minus_beta_analytic_kl(beta):
     log_px, _, _, q = _by_hand(vae, x, z)
     kl = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum()
     assert loss == pytest.approx((-log_px.sum() + beta * kl).item(), rel=1e-5)
+
+
+def test_lean_meanfield_elbo_skips_only_the_densities_the_kl_replaces():
+    vae, x = _small_vae(beta=2.0), _binary()
+    elbo = MeanFieldELBO()
+    with pyro.validation_enabled(False):
+        model_tr, guide_tr = elbo._get_trace(vae.model, vae.guide, (x,), {})
+        pyro.set_rng_seed(4)
+        loss = elbo.loss(vae.model, vae.guide, x)
+    assert "log_prob" not in model_tr.nodes["z"] and "score_parts" not in guide_tr.nodes["z"]
+    assert "log_prob_sum" in model_tr.nodes["x"] and elbo._lean  # a Normal pair has a closed form
+    pyro.set_rng_seed(4)
+    assert loss == TraceMeanField_ELBO().loss(vae.model, vae.guide, x)
 
 
 def test_elbo_terms_match_pyro_loss_at_beta_one():
@@ -179,6 +193,31 @@ def test_predictive_gives_posterior_predictive_and_prior_samples():
     assert prior["x"].shape == (3, 7, 1, 4, 4)
 
 
+def test_bernoulli_likelihood_is_pyros_bernoulli_to_event():
+    logits = torch.randn(3, 5, 1, 4, 4, dtype=torch.float64, requires_grad=True)  # particles lead
+    x = torch.bernoulli(torch.full((5, 1, 4, 4), 0.3, dtype=torch.float64))
+    ours, pyros = Bernoulli((1, 4, 4))(logits), dist.Bernoulli(logits=logits).to_event(3)
+    lp = ours.log_prob(x)
+    assert lp.shape == (3, 5) and lp.dtype == torch.float64 and torch.equal(lp, pyros.log_prob(x))
+    g = torch.autograd.grad(lp.sum(), logits)[0]
+    assert torch.equal(g, torch.autograd.grad(pyros.log_prob(x).sum(), logits)[0])
+    with pytest.raises(ValueError, match="support"):
+        Bernoulli((1, 4, 4))(logits.detach()).log_prob(torch.full_like(x, 0.5))
+
+
+def test_plate_reuses_a_distribution_that_already_has_its_shape():
+    vae, x = _small_vae(), _binary()
+    q, px = vae.encode(x), vae.decode(torch.zeros(5, 3))
+    assert q.expand((5,)) is q and px.expand((5,)) is px
+    for d, value in ((q, torch.zeros(5, 3)), (px, x)):
+        wider = d.expand((2, 5))  # a real expansion (a particle plate) is still a copy of its kind
+        assert type(wider) is type(d) and wider.batch_shape == (2, 5)
+        assert torch.equal(wider.log_prob(value), d.log_prob(value).expand(2, 5))
+    guide_tr = poutine.trace(vae.guide).get_trace(x)
+    model_tr = poutine.trace(poutine.replay(vae.model, guide_tr)).get_trace(x)
+    assert type(guide_tr.nodes["z"]["fn"]) is type(q) and type(model_tr.nodes["x"]["fn"]) is type(px)
+
+
 def test_float64_stays_float64_under_float32_default():
     assert torch.get_default_dtype() == torch.float32
     vae = _small_vae().double()
@@ -215,4 +254,7 @@ def test_training_loop_loss_skips_the_param_store_but_changes_nothing_else():
     with unregistered(vae):
         assert "decoder" in vae.__dict__
     assert "decoder" not in vae.__dict__  # restored: plain SVI registers parameters again
+    vae.decoder = type(vae.decoder)((1, 4, 4), 3, (8,))  # a child swapped after a first use
+    with unregistered(vae):
+        assert vae.decoder is vae._modules["decoder"]
     test_two_models_do_not_share_parameters_through_the_param_store()

@@ -10,7 +10,7 @@ from conftest import tiny_data_file
 
 from pyrovae import checkpoint
 from pyrovae.config import Config, ConfigError
-from pyrovae.train import TrainingError, train
+from pyrovae.train import TrainingError, grad_norm, train
 
 
 def _cfg(path, **kw):
@@ -29,6 +29,20 @@ def _cfg(path, **kw):
 
 def _params(vae):
     return {k: v.clone() for k, v in vae.state_dict().items()}
+
+
+def test_grad_norm_is_the_total_norm_and_sees_nan_and_inf():
+    params = [torch.nn.Parameter(torch.zeros(s)) for s in [(7, 3), (3,), (2, 2, 2)]]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    assert grad_norm(params).item() == pytest.approx(
+        torch.nn.utils.get_total_norm([p.grad for p in params]).item(), rel=1e-6
+    )
+    params.append(torch.nn.Parameter(torch.zeros(2)))  # no gradient: left out, as torch does
+    assert torch.isfinite(grad_norm(params))
+    for bad in (float("nan"), float("inf")):
+        params[1].grad[0] = bad
+        assert not torch.isfinite(grad_norm(params))
 
 
 def test_run_directory_contents(tmp_path):
