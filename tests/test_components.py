@@ -12,7 +12,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyrovae import checkpoint
 from pyrovae.config import Config, ConfigError, build_model
 from pyrovae.guides import GUIDES
-from pyrovae.likelihoods import LIKELIHOODS
+from pyrovae.likelihoods import LIKELIHOODS, Masked
 from pyrovae.nets import NETS
 from pyrovae.objectives import MeanFieldELBO
 from pyrovae.priors import PRIORS
@@ -106,6 +106,23 @@ def test_lean_meanfield_elbo_gives_pyros_loss_and_gradients(prior, guide):
         out.append([loss.detach()] + [p.grad.clone() for p in vae.parameters()])
     for pyros, ours in zip(*out, strict=True):
         assert torch.equal(pyros, ours)
+
+
+@pytest.mark.parametrize("likelihood", [*LIKELIHOODS, "masked"])
+def test_likelihood_log_prob_and_gradient_are_pyros_to_event(likelihood):
+    shape = (1, 4, 4)
+    if likelihood == "masked":
+        lik = Masked(LIKELIHOODS["bernoulli"](shape), torch.rand(shape) < 0.5)
+    else:
+        lik = LIKELIHOODS[likelihood](shape).double()
+    out = torch.randn(3, 5, *shape, dtype=torch.float64, requires_grad=True)  # particles lead
+    x = _data("bernoulli" if likelihood == "masked" else likelihood, shape, n=5).double()
+    ours = lik(out)
+    pyros = lik(out).base_dist.to_event(len(shape))  # Pyro's own Independent over the same pixels
+    lp, ref = ours.log_prob(x), pyros.log_prob(x)
+    assert lp.shape == (3, 5) and lp.dtype == torch.float64 and torch.allclose(lp, ref, rtol=1e-12)
+    (g,) = torch.autograd.grad(lp.sum(), out)
+    assert torch.allclose(g, torch.autograd.grad(ref.sum(), out)[0], rtol=1e-12)
 
 
 def _grid(lim=7.0, n=281):
