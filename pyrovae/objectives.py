@@ -97,6 +97,9 @@ class MeanFieldELBO(TraceMeanField_ELBO):
     latent site per step, about 4% of an SVI step of the tutorial VAE on a CPU. Where a latent site
     has no closed form (an IAF guide, a flow prior) the densities are computed after all, and this
     instance scores every site from then on, exactly as Pyro does.
+
+    :meth:`differentiable_loss` does not warn on a NaN loss as Pyro's does: check the value it
+    returns (:func:`pyrovae.train.svi_step` does, for loss and gradients).
     """
 
     def __init__(self, **kwargs) -> None:
@@ -112,6 +115,15 @@ class MeanFieldELBO(TraceMeanField_ELBO):
         guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
         model_trace.compute_log_prob(lambda name, site: site["is_observed"])
         return model_trace, guide_trace
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        # Pyro returns ``loss + (surrogate - surrogate.item())``, which for an ELBO of
+        # reparameterized sites is the surrogate itself, and hooks a NaN warning into backward:
+        # two host syncs and a Python call per step. pyrovae's step checks loss and gradients.
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss = loss + self._differentiable_loss_particle(model_trace, guide_trace)[1] / self.num_particles
+        return loss
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         try:
