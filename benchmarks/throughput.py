@@ -3,7 +3,7 @@
 Both sides train the same networks (Pyro's tutorial VAE, 784-400-50 softplus MLPs) on the same
 batches with Adam. The hand-written loop computes the analytic-KL ELBO with torch ops and steps
 ``torch.optim.Adam`` as a user writes it (torch's default, a loop over parameters on a CPU), and
-again with ``fused=True``. pyrovae runs its training step (``pyrovae.train.svi_step``: the loss,
+again with ``fused=True``. pyrovae runs its training step (``pyrovae.step.svi_step``: the loss,
 a NaN/inf check of loss and gradients, fused Adam) on ``make_elbo("meanfield")`` (Pyro's
 ``TraceMeanField_ELBO``, analytic KL, the same objective) and on ``Trace_ELBO``. Steps alternate
 between the contestants in rounds so drift in machine load hits all equally.
@@ -26,7 +26,7 @@ from torch import nn
 from pyrovae.config import PRESETS, Config, build_model
 from pyrovae.distributed import ELBOLoss
 from pyrovae.objectives import make_elbo
-from pyrovae.train import make_optimizer, svi_step
+from pyrovae.step import make_optimizer, svi_step
 
 
 class HandVAE(nn.Module):

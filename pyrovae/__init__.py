@@ -13,7 +13,7 @@ from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .models import VAE
 from .nets import NETS
-from .objectives import CapacityELBO, make_elbo
+from .objectives import CapacityELBO, MeanFieldELBO, make_elbo
 from .priors import PRIORS
 from .runs import Run, load_run
 from .train import TrainingError, train
@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "VAE", "Config", "ConfigError", "DataError", "Dataset", "Split", "Run", "TrainingError",
-    "PRESETS", "PRIORS", "GUIDES", "LIKELIHOODS", "NETS", "CapacityELBO",
+    "PRESETS", "PRIORS", "GUIDES", "LIKELIHOODS", "NETS", "CapacityELBO", "MeanFieldELBO",
     "build_model", "load_dataset", "train", "load_run", "make_elbo",
     "evaluate", "elbo_terms", "log_likelihood", "kl_per_dim", "active_units",
 ]  # fmt: skip

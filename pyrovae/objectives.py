@@ -99,7 +99,7 @@ class MeanFieldELBO(TraceMeanField_ELBO):
     instance scores every site from then on, exactly as Pyro does.
 
     :meth:`differentiable_loss` does not warn on a NaN loss as Pyro's does: check the value it
-    returns (:func:`pyrovae.train.svi_step` does, for loss and gradients).
+    returns (:func:`pyrovae.step.svi_step` does, for loss and gradients).
     """
 
     def __init__(self, **kwargs) -> None:

@@ -10,7 +10,8 @@ from conftest import tiny_data_file
 
 from pyrovae import checkpoint
 from pyrovae.config import Config, ConfigError
-from pyrovae.train import TrainingError, grad_norm, train
+from pyrovae.step import grad_norm
+from pyrovae.train import TrainingError, train
 
 
 def _cfg(path, **kw):

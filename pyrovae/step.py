@@ -1,0 +1,61 @@
+"""One SVI step of pyrovae's training loop, following Pyro's recipe for custom loops: the ELBO's
+differentiable loss, ``backward`` and a torch optimizer, with the loss and gradients checked for
+NaN and inf before they can reach the parameters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def make_optimizer(params: list, lr: float) -> torch.optim.Optimizer:
+    """Adam, fused into one kernel per step where torch supports it (it updates all parameters
+    in one pass instead of a Python loop over them)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
+        return torch.optim.Adam(params, lr=lr)
+
+
+def grad_norm(params: list) -> torch.Tensor:
+    """The 2-norm of all gradients together, as a tensor on their device.
+
+    One BLAS dot product per gradient: on a CPU this is about twice as fast as
+    :func:`torch.nn.utils.get_total_norm`, which the step pays every time to catch NaN and inf.
+    """
+    grads = [p.grad.reshape(-1) for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.stack([g.dot(g) for g in grads]).sum().sqrt()
+
+
+def svi_step(
+    loss_fn, opt: torch.optim.Optimizer, params: list, x, y=None, clip_norm=None
+) -> tuple[float, float]:
+    """One SVI step: the ELBO's differentiable loss, backward, and an optimizer step.
+
+    :param loss_fn: an :class:`~pyrovae.distributed.ELBOLoss` (or DDP around one).
+
+    The step is skipped, and ``nan`` or ``inf`` returned, when the loss or gradient is not finite,
+    so a bad batch never reaches the parameters.
+
+    :returns: the loss and the gradient norm (before clipping).
+    """
+    try:
+        loss = loss_fn(x, y)
+    except ValueError as e:
+        if "invalid values" not in str(e):  # Pyro's validation caught NaN distribution parameters
+            raise
+        return math.nan, math.nan
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_norm:
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
+    else:
+        norm = grad_norm(params)
+    loss_v, norm_v = torch.stack([loss.detach(), norm.to(loss)]).tolist()  # one device sync
+    if math.isfinite(loss_v) and math.isfinite(norm_v):
+        opt.step()
+    return loss_v, norm_v
