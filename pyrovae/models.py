@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -36,26 +35,6 @@ from .priors import StandardNormal
 _instances = itertools.count()
 
 
-# Per root module: the (module, name, child) triples that ``unregistered`` patches.
-_patch_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _patches(root: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
-    cached = _patch_cache.get(root)
-    # A replaced child invalidates the list; a newly added one only misses the shortcut.
-    if cached is not None and all(mod._modules.get(name) is child for mod, name, child in cached):
-        return cached
-    found = [
-        (mod, name, child)
-        for mod in root.modules()
-        if isinstance(mod, PyroModule)
-        for name, child in mod._modules.items()
-        if child is not None and not isinstance(child, PyroModule)
-    ]
-    _patch_cache[root] = found
-    return found
-
-
 @contextmanager
 def unregistered(root: nn.Module) -> Iterator[None]:
     """Within this context, a :class:`~pyro.nn.PyroModule` reaches its plain ``nn.Module``
@@ -68,10 +47,12 @@ def unregistered(root: nn.Module) -> Iterator[None]:
     gradients are unchanged.
     """
     patched = []
-    for mod, name, child in _patches(root):
-        if name not in mod.__dict__:
-            mod.__dict__[name] = child  # found before nn.Module.__getattr__ is consulted
-            patched.append((mod, name))
+    for mod in root.modules():
+        if isinstance(mod, PyroModule):
+            for name, child in mod._modules.items():
+                if child is not None and not isinstance(child, PyroModule) and name not in mod.__dict__:
+                    mod.__dict__[name] = child  # found before nn.Module.__getattr__ is consulted
+                    patched.append((mod, name))
     try:
         yield
     finally:
