@@ -33,7 +33,7 @@ import pyrovae
 from pyrovae.config import PRESETS, Config
 from pyrovae.data import binarize, load_dataset
 from pyrovae.evaluate import MAX_ELEMENTS, log_likelihood
-from pyrovae.train import EVAL_BINARIZE_SEED
+from pyrovae.runs import EVAL_BINARIZE_SEED
 
 
 class ExampleVAE(nn.Module):

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyrovae.config import PRESETS, Config, build_model
-from pyrovae.distributed import ELBOLoss
+from pyrovae.build import build_model
+from pyrovae.config import PRESETS, Config
+from pyrovae.objectives import ELBOLoss
 from pyrovae.objectives import make_elbo
 from pyrovae.step import make_optimizer, svi_step
 

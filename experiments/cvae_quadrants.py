@@ -24,13 +24,13 @@ import pyro
 import torch
 
 from pyrovae.data import binarize, load_dataset
-from pyrovae.distributed import ELBOLoss
+from pyrovae.objectives import ELBOLoss
 from pyrovae.evaluate import log_likelihood
 from pyrovae.objectives import make_elbo
 from pyrovae.posterior import sample_prior
 from pyrovae.step import make_optimizer, svi_step
 from pyrovae.structured import BaselineNet, condition, hide, quadrant_mask, structured_cvae
-from pyrovae.train import EVAL_BINARIZE_SEED
+from pyrovae.runs import EVAL_BINARIZE_SEED
 
 try:
     from _common import budget_options, command_line, markdown_table

@@ -6,23 +6,24 @@
 torch.Size([5])
 """
 
-from .config import PRESETS, Config, ConfigError, build_model
+from .build import build_model
+from .config import PRESETS, Config, ConfigError
 from .data import DataError, Dataset, Split, load_dataset
 from .evaluate import active_units, elbo_terms, evaluate, kl_per_dim, log_likelihood
+from .fit import TrainingError, fit
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .models import VAE
 from .nets import NETS
-from .objectives import CapacityELBO, MeanFieldELBO, make_elbo
+from .objectives import IWAE, CapacityELBO, ELBOLoss, make_elbo
 from .priors import PRIORS
-from .runs import Run, load_run
-from .train import TrainingError, train
+from .runs import Run, load_run, train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "VAE", "Config", "ConfigError", "DataError", "Dataset", "Split", "Run", "TrainingError",
-    "PRESETS", "PRIORS", "GUIDES", "LIKELIHOODS", "NETS", "CapacityELBO", "MeanFieldELBO",
-    "build_model", "load_dataset", "train", "load_run", "make_elbo",
+    "PRESETS", "PRIORS", "GUIDES", "LIKELIHOODS", "NETS", "CapacityELBO", "IWAE", "ELBOLoss",
+    "build_model", "load_dataset", "fit", "train", "load_run", "make_elbo",
     "evaluate", "elbo_terms", "log_likelihood", "kl_per_dim", "active_units",
 ]  # fmt: skip

@@ -1,13 +1,16 @@
 """The ``pyrovae`` command line: ``train``, ``evaluate``, ``sample``, ``reconstruct``, ``inspect``.
 
-User errors (bad options, data or checkpoints) print one ``error:`` line saying what to do and
-exit with status 2; an interrupted training exits with 130 after writing a checkpoint.
+It only parses options and calls the run layer (:mod:`pyrovae.runs`). User errors (bad options,
+data or checkpoints) print one ``error:`` line saying what to do and exit with status 2; an
+interrupted training exits with 130 after writing a checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import re
 import sys
 import types
 import typing
@@ -22,26 +25,50 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
 def _field_type(f: dataclasses.Field):
     t = typing.get_type_hints(Config)[f.name]
-    args = [a for a in typing.get_args(t) if a is not type(None)]
     if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union:
-        t = args[0]
+        t = next(a for a in typing.get_args(t) if a is not type(None))
     return t
+
+
+def _choice_type(name: str, choices):
+    """An argparse type that accepts any case of a choice and suggests the closest on a typo."""
+
+    def parse(value: str) -> str:
+        by_lower = {str(c).lower(): c for c in choices}
+        if value.lower() in by_lower:
+            return by_lower[value.lower()]
+        close = difflib.get_close_matches(value.lower(), list(by_lower), n=1)
+        hint = f" Did you mean {by_lower[close[0]]!r}?" if close else ""
+        raise argparse.ArgumentTypeError(
+            f"unknown --{_flag(name)} {value!r}; choose from {', '.join(choices)}.{hint}"
+        )
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
     defaults = Config()
     for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        help = f"{f.metadata['help']} (default: {getattr(defaults, f.name)})"
-        t = _field_type(f)
+        flag, t, choices = "--" + _flag(f.name), _field_type(f), f.metadata.get("choices")
+        default = getattr(defaults, f.name)
+        help = f.metadata["help"]
+        if choices is not None:
+            help += f"; one of {{{', '.join(choices)}}}"
+        help += f" (default: {' '.join(map(str, default)) if isinstance(default, list) else default})"
+        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=help)
         if t is bool:
-            p.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help
-            )
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(t) is list:
-            p.add_argument(flag, dest=f.name, type=int, nargs="+", default=argparse.SUPPRESS, help=help)
+            p.add_argument(flag, type=int, nargs="+", metavar="N", **kw)
+        elif choices is not None:
+            p.add_argument(flag, type=_choice_type(f.name, choices), metavar="NAME", **kw)
         else:
-            p.add_argument(flag, dest=f.name, type=t, default=argparse.SUPPRESS, help=help)
+            p.add_argument(flag, type=t, **kw)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,13 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a VAE and evaluate it on the test set",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
-    t.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        help="start from a published network and optimizer (default: none)",
-    )
+    t = sub.add_parser("train", help="train a VAE and evaluate it on the test set")
+    t.add_argument("--preset", type=_choice_type("preset", list(PRESETS)), metavar="NAME",
+                   help=f"start from a published network and optimizer; one of {{{', '.join(PRESETS)}}}")  # fmt: skip
     t.add_argument("--out", default=None, help="run directory (default: runs/<preset or vae>-seed<seed>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
@@ -67,201 +90,113 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser(
         "evaluate", help="test ELBO, importance-sampled log p(x), active units -> RUN/eval.json"
     )
-    e.add_argument("run", type=Path, help="run directory")
+    _run_argument(e)
     e.add_argument(
         "--k", type=int, default=None, help="importance samples per image (default: the run's eval_k)"
     )
-    e.add_argument(
-        "--n-test", type=int, default=None, help="test images for log p(x) (default: the run's eval_n_test)"
-    )
+    e.add_argument("--n-test", type=int, default=None,
+                   help="test images for log p(x) (default: the run's eval_n_test)")  # fmt: skip
     e.add_argument(
         "--checkpoint", default="best", help="'best', 'last' or a file name in RUN (default: best)"
     )
-    e.add_argument(
-        "--seed", type=int, default=0, help="seed of the estimates' samples, so figures repeat (default: 0)"
-    )
-    _common(e)
+    e.add_argument("--seed", type=int, default=0, help="seed of the estimates' samples (default: 0)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("sample", help="a grid of images generated from the prior")
-    s.add_argument("run", type=Path, help="run directory")
+    _run_argument(s)
     s.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
     s.add_argument("-n", type=int, default=64, help="number of images (default: 64)")
-    s.add_argument(
-        "--label",
-        type=int,
-        default=None,
-        help="class to generate, for a conditional run (default: one row per class)",
-    )
+    s.add_argument("--label", type=int, default=None,
+                   help="class to generate, for a conditional run (default: one row per class)")  # fmt: skip
     s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    _common(s)
 
     r = sub.add_parser("reconstruct", help="test images next to their reconstructions")
-    r.add_argument("run", type=Path, help="run directory")
+    _run_argument(r)
     r.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
     r.add_argument("-n", type=int, default=32, help="number of test images (default: 32)")
-    _common(r)
 
     i = sub.add_parser("inspect", help="write every inspection figure to RUN/figures/ with an index.md")
-    i.add_argument("run", type=Path, help="run directory")
+    _run_argument(i)
     i.add_argument("--k", type=int, default=100, help="importance samples for anomaly scores (default: 100)")
-    i.add_argument(
-        "--n", type=int, default=2000, help="test images for the latent map and anomalies (default: 2000)"
-    )
-    _common(i)
+    i.add_argument("--n", type=int, default=2000,
+                   help="test images for the latent map and anomalies (default: 2000)")  # fmt: skip
     return p
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _run_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="run directory")
     p.add_argument("--device", default="cpu", help="device to run on (default: cpu)")
     p.add_argument(
-        "--data-dir", default=None, help="data folder, if it moved since training (default: the run's)"
+        "--data-dir", default=None, help="MNIST folder, if it moved since training (default: the run's)"
     )
+    p.add_argument("--data-file", default=None,
+                   help="the run's data file, if it moved since training (default: the run's)")  # fmt: skip
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .evaluate import summary
+    from .runs import resumed_config, train
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
-    name = args.preset or "vae"
-    out = Path(args.out or f"runs/{name}-seed{given.get('seed', 0)}")
-    if args.resume:
-        if not (out / "config.json").exists():
-            raise ConfigError(f"--resume: {out} holds no run (no config.json); drop --resume to start one")
-        saved = dataclasses.asdict(Config.load(out / "config.json"))
-        from .train import RESUMABLE
-
-        clash = {k: (saved[k], v) for k, v in given.items() if k not in RESUMABLE and saved[k] != v}
-        if clash:
-            detail = ", ".join(
-                f"--{k.replace('_', '-')}: saved {a!r}, given {b!r}" for k, (a, b) in clash.items()
-            )
-            raise ConfigError(
-                f"--resume with options that contradict the saved run ({detail}); drop them or start a new run"
-            )
-        cfg = Config.from_dict({**saved, **given})
-    else:
-        cfg = Config.from_dict({**PRESETS.get(args.preset, {}), **given})
-    train(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    out = Path(args.out or f"runs/{args.preset or 'vae'}-seed{given.get('seed', 0)}")
+    cfg = resumed_config(out, given) if args.resume else Config.from_preset(args.preset, **given)
+    run = train(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
+                evaluate=not args.no_eval)  # fmt: skip
     print(f"run written to {out}")
-    if not args.no_eval:
-        _evaluate_run(out, k=None, n_test=None, which="best", device=cfg.device, data_dir=None, figures=True)
+    if run.results is not None:
+        print(summary(run.results))
+        print(f"figures: {out / 'samples.png'}, {out / 'reconstructions.png'}")
     return 0
 
 
-def _evaluate_run(
-    run_dir: Path, k, n_test, which: str, device: str, data_dir, figures: bool = False, seed: int = 0
-) -> dict:
-    import pyro
+def _command(args: argparse.Namespace) -> int:
+    from . import plots
+    from .runs import evaluate_run, load_run
 
-    from .evaluate import evaluate
-    from .runs import load_run, write_json
+    which = getattr(args, "checkpoint", "best")
+    run = load_run(args.run, which, args.device, args.data_dir, args.data_file)
+    if args.command == "evaluate":
+        from .evaluate import summary
 
-    if device == "auto":
-        import torch
+        print(summary(evaluate_run(run, args.k, args.n_test, args.seed, not args.quiet, which)))
+        return 0
+    if args.command == "sample":
+        try:
+            plots.sample_grid(run.model, args.output, args.n, args.label, args.seed)
+        except ValueError as e:
+            raise ConfigError(str(e), "label") from None
+    elif args.command == "reconstruct":
+        test = run.data.test.subset(slice(0, args.n))
+        plots.reconstruction_grid(run.model, test.x, test.y, args.output)
+    elif args.command == "inspect":
+        from .inspect_run import inspect_run
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    run = load_run(run_dir, which, device, data_dir)
-    cfg = run.config
-    k = k or cfg.eval_k
-    n_test = n_test if n_test is not None else cfg.eval_n_test
-    if k < 1 or (n_test is not None and n_test < 1):
-        raise ConfigError("--k and --n-test must be positive")
-    test = run.data.test.to(run.device)
-    if not run.model.num_classes:
-        test.y = None
-    pyro.set_rng_seed(seed)
-    res = evaluate(run.model, test, k=k, n_ll=n_test, progress=True)
-    res["seed"] = seed
-    res["binarized"] = (
-        "dynamic (test set binarized once, seed 0)" if cfg.resolve_binarize() else "no (grey values)"
-    )
-    res["checkpoint"] = which
-    write_json(run_dir / "eval.json", res)
-    print(
-        f"test ELBO {res['elbo']:.2f} nats/image over {res['n_images']} images; "
-        f"importance-sampled log p(x) {res['log_likelihood']:.2f} nats/image (K={k}, first {res['n_ll_images']} images, "
-        f"whose ELBO is {res['elbo_ll_images']:.2f}); "
-        f"active units {res['active_units']}/{run.model.z_dim}; binarized: {res['binarized']}"
-    )
-    if figures:
-        _sample(run, run_dir / "samples.png", 64, None, 0)
-        _reconstruct(run, run_dir / "reconstructions.png", 32)
-        print(f"figures: {run_dir / 'samples.png'}, {run_dir / 'reconstructions.png'}")
-    return res
+        print(f"figures and {inspect_run(run, k=args.k, n=args.n)} written")
+        return 0
+    print(f"wrote {args.output}")
+    return 0
 
 
-def _sample(run, path: Path, n: int, label, seed: int) -> None:
-    import pyro
-    import torch
-
-    from .plots import image_grid
-    from .posterior import sample_prior
-
-    pyro.set_rng_seed(seed)
-    vae = run.model
-    if vae.num_classes:
-        if label is None:
-            per = max(1, n // vae.num_classes)
-            y = torch.arange(vae.num_classes, device=run.device).repeat_interleave(per)
-            title, nrow = "Samples, one row per class", per
-        else:
-            if not 0 <= label < vae.num_classes:
-                raise ConfigError(f"--label {label} is not a class of this run (0..{vae.num_classes - 1})")
-            y, title, nrow = torch.full((n,), label, device=run.device), f"Samples of class {label}", 8
-        images = sample_prior(vae, len(y), y)
-    else:
-        if label is not None:
-            raise ConfigError("--label needs a conditional run (trained with --conditional)")
-        images, title, nrow = sample_prior(vae, n), "Samples from the model (mean of p(x|z), z ~ p(z))", 8
-    image_grid(images, path, title, nrow=nrow)
-
-
-def _reconstruct(run, path: Path, n: int) -> None:
-    import torch
-
-    from .plots import image_grid
-    from .posterior import reconstruct
-
-    test = run.data.test.subset(slice(0, n)).to(run.device)
-    y = test.y if run.model.num_classes else None
-    rec = reconstruct(run.model, test.x, y)
-    pairs = torch.stack([test.x, rec], 1).flatten(0, 1)  # alternate data, reconstruction
-    image_grid(pairs, path, "Test images (odd columns) and reconstructions (even)", nrow=16)
+def _message(e: Exception) -> str:
+    """A library error in the command line's terms: the option it names becomes its flag."""
+    text, option = str(e), getattr(e, "option", None)
+    if option and not text.startswith("--"):
+        text = re.sub(rf"(?<![\w-]){re.escape(option)}\b", "--" + _flag(option), text, count=1)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pyrovae`` console script."""
-    from .train import Interrupted, TrainingError
+    from .fit import Interrupted, TrainingError
 
     args = _parser().parse_args(argv)
     try:
-        if args.command == "train":
-            return _train(args)
-        if args.command == "evaluate":
-            _evaluate_run(
-                args.run, args.k, args.n_test, args.checkpoint, args.device, args.data_dir, seed=args.seed
-            )
-            return 0
-        from .runs import load_run
-
-        run = load_run(args.run, "best", args.device, args.data_dir)
-        if args.command == "sample":
-            _sample(run, args.output, args.n, args.label, args.seed)
-        elif args.command == "reconstruct":
-            _reconstruct(run, args.output, args.n)
-        elif args.command == "inspect":
-            from .inspect_run import inspect_run
-
-            index = inspect_run(run, k=args.k, n=args.n)
-            print(f"figures and {index} written")
-            return 0
-        print(f"wrote {args.output}")
-        return 0
+        return _train(args) if args.command == "train" else _command(args)
     except USER_ERRORS + (TrainingError,) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_message(e)}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
+        print(f"interrupted: {e} (pyrovae train --resume)", file=sys.stderr)
         return 130
 
 

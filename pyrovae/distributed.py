@@ -15,8 +15,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .models import unregistered
-
 
 @dataclass
 class Context:
@@ -47,6 +45,11 @@ class Context:
         return t.tolist()
 
 
+def rank() -> int:
+    """This process's rank under torchrun (0 when not distributed), known before :func:`init`."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init(device: torch.device) -> Context:
     """Join the process group torchrun describes, if any (NCCL on CUDA, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -61,26 +64,7 @@ def init(device: torch.device) -> Context:
     return Context(rank, world, device)
 
 
-class ELBOLoss(nn.Module):
-    """``elbo.differentiable_loss(vae.model, vae.guide, x, y)`` as a module, so DDP can wrap it.
-
-    Under DDP each rank's loss is multiplied by the number of ranks: DDP averages gradients, and
-    the average of ``world * local sum`` is the gradient of the global batch's sum, exactly as one
-    process would compute it.
-    """
-
-    def __init__(self, vae: nn.Module, elbo, world: int = 1) -> None:
-        super().__init__()
-        self.vae, self.elbo, self.world = vae, elbo, world
-
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        # The loop steps a torch optimizer, so Pyro's parameter store need not be kept in sync.
-        with unregistered(self.vae):
-            loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, y)
-        return loss if self.world == 1 else self.world * loss
-
-
-def wrap(loss: ELBOLoss, ctx: Context) -> nn.Module:
+def wrap(loss: nn.Module, ctx: Context) -> nn.Module:
     """DDP around the loss module when running distributed; the module itself otherwise."""
     if not ctx.active:
         return loss

@@ -12,6 +12,7 @@ import math
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 from pyro.distributions import Independent, Normal
 from torch import Tensor
 from torch.distributions import kl_divergence
@@ -53,45 +54,52 @@ def elbo_terms(vae: VAE, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Te
 
 
 @torch.no_grad()
-def log_weights(vae: VAE, x: Tensor, y: Tensor | None, k: int) -> Tensor:
-    """``log p(x, z_k) - log q(z_k | x)`` for ``k`` guide samples per datum, shape ``(k, batch)``.
-
-    The encoder runs once; the samples are drawn in a vectorized ``"particles"`` plate.
-    """
-    with pyro.plate("particles", k, dim=-2):
-        model_tr, guide_tr = _traces(vae, x, y)
-    lw = 0.0
-    for name, site in model_tr.nodes.items():
-        if site["type"] == "sample":
-            lw = lw + _site_log_prob(site)
-            if not site["is_observed"]:
-                lw = lw - _site_log_prob(guide_tr.nodes[name])
-    return lw
-
-
-@torch.no_grad()
 def log_likelihood(vae: VAE, x: Tensor, y: Tensor | None = None, k: int = 1000) -> Tensor:
     """Importance-sampled estimate of ``log p(x)`` with ``k`` samples from the guide (the IWAE
     bound of Burda et al. 2015; it rises to ``log p(x)`` as ``k`` grows).
 
-    Samples are drawn in chunks so memory stays bounded whatever ``k`` is.
+    The guide runs once for all ``k`` samples (in a vectorized ``"particles"`` plate); the model
+    then scores them in chunks of at most :data:`MAX_ELEMENTS` decoder outputs, so memory stays
+    bounded whatever ``k`` is and the estimate does not depend on the chunking.
 
     :returns: shape ``(batch,)``, nats.
     """
-    per_sample = x.shape[0] * math.prod(vae.x_shape)
-    chunk = max(1, min(k, MAX_ELEMENTS // per_sample))
-    lws = [log_weights(vae, x, y, min(chunk, k - i)) for i in range(0, k, chunk)]
-    return torch.logsumexp(torch.cat(lws), dim=0) - math.log(k)
+    with pyro.plate("particles", k, dim=-2):
+        guide_tr = poutine.trace(vae.guide).get_trace(x, y)
+    latent = {n: s for n, s in guide_tr.nodes.items()
+              if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}  # fmt: skip
+    log_q = sum(_site_log_prob(s) for s in latent.values())  # (k, batch)
+    chunk = max(1, min(k, MAX_ELEMENTS // (x.shape[0] * math.prod(vae.x_shape))))
+    log_p = []
+    for i in range(0, k, chunk):
+        values = {n: s["value"][i : i + chunk] for n, s in latent.items()}
+        with pyro.plate("particles", min(chunk, k - i), dim=-2):
+            model_tr = poutine.trace(poutine.condition(vae.model, data=values)).get_trace(x, y)
+        sites = [s for s in model_tr.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
+        log_p.append(sum(_site_log_prob(s) for s in sites))
+    return torch.logsumexp(torch.cat(log_p) - log_q, dim=0) - math.log(k)
 
 
 @torch.no_grad()
 def posterior_mean(vae: VAE, x: Tensor, y: Tensor | None = None, samples: int = 64) -> Tensor:
     """``E_q[z | x]``, analytic where the guide knows its mean, else a Monte Carlo average."""
+    return posterior_mean_and_noise(vae, x, y, samples)[0]
+
+
+@torch.no_grad()
+def posterior_mean_and_noise(
+    vae: VAE, x: Tensor, y: Tensor | None = None, samples: int = 64
+) -> tuple[Tensor, Tensor]:
+    """``E_q[z | x]`` and the variance of that estimate per datum and dimension: zero where the
+    guide knows its mean analytically, ``s² / samples`` (``s²`` the sample variance) where the
+    mean is a Monte Carlo average. Both of shape ``(batch, z_dim)``."""
     q = vae.encode(x, y)
     try:
-        return q.mean
+        mean = q.mean
+        return mean, torch.zeros_like(mean)
     except NotImplementedError:
-        return q.sample((samples,)).mean(0)
+        z = q.sample((samples,))
+        return z.mean(0), z.var(0) / samples
 
 
 @torch.no_grad()
@@ -106,10 +114,19 @@ def kl_per_dim(vae: VAE, x: Tensor, y: Tensor | None = None) -> Tensor | None:
     return kl_divergence(q.base_dist, p.base_dist).reshape(-1, vae.z_dim).mean(0)
 
 
-def active_units(means: Tensor, threshold: float = 0.01) -> int:
+def active_units(means: Tensor, threshold: float = 0.01, noise: Tensor | None = None) -> int:
     """Dimensions whose posterior mean varies over the data with variance above ``threshold``
-    (Burda et al. 2015). :param means: posterior means, shape ``(N, z_dim)``."""
-    return int((means.var(0) > threshold).sum())
+    (Burda et al. 2015).
+
+    :param means: posterior means, shape ``(N, z_dim)``.
+    :param noise: the variance of each mean's estimate, shape ``(N, z_dim)``, when the means are
+        Monte Carlo averages (see :func:`posterior_mean_and_noise`): their spread over the data
+        then includes that noise on average, which is subtracted so collapsed units stay inactive.
+    """
+    var = means.var(0)
+    if noise is not None:
+        var = var - noise.mean(0)
+    return int((var > threshold).sum())
 
 
 @torch.no_grad()
@@ -126,19 +143,38 @@ def evaluate(
 
     :returns: a dict of mean nats per datum (``elbo``, ``recon``, ``kl``, ``log_likelihood``, and
         ``elbo_ll_images``, the ELBO over the images that ``log_likelihood`` covers) and
-        ``k``, ``n_images``, ``n_ll_images``, ``active_units``, ``kl_per_dim``.
+        ``k``, ``n_images``, ``n_ll_images``, ``active_units``, ``z_dim``, ``kl_per_dim``. For a
+        point-estimate guide (an autoencoder) only ``recon`` (log p(x|z*)), ``log_joint``
+        (log p(x, z*)) and the counts: it has no ELBO and no importance-sampled log p(x).
     """
-    recon, kl, means, kls = [], [], [], []
+    recon, kl, means, noise, kls = [], [], [], [], []
     for i in range(0, len(data), batch_size):
         part = data.subset(slice(i, i + batch_size))
         r, c = elbo_terms(vae, part.x, part.y)
         recon.append(r)
         kl.append(c)
-        means.append(posterior_mean(vae, part.x, part.y))
+        m, v = posterior_mean_and_noise(vae, part.x, part.y)
+        means.append(m)
+        noise.append(v)
         d = kl_per_dim(vae, part.x, part.y)
         if d is not None:
             kls.append(d * len(part))
     recon, kl = torch.cat(recon), torch.cat(kl)
+    common = {
+        "n_images": len(data),
+        "active_units": active_units(torch.cat(means), noise=torch.cat(noise)),
+        "z_dim": vae.z_dim,
+        "kl_per_dim": (torch.stack(kls).sum(0) / len(data)).tolist() if kls else None,
+    }
+    if is_point_estimate(vae):
+        # q is a point mass at z*: "recon - kl" is log p(x, z*), neither a bound on log p(x) nor an
+        # ELBO, and importance sampling with a point mass is undefined. Report what there is.
+        return {
+            "model": "autoencoder (point-estimate guide): no ELBO or log p(x)",
+            "recon": recon.mean().item(),
+            "log_joint": (recon - kl).mean().item(),
+            **common,
+        }
     n_ll = len(data) if n_ll is None else min(n_ll, len(data))
     ll = []
     rng = range(0, n_ll, ll_batch_size)
@@ -156,8 +192,29 @@ def evaluate(
         "kl": kl.mean().item(),
         "log_likelihood": torch.cat(ll).mean().item(),
         "k": k,
-        "n_images": len(data),
         "n_ll_images": n_ll,
-        "active_units": active_units(torch.cat(means)),
-        "kl_per_dim": (torch.stack(kls).sum(0) / len(data)).tolist() if kls else None,
+        **common,
     }
+
+
+def is_point_estimate(vae: VAE) -> bool:
+    """Whether the guide is a point mass (``point_estimate = True``, as :class:`~pyrovae.guides.Delta`):
+    then the model is an autoencoder with no ELBO or importance-sampled log p(x)."""
+    return bool(getattr(vae.guide_net, "point_estimate", False))
+
+
+def summary(res: dict) -> str:
+    """One line of an :func:`evaluate` result, in nats per image, naming each figure."""
+    units = f"active units {res['active_units']}/{res['z_dim']}"
+    binarized = f"; binarized: {res['binarized']}" if "binarized" in res else ""
+    if "elbo" not in res:
+        return (
+            f"autoencoder (point-estimate guide; no ELBO or log p(x)): reconstruction log p(x|z*) "
+            f"{res['recon']:.2f} and log p(x, z*) {res['log_joint']:.2f} nats/image over "
+            f"{res['n_images']} images; {units}{binarized}"
+        )
+    return (
+        f"test ELBO {res['elbo']:.2f} nats/image over {res['n_images']} images; importance-sampled "
+        f"log p(x) {res['log_likelihood']:.2f} nats/image (K={res['k']}, first {res['n_ll_images']} "
+        f"images, whose ELBO is {res['elbo_ll_images']:.2f}); {units}{binarized}"
+    )

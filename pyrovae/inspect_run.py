@@ -118,13 +118,17 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
         )
 
     # 6. anomalies
-    scores = anomaly_scores(vae, test.x, y, k=k)["neg_log_likelihood"]
+    all_scores = anomaly_scores(vae, test.x, y, k=k)
+    if "neg_log_likelihood" in all_scores:
+        scores, what = all_scores["neg_log_likelihood"], f"importance-sampled -log p(x) (K={k})"
+    else:  # an autoencoder has no log p(x)
+        scores, what = all_scores["neg_log_joint"], "-log p(x, z*) (point-estimate guide: no log p(x))"
     order = scores.argsort(descending=True)
     pick = torch.cat([order[:16], order[-16:]])
     plots.image_grid(test.x[pick], out / "anomalies.png",
                      f"Most anomalous (top 2 rows) and most typical (bottom 2 rows) of {len(scores)} test images", nrow=8)  # fmt: skip
     add("anomalies.png", "Anomalies",
-        f"Test images ranked by importance-sampled -log p(x) (K={k}); top: highest, "
+        f"Test images ranked by {what}; top: highest, "
         f"{scores[order[0]]:.0f} nats; bottom: lowest, {scores[order[-1]]:.0f} nats.")  # fmt: skip
 
     lines = [f"# Inspection of `{run.path}`", "", f"Model: prior `{run.config.prior}`, guide `{run.config.guide}`, "

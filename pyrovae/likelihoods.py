@@ -2,8 +2,7 @@
 
 Protocol: a likelihood is a :class:`~pyro.nn.PyroModule` constructed as ``cls(x_shape)`` whose
 ``forward(out)`` takes decoder output of shape ``(*lead, *x_shape)`` and returns a distribution
-with ``event_shape == x_shape`` (use ``.to_event``, or :func:`pyrovae.distributions.to_event`,
-which a plate need not copy). It also says how to map the mean training datum to the decoder's
+with ``event_shape == x_shape`` (use ``.to_event``). It also says how to map the mean training datum to the decoder's
 output bias (:meth:`Likelihood.bias_from_mean`) and what values it accepts
 (:attr:`Likelihood.support`), so bad data is refused before training.
 """
@@ -18,7 +17,7 @@ from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 from torch.distributions import constraints
 
-from .distributions import BernoulliEvent, to_event
+from .distributions import to_event
 
 _EPS = 1e-4
 
@@ -51,7 +50,7 @@ class Bernoulli(Likelihood):
     needs_binary = True
 
     def forward(self, out: Tensor) -> dist.Distribution:
-        return BernoulliEvent(dist.Bernoulli(logits=out), len(self.x_shape))
+        return to_event(dist.Bernoulli(logits=out), len(self.x_shape))
 
     def bias_from_mean(self, mean: Tensor) -> Tensor:
         return torch.logit(mean.clamp(_EPS, 1 - _EPS))

@@ -1,20 +1,25 @@
 """Training objectives and KL schedules.
 
-β is an effect, not a loss: :class:`~pyrovae.models.VAE` scales its latent site by ``vae.beta``
-in model and guide, so Pyro's own ELBOs give ``reconstruction - β·KL``. The schedules below only
-say which β to set at a point of training. The capacity objective of Burgess et al. (2018) does
-change the loss, so it is a small :class:`~pyro.infer.Trace_ELBO` subclass.
+β is an argument, not a loss: ``vae.model(x, y, beta=b)`` and ``vae.guide(x, y, beta=b)`` scale
+the latent site by ``b``, so Pyro's own ELBOs give ``reconstruction - β·KL`` (β = 0 included).
+The schedules below say which β to pass at a point of training. Two objectives are not plain
+ELBOs and are small subclasses of Pyro's: the capacity objective of Burgess et al. (2018), and
+the importance-weighted bound, which Pyro's :class:`~pyro.infer.RenyiELBO` computes but does not
+offer as a differentiable loss.
 """
 
 from __future__ import annotations
 
+import math
+
 import pyro.infer
 import torch
-from pyro import poutine
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
-from pyro.infer.util import is_validation_enabled
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import prune_subsample_sites
+from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch_sum
+from torch import Tensor, nn
+
+ELBOS = ("trace", "meanfield", "iwae")
+"""Choices of ``Config.elbo``: Trace_ELBO, TraceMeanField_ELBO, the IWAE bound."""
 
 
 def linear_warmup(t: float, warmup: float, beta_max: float = 1.0) -> float:
@@ -46,13 +51,39 @@ def capacity_at(t: float, c_max: float, epochs: float) -> float:
     return c_max * min(1.0, t / epochs)
 
 
+def beta_at(schedule: str, beta: float, warmup: float, t: float) -> float:
+    """β at fractional epoch ``t`` of a ``"constant"``, ``"linear"`` or ``"cyclical"`` schedule
+    whose maximum is ``beta``.
+
+    >>> beta_at("linear", 2.0, 10.0, 0.0), beta_at("constant", 2.0, 10.0, 0.0)
+    (0.0, 2.0)
+    """
+    if schedule == "linear":
+        return linear_warmup(t, warmup, beta)
+    if schedule == "cyclical":
+        return cyclical(t, warmup, beta)
+    return beta
+
+
+def _latent_sites(model_trace, guide_trace):
+    """(model site, guide site) of every latent sample site, refusing score-function sites."""
+    for name, site in model_trace.nodes.items():
+        if site["type"] == "sample" and not site["is_observed"]:
+            guide_site = guide_trace.nodes[name]
+            if not guide_site["fn"].has_rsample:
+                raise NotImplementedError(
+                    f"latent site {name!r} is not reparameterized; this objective needs "
+                    "reparameterized latents (use Trace_ELBO for score-function gradients)"
+                )
+            yield site, guide_site
+
+
 class CapacityELBO(Trace_ELBO):
-    """Loss ``-E_q[log p(x|z)] + γ·N·|KL/N - C|`` for a batch of N data, with KL estimated as in
-    :class:`~pyro.infer.Trace_ELBO` (log q - log p at the guide's samples, all latent sites).
+    """Loss ``-E_q[log p(x|z)] + γ·N·|KL/N - C|`` for a batch of N data (Burgess et al. 2018),
+    with KL estimated as in :class:`~pyro.infer.Trace_ELBO` (log q - log p at the guide's
+    samples, all latent sites). Set :attr:`capacity` (nats per datum) as training goes on.
 
-    Set :attr:`capacity` (nats per datum) as training goes on.
-
-    References: Burgess et al. (2018), *Understanding disentangling in β-VAE*.
+    Only the per-particle loss differs from Trace_ELBO's; latent sites must be reparameterized.
     """
 
     def __init__(self, gamma: float = 100.0, capacity: float = 0.0, **kwargs) -> None:
@@ -60,120 +91,96 @@ class CapacityELBO(Trace_ELBO):
         self.gamma = gamma
         self.capacity = capacity
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        loss = 0.0
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            recon, kl = 0.0, 0.0
-            for site in model_trace.nodes.values():
-                if site["type"] != "sample":
-                    continue
-                if site["is_observed"]:
-                    recon = recon + site["log_prob_sum"]
-                else:
-                    kl = kl - site["log_prob_sum"]
-            for site in guide_trace.nodes.values():
-                if site["type"] == "sample" and not site["is_observed"]:
-                    kl = kl + site["log_prob_sum"]
-            n = _batch_size(args) * (self.num_particles if self.vectorize_particles else 1)
-            loss = loss + (-recon + self.gamma * n * (kl / n - self.capacity).abs()) / self.num_particles
-        return loss
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return loss.item()
-
-
-class MeanFieldELBO(TraceMeanField_ELBO):
-    """:class:`~pyro.infer.TraceMeanField_ELBO` that does not compute the densities its analytic KL
-    replaces. Same loss, same gradients.
-
-    Pyro scores every site of both traces, then for each latent site with a closed-form
-    KL(q ‖ p) throws log p(z) and log q(z) away. Skipping them saves a dozen small tensor ops per
-    latent site per step, about 4% of an SVI step of the tutorial VAE on a CPU. Where a latent site
-    has no closed form (an IAF guide, a flow prior) the densities are computed after all, and this
-    instance scores every site from then on, exactly as Pyro does.
-
-    :meth:`differentiable_loss` does not warn on a NaN loss as Pyro's does: check the value it
-    returns (:func:`pyrovae.step.svi_step` does, for loss and gradients).
-    """
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self._lean = True  # until a latent site without a closed-form KL is met
-
-    def _get_trace(self, model, guide, args, kwargs):
-        if not self._lean or is_validation_enabled() or isinstance(poutine.unwrap(guide), Messenger):
-            return super()._get_trace(model, guide, args, kwargs)
-        # pyro.infer.enum.get_importance_trace, less the densities of latent sites.
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-        guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
-        model_trace.compute_log_prob(lambda name, site: site["is_observed"])
-        return model_trace, guide_trace
-
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        # Pyro returns ``loss + (surrogate - surrogate.item())``, which for an ELBO of
-        # reparameterized sites is the surrogate itself, and hooks a NaN warning into backward:
-        # two host syncs and a Python call per step. pyrovae's step checks loss and gradients.
-        loss = 0.0
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            loss = loss + self._differentiable_loss_particle(model_trace, guide_trace)[1] / self.num_particles
-        return loss
-
     def _differentiable_loss_particle(self, model_trace, guide_trace):
-        try:
-            return super()._differentiable_loss_particle(model_trace, guide_trace)
-        except KeyError:  # a latent site needed its densities: score everything, as Pyro would
-            if not self._lean:
-                raise
-            self._lean = False
-            model_trace.compute_log_prob()
-            guide_trace.compute_score_parts()
-            return super()._differentiable_loss_particle(model_trace, guide_trace)
+        recon, kl, n = 0.0, 0.0, 1
+        for site in model_trace.nodes.values():
+            if site["type"] == "sample" and site["is_observed"]:
+                recon = recon + site["log_prob_sum"]
+                n = site["log_prob"].numel()  # data in the batch (times vectorized particles)
+        for model_site, guide_site in _latent_sites(model_trace, guide_trace):
+            kl = kl + guide_site["log_prob_sum"] - model_site["log_prob_sum"]
+        surrogate = -recon + self.gamma * n * (kl / n - self.capacity).abs()
+        return surrogate.item(), surrogate
 
 
-def _batch_size(args) -> int:
-    return args[0].shape[0]
+class IWAE(RenyiELBO):
+    """The importance-weighted bound of Burda et al. (2015) with ``num_particles`` samples per
+    datum: :class:`~pyro.infer.RenyiELBO` with α = 0, plus the :meth:`differentiable_loss` that
+    custom training loops and DDP need.
 
-
-def make_elbo(kind: str = "trace", num_particles: int = 1, **capacity) -> pyro.infer.ELBO:
-    """The Pyro loss for ``--elbo`` (``trace``, ``meanfield`` or ``iwae``), particles vectorized.
-
-    ``meanfield`` is :class:`MeanFieldELBO`, Pyro's analytic-KL ELBO without its unused densities.
-
-    ``iwae`` is :class:`~pyro.infer.RenyiELBO` with α = 0: the importance-weighted bound of
-    Burda et al. (2015) with ``num_particles`` samples. ``capacity`` options (``gamma``,
-    ``capacity``) give a :class:`CapacityELBO`.
+    For reparameterized latents, the gradient of ``-Σ_n log (1/K) Σ_k w_nk`` is the one
+    RenyiELBO's surrogate gives; score-function latents are refused.
     """
-    opts = dict(num_particles=num_particles, vectorize_particles=num_particles > 1)
+
+    def __init__(self, num_particles: int = 2, **kwargs) -> None:
+        kwargs.setdefault("vectorize_particles", True)
+        super().__init__(alpha=0.0, num_particles=num_particles, **kwargs)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
+        log_w = []
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+            lw = 0.0
+            for site in model_trace.nodes.values():
+                if site["type"] == "sample":
+                    lw = lw + torch_sum(site["log_prob"], sum_dims)
+            for _, guide_site in _latent_sites(model_trace, guide_trace):
+                lw = lw - torch_sum(guide_site["log_prob"], sum_dims)
+            log_w.append(lw)
+        if is_identically_zero(log_w[0]):
+            return torch.tensor(0.0)
+        # vectorized: one trace whose leading dimension holds the particles
+        log_w = log_w[0] if len(log_w) == 1 and self.vectorize_particles else torch.stack(log_w)
+        return -(torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum()
+
+
+def make_elbo(kind: str = "trace", num_particles: int = 1, max_plate_nesting: int = 1, **capacity):
+    """The Pyro loss for ``Config.elbo`` (``trace``, ``meanfield`` or ``iwae``), particles vectorized.
+
+    ``iwae`` is :class:`IWAE` with ``num_particles`` samples. ``capacity`` options (``gamma``,
+    ``capacity``) give a :class:`CapacityELBO`. The model's plate nesting is passed so Pyro need
+    not guess it (the ``"data"`` plate, plus one for vectorized particles).
+    """
+    opts = dict(
+        num_particles=num_particles,
+        vectorize_particles=num_particles > 1,
+        max_plate_nesting=max_plate_nesting,
+    )
     if capacity:
         return CapacityELBO(**capacity, **opts)
     if kind == "trace":
         return Trace_ELBO(**opts)
     if kind == "meanfield":
-        return MeanFieldELBO(**opts)
+        return TraceMeanField_ELBO(**opts)
     if kind == "iwae":
-        return RenyiELBO(alpha=0.0, **opts)
-    raise ValueError(f"unknown ELBO {kind!r}")
+        return IWAE(**opts)
+    raise ValueError(f"unknown ELBO {kind!r}; choose from {', '.join(ELBOS)}")
 
 
-def beta_at(cfg, t: float) -> float:
-    """β at fractional epoch ``t`` for a :class:`~pyrovae.config.Config`."""
-    if cfg.beta_schedule == "linear":
-        return linear_warmup(t, cfg.warmup_epochs, cfg.beta)
-    if cfg.beta_schedule == "cyclical":
-        return cyclical(t, cfg.warmup_epochs, cfg.beta)
-    return cfg.beta
+class ELBOLoss(nn.Module):
+    """``elbo.differentiable_loss(vae.model, vae.guide, x, y, beta=β)`` as a module, so a torch
+    optimizer (and DDP) can train a VAE as Pyro's custom-loop recipe does.
+
+    The model's parameters go through Pyro's parameter store as in any Pyro program (each
+    model has its own names there, so two models never share a parameter).
+
+    :param world: processes under DDP; each rank's loss is multiplied by it, so DDP's averaged
+        gradient is the gradient of the global batch's sum, as one process would compute it.
+    """
+
+    def __init__(self, vae: nn.Module, elbo, world: int = 1) -> None:
+        super().__init__()
+        self.vae, self.elbo, self.world = vae, elbo, world
+
+    def forward(self, x: Tensor, y: Tensor | None = None, beta: float = 1.0) -> Tensor:
+        loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, y, beta=beta)
+        return loss if self.world == 1 else self.world * loss
 
 
 __all__ = [
     "CapacityELBO",
-    "MeanFieldELBO",
+    "ELBOLoss",
+    "IWAE",
     "make_elbo",
     "beta_at",
     "linear_warmup",

@@ -43,6 +43,41 @@ def image_grid(
     return save(fig, path)
 
 
+def sample_grid(vae, path: str | Path, n: int = 64, label: int | None = None, seed: int = 0) -> Path:
+    """Images generated from the model (mean of p(x|z), z ~ p(z)); for a conditional model one
+    row per class, or ``n`` images of class ``label``."""
+    import pyro
+
+    from .posterior import sample_prior
+
+    pyro.set_rng_seed(seed)
+    device = next(vae.parameters()).device
+    if vae.num_classes:
+        if label is None:
+            per = max(1, n // vae.num_classes)
+            y = torch.arange(vae.num_classes, device=device).repeat_interleave(per)
+            title, nrow = "Samples, one row per class", per
+        else:
+            if not 0 <= label < vae.num_classes:
+                raise ValueError(f"label {label} is not a class of this model (0..{vae.num_classes - 1})")
+            y, title, nrow = torch.full((n,), label, device=device), f"Samples of class {label}", 8
+        return image_grid(sample_prior(vae, len(y), y), path, title, nrow=nrow)
+    if label is not None:
+        raise ValueError("a label needs a conditional model (trained with --conditional)")
+    return image_grid(sample_prior(vae, n), path, "Samples from the model (mean of p(x|z), z ~ p(z))")
+
+
+def reconstruction_grid(vae, x: torch.Tensor, y: torch.Tensor | None, path: str | Path) -> Path:
+    """Data next to their reconstructions (mean of p(x|z) at the posterior mean)."""
+    from .posterior import reconstruct
+
+    device = next(vae.parameters()).device
+    x = x.to(device)
+    y = y.to(device) if y is not None and vae.num_classes else None
+    pairs = torch.stack([x, reconstruct(vae, x, y)], 1).flatten(0, 1)  # alternate data, reconstruction
+    return image_grid(pairs, path, "Data (odd columns) and reconstructions (even)", nrow=16)
+
+
 def save(fig, path: str | Path) -> Path:
     """Write ``fig`` to ``path`` as PNG and close it."""
     path = Path(path)
@@ -87,7 +122,9 @@ def latent_map(z: torch.Tensor, labels: torch.Tensor | None, path: str | Path, m
             try:
                 from sklearn.manifold import TSNE
 
-                z2, how = torch.as_tensor(TSNE(init="pca", random_state=0).fit_transform(z.numpy())), "t-SNE"
+                # perplexity must stay below the number of points (a few dozen in quick runs)
+                tsne = TSNE(init="pca", random_state=0, perplexity=min(30.0, (len(z) - 1) / 3))
+                z2, how = torch.as_tensor(tsne.fit_transform(z.numpy())), "t-SNE"
             except ImportError:
                 if method == "tsne":
                     raise

@@ -12,7 +12,7 @@ from pyro import poutine
 from pyro.infer import Predictive
 from torch import Tensor
 
-from .evaluate import elbo_terms, log_likelihood, posterior_mean
+from .evaluate import elbo_terms, is_point_estimate, log_likelihood, posterior_mean
 from .models import VAE
 
 
@@ -131,12 +131,22 @@ def anomaly_scores(
     vae: VAE, x: Tensor, y: Tensor | None = None, k: int = 100, batch_size: int = 100
 ) -> dict[str, Tensor]:
     """Per-datum anomaly scores: ``neg_elbo`` (-ELBO) and ``neg_log_likelihood``
-    (importance-sampled -log p(x) with ``k`` samples); higher means more anomalous."""
-    neg_elbo, nll = [], []
+    (importance-sampled -log p(x) with ``k`` samples); higher means more anomalous.
+
+    A point-estimate guide (an autoencoder) has neither: its scores are ``neg_recon``
+    (-log p(x|z*)) and ``neg_log_joint`` (-log p(x, z*)).
+    """
+    point = is_point_estimate(vae)
+    first, second = [], []
     for i in range(0, x.shape[0], batch_size):
         xb = x[i : i + batch_size]
         yb = None if y is None or not vae.num_classes else y[i : i + batch_size]
         recon, kl = elbo_terms(vae, xb, yb)
-        neg_elbo.append(kl - recon)
-        nll.append(-log_likelihood(vae, xb, yb, k))
-    return {"neg_elbo": torch.cat(neg_elbo), "neg_log_likelihood": torch.cat(nll)}
+        if point:
+            first.append(-recon)
+            second.append(kl - recon)
+        else:
+            first.append(kl - recon)
+            second.append(-log_likelihood(vae, xb, yb, k))
+    names = ("neg_recon", "neg_log_joint") if point else ("neg_elbo", "neg_log_likelihood")
+    return {names[0]: torch.cat(first), names[1]: torch.cat(second)}

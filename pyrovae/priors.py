@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
+from pyro.distributions.transforms.utils import clamp_preserve_gradients
 from pyro.nn import AutoRegressiveNN, PyroModule, PyroParam
 from torch import Tensor, nn
 from torch.distributions import constraints
@@ -99,15 +100,19 @@ class VampPrior(PyroModule):
 
 
 class _AffineAutoregressive(T.AffineAutoregressive):
-    # Pyro's sequential inverse starts from torch.zeros() in the default dtype, which breaks
-    # float64 models under a float32 default; run it with the input's dtype as the default.
+    """Pyro's affine autoregressive transform, whose sequential inverse (drawing from the flow
+    prior) starts from zeros in the *input's* dtype: Pyro 1.9.2 starts from ``torch.zeros`` in
+    the default dtype, which breaks float64 models under a float32 default."""
+
     def _inverse(self, y: Tensor) -> Tensor:
-        old = torch.get_default_dtype()
-        torch.set_default_dtype(y.dtype)
-        try:
-            return super()._inverse(y)
-        finally:
-            torch.set_default_dtype(old)
+        # Pyro 1.9.2's loop, with the dtype of the zeros fixed.
+        x = [y.new_zeros(y.shape[:-1])] * y.size(-1)
+        for idx in self.arn.permutation:
+            mean, log_scale = self.arn(torch.stack(x, dim=-1))
+            log_scale = clamp_preserve_gradients(log_scale, self.log_scale_min_clip, self.log_scale_max_clip)
+            x[idx] = (y[..., idx] - mean[..., idx]) * torch.exp(-log_scale[..., idx])
+        self._cached_log_scale = log_scale
+        return torch.stack(x, dim=-1)
 
 
 class FlowPrior(PyroModule):

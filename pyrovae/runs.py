@@ -1,19 +1,191 @@
-"""Run directories: what ``pyrovae train`` writes, and loading one back into a ready model."""
+"""The run layer: ``Config`` → data and model → :func:`~pyrovae.fit.fit` → evaluation → figures,
+in a run directory; and loading a run back. The command line only parses options and calls this.
+
+A run directory holds ``config.json``, ``metrics.csv``, ``checkpoint.pt``, ``best.pt``,
+``eval.json``, ``samples.png`` and ``reconstructions.png``; :func:`train` writes all of them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyro
 import torch
 
-from . import checkpoint
-from .config import Config, ConfigError, build_model, resolve_device
-from .data import Dataset
+from . import checkpoint, distributed
+from .build import build_model, resolve_device
+from .config import Config, ConfigError
+from .data import DataError, Dataset, binarize, check_values, is_binary, load_dataset
+from .evaluate import evaluate, summary
+from .fit import fit
+from .likelihoods import LIKELIHOODS
 from .models import VAE
 
+#: Options that may change when a run is resumed; every other option must match the saved one.
+RESUMABLE = {"epochs", "patience", "device", "eval_k", "eval_n_test", "data_dir", "data_file",
+             "labels_file", "on_nan"}  # fmt: skip
+EVAL_BINARIZE_SEED = 0  # validation and test sets are binarized once, identically in every run
+RUN_FILES = ["config.json", "metrics.csv", "checkpoint.pt", "best.pt", "eval.json", "samples.png",
+             "reconstructions.png"]  # fmt: skip
 
+
+# -- data -----------------------------------------------------------------------------------
+def load_data(cfg: Config) -> Dataset:
+    """The config's data set, checked against the likelihood; validation and test are binarized
+    once with a fixed seed when training binarizes, so figures compare across runs."""
+    data = load_dataset(
+        cfg.dataset, cfg.data_dir, cfg.data_file, cfg.labels_file, cfg.val_size, cfg.split_seed
+    )
+    if cfg.train_size is not None:
+        data.train = data.train.subset(slice(0, cfg.train_size))
+    check_values(data.train.x, "training data")
+    needs_binary = LIKELIHOODS[cfg.likelihood].needs_binary
+    if needs_binary and not cfg.resolve_binarize() and not is_binary(data.train.x):
+        raise DataError(
+            f"the {cfg.likelihood} likelihood is only normalized on {{0, 1}} but the data has grey values; "
+            "binarize it (binarize 'dynamic'), or use a likelihood for grey values (cbernoulli, normal, laplace)"
+        )
+    if cfg.batch_size > len(data.train):
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} is larger than the {len(data.train)} training data; lower it",
+            "batch_size",
+        )
+    if cfg.resolve_binarize():
+        g = torch.Generator().manual_seed(EVAL_BINARIZE_SEED)
+        data.val.x = binarize(data.val.x, g)
+        data.test.x = binarize(data.test.x, g)
+    return data
+
+
+# -- the run directory ----------------------------------------------------------------------
+def resumed_config(out: Path, given: dict) -> Config:
+    """The saved config of the run in ``out`` with ``given`` options on top; refuses options that
+    contradict the saved run (only those in :data:`RESUMABLE` may change)."""
+    if not (out / "config.json").exists():
+        raise ConfigError(f"resume: {out} holds no run (no config.json); start a new run instead", "resume")
+    saved = dataclasses.asdict(Config.load(out / "config.json"))
+    clash = {k: (saved[k], v) for k, v in given.items() if k not in RESUMABLE and saved.get(k) != v}
+    if clash:
+        detail = ", ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in clash.items())
+        raise ConfigError(
+            f"resume with options that contradict the saved run ({detail}); drop them to continue the "
+            "run as configured, or start a new run", next(iter(clash)),
+        )  # fmt: skip
+    return Config.from_dict({**saved, **given})
+
+
+def _open_run_dir(out: Path, cfg: Config, resume: bool, overwrite: bool) -> bool:
+    """Check and prepare ``out``; returns whether it is a fresh run (so a failed start can be
+    cleaned up)."""
+    if resume:
+        resumed_config(out, dataclasses.asdict(cfg))
+        return False
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"{out} already holds files; resume that run or overwrite it (--resume / --overwrite)", "out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    checkpoint.write_text(out / "config.json", cfg.to_json())
+    return True
+
+
+def _clean_failed_start(out: Path) -> None:
+    """Remove what a run that never finished an epoch wrote, so it can simply be started again."""
+    if (out / "checkpoint.pt").exists():
+        return
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    if out.exists() and not any(out.iterdir()):
+        out.rmdir()
+
+
+# -- train ----------------------------------------------------------------------------------
+def train(
+    cfg: Config,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    evaluate: bool = True,
+    data: Dataset | None = None,
+) -> Run:
+    """Train the VAE ``cfg`` describes and write its run directory ``out``: the same files as
+    ``pyrovae train`` (config, metrics, checkpoints, then ``eval.json`` and the sample and
+    reconstruction figures unless ``evaluate`` is false).
+
+    Everything is checked before ``out`` is touched, and a run that fails before its first
+    checkpoint leaves nothing behind. With ``resume`` the run continues from its checkpoint.
+
+    :returns: the :class:`Run`: its model holds the best validation ELBO's parameters (in eval
+        mode); ``results`` holds the test figures of ``eval.json`` when evaluated.
+    """
+    out = Path(out)
+    cfg.validate()
+    rank0 = distributed.rank() == 0  # under torchrun only rank 0 writes files
+    resolve_device(cfg.device)
+    data = data if data is not None else load_data(cfg)
+    vae = build_model(cfg, data.x_shape, data.num_classes)
+    if cfg.init_bias:
+        vae.init_output_bias(data.train.x.mean(0))
+    fresh = _open_run_dir(out, cfg, resume, overwrite) if rank0 else False
+    try:
+        vae = fit(vae, data, out, cfg, resume=resume, progress=progress)
+    except Exception:
+        if fresh:
+            _clean_failed_start(out)
+        raise
+    run = Run(out, cfg, vae.eval(), data)
+    if evaluate and rank0:
+        run.results = finish(run, progress=progress)
+        if progress:
+            print(summary(run.results))
+    return run
+
+
+def finish(run: Run, k: int | None = None, n_test: int | None = None, seed: int = 0,
+           progress: bool = True, which: str = "best") -> dict:  # fmt: skip
+    """Evaluate a run on its test set and write ``eval.json``, ``samples.png`` and
+    ``reconstructions.png``. Seeded, so the figures repeat."""
+    from . import plots
+
+    res = evaluate_run(run, k, n_test, seed, progress, which)
+    plots.sample_grid(run.model, run.path / "samples.png", seed=seed)
+    test = run.data.test
+    plots.reconstruction_grid(run.model, test.x[:32], test.y[:32] if test.y is not None else None,
+                              run.path / "reconstructions.png")  # fmt: skip
+    return res
+
+
+def evaluate_run(run: Run, k: int | None = None, n_test: int | None = None, seed: int = 0,
+                 progress: bool = True, which: str = "best") -> dict:  # fmt: skip
+    """Test-set figures of a run (see :func:`pyrovae.evaluate.evaluate`), written to
+    ``eval.json``; ``k`` and ``n_test`` default to the run's ``eval_k`` and ``eval_n_test``."""
+    cfg = run.config
+    k = k or cfg.eval_k
+    n_test = n_test if n_test is not None else cfg.eval_n_test
+    if k < 1 or (n_test is not None and n_test < 1):
+        raise ConfigError("k and n_test must be positive", "k")
+    test = run.data.test.to(run.device)
+    if not run.model.num_classes:
+        test.y = None
+    pyro.set_rng_seed(seed)
+    res = evaluate(run.model, test, k=k, n_ll=n_test, progress=progress)
+    res["seed"] = seed
+    res["binarized"] = (
+        "dynamic (test set binarized once, seed 0)" if cfg.resolve_binarize() else "no (grey values)"
+    )
+    res["checkpoint"] = which
+    write_json(run.path / "eval.json", res)
+    return res
+
+
+# -- loading a run --------------------------------------------------------------------------
 @dataclass
 class Run:
     """A trained run: its folder, config, model (in eval mode) and, on demand, its data."""
@@ -21,14 +193,13 @@ class Run:
     path: Path
     config: Config
     model: VAE
-    _data: Dataset | None = None
+    _data: Dataset | None = field(default=None, repr=False)
+    results: dict | None = None
 
     @property
     def data(self) -> Dataset:
         """The run's data set, loaded on first use (validation/test binarized as in training)."""
         if self._data is None:
-            from .train import load_data
-
             self._data = load_data(self.config)
         return self._data
 
@@ -37,20 +208,21 @@ class Run:
         return next(self.model.parameters()).device
 
 
-def load_run(path: str | Path, which: str = "best", device: str = "cpu", data_dir: str | None = None) -> Run:
+def load_run(path: str | Path, which: str = "best", device: str = "cpu", data_dir: str | None = None,
+             data_file: str | None = None) -> Run:  # fmt: skip
     """Load ``path/best.pt`` (or ``checkpoint.pt`` with ``which="last"``) into its model.
 
-    :param data_dir: where the data is now, if it moved since training.
+    :param data_dir: where MNIST is now, if it moved since training.
+    :param data_file: where the run's data file is now, if it moved since training.
     """
     path = Path(path)
-    cfg_path = path / "config.json"
-    if not cfg_path.exists():
+    if not (path / "config.json").exists():
         raise ConfigError(
             f"{path} is not a pyrovae run directory (no config.json); train one with `pyrovae train`"
         )
-    cfg = Config.load(cfg_path)
-    if data_dir:
-        cfg.data_dir = data_dir
+    cfg = Config.load(path / "config.json")
+    cfg.data_dir = data_dir or cfg.data_dir
+    cfg.data_file = data_file or cfg.data_file
     name = {"best": "best.pt", "last": "checkpoint.pt"}.get(which, which)
     ckpt = checkpoint.load(path / name)
     shape = ckpt.get("x_shape")
@@ -59,7 +231,6 @@ def load_run(path: str | Path, which: str = "best", device: str = "cpu", data_di
     model = build_model(cfg, tuple(shape), int(ckpt.get("num_classes", 0)))
     model.load_state_dict(ckpt["model"])
     model.to(resolve_device(device)).eval()
-    model.beta = 1.0
     return Run(path, cfg, model)
 
 

@@ -32,11 +32,12 @@ def grad_norm(params: list) -> torch.Tensor:
 
 
 def svi_step(
-    loss_fn, opt: torch.optim.Optimizer, params: list, x, y=None, clip_norm=None
+    loss_fn, opt: torch.optim.Optimizer, params: list, x, y=None, clip_norm=None, beta: float = 1.0
 ) -> tuple[float, float]:
     """One SVI step: the ELBO's differentiable loss, backward, and an optimizer step.
 
-    :param loss_fn: an :class:`~pyrovae.distributed.ELBOLoss` (or DDP around one).
+    :param loss_fn: an :class:`~pyrovae.objectives.ELBOLoss` (or DDP around one).
+    :param beta: the KL weight of this step.
 
     The step is skipped, and ``nan`` or ``inf`` returned, when the loss or gradient is not finite,
     so a bad batch never reaches the parameters.
@@ -44,7 +45,7 @@ def svi_step(
     :returns: the loss and the gradient norm (before clipping).
     """
     try:
-        loss = loss_fn(x, y)
+        loss = loss_fn(x, y, beta)
     except ValueError as e:
         if "invalid values" not in str(e):  # Pyro's validation caught NaN distribution parameters
             raise

@@ -4,12 +4,14 @@ import pytest
 import torch
 from conftest import tiny_data_file
 
-from pyrovae.config import Config, ConfigError, build_model
+from pyrovae import train
+from pyrovae.build import build_model
+from pyrovae.config import Config, ConfigError
 from pyrovae.evaluate import elbo_terms
+from pyrovae.fit import validate
 from pyrovae.objectives import CapacityELBO, beta_at, capacity_at, cyclical, linear_warmup
 from pyrovae.posterior import sample_prior
 from pyrovae.runs import load_run
-from pyrovae.train import train, validate
 
 
 @pytest.mark.parametrize("t, expected", [(0.0, 0.0), (2.5, 1.0), (4.0, 1.6), (5.0, 2.0), (12.0, 2.0)])

@@ -5,10 +5,10 @@ import torch
 from conftest import tiny_data_file
 
 from pyrovae import posterior as P
+from pyrovae import train
 from pyrovae.cli import main
 from pyrovae.config import Config
 from pyrovae.runs import load_run
-from pyrovae.train import train
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,9 @@ import pytest
 import torch
 from conftest import tiny_data_file
 
-from pyrovae import checkpoint
+from pyrovae import TrainingError, checkpoint, train
 from pyrovae.config import Config, ConfigError
 from pyrovae.step import grad_norm
-from pyrovae.train import TrainingError, train
 
 
 def _cfg(path, **kw):

@@ -1,0 +1,81 @@
+"""From a :class:`~pyrovae.config.Config` to objects: the model a config describes, and the
+device it names.
+
+A component says which options it takes: by default the options whose names its constructor
+accepts are passed (see :func:`construct`); a component may instead define a classmethod
+``from_config(cfg, **context)``. So a prior, guide or likelihood written to the protocol in
+:mod:`pyrovae.priors`, :mod:`pyrovae.guides` or :mod:`pyrovae.likelihoods` and added to its
+registry trains from a config with no edit here.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from .config import Config, ConfigError
+from .guides import GUIDES
+from .likelihoods import LIKELIHOODS
+from .models import VAE
+from .nets import NETS
+from .priors import PRIORS
+
+
+def construct(cls, *args, **options):
+    """``cls(*args, **options)``, passing only the options its constructor accepts (all of them if
+    it takes ``**kwargs``); ``cls.from_config(*args, **options)`` if it defines one."""
+    if hasattr(cls, "from_config"):
+        return cls.from_config(*args, **options)
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        options = {k: v for k, v in options.items() if k in params}
+    return cls(*args, **options)
+
+
+def build_model(cfg: Config, x_shape: tuple[int, ...], num_classes: int = 0) -> VAE:
+    """The :class:`~pyrovae.models.VAE` a config describes, for data of shape ``x_shape``.
+
+    Options offered to the components (each takes those its constructor names): guides get
+    ``scale`` (``cfg.guide_scale``) and ``layers``; priors ``x_shape``, ``components``,
+    ``pseudo_inputs``, ``layers`` and ``num_classes``; likelihoods ``scale``
+    (``cfg.likelihood_scale``). Every one also gets ``cfg``.
+    """
+    k = num_classes if cfg.conditional else 0
+    if cfg.conditional and not num_classes:
+        raise ConfigError("conditional needs labelled data (MNIST, or a labels file)", "conditional")
+    Encoder, Decoder = NETS[cfg.net]
+    try:
+        encoder = Encoder(x_shape, cfg.hidden, cfg.activation, k)
+        decoder = Decoder(x_shape, cfg.z_dim, cfg.hidden, cfg.activation, k)
+        guide = construct(GUIDES[cfg.guide], encoder, cfg.z_dim, cfg=cfg, scale=cfg.guide_scale,
+                          layers=cfg.flow_layers)  # fmt: skip
+        prior = construct(PRIORS[cfg.prior], cfg.z_dim, cfg=cfg, x_shape=x_shape, components=cfg.components,
+                          pseudo_inputs=cfg.pseudo_inputs, layers=cfg.flow_layers, num_classes=k)  # fmt: skip
+        likelihood = construct(LIKELIHOODS[cfg.likelihood], x_shape, cfg=cfg, scale=cfg.likelihood_scale)
+        return VAE(x_shape, cfg.z_dim, prior=prior, guide=guide, likelihood=likelihood, decoder=decoder,
+                   num_classes=k)  # fmt: skip
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` takes CUDA when present; asking for CUDA without it is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N", "device") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {name} asks for CUDA, but no CUDA device is available; use cpu", "device"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {name}: only {torch.cuda.device_count()} CUDA device(s) present", "device"
+            )
+    elif device.type != "cpu":
+        raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N", "device")
+    return device

@@ -1,0 +1,335 @@
+"""``fit``: train any :class:`~pyrovae.models.VAE` by SVI, with checkpoints and exact resume.
+
+The loop follows Pyro's recipe for custom training loops: the ELBO's differentiable loss as a
+module (:class:`~pyrovae.objectives.ELBOLoss`), ``backward`` and a torch optimizer over the
+model's parameters. β and the capacity C are computed per step from the options and passed in;
+nothing is stored on the model. Everything a resumed run needs is in one place, :class:`Loop`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.infer.util import is_validation_enabled
+from tqdm.auto import tqdm
+
+from . import checkpoint, distributed
+from .config import Config
+from .data import Dataset, Split
+from .evaluate import elbo_terms
+from .models import VAE
+from .objectives import CapacityELBO, ELBOLoss, beta_at, capacity_at, make_elbo
+from .step import make_optimizer, svi_step
+
+METRICS = ["epoch", "train_loss", "val_elbo", "val_recon", "val_kl", "beta", "capacity", "lr", "seconds"]
+
+#: A hook ``(x, y) -> y`` that makes each batch's condition from the batch (e.g. a structured
+#: CVAE's visible pixels); applied to training batches after binarization and to validation.
+Prepare = Callable[[torch.Tensor, "torch.Tensor | None"], "torch.Tensor | None"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, say); the message says where and what to do."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT or SIGTERM arrived; a checkpoint was written and the run can be resumed."""
+
+
+@dataclass
+class Counters:
+    """Where the loop stands; saved in every checkpoint."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps taken
+    step_in_epoch: int = 0
+    perm: torch.Tensor | None = None  # this epoch's order, kept so a mid-epoch resume is exact
+    loss_sum: float = 0.0
+    seen: int = 0
+    best: float = -math.inf
+    bad_epochs: int = 0
+    lr_factor: float = 1.0
+    rollbacks: int = 0
+    rows: list = field(default_factory=list)
+
+
+class Loop:
+    """The state of a run: model, optimizer, random streams and counters, saved and restored as
+    one checkpoint dict."""
+
+    def __init__(self, vae: VAE, opt: torch.optim.Optimizer, device: torch.device, seed: int, rank: int,
+                 meta: dict) -> None:  # fmt: skip
+        self.vae, self.opt, self.device, self.meta = vae, opt, device, meta
+        self.data_rng = torch.Generator(device=device).manual_seed(seed)  # batch order: same on every rank
+        self.noise_rng = torch.Generator(device=device).manual_seed(seed + 1000 * rank + 1)  # binarization
+        self.c = Counters()
+
+    def state_dict(self) -> dict:
+        cuda = self.device.type == "cuda"
+        return {
+            "model": self.vae.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "data": self.data_rng.get_state(),
+                "noise": self.noise_rng.get_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if cuda else None,
+            },
+            "state": dict(vars(self.c)),
+            **self.meta,
+        }
+
+    def load_state_dict(self, ck: dict, keep_lr: bool = False) -> None:
+        """Restore a checkpoint; ``keep_lr`` keeps the current learning-rate factor and rollback
+        count (a NaN rollback restores the parameters, not the decision to lower the rate)."""
+        self.vae.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        self.data_rng.set_state(ck["rng"]["data"].to(self.data_rng.get_state().device))
+        self.noise_rng.set_state(ck["rng"]["noise"].to(self.noise_rng.get_state().device))
+        if self.device.type == "cuda" and ck["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ck["rng"]["cuda"], self.device)
+        keep = self.c.lr_factor, self.c.rollbacks
+        self.c = Counters(**ck["state"])
+        if self.c.perm is not None:
+            self.c.perm = self.c.perm.to(self.device)
+        if keep_lr:
+            self.c.lr_factor, self.c.rollbacks = keep
+
+
+def fit(
+    vae: VAE,
+    data: Dataset,
+    out: str | Path,
+    options: Config,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    prepare: Prepare | None = None,
+    meta: dict | None = None,
+) -> VAE:
+    """Train ``vae`` on ``data.train`` by SVI, validating on ``data.val`` at β = 1 every epoch.
+
+    ``out`` receives ``metrics.csv``, ``checkpoint.pt`` (every epoch and on SIGINT/SIGTERM,
+    atomically) and ``best.pt`` (best validation ELBO). With ``resume`` the run continues from
+    ``checkpoint.pt``; on CPU it then ends with exactly the parameters of an uninterrupted run.
+
+    :param options: a :class:`~pyrovae.config.Config`; fit reads the objective, optimization,
+        binarization, seed and device fields and ignores the model's.
+    :param prepare: makes each batch's condition ``y`` from ``(x, y)``; see :data:`Prepare`.
+    :param meta: extra entries for every checkpoint (what a loader needs to rebuild the model).
+    :returns: the model with the best validation ELBO's parameters.
+    """
+    cfg, out = options, Path(out)
+    from .build import resolve_device
+
+    ctx = distributed.init(resolve_device(cfg.device))
+    progress = progress and ctx.main
+
+    # 1. model, data and random streams on the device
+    pyro.set_rng_seed(cfg.seed + 1000 * ctx.rank)  # each rank its own z draws
+    vae.to(ctx.device)
+    train = data.train.to(ctx.device)
+    val = data.val.to(ctx.device)
+    labels = bool(vae.num_classes or vae.condition_shape)
+    prepare = prepare or (lambda x, y: y if labels else None)
+
+    # 2. objective and optimizer
+    elbo = make_elbo(cfg.elbo, cfg.num_particles, **_capacity_options(cfg))
+    params = [p for p in vae.parameters() if p.requires_grad]
+    loss_fn = distributed.wrap(ELBOLoss(vae, elbo, ctx.world), ctx)
+    loop = Loop(vae, make_optimizer(params, cfg.lr), ctx.device, cfg.seed, ctx.rank,
+                {"config": cfg.to_json(), "x_shape": list(data.x_shape), "num_classes": data.num_classes,
+                 **(meta or {})})  # fmt: skip
+    ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
+
+    # 3. resume
+    if resume and ckpt_path.exists():
+        loop.load_state_dict(checkpoint.load(ckpt_path, map_location=ctx.device))
+    good = _clone(loop.state_dict())  # what a NaN rollback returns to
+
+    # 4. epochs
+    c, first = loop.c, True
+    with _Signals() as signals:
+        while c.epoch < cfg.epochs:
+            epoch, lr = c.epoch, _lr(cfg, c.epoch, c.lr_factor)
+            for group in loop.opt.param_groups:
+                group["lr"] = lr
+            if c.perm is None:
+                c.perm = torch.randperm(len(train), generator=loop.data_rng, device=ctx.device)
+                c.step_in_epoch, c.loss_sum, c.seen = 0, 0.0, 0
+            batches = c.perm.split(cfg.batch_size)
+            bar = tqdm(total=len(batches), initial=c.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not progress, leave=False, unit="step")  # fmt: skip
+            t0, failed = time.perf_counter(), None
+
+            # 4a. steps
+            for s in range(c.step_in_epoch, len(batches)):
+                t = epoch + s / len(batches)  # fractional epoch, for the schedules
+                if isinstance(elbo, CapacityELBO):
+                    elbo.capacity = capacity_at(t, cfg.capacity, cfg.capacity_epochs)
+                x, y = _batch(train, ctx.shard(batches[s]), cfg.resolve_binarize(), loop.noise_rng)
+                # Pyro's argument checks run on a run's first step only; svi_step checks loss and
+                # gradients for NaN and inf at every step, at a fraction of the cost.
+                with pyro.validation_enabled(first and is_validation_enabled()):
+                    loss, norm = svi_step(loss_fn, loop.opt, params, x, prepare(x, y), cfg.clip_norm,
+                                          beta=_beta(cfg, t))  # fmt: skip
+                first = False
+                if not (math.isfinite(loss) and math.isfinite(norm)):
+                    failed = (s, loss, norm)
+                    break
+                c.step, c.step_in_epoch = c.step + 1, s + 1
+                c.loss_sum, c.seen = c.loss_sum + loss, c.seen + len(x) * ctx.world
+                bar.update()
+                bar.set_postfix(loss=f"{c.loss_sum / c.seen:.2f}", refresh=False)
+                if signals.caught is not None:
+                    bar.close()
+                    if ctx.main:
+                        checkpoint.save(loop.state_dict(), ckpt_path)
+                    raise Interrupted(
+                        f"stopped by signal {signals.caught} at epoch {epoch + 1}, step {s + 1}; "
+                        f"checkpoint written to {ckpt_path}: continue with resume"
+                    )
+            bar.close()
+
+            # 4b. a non-finite loss or gradient: stop, or roll back with half the learning rate
+            if failed is not None:
+                if cfg.on_nan == "rollback" and c.rollbacks < 5:
+                    loop.load_state_dict(_clone(good), keep_lr=True)
+                    c = loop.c
+                    c.rollbacks, c.lr_factor = c.rollbacks + 1, c.lr_factor * 0.5
+                    tqdm.write(f"{_describe(failed, epoch)}: rolled back to the last good state, "
+                               f"lr x{c.lr_factor}")  # fmt: skip
+                    continue
+                raise TrainingError(
+                    f"{_describe(failed, epoch)}; parameters were not updated and the last good checkpoint "
+                    f"({ckpt_path if ckpt_path.exists() else 'none yet'}) is intact. Lower the learning "
+                    "rate, clip the gradient norm, or roll back on NaN (on_nan='rollback')"
+                )
+            seconds = time.perf_counter() - t0
+
+            # 4c. validate at beta = 1, record, checkpoint, early stopping
+            recon, kl = ctx.broadcast(list(validate(vae, val, prepare)))
+            c.rows.append({
+                "epoch": epoch + 1, "train_loss": c.loss_sum / max(c.seen, 1), "val_elbo": recon - kl,
+                "val_recon": recon, "val_kl": kl, "beta": _beta(cfg, epoch + 1 - 1e-9),
+                "capacity": elbo.capacity if isinstance(elbo, CapacityELBO) else "", "lr": lr,
+                "seconds": round(seconds, 3),
+            })  # fmt: skip
+            c.epoch, c.perm = epoch + 1, None
+            improved = recon - kl > c.best
+            c.best, c.bad_epochs = (recon - kl, 0) if improved else (c.best, c.bad_epochs + 1)
+            snap = loop.state_dict()
+            if ctx.main:  # one writer; every rank holds the same parameters
+                if improved:
+                    checkpoint.save(snap, best_path)
+                checkpoint.save(snap, ckpt_path)
+                checkpoint.write_text(out / "metrics.csv", metrics_csv(c.rows))
+            good = _clone(snap)
+            if progress:
+                tqdm.write(f"epoch {epoch + 1}: train loss {c.rows[-1]['train_loss']:.2f}, "
+                           f"val ELBO {recon - kl:.2f} nats/image ({seconds:.1f}s)")  # fmt: skip
+            if cfg.patience and c.bad_epochs >= cfg.patience:
+                if progress:
+                    tqdm.write(f"early stop: no better validation ELBO for {cfg.patience} epochs")
+                break
+
+    # 5. the best parameters
+    if ctx.active:
+        torch.distributed.barrier()  # rank 0 has written best.pt
+    if best_path.exists():
+        vae.load_state_dict(checkpoint.load(best_path, map_location=ctx.device)["model"])
+    return vae
+
+
+# -- helpers --------------------------------------------------------------------------------
+def _capacity_options(cfg: Config) -> dict:
+    return dict(gamma=cfg.gamma, capacity=0.0) if cfg.capacity is not None else {}
+
+
+def _beta(cfg: Config, t: float) -> float:
+    return beta_at(cfg.beta_schedule, cfg.beta, cfg.warmup_epochs, t)
+
+
+def _lr(cfg: Config, epoch: int, factor: float) -> float:
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * factor * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    if cfg.lr_schedule == "exponential":
+        return cfg.lr * factor * cfg.lr_decay**epoch
+    return cfg.lr * factor
+
+
+def _batch(split: Split, idx: torch.Tensor, binarize: bool, noise: torch.Generator):
+    x = split.x[idx]  # (batch, *x_shape)
+    if binarize:
+        x = torch.bernoulli(x, generator=noise)
+    return x, None if split.y is None else split.y[idx]
+
+
+def _describe(failed: tuple, epoch: int) -> str:
+    s, loss, norm = failed
+    what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
+    return f"non-finite {what} at epoch {epoch + 1}, step {s + 1}"
+
+
+@torch.no_grad()
+def validate(vae: VAE, data: Split, prepare: Prepare | None = None, batch_size: int = 1000):
+    """Mean reconstruction and KL per datum (β = 1) over a split."""
+    recon, kl = 0.0, 0.0
+    for i in range(0, len(data), batch_size):
+        part = data.subset(slice(i, i + batch_size))
+        y = prepare(part.x, part.y) if prepare else part.y
+        r, k = elbo_terms(vae, part.x, y)
+        recon += r.sum().item()
+        kl += k.sum().item()
+    return recon / len(data), kl / len(data)
+
+
+def metrics_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, METRICS)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+class _Signals:
+    """Turn SIGINT/SIGTERM into a flag checked between steps, so a checkpoint can be written."""
+
+    def __init__(self) -> None:
+        self.caught: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.caught = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _clone(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clone(v) for v in obj]
+    return obj
