@@ -17,6 +17,7 @@ from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 from torch.distributions import constraints
 
+from . import distributions as pvdist
 from .distributions import to_event
 
 _EPS = 1e-4
@@ -58,15 +59,32 @@ class Bernoulli(Likelihood):
 
 class ContinuousBernoulli(Likelihood):
     """Continuous Bernoulli (Loaiza-Ganem & Cunningham 2019): a normalized density for grey values
-    in [0, 1]. Its mean is not ``sigmoid(logits)``, which :meth:`mean` accounts for."""
+    in [0, 1], :class:`pyrovae.distributions.ContinuousBernoulli`, which stays normalized at any
+    logit in float32. Its mean is not ``sigmoid(logits)``, which :meth:`mean` and
+    :meth:`bias_from_mean` account for.
+    """
 
     support = "unit"
 
     def forward(self, out: Tensor) -> dist.Distribution:
-        return to_event(dist.ContinuousBernoulli(logits=out), len(self.x_shape))
+        return to_event(pvdist.ContinuousBernoulli(logits=out), len(self.x_shape))
 
     def bias_from_mean(self, mean: Tensor) -> Tensor:
-        return torch.logit(mean.clamp(_EPS, 1 - _EPS))
+        """The logits whose continuous Bernoulli mean is ``mean`` (clamped into
+        ``[1e-4, 1 - 1e-4]``, so ``|logits| <= 1e4``), by bisection in float64.
+
+        >>> lik = ContinuousBernoulli((2,))
+        >>> lik.mean(lik.bias_from_mean(torch.tensor([0.05, 0.9])))
+        tensor([0.0500, 0.9000])
+        """
+        m = mean.detach().to("cpu", torch.float64).clamp(_EPS, 1 - _EPS)
+        # the mean is increasing in the logit, below 1/a at logit -a and above 1 - 1/a at a
+        lo, hi = -1 / m, 1 / (1 - m)
+        for _ in range(80):  # |hi - lo| <= 1e4 shrinks below 1e-20
+            mid = (lo + hi) / 2
+            above = pvdist.ContinuousBernoulli(logits=mid, validate_args=False).mean > m
+            lo, hi = torch.where(above, lo, mid), torch.where(above, mid, hi)
+        return ((lo + hi) / 2).to(mean)
 
 
 class _LocationScale(Likelihood):

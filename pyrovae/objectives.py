@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 
-import pyro.infer
 import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch_sum

@@ -1,0 +1,135 @@
+"""The continuous Bernoulli likelihood: normalized at any logit in float32, its mean, and the output
+bias that starts it at the data mean."""
+
+import json
+
+import pyro
+import pytest
+import torch
+from conftest import tiny_data_file
+from pyro import poutine
+
+from pyrovae.cli import main
+from pyrovae.distributions import ContinuousBernoulli
+from pyrovae.likelihoods import LIKELIHOODS
+from pyrovae.runs import load_run
+
+CB = LIKELIHOODS["cbernoulli"]
+
+
+def _reference_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x) = x * eta - log int_0^1 exp(eta * t) dt, straight from the definition in float64."""
+    eta, x = torch.broadcast_tensors(logits.double(), x.double())
+    safe = torch.where(eta == 0, torch.ones_like(eta), eta)
+    return torch.where(eta == 0, torch.zeros_like(eta), x * eta - torch.log(torch.expm1(safe) / safe))
+
+
+def _quadrature(logit: float, dtype=torch.float32, n: int = 200_001) -> tuple[float, float]:
+    """``int p(x) dx`` and ``int x p(x) dx`` by the trapezoidal rule, the density evaluated in ``dtype``
+    through the likelihood (the sums run in float64, so only the density's own error shows)."""
+    x = torch.linspace(0, 1, n, dtype=dtype)
+    d = CB((1,))(torch.full((n, 1), logit, dtype=dtype))
+    dens, x = d.log_prob(x[:, None]).exp().double(), x.double()
+    return torch.trapezoid(dens, x).item(), torch.trapezoid(dens * x, x).item()
+
+
+@pytest.mark.parametrize("logit", [-30.0, -16.0, 0.0, 16.0, 30.0])
+def test_density_integrates_to_one_in_float32(logit):
+    # torch's own ContinuousBernoulli gives 0.53 at +-30 and 0.996 at +-16 here
+    mass, first_moment = _quadrature(logit)
+    assert mass == pytest.approx(1.0, abs=1e-3)
+    mean = CB((1,)).mean(torch.tensor([[logit]])).item()
+    assert first_moment == pytest.approx(mean, abs=1e-4)
+
+
+def test_log_prob_in_float32_matches_float64_reference():
+    logits = torch.cat(
+        [torch.linspace(-50, 50, 1001), torch.tensor([0.0, 1e-6, -1e-3, 0.4999, -0.5001, 15.9])]
+    )
+    x = torch.tensor([0.0, 0.01, 0.3, 0.5, 0.99, 1.0])
+    lp = ContinuousBernoulli(logits=logits[:, None]).log_prob(x)
+    assert lp.dtype == torch.float32
+    ref = _reference_log_prob(logits[:, None], x)
+    # float32 rounding of x * eta (up to 50) sets the scale: a few 1e-6
+    assert torch.allclose(lp.double(), ref, rtol=1e-6, atol=1e-5), (lp.double() - ref).abs().max()
+    lp64 = ContinuousBernoulli(logits=logits[:, None].double()).log_prob(x.double())
+    assert torch.allclose(lp64, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_mean_variance_and_sampling_at_large_logits():
+    logits = torch.tensor([-1e4, -30.0, 0.0, 0.3, 30.0, 1e4])
+    d = ContinuousBernoulli(logits=logits)
+    eta = logits.double()
+    mean = torch.where(eta == 0, 0.5, 1 / -torch.expm1(-eta) - 1 / eta)  # the definition, float64
+    var = torch.where(eta == 0, 1 / 12, 1 / eta**2 - torch.exp(eta) / torch.expm1(eta) ** 2)
+    assert torch.allclose(d.mean.double(), mean, rtol=1e-5)
+    assert torch.allclose(d.variance.double()[1:-1], var[1:-1], rtol=1e-5)
+    samples = d.sample((20000,))
+    assert ((samples >= 0) & (samples <= 1)).all()
+    # torch's sampler clamps as its density does: its mean at logit 30 is 0.937, not 0.967
+    assert ((samples.mean(0) - d.mean).abs() < 5 * (d.variance / len(samples)).sqrt()).all()
+    assert isinstance(d.expand((2, 6)), ContinuousBernoulli)
+
+
+@pytest.mark.parametrize("data_mean", [0.05, 0.3, 0.5, 0.9])
+def test_bias_from_mean_gives_the_data_mean(data_mean):
+    lik = CB((1,))
+    bias = lik.bias_from_mean(torch.tensor([data_mean]))
+    assert bias.dtype == torch.float32
+    assert lik.mean(bias).item() == pytest.approx(data_mean, abs=1e-4)
+    # and by quadrature, independently of the closed-form mean
+    assert _quadrature(bias.item(), torch.float64)[1] == pytest.approx(data_mean, abs=1e-4)
+
+
+def test_bias_from_mean_clamps_and_keeps_dtype():
+    lik = CB((4,))
+    bias = lik.bias_from_mean(torch.tensor([0.0, 1e-4, 0.5, 1.0], dtype=torch.float64))
+    assert bias.dtype == torch.float64 and torch.isfinite(bias).all()
+    assert torch.allclose(lik.mean(bias), torch.tensor([1e-4, 1e-4, 0.5, 1 - 1e-4], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtype_is_kept_and_gradients_are_finite(dtype):
+    logits = torch.tensor([0.0, 1e-30, -0.5, 0.5, -30.0, 30.0, 1e4], dtype=dtype, requires_grad=True)
+    x = torch.full_like(logits, 0.3)
+    d = CB((7,))(logits)
+    for t in (d.log_prob(x), d.mean, d.variance, d.base_dist.entropy(), d.sample()):
+        assert t.dtype == dtype and torch.isfinite(t).all()
+    (g,) = torch.autograd.grad(d.log_prob(x), logits)
+    assert torch.isfinite(g).all()
+    # d/d(eta) log p(x) = x - mean: the exponential-family score
+    assert torch.allclose(g, (x - d.mean).detach(), atol=1e-6 if dtype == torch.float32 else 1e-14)
+    (g,) = torch.autograd.grad(d.mean.sum(), logits)
+    assert torch.isfinite(g).all() and torch.allclose(g, d.variance.detach(), rtol=1e-4)
+
+
+def test_trained_model_elbo_in_float32_matches_float64(tmp_path):
+    """Grey data with an always-black border, as MNIST has: the output bias starts those pixels at
+    logit -1e4, far past where torch's float32 density stops being normalized."""
+    src = torch.load(tiny_data_file(tmp_path, n=120, binary=False))
+    src["x"][..., 0] = src["x"][..., -1] = 0.0
+    data = tmp_path / "grey.pt"
+    torch.save(src, data)
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "file", "--data-file", str(data), "--binarize", "none",
+            "--likelihood", "cbernoulli", "--epochs", "2", "--z-dim", "2", "--hidden", "16",
+            "--batch-size", "24", "--val-size", "12", "--eval-k", "2", "--eval-n-test", "4",
+            "--out", str(run), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    res = json.loads((run / "eval.json").read_text())
+
+    vae, x = (r := load_run(run)).model, r.data.test.x
+    pyro.set_rng_seed(0)  # as the evaluation did: the same z for the first (only) batch
+    z = poutine.trace(vae.guide).get_trace(x, None).nodes["z"]["value"]
+    with torch.no_grad():
+        out = vae.decoder(z, None)
+        recon32 = vae.likelihood(out).log_prob(x)
+        vae64 = load_run(run).model.double()
+        out64 = vae64.decoder(z.double(), None)
+        recon64 = vae64.likelihood(out64).log_prob(x.double())
+    assert (out.abs() > 16).float().mean() > 0.2  # past torch's float32 clamp
+    assert torch.allclose(recon64, _reference_log_prob(out64, x).sum((1, 2, 3)), rtol=1e-12)
+    assert recon32.mean().item() == pytest.approx(res["recon"], rel=1e-6)  # the reported figure
+    # nats per image (torch's ContinuousBernoulli: 13 here, both dtypes off the definition)
+    assert (recon32.double() - recon64).abs().max() < 0.05
+    assert recon64.mean().item() - res["kl"] == pytest.approx(res["elbo"], abs=0.05)
