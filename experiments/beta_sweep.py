@@ -13,7 +13,6 @@ import argparse
 
 import pyrovae
 from pyrovae.config import Config
-from pyrovae.evaluate import evaluate
 
 try:
     from _common import budget_options, command_line, markdown_table
@@ -26,11 +25,11 @@ def main(args: argparse.Namespace) -> list[dict]:
     rows = []
     for beta in args.betas:
         cfg = Config(beta=beta, z_dim=args.z_dim, hidden=[400], epochs=args.epochs, train_size=args.train_size,
-                     seed=args.seed, data_dir=args.data_dir, batch_size=128)  # fmt: skip
+                     seed=args.seed, data_dir=args.data_dir, batch_size=128, eval_k=args.k,
+                     eval_n_test=args.n_test)  # fmt: skip
         out = args.runs_dir / f"beta-{beta:g}"
-        vae = pyrovae.train(cfg, out, overwrite=True, progress=not args.quiet)
-        vae.beta = 1.0
-        res = evaluate(vae, pyrovae.load_run(out).data.test, k=args.k, n_ll=args.n_test)
+        # the run layer evaluates at beta = 1 and writes eval.json
+        res = pyrovae.train(cfg, out, overwrite=True, progress=not args.quiet).results
         rows.append(dict(beta=beta, rate=res["kl"], distortion=-res["recon"], elbo=res["elbo"], ll=res["log_likelihood"],
                          au=res["active_units"]))  # fmt: skip
         print(rows[-1])

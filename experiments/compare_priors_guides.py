@@ -14,7 +14,6 @@ import time
 
 import pyrovae
 from pyrovae.config import Config, ConfigError
-from pyrovae.evaluate import evaluate
 
 try:
     from _common import budget_options, command_line, markdown_table
@@ -31,17 +30,16 @@ def main(args: argparse.Namespace) -> list[dict]:
     for prior in args.priors:
         for guide in args.guides:
             cfg = Config(prior=prior, guide=guide, z_dim=args.z_dim, hidden=[args.hidden], epochs=args.epochs,
-                         train_size=args.train_size, seed=args.seed, data_dir=args.data_dir, batch_size=128)  # fmt: skip
+                         train_size=args.train_size, seed=args.seed, data_dir=args.data_dir, batch_size=128,
+                         eval_k=args.k, eval_n_test=args.n_test)  # fmt: skip
             out = args.runs_dir / f"compare-{prior}-{guide}"
             t0 = time.time()
             try:
-                vae = pyrovae.train(cfg, out, overwrite=True, progress=not args.quiet)
+                res = pyrovae.train(cfg, out, overwrite=True, progress=not args.quiet).results
             except ConfigError as e:
                 print(f"skipped {prior} x {guide}: {e}")
                 rows.append(dict(prior=prior, guide=guide, skipped=str(e).split(";")[0]))
                 continue
-            run = pyrovae.load_run(out)
-            res = evaluate(vae, run.data.test, k=args.k, n_ll=args.n_test)
             with open(out / "metrics.csv") as f:
                 secs = [float(r["seconds"]) for r in csv.DictReader(f)]
             rows.append(dict(prior=prior, guide=guide, elbo=res["elbo"], ll=res["log_likelihood"],

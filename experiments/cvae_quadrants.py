@@ -24,13 +24,12 @@ import pyro
 import torch
 
 from pyrovae.data import binarize, load_dataset
-from pyrovae.objectives import ELBOLoss
 from pyrovae.evaluate import log_likelihood
-from pyrovae.objectives import make_elbo
+from pyrovae.objectives import ELBOLoss, make_elbo
 from pyrovae.posterior import sample_prior
+from pyrovae.runs import EVAL_BINARIZE_SEED
 from pyrovae.step import make_optimizer, svi_step
 from pyrovae.structured import BaselineNet, condition, hide, quadrant_mask, structured_cvae
-from pyrovae.runs import EVAL_BINARIZE_SEED
 
 try:
     from _common import budget_options, command_line, markdown_table

@@ -9,40 +9,30 @@ and the training curve as PNG files, and prints the test figures in nats per ima
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pyrovae
-from pyrovae import posterior
 from pyrovae.config import PRESETS, Config
-from pyrovae.evaluate import evaluate
+from pyrovae.evaluate import summary
 
 
 def main(args: argparse.Namespace) -> dict:
     # 1. configure: a preset, then the options given here
-    cfg = Config(
-        **{**PRESETS[args.preset], "epochs": args.epochs, "seed": args.seed, "data_dir": args.data_dir}
-    )
+    cfg = Config.from_preset(args.preset, epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
+                             eval_k=args.k, eval_n_test=args.n_test)  # fmt: skip
     if args.batch_size:
         cfg.batch_size = args.batch_size
 
-    # 2. train by SVI (checkpoints every epoch; --resume continues an interrupted run)
-    vae = pyrovae.train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    # 2. train by SVI (checkpoints every epoch; --resume continues an interrupted run), then
+    # evaluate on the fixed-seed binarized test set and draw samples and reconstructions: the run
+    # layer writes eval.json, samples.png and reconstructions.png, as `pyrovae train` does
+    run = pyrovae.train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    res = run.results
+    print(summary(res) + "; dynamically binarized MNIST")
 
-    # 3. evaluate on the (fixed-seed binarized) test set
-    run = pyrovae.load_run(args.out)
-    test = run.data.test
-    res = evaluate(vae, test, k=args.k, n_ll=args.n_test)
-    Path(args.out, "eval.json").write_text(json.dumps(res, indent=2))
-    print(f"test ELBO {res['elbo']:.2f} nats/image; importance-sampled log p(x) {res['log_likelihood']:.2f} "
-          f"nats/image (K={args.k}, {res['n_ll_images']} images); dynamically binarized MNIST")  # fmt: skip
-
-    # 4. figures
+    # 3. one more figure: the training curves
     from pyrovae import plots
 
-    plots.image_grid(
-        posterior.sample_prior(vae, 64), Path(args.out, "samples.png"), "Samples from p(x|z), z ~ p(z)"
-    )
     plots.training_curves(Path(args.out, "metrics.csv"), Path(args.out, "training.png"))
     return res
 

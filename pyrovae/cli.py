@@ -71,10 +71,17 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, type=t, **kw)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one ``error:`` line (exit status 2), like the rest."""
+
+    def error(self, message: str):
+        # "argument --prior: unknown --prior 'x'": the option is already named
+        message = re.sub(r"^argument (--[\w-]+)(/[\w-]+)?: (?=.*\1)", "", message)
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pyrovae", description="Variational autoencoders as Pyro programs, trained by SVI."
-    )
+    p = _Parser(prog="pyrovae", description="Variational autoencoders as Pyro programs, trained by SVI.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a VAE and evaluate it on the test set")

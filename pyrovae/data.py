@@ -24,7 +24,14 @@ DEFAULT_ROOT = Path.home() / ".cache" / "pyrovae"
 
 
 class DataError(ValueError):
-    """Data that cannot be used, with a message saying what to do about it."""
+    """Data that cannot be used, with a message saying what to do about it.
+
+    :param option: the :class:`~pyrovae.config.Config` field the remedy concerns, if any.
+    """
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 @dataclass

@@ -4,15 +4,32 @@ stays normalized at any logit in float32.
 
 from __future__ import annotations
 
+import math
+
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.distributions.utils import broadcast_all
 
 
 def to_event(base: dist.Distribution, n: int) -> dist.Distribution:
     """``base.to_event(n)``: the last ``n`` batch dimensions of ``base`` as one event."""
     return base.to_event(n)
+
+
+def _series(t: Tensor, coeffs: tuple[float, ...]) -> Tensor:
+    """``sum(c_k * t**k)`` by Horner's rule."""
+    out = torch.full_like(t, coeffs[-1])
+    for c in reversed(coeffs[:-1]):
+        out = out * t + c
+    return out
+
+
+# Taylor coefficients in powers of eta**2 (eta = logit) about eta = 0.
+_LOG_C = (math.log(2.0), 1 / 12, -7 / 1440, 31 / 90720, -127 / 4838400)  # log(eta / tanh(eta / 2))
+_MEAN = (1 / 12, -1 / 720, 1 / 30240, -1 / 1209600, 1 / 47900160)  # (mean - 1/2) / eta
+_VAR = (1 / 12, -1 / 240, 1 / 6048, -1 / 172800, 1 / 5322240, -691 / 118879488000)
 
 
 class ContinuousBernoulli(dist.ContinuousBernoulli):

@@ -46,7 +46,8 @@ def load_data(cfg: Config) -> Dataset:
     if needs_binary and not cfg.resolve_binarize() and not is_binary(data.train.x):
         raise DataError(
             f"the {cfg.likelihood} likelihood is only normalized on {{0, 1}} but the data has grey values; "
-            "binarize it (binarize 'dynamic'), or use a likelihood for grey values (cbernoulli, normal, laplace)"
+            "set binarize dynamic, or use a likelihood for grey values (cbernoulli, normal, laplace)",
+            "binarize",
         )
     if cfg.batch_size > len(data.train):
         raise ConfigError(
@@ -82,6 +83,7 @@ def _open_run_dir(out: Path, cfg: Config, resume: bool, overwrite: bool) -> bool
     cleaned up)."""
     if resume:
         resumed_config(out, dataclasses.asdict(cfg))
+        checkpoint.write_text(out / "config.json", cfg.to_json())  # resumable options may change
         return False
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(
@@ -130,6 +132,7 @@ def train(
     rank0 = distributed.rank() == 0  # under torchrun only rank 0 writes files
     resolve_device(cfg.device)
     data = data if data is not None else load_data(cfg)
+    pyro.set_rng_seed(cfg.seed)  # the model's initial parameters
     vae = build_model(cfg, data.x_shape, data.num_classes)
     if cfg.init_bias:
         vae.init_output_bias(data.train.x.mean(0))

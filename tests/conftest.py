@@ -37,3 +37,53 @@ def tiny_data_file(
     path = tmp_path / "tiny.pt"
     torch.save({"x": x, "y": y}, path)
     return path
+
+
+@pytest.fixture
+def check_evaluation(monkeypatch):
+    """Properties every trained run must have, whatever its options:
+
+    - the ELBO is not above the importance-sampled log p(x) beyond Monte Carlo noise;
+    - β never enters evaluation (the same parameters evaluate the same at β = 4 and β = 1);
+    - log p(x) estimated in chunks (a small ``MAX_ELEMENTS``) equals the unchunked estimate.
+    """
+    import importlib
+    import json
+
+    from pyrovae import load_run
+
+    E = importlib.import_module("pyrovae.evaluate")
+
+    def check(run_dir: Path) -> dict:
+        run = load_run(run_dir)
+        vae, test = run.model, run.data.test
+        y = test.y if vae.num_classes else None
+        x = test.x
+        if E.is_point_estimate(vae):
+            res = json.loads((run_dir / "eval.json").read_text())
+            assert "elbo" not in res and "log_likelihood" not in res and "log_joint" in res
+            return res
+        pyro.set_rng_seed(0)
+        elbos = torch.stack([(lambda r, k: r - k)(*E.elbo_terms(vae, x, y)).mean() for _ in range(16)])
+        lls = torch.stack([E.log_likelihood(vae, x, y, k=64).mean() for _ in range(3)])
+        noise = 4 * (elbos.std() / 4 + lls.std()) + 0.1
+        assert elbos.mean() <= lls.mean() + noise, (elbos.mean().item(), lls.mean().item())
+        pyro.set_rng_seed(1)
+        at_one = E.evaluate(vae, test.subset(slice(0, None)), k=5)
+        vae.beta = 4.0  # the default weight of the latent site if model/guide are called without one
+        pyro.set_rng_seed(1)
+        at_four = E.evaluate(vae, test.subset(slice(0, None)), k=5)
+        vae.beta = 1.0
+        assert at_one == at_four
+        pyro.set_rng_seed(2)
+        whole = E.log_likelihood(vae, x, y, k=10)
+        monkeypatch.setattr(E, "MAX_ELEMENTS", x[0].numel() * len(x) * 3)  # chunks of 3 samples
+        pyro.set_rng_seed(2)
+        chunked = E.log_likelihood(vae, x, y, k=10)
+        monkeypatch.undo()
+        assert torch.allclose(whole, chunked, atol=1e-4, rtol=1e-5)
+        res = json.loads((run_dir / "eval.json").read_text())
+        assert res["elbo_ll_images"] <= res["log_likelihood"] + 5 + 0.05 * abs(res["log_likelihood"])
+        return res
+
+    return check

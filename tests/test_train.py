@@ -61,10 +61,10 @@ def test_run_directory_contents(tmp_path):
 
 def test_resume_reproduces_uninterrupted_run_exactly(tmp_path):
     data = tiny_data_file(tmp_path)
-    full = train(_cfg(data), tmp_path / "a", progress=False)
+    full = train(_cfg(data), tmp_path / "a", progress=False).model
     full_last = checkpoint.load(tmp_path / "a" / "checkpoint.pt")["model"]
     train(_cfg(data, epochs=1), tmp_path / "b", progress=False)
-    resumed = train(_cfg(data), tmp_path / "b", resume=True, progress=False)
+    resumed = train(_cfg(data), tmp_path / "b", resume=True, progress=False).model
     last = checkpoint.load(tmp_path / "b" / "checkpoint.pt")["model"]
     assert full_last.keys() == last.keys()
     for k in last:
@@ -95,7 +95,7 @@ def test_existing_run_directory_is_refused(tmp_path):
 def _poison_decoder(monkeypatch, at_call: int) -> None:
     """Make the decoder's ``at_call``-th forward pass return NaN: step 4 of epoch 2 for 11 (7 steps
     per epoch and one validation call)."""
-    T = importlib.import_module("pyrovae.train")
+    T = importlib.import_module("pyrovae.runs")
     real_build = T.build_model
     calls = {"n": 0}
 
@@ -145,7 +145,7 @@ def test_config_round_trip_and_validation(tmp_path):
     assert Config.from_dict(json.loads(cfg.to_json())) == cfg
     with pytest.raises(ConfigError, match="Did you mean 'vamp'"):
         Config(prior="vampp").validate()
-    for bad, msg in [(dict(batch_size=0), "batch-size"), (dict(beta=-1.0), "beta"), (dict(lr=0.0), "lr"),
-                     (dict(hidden=[0]), "hidden"), (dict(elbo="iwae"), "num-particles")]:  # fmt: skip
+    for bad, msg in [(dict(batch_size=0), "batch_size"), (dict(beta=-1.0), "beta"), (dict(lr=0.0), "lr"),
+                     (dict(hidden=[0]), "hidden"), (dict(elbo="iwae"), "num_particles")]:  # fmt: skip
         with pytest.raises(ConfigError, match=msg):
             Config(**bad).validate()
