@@ -39,8 +39,10 @@ MATRIX: dict[str, list[list[str]]] = {
     "elbo": [["--elbo", "meanfield"], ["--elbo", "iwae", "--num-particles", "3"]],
     "num_particles": [["--num-particles", "3"], ["--elbo", "meanfield", "--num-particles", "2"]],
     "beta": [["--beta", "0"], ["--beta", "4"]],
-    "beta_schedule": [["--beta-schedule", "linear", "--warmup-epochs", "1.5"],
-                      ["--beta-schedule", "cyclical", "--warmup-epochs", "1"]],  # fmt: skip
+    "beta_schedule": [
+        ["--beta-schedule", "linear", "--warmup-epochs", "1.5"],
+        ["--beta-schedule", "cyclical", "--warmup-epochs", "1"],
+    ],  # fmt: skip
     "warmup_epochs": [["--beta-schedule", "linear", "--warmup-epochs", "4"]],
     "capacity": [["--capacity", "5", "--capacity-epochs", "1", "--gamma", "10"]],
     "capacity_epochs": [["--capacity", "2", "--capacity-epochs", "3"]],

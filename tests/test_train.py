@@ -149,3 +149,14 @@ def test_config_round_trip_and_validation(tmp_path):
                      (dict(hidden=[0]), "hidden"), (dict(elbo="iwae"), "num_particles")]:  # fmt: skip
         with pytest.raises(ConfigError, match=msg):
             Config(**bad).validate()
+
+
+def test_a_run_that_fails_at_its_first_step_leaves_nothing(tmp_path, monkeypatch):
+    cfg = _cfg(tiny_data_file(tmp_path), epochs=2)
+    _poison_decoder(monkeypatch, 1)
+    with pytest.raises(TrainingError, match="epoch 1, step 1"):
+        train(cfg, tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()  # so the same command can simply be run again
+    monkeypatch.undo()
+    train(cfg, tmp_path / "r", progress=False, evaluate=False)
+    assert (tmp_path / "r" / "checkpoint.pt").exists()

@@ -1,0 +1,57 @@
+"""Evaluation reports what a model has: no ELBO or log p(x) for an autoencoder, and active units
+that Monte Carlo noise cannot create."""
+
+import importlib
+
+import pyro
+import torch
+from torch import nn
+
+from pyrovae import VAE
+from pyrovae.data import Split
+from pyrovae.guides import IAF, Delta, DiagonalNormal
+from pyrovae.nets import MLPEncoder
+
+E = importlib.import_module("pyrovae.evaluate")
+
+
+def test_point_estimate_guide_reports_log_joint_not_elbo_or_log_likelihood():
+    enc = MLPEncoder((1, 4, 4), (8,))
+    vae = VAE((1, 4, 4), 3, guide=Delta(enc, 3), hidden=(8,))
+    data = Split(torch.bernoulli(torch.full((10, 1, 4, 4), 0.4)))
+    res = E.evaluate(vae, data, k=5)
+    assert "elbo" not in res and "log_likelihood" not in res
+    recon, kl = E.elbo_terms(vae, data.x)
+    z = vae.encode(data.x).mean  # the point z*
+    log_joint = vae.decode(z).log_prob(data.x) + vae.prior_dist(like=data.x).log_prob(z)
+    assert torch.allclose(torch.tensor(res["log_joint"]), log_joint.mean(), atol=1e-4)
+    assert abs(res["recon"] - recon.mean().item()) < 1e-4
+    assert "no ELBO or log p(x)" in E.summary(res)
+
+
+def _collapsed(guide_cls, **kw):
+    enc = MLPEncoder((1, 4, 4), (8,))
+    guide = guide_cls(enc, 8, scale="exp", **kw)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.zero_()  # features no longer depend on x: q(z|x) is the same for every datum
+    return VAE((1, 4, 4), 8, guide=guide, hidden=(8,))
+
+
+def test_collapsed_units_of_a_guide_without_analytic_mean_are_not_active():
+    pyro.set_rng_seed(0)
+    x = torch.bernoulli(torch.full((2000, 1, 4, 4), 0.4))
+    vae = _collapsed(IAF, layers=1)
+    means, noise = E.posterior_mean_and_noise(vae, x, samples=64)
+    assert E.active_units(means) > 0  # the plain Monte Carlo mean makes every unit look active
+    assert E.active_units(means, noise=noise) == 0
+    assert E.evaluate(vae, Split(x[:500]), k=2, n_ll=10)["active_units"] == 0
+
+
+def test_active_units_still_counts_units_that_vary():
+    vae = _collapsed(DiagonalNormal)
+    with torch.no_grad():
+        nn.init.normal_(vae.guide_net.encoder.body[0].weight)  # features depend on x again
+        nn.init.normal_(vae.guide_net.loc.weight)
+    x = torch.bernoulli(torch.full((500, 1, 4, 4), 0.4))
+    assert E.evaluate(vae, Split(x), k=2, n_ll=10)["active_units"] == 8
