@@ -129,6 +129,9 @@ def train(
     """
     out = Path(out)
     cfg.validate()
+    for name in ("data_dir", "data_file", "labels_file"):  # so the run can be used from any folder
+        if getattr(cfg, name):
+            setattr(cfg, name, str(Path(getattr(cfg, name)).resolve()))
     rank0 = distributed.rank() == 0  # under torchrun only rank 0 writes files
     resolve_device(cfg.device)
     data = data if data is not None else load_data(cfg)

@@ -72,3 +72,47 @@ def test_missing_mnist_names_files_and_ways_to_point_at_them(tmp_path, capsys):
     assert code == 2
     assert "train-images-idx3-ubyte" in err and "t10k-labels-idx1-ubyte" in err
     assert "--data-dir" in err and "PYROVAE_DATA" in err
+
+
+def test_cli_and_python_train_write_the_same_run_directory(tmp_path, capsys):
+    import torch
+
+    from pyrovae import Config, checkpoint, train
+
+    data = tiny_data_file(tmp_path)
+    opts = dict(dataset="file", data_file=str(data), epochs=2, z_dim=2, hidden=[8], batch_size=16, val_size=10,
+                eval_k=5)  # fmt: skip
+    flags = [f"--{k.replace('_', '-')}" if i == 0 else str(v) for k, v in opts.items() for i in range(2)]
+    flags[flags.index("--hidden") + 1] = "8"  # a list option: its value as the CLI takes it
+    assert main(["train", *flags, "--out", str(tmp_path / "cli"), "--quiet"]) == 0
+    train(Config(**opts), tmp_path / "py", progress=False)
+    names = sorted(p.name for p in (tmp_path / "cli").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "py").iterdir())
+    assert {"config.json", "metrics.csv", "checkpoint.pt", "best.pt", "eval.json", "samples.png",
+            "reconstructions.png"} <= set(names)  # fmt: skip
+    for name in ["config.json", "eval.json", "samples.png", "reconstructions.png"]:
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "py" / name).read_bytes(), name
+    a, b = (checkpoint.load(tmp_path / d / "best.pt")["model"] for d in ("cli", "py"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_with_a_relative_data_file_works_from_another_folder(tmp_path, monkeypatch):
+    data = tiny_data_file(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--dataset", "file", "--data-file", data.name, "--epochs", "1", "--z-dim", "2", "--hidden", "8",
+            "--batch-size", "16", "--val-size", "10", "--out", "r", "--no-eval", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["reconstruct", str(tmp_path / "r"), "-o", "rec.png", "-n", "4"]) == 0
+    assert (elsewhere / "rec.png").read_bytes()[:4] == b"\x89PNG"
+    moved = data.rename(tmp_path / "moved.pt")  # the data moved: point the run at it
+    assert main(["reconstruct", str(tmp_path / "r"), "-o", "rec2.png", "--data-file", str(moved)]) == 0
+
+
+def test_a_data_file_without_dataset_file_is_refused(tmp_path, capsys):
+    data = tiny_data_file(tmp_path)
+    assert main(["train", "--data-file", str(data), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "--dataset is 'mnist'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
