@@ -38,15 +38,25 @@ def reconstruct(vae: VAE, x: Tensor, y: Tensor | None = None, sample: bool = Fal
 
 
 @torch.no_grad()
-def sample_prior(vae: VAE, n: int = 64, y: Tensor | None = None, mean: bool = True) -> Tensor:
+def sample_prior(vae: VAE, n: int | None = None, y: Tensor | None = None, mean: bool = True) -> Tensor:
     """New data from the model: z ~ p(z | y), then the mean of p(x | z, y) (or a draw of it).
 
-    :param y: class labels for a conditional model, shape ``(n,)``.
+    Every datum gets its own z, whether the prior ignores ``y`` (batch shape ``()``, as N(0, I)
+    in a conditional VAE) or uses it (batch shape ``(n,)``).
+
+    :param n: number of data; default ``len(y)``, or 64 for an unconditional model.
+    :param y: class labels (or conditioning tensors) for a conditional model, one per datum.
     """
     ref = vae._reference()
-    z = vae.prior_dist(y, like=ref).sample(() if y is not None else (n,))  # (n, z_dim)
-    if y is not None and z.dim() == 1:
-        z = z.expand(n, -1)
+    if y is not None:
+        if n is not None and n != y.shape[0]:
+            raise ValueError(f"sample_prior: n={n} but {y.shape[0]} labels y were given")
+        n = y.shape[0]
+    elif n is None:
+        n = 64
+    p = vae.prior_dist(y, like=ref)
+    # one independent draw per datum: a batch-() prior is sampled n times, a batch-(n,) prior once
+    z = p.sample(() if tuple(p.batch_shape) == (n,) else (n,)).reshape(n, vae.z_dim)
     out = vae.decoder(z, vae.one_hot(y, ref))
     return vae.likelihood.mean(out) if mean else vae.likelihood(out).sample()
 

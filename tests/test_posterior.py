@@ -111,3 +111,14 @@ def test_inspect_writes_every_figure_and_an_index(run, capsys):
     for n in names:
         assert (figs / n).read_bytes()[:4] == b"\x89PNG", n
         assert f"]({n})" in index
+
+
+@pytest.mark.parametrize("prior", ["normal", "conditional"])
+def test_class_conditional_samples_each_get_their_own_z(prior):
+    from pyrovae.build import build_model
+    from pyrovae.posterior import sample_prior
+
+    vae = build_model(Config(z_dim=3, hidden=[8], conditional=True, prior=prior), (1, 4, 4), num_classes=3)
+    images = sample_prior(vae, 16, torch.full((16,), 2))
+    assert images.shape == (16, 1, 4, 4)
+    assert (images - images[0]).abs().flatten(1).amax(1)[1:].min() > 0  # no two draws alike
