@@ -64,9 +64,9 @@ def check_evaluation(monkeypatch):
             assert "elbo" not in res and "log_likelihood" not in res and "log_joint" in res
             return res
         pyro.set_rng_seed(0)
-        elbos = torch.stack([(lambda r, k: r - k)(*E.elbo_terms(vae, x, y)).mean() for _ in range(16)])
-        lls = torch.stack([E.log_likelihood(vae, x, y, k=64).mean() for _ in range(3)])
-        noise = 4 * (elbos.std() / 4 + lls.std()) + 0.1
+        elbos = torch.stack([(lambda r, k: r - k)(*E.elbo_terms(vae, x, y)).mean() for _ in range(9)])
+        lls = torch.stack([E.log_likelihood(vae, x, y, k=32).mean() for _ in range(3)])
+        noise = 4 * (elbos.std() / 3 + lls.std()) + 0.1
         assert elbos.mean() <= lls.mean() + noise, (elbos.mean().item(), lls.mean().item())
         pyro.set_rng_seed(1)
         at_one = E.evaluate(vae, test.subset(slice(0, None)), k=5)
