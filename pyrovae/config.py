@@ -84,6 +84,9 @@ class Config:
     capacity: float | None = _opt(None, "C_max in nats: train on gamma*|KL - C(t)| (Burgess et al. 2018)")
     capacity_epochs: float = _opt(10.0, "epochs for C(t) to rise from 0 to C_max")
     gamma: float = _opt(100.0, "weight of the capacity term")
+    free_bits: float | None = _opt(
+        None, "free bits: floor each latent dimension's KL at this many nats (Kingma et al. 2016)"
+    )
     # optimization
     epochs: int = _opt(10, "training epochs")
     batch_size: int = _opt(256, "images per step")
@@ -91,6 +94,7 @@ class Config:
     lr_schedule: str = _opt("none", "per-epoch learning-rate schedule", ("none", "cosine", "exponential"))
     lr_decay: float = _opt(0.95, "per-epoch factor for 'exponential'")
     clip_norm: float | None = _opt(None, "clip the gradient norm to this value")
+    weight_decay: float = _opt(0.0, "decoupled weight decay (AdamW) on the networks' weight matrices")
     patience: int | None = _opt(None, "stop after this many epochs without a better validation ELBO")
     on_nan: str = _opt(
         "stop", "on a NaN/inf loss: stop, or roll back to the last good state with half the lr",
@@ -149,6 +153,16 @@ class Config:
                 raise ConfigError(f"{name} must be positive, got {v}", name)
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta}", "beta")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}", "weight_decay")
+        if self.free_bits is not None:
+            if self.free_bits < 0:
+                raise ConfigError(f"free_bits must be >= 0 nats, got {self.free_bits}", "free_bits")
+            if self.elbo == "iwae" or self.capacity is not None:
+                raise ConfigError(
+                    "free_bits floors the KL term of the trace or meanfield ELBO; the iwae bound and the "
+                    "capacity objective have none to floor", "free_bits",
+                )  # fmt: skip
         if self.capacity is not None:
             if self.capacity < 0:
                 raise ConfigError(f"capacity must be >= 0 nats, got {self.capacity}", "capacity")

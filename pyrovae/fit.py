@@ -28,7 +28,7 @@ from .data import Dataset, Split
 from .evaluate import elbo_terms
 from .models import VAE
 from .objectives import CapacityELBO, ELBOLoss, beta_at, capacity_at, make_elbo
-from .step import make_optimizer, svi_step
+from .step import decay_groups, make_optimizer, svi_step
 
 METRICS = ["epoch", "train_loss", "val_elbo", "val_recon", "val_kl", "beta", "capacity", "lr", "seconds"]
 
@@ -144,10 +144,11 @@ def fit(
     prepare = prepare or (lambda x, y: y if labels else None)
 
     # 2. objective and optimizer
-    elbo = make_elbo(cfg.elbo, cfg.num_particles, **_capacity_options(cfg))
+    elbo = make_elbo(cfg.elbo, cfg.num_particles, free_bits=cfg.free_bits, **_capacity_options(cfg))
     params = [p for p in vae.parameters() if p.requires_grad]
     loss_fn = distributed.wrap(ELBOLoss(vae, elbo, ctx.world), ctx)
-    loop = Loop(vae, make_optimizer(params, cfg.lr), ctx.device, cfg.seed, ctx.rank,
+    groups = decay_groups(vae, cfg.weight_decay) if cfg.weight_decay else params
+    loop = Loop(vae, make_optimizer(groups, cfg.lr, cfg.weight_decay), ctx.device, cfg.seed, ctx.rank,
                 {"config": cfg.to_json(), "x_shape": list(data.x_shape), "num_classes": data.num_classes,
                  **(meta or {})})  # fmt: skip
     ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"

@@ -13,9 +13,11 @@ from __future__ import annotations
 import math
 
 import torch
+from pyro.distributions import Independent
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch_sum
 from torch import Tensor, nn
+from torch.distributions import kl_divergence
 
 ELBOS = ("trace", "meanfield", "iwae")
 """Choices of ``Config.elbo``: Trace_ELBO, TraceMeanField_ELBO, the IWAE bound."""
@@ -77,7 +79,17 @@ def _latent_sites(model_trace, guide_trace):
             yield site, guide_site
 
 
-class CapacityELBO(Trace_ELBO):
+class _ReshapedELBO(Trace_ELBO):
+    """A Trace_ELBO whose per-particle loss is reshaped by :meth:`_differentiable_loss_particle`
+    (the one hook, as Pyro's ``contrib.cevae.TraceCausalEffect_ELBO``); :meth:`loss` reports the
+    same objective, not the plain ELBO that ``Trace_ELBO.loss`` would compute."""
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+
+class CapacityELBO(_ReshapedELBO):
     """Loss ``-E_q[log p(x|z)] + γ·N·|KL/N - C|`` for a batch of N data (Burgess et al. 2018),
     with KL estimated as in :class:`~pyro.infer.Trace_ELBO` (log q - log p at the guide's
     samples, all latent sites). Set :attr:`capacity` (nats per datum) as training goes on.
@@ -99,6 +111,53 @@ class CapacityELBO(Trace_ELBO):
         for model_site, guide_site in _latent_sites(model_trace, guide_trace):
             kl = kl + guide_site["log_prob_sum"] - model_site["log_prob_sum"]
         surrogate = -recon + self.gamma * n * (kl / n - self.capacity).abs()
+        return surrogate.item(), surrogate
+
+
+class FreeBitsELBO(_ReshapedELBO):
+    """The ELBO with free bits (Kingma et al. 2016): for a batch of N data, the KL term of each
+    latent dimension is ``N · max(λ, KL_d)`` with ``KL_d`` its average over the batch, so no
+    dimension is pushed below λ nats and units cannot collapse.
+
+    ``KL_d`` is analytic (``analytic=True``, as :class:`~pyro.infer.TraceMeanField_ELBO`) or the
+    one-sample estimate ``log q - log p`` (as :class:`~pyro.infer.Trace_ELBO`), per dimension
+    where q and p factorize into univariate distributions, else for the latent site as one group
+    with floor ``λ · event size``. β (the site's scale) multiplies the KL term as usual. Only the
+    training objective changes: evaluation reports the true ELBO.
+    """
+
+    def __init__(self, free_bits: float, analytic: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.free_bits, self.analytic = free_bits, analytic
+
+    def _kl(self, q, p, z: Tensor) -> Tensor:
+        """KL per datum and group, shape ``(*batch, groups)``."""
+        factorized = isinstance(q, Independent) and isinstance(p, Independent)
+        if factorized:
+            q, p = q.base_dist, p.base_dist  # per dimension
+        if self.analytic:
+            try:
+                kl = kl_divergence(q, p)
+            except NotImplementedError:
+                kl = q.log_prob(z) - p.log_prob(z)
+        else:
+            kl = q.log_prob(z) - p.log_prob(z)
+        return kl if factorized else kl.unsqueeze(-1)
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        recon, penalty = 0.0, 0.0
+        for site in model_trace.nodes.values():
+            if site["type"] == "sample" and site["is_observed"]:
+                recon = recon + site["log_prob_sum"]
+        for model_site, guide_site in _latent_sites(model_trace, guide_trace):
+            q, p = guide_site["fn"], model_site["fn"]
+            kl = self._kl(q, p, guide_site["value"])  # (*batch, groups)
+            per_group = q.event_shape.numel() / kl.shape[-1]
+            data = kl[..., 0].numel()
+            mean = kl.reshape(data, -1).mean(0)  # over the batch (and particles)
+            floored = torch.clamp(mean, min=self.free_bits * per_group).sum() * data
+            penalty = penalty + guide_site["scale"] * floored
+        surrogate = -recon + penalty
         return surrogate.item(), surrogate
 
 
@@ -133,12 +192,19 @@ class IWAE(RenyiELBO):
         return -(torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum()
 
 
-def make_elbo(kind: str = "trace", num_particles: int = 1, max_plate_nesting: int = 1, **capacity):
+def make_elbo(
+    kind: str = "trace",
+    num_particles: int = 1,
+    max_plate_nesting: int = 1,
+    free_bits: float | None = None,
+    **capacity,
+):
     """The Pyro loss for ``Config.elbo`` (``trace``, ``meanfield`` or ``iwae``), particles vectorized.
 
     ``iwae`` is :class:`IWAE` with ``num_particles`` samples. ``capacity`` options (``gamma``,
-    ``capacity``) give a :class:`CapacityELBO`. The model's plate nesting is passed so Pyro need
-    not guess it (the ``"data"`` plate, plus one for vectorized particles).
+    ``capacity``) give a :class:`CapacityELBO`; ``free_bits`` λ a :class:`FreeBitsELBO` (with
+    the analytic KL for ``meanfield``). The model's plate nesting is passed so Pyro need not
+    guess it (the ``"data"`` plate, plus one for vectorized particles).
     """
     opts = dict(
         num_particles=num_particles,
@@ -147,6 +213,10 @@ def make_elbo(kind: str = "trace", num_particles: int = 1, max_plate_nesting: in
     )
     if capacity:
         return CapacityELBO(**capacity, **opts)
+    if free_bits is not None:
+        if kind == "iwae":
+            raise ValueError("free bits floor the KL term of an ELBO; the IWAE bound has none")
+        return FreeBitsELBO(free_bits, analytic=kind == "meanfield", **opts)
     if kind == "trace":
         return Trace_ELBO(**opts)
     if kind == "meanfield":
@@ -179,6 +249,7 @@ class ELBOLoss(nn.Module):
 __all__ = [
     "CapacityELBO",
     "ELBOLoss",
+    "FreeBitsELBO",
     "IWAE",
     "make_elbo",
     "beta_at",

@@ -10,13 +10,32 @@ import math
 import torch
 
 
-def make_optimizer(params: list, lr: float) -> torch.optim.Optimizer:
-    """Adam, fused into one kernel per step where torch supports it (it updates all parameters
-    in one pass instead of a Python loop over them)."""
+def make_optimizer(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam (AdamW, decoupled weight decay, when ``weight_decay`` > 0), fused into one kernel per
+    step where torch supports it (it updates all parameters in one pass instead of a Python loop
+    over them).
+
+    :param params: parameters, or parameter groups (see :func:`decay_groups`).
+    """
+    cls = torch.optim.AdamW if weight_decay else torch.optim.Adam
+    opts = dict(lr=lr, weight_decay=weight_decay) if weight_decay else dict(lr=lr)
     try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return cls(params, fused=True, **opts)
     except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
-        return torch.optim.Adam(params, lr=lr)
+        return cls(params, **opts)
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Parameter groups for AdamW: weight decay on the networks' weight matrices (and conv
+    kernels); none on biases, nor on the prior's or likelihood's own parameters (a learned prior's
+    means, a likelihood's scale), which decay would bias rather than regularize."""
+    decay, rest = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        own = name.split(".")[0] in ("prior", "likelihood")
+        (decay if p.dim() >= 2 and not own else rest).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
 def grad_norm(params: list) -> torch.Tensor:

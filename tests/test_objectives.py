@@ -72,3 +72,55 @@ def test_capacity_objective_refuses_score_function_latents():
 
     with pytest.raises(NotImplementedError, match="not reparameterized"):
         CapacityELBO().differentiable_loss(model, guide, torch.zeros(3))
+
+
+@pytest.mark.parametrize("analytic", [False, True])
+def test_free_bits_floor_each_dimensions_batch_average_kl(analytic):
+    from pyrovae.objectives import FreeBitsELBO
+
+    vae, x = _vae_and_data()
+    lam = 0.3
+    pyro.set_rng_seed(4)
+    loss = FreeBitsELBO(lam, analytic=analytic).loss(vae.model, vae.guide, x, beta=0.5)
+    pyro.set_rng_seed(4)
+    guide_tr = poutine.trace(vae.guide).get_trace(x)
+    model_tr = poutine.trace(poutine.replay(vae.model, guide_tr)).get_trace(x)
+    q, p = guide_tr.nodes["z"]["fn"].base_dist, model_tr.nodes["z"]["fn"].base_dist
+    z = guide_tr.nodes["z"]["value"]
+    kl = torch.distributions.kl_divergence(q, p) if analytic else q.log_prob(z) - p.log_prob(z)  # (N, z_dim)
+    recon = model_tr.nodes["x"]["fn"].log_prob(x).sum()
+    expected = -recon + 0.5 * len(x) * kl.mean(0).clamp(min=lam).sum()
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
+    assert (kl.mean(0) < lam).any() or lam == 0  # the floor is active for some dimension here
+
+
+def test_free_bits_refuse_the_iwae_bound():
+    from pyrovae.config import Config, ConfigError
+
+    with pytest.raises(ConfigError, match="free_bits"):
+        Config(elbo="iwae", num_particles=3, free_bits=0.5).validate()
+    with pytest.raises(ValueError, match="IWAE"):
+        make_elbo("iwae", 3, free_bits=0.5)
+
+
+def test_weight_decay_skips_biases_and_the_priors_and_likelihoods_own_parameters():
+    from pyrovae.build import build_model
+    from pyrovae.config import Config
+    from pyrovae.step import decay_groups, make_optimizer
+
+    vae = build_model(Config(z_dim=2, hidden=[8], prior="learned", likelihood="normal"), (1, 4, 4))
+    decay, rest = decay_groups(vae, 0.1)
+    names = {id(p): n for n, p in vae.named_parameters()}
+    assert {names[id(p)] for p in decay["params"]} == {n for n, p in vae.named_parameters()
+                                                        if n.endswith("weight") and p.dim() == 2}  # fmt: skip
+    assert any(names[id(p)].startswith("prior.") for p in rest["params"])
+    assert any(names[id(p)].startswith("likelihood.") for p in rest["params"])
+    opt = make_optimizer([decay, rest], 1e-3, 0.1)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[1]["weight_decay"] == 0.0
+    before = {n: p.detach().clone() for n, p in vae.named_parameters()}
+    for p in vae.parameters():
+        p.grad = torch.zeros_like(p)  # no gradient: only the decay moves parameters
+    opt.step()
+    for n, p in vae.named_parameters():
+        moved = not torch.equal(p, before[n])
+        assert moved == (id(p) in {id(q) for q in decay["params"]} and bool(before[n].abs().sum())), n

@@ -47,6 +47,8 @@ MATRIX: dict[str, list[list[str]]] = {
     "capacity": [["--capacity", "5", "--capacity-epochs", "1", "--gamma", "10"]],
     "capacity_epochs": [["--capacity", "2", "--capacity-epochs", "3"]],
     "gamma": [["--capacity", "2", "--gamma", "3"]],
+    "free_bits": [["--free-bits", "0.5"], ["--elbo", "meanfield", "--free-bits", "0.5", "--guide", "iaf"]],
+    "weight_decay": [["--weight-decay", "0.1"], ["--weight-decay", "0.1", "--prior", "learned"]],
     "batch_size": [["--batch-size", "7"]],
     "lr": [["--lr", "0.01"]],
     "lr_schedule": [["--lr-schedule", "cosine"], ["--lr-schedule", "exponential", "--lr-decay", "0.5"]],
