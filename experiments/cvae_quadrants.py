@@ -379,6 +379,9 @@ def _pyro_section(rows: list[dict], args, n_train: int) -> str:
     ]
     n_val, n_test = PYRO_VAL_SIZE, 10000 - PYRO_VAL_SIZE
     figures = ", ".join(f"`{_figure_name('pyro', r['n_given'])}`" for r in rows)
+    capped = ""
+    if any(str(args.epochs) in r["epochs"].split("/") for r in rows):
+        capped = f"A run whose epochs read {args.epochs} stopped at the budget, not by early stopping.\n\n"
     return f"""## Pyro's protocol: grey targets, all training images
 
 Command: `{command_line()}`
@@ -398,8 +401,9 @@ pixels: baseline cross-entropy and CVAE −ELBO with {args.particles} particles,
 **Selection.** Pyro early-stops (keeping the best epoch) on the 10,000 MNIST test images and
 then reports on the same images, so its figures are selected on the test set. Here {n_val:,}
 test images drawn at random (seed {TEST_SPLIT_SEED}) select and the other {n_test:,} are reported
-(random rather than the first {n_val:,}, which MNIST's notes describe as cleaner and easier than
-the last); the s.e. column is the standard error of the baseline's mean over the reported images.
+(random rather than the first {n_val:,}: MNIST's two halves come from different NIST sets, its
+notes call the first cleaner and easier, and they do not score alike); the s.e. column is the
+standard error of the baseline's mean over the reported images.
 
 Remaining differences from Pyro's figures:
 
@@ -418,8 +422,9 @@ Remaining differences from Pyro's figures:
 
 {markdown_table(header, table)}
 
-Figures: {figures} (input with hidden pixels grey, truth, baseline mean, three CVAE samples with z
-drawn from the prior network), on reported test images.
+{capped}Figures: {figures}
+(input with hidden pixels grey, truth, baseline mean, three CVAE samples with z drawn from the prior
+network), on reported test images.
 """
 
 
