@@ -186,6 +186,7 @@ class ConditionalNormal(PyroModule):
     """
 
     conditionable = True
+    needs_labels = True  # forward(None) is undefined: refused without conditional
 
     def __init__(
         self, z_dim: int, num_classes: int, hidden: Sequence[int] = (), activation: str = "relu"

@@ -227,6 +227,7 @@ def load_run(path: str | Path, which: str = "best", device: str = "cpu", data_di
             f"{path} is not a pyrovae run directory (no config.json); train one with `pyrovae train`"
         )
     cfg = Config.load(path / "config.json")
+    _check_registered(cfg, path)
     cfg.data_dir = data_dir or cfg.data_dir
     cfg.data_file = data_file or cfg.data_file
     name = {"best": "best.pt", "last": "checkpoint.pt"}.get(which, which)
@@ -238,6 +239,22 @@ def load_run(path: str | Path, which: str = "best", device: str = "cpu", data_di
     model.load_state_dict(ckpt["model"])
     model.to(resolve_device(device)).eval()
     return Run(path, cfg, model)
+
+
+def _check_registered(cfg: Config, path: Path) -> None:
+    """Refuse a run whose components are not registered in this process (a user's own, say)."""
+    from .guides import GUIDES
+    from .nets import NETS
+    from .priors import PRIORS
+
+    for family, registry, name in [("prior", PRIORS, "PRIORS"), ("guide", GUIDES, "GUIDES"),
+                                   ("likelihood", LIKELIHOODS, "LIKELIHOODS"), ("net", NETS, "NETS")]:  # fmt: skip
+        value = getattr(cfg, family)
+        if value not in registry:
+            raise ConfigError(
+                f"{path} uses {family} {value!r}, which is not registered in this process: register it "
+                f"first (pyrovae.{name}[{value!r}] = YourClass), then load the run", family,
+            )  # fmt: skip
 
 
 def write_json(path: str | Path, obj: dict) -> None:
