@@ -39,8 +39,9 @@ def load_data(cfg: Config) -> Dataset:
     data = load_dataset(
         cfg.dataset, cfg.data_dir, cfg.data_file, cfg.labels_file, cfg.val_size, cfg.split_seed
     )
-    if cfg.train_size is not None:
+    if cfg.train_size is not None and cfg.train_size < len(data.train):
         data.train = data.train.subset(slice(0, cfg.train_size))
+        data.notes.append(f"training on the first {cfg.train_size} (train_size)")
     check_values(data.train.x, "training data")
     needs_binary = LIKELIHOODS[cfg.likelihood].needs_binary
     if needs_binary and not cfg.resolve_binarize() and not is_binary(data.train.x):
@@ -58,6 +59,7 @@ def load_data(cfg: Config) -> Dataset:
         g = torch.Generator().manual_seed(EVAL_BINARIZE_SEED)
         data.val.x = binarize(data.val.x, g)
         data.test.x = binarize(data.test.x, g)
+        data.notes.append("binarized: training data afresh every epoch, validation and test once (seed 0)")
     return data
 
 
@@ -139,6 +141,8 @@ def train(
     vae = build_model(cfg, data.x_shape, data.num_classes)
     if cfg.init_bias:
         vae.init_output_bias(data.train.x.mean(0))
+    if progress and rank0:
+        print(data.describe())
     fresh = _open_run_dir(out, cfg, resume, overwrite) if rank0 else False
     try:
         vae = fit(vae, data, out, cfg, resume=resume, progress=progress)
