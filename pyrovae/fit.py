@@ -160,7 +160,7 @@ def fit(
     # 4. epochs
     c, first = loop.c, True
     with _Signals() as signals:
-        while c.epoch < cfg.epochs:
+        while c.epoch < cfg.epochs and not (cfg.patience and c.bad_epochs >= cfg.patience):
             epoch, lr = c.epoch, _lr(cfg, c.epoch, c.lr_factor)
             for group in loop.opt.param_groups:
                 group["lr"] = lr
