@@ -207,8 +207,9 @@ def fit(
                     loop.load_state_dict(_clone(good), keep_lr=True)
                     c = loop.c
                     c.rollbacks, c.lr_factor = c.rollbacks + 1, c.lr_factor * 0.5
-                    tqdm.write(f"{_describe(failed, epoch)}: rolled back to the last good state, "
-                               f"lr x{c.lr_factor}")  # fmt: skip
+                    if ctx.main:
+                        tqdm.write(f"{_describe(failed, epoch)}: rolled back to the last good state, "
+                                   f"lr x{c.lr_factor}")  # fmt: skip
                     continue
                 raise TrainingError(
                     f"{_describe(failed, epoch)}; parameters were not updated and the last good checkpoint "
