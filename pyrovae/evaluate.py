@@ -201,7 +201,7 @@ def _evaluate(vae: VAE, data: Split, k: int, n_ll: int | None, batch_size: int, 
     ll = []
     rng = range(0, n_ll, ll_batch_size)
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # not tqdm.auto: see fit.py
 
         rng = tqdm(rng, desc=f"log p(x), K={k}", unit="batch")
     for i in rng:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyro
 import torch
 from pyro.infer.util import is_validation_enabled
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain: tqdm.auto warns and falls back badly in a notebook without ipywidgets
 
 from . import checkpoint, distributed
 from .config import Config
