@@ -6,6 +6,15 @@
 torch.Size([5])
 """
 
+import warnings
+
+with warnings.catch_warnings():
+    # Pyro's MCMC logger imports tqdm.auto, which in a notebook without ipywidgets warns
+    # "IProgress not found". pyrovae's progress bars are plain tqdm (and off in notebooks'
+    # examples), so the warning concerns nothing pyrovae shows.
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    import pyro.infer  # noqa: F401
+
 from .build import build_model
 from .config import PRESETS, Config, ConfigError
 from .data import DataError, Dataset, Split, load_dataset

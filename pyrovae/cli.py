@@ -2,7 +2,8 @@
 
 It only parses options and calls the run layer (:mod:`pyrovae.runs`). User errors (bad options,
 data or checkpoints) print one ``error:`` line saying what to do and exit with status 2; an
-interrupted training exits with 130 after writing a checkpoint.
+interrupted training exits with 130 after writing a checkpoint. Under ``torchrun`` only rank 0
+prints.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         # "argument --prior: unknown --prior 'x'": the option is already named
         message = re.sub(r"^argument (--[\w-]+)(/[\w-]+)?: (?=.*\1)", "", message)
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n" if _speaks() else None)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -149,11 +150,25 @@ def _train(args: argparse.Namespace) -> int:
     cfg = resumed_config(out, given) if args.resume else Config.from_preset(args.preset, **given)
     run = train(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
                 evaluate=not args.no_eval)  # fmt: skip
-    print(f"run written to {out}")
+    if not _speaks():
+        return 0
+    if run.complete:
+        print(f"run in {out} was already complete: nothing trained"
+              + ("; results kept from its eval.json" if run.results is not None else ""))  # fmt: skip
+    else:
+        print(f"run written to {out}")
     if run.results is not None:
-        print(summary(run.results))
+        if args.quiet:  # otherwise train printed it
+            print(summary(run.results))
         print(f"figures: {out / 'samples.png'}, {out / 'reconstructions.png'}")
     return 0
+
+
+def _speaks() -> bool:
+    """Whether this process prints: under torchrun only rank 0 does, so messages appear once."""
+    from .distributed import rank
+
+    return rank() == 0
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -200,10 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _train(args) if args.command == "train" else _command(args)
     except USER_ERRORS + (TrainingError,) as e:
-        print(f"error: {_message(e)}", file=sys.stderr)
+        if _speaks():
+            print(f"error: {_message(e)}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(f"interrupted: {e} (pyrovae train --resume)", file=sys.stderr)
+        if _speaks():
+            print(f"interrupted: {e} (pyrovae train --resume)", file=sys.stderr)
         return 130
 
 

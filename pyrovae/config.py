@@ -184,8 +184,8 @@ class Config:
                 "data_file was given but dataset is 'mnist': set dataset 'file' to train on the file",
                 "dataset",
             )
-        if self.prior_cls() is PRIORS.get("conditional") and not self.conditional:
-            raise ConfigError("prior conditional is p(z|y): set conditional to train on labels", "prior")
+        if getattr(self.prior_cls(), "needs_labels", False) and not self.conditional:
+            raise ConfigError(f"prior {self.prior} is p(z|y): set conditional to train on labels", "prior")
         if self.conditional and not getattr(self.prior_cls(), "conditionable", True):
             raise ConfigError(
                 f"prior {self.prior} cannot be conditioned on a label; use prior normal or conditional",

@@ -7,7 +7,7 @@ Every split is one tensor ``x`` of shape ``(N, *x_shape)`` with values in [0, 1]
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +61,17 @@ class Dataset:
     test: Split
     num_classes: int = 0
     name: str = "data"
+    notes: list[str] = field(default_factory=list)  # what loading did to the data, for the run's output
 
     @property
     def x_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
+
+    def describe(self) -> str:
+        """One line: the data, its shape, its splits and what loading did to it."""
+        classes = f", {self.num_classes} classes" if self.num_classes else ""
+        sizes = f"{len(self.train)} train / {len(self.val)} validation / {len(self.test)} test"
+        return "; ".join([f"data: {self.name}, {sizes} of shape {self.x_shape}{classes}", *self.notes])
 
 
 def data_root(data_dir: str | os.PathLike | None = None) -> tuple[Path, bool]:
@@ -131,8 +138,17 @@ def _where_help(root: Path) -> str:
 
 def load_array(path: str | os.PathLike, labels: str | os.PathLike | None = None) -> Split:
     """A user's data: a ``.pt`` tensor (or dict with ``"x"`` and optional ``"y"``) or ``.npy`` array
-    of shape (N, ...) with values in [0, 1]; labels from ``labels`` (``.pt``/``.npy``) if given."""
-    path = Path(path)
+    of shape (N, ...) with values in [0, 1]; labels from ``labels`` (``.pt``/``.npy``) if given.
+
+    uint8 data is divided by 255; an array (N, H, W) is read as grey images (N, 1, H, W), so
+    convolutional networks take it; (N, D) stays vectors, (N, C, H, W) images.
+    """
+    return _load_array(path, labels)[0]
+
+
+def _load_array(path: str | os.PathLike, labels: str | os.PathLike | None = None) -> tuple[Split, list[str]]:
+    """:func:`load_array`, and notes on what was done to the data (for the run's output)."""
+    path, notes = Path(path), []
     x, y = _read(path), None
     if isinstance(x, dict):
         if "x" not in x:
@@ -142,9 +158,14 @@ def load_array(path: str | os.PathLike, labels: str | os.PathLike | None = None)
         y = _read(Path(labels))
     x = torch.as_tensor(x)
     if not x.is_floating_point():
+        if x.dtype == torch.uint8:
+            notes.append("uint8 values divided by 255")
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
     if x.dim() < 2 or x.shape[0] < 2:
         raise DataError(f"{path} holds a tensor of shape {tuple(x.shape)}; expected (N, ...) with N >= 2")
+    if x.dim() == 3:  # (N, H, W): grey images, as numpy holds them
+        x = x.unsqueeze(1)
+        notes.append("(N, H, W) array read as single-channel images (N, 1, H, W)")
     check_values(x, str(path))
     if y is not None:
         y = torch.as_tensor(y).long().reshape(-1)
@@ -152,7 +173,7 @@ def load_array(path: str | os.PathLike, labels: str | os.PathLike | None = None)
             raise DataError(f"{x.shape[0]} data points but {y.shape[0]} labels; give one label per row")
         if (y < 0).any():
             raise DataError("labels must be class indices 0, 1, ..., K-1")
-    return Split(x, y)
+    return Split(x, y), notes
 
 
 def _read(path: Path):
@@ -216,14 +237,16 @@ def load_dataset(
     if name == "file":
         if not data_file:
             raise DataError("--dataset file needs --data-file PATH (a .pt or .npy array)")
-        full = load_array(data_file, labels_file)
+        full, notes = _load_array(data_file, labels_file)
         n = len(full)
         n_hold = max(1, min(val_size, n // 10))
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
         val, test, train = (full.subset(perm[:n_hold]), full.subset(perm[n_hold : 2 * n_hold]),
                             full.subset(perm[2 * n_hold :]))  # fmt: skip
         k = int(full.y.max()) + 1 if full.y is not None else 0
-        return Dataset(train, val, test, k, Path(data_file).stem)
+        split = "80/10/10" if n_hold == max(1, n // 10) else f"with val_size {n_hold} for validation and test"
+        notes.append(f"{n} rows split {split} at random (split_seed {split_seed})")
+        return Dataset(train, val, test, k, Path(data_file).stem, notes)
     raise DataError(f"unknown dataset {name!r}; choose 'mnist' or 'file'")
 
 

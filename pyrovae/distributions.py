@@ -1,5 +1,6 @@
 """Distributions for the likelihoods: :func:`to_event`, and a :class:`ContinuousBernoulli` that
-stays normalized at any logit in float32.
+stays normalized at any logit in float32; and :class:`DiagonalNormalMixture`, an equal-weight
+mixture of diagonal Normals scored by matrix products (the VampPrior at evaluation).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
 
@@ -111,3 +113,53 @@ class ContinuousBernoulli(dist.ContinuousBernoulli):
         x = torch.log1p(w * torch.expm1(-a)) / -a
         x = torch.where(eta < 0, x, 1 - x)
         return torch.where(small, value + 0.5 * eta * value * (1 - value), x).clamp(0, 1)
+
+
+class DiagonalNormalMixture(dist.TorchDistribution):
+    """``p(z) = 1/K sum_k N(z; loc_k, diag(scale_k^2))``: batch shape ``()``, event ``(D,)``.
+
+    The same density as ``MixtureSameFamily(Categorical(uniform), Normal(loc, scale).to_event(1))``,
+    but :meth:`log_prob` scores ``M`` points against all ``K`` components with two ``(M, D) x (D, K)``
+    matrix products (in float64, where expanding the square loses nothing) instead of an
+    ``(M, K, D)`` tensor of differences.
+
+    :param loc: component means, shape ``(K, D)``.
+    :param scale: component standard deviations, shape ``(K, D)``.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.real_vector
+
+    def __init__(self, loc: Tensor, scale: Tensor, validate_args=None) -> None:
+        if loc.dim() != 2 or loc.shape != scale.shape:
+            raise ValueError(
+                f"loc and scale must both be (K, D), got {tuple(loc.shape)}, {tuple(scale.shape)}"
+            )
+        self.loc, self.scale = loc, scale
+        prec = scale.double() ** -2  # (K, D)
+        self._prec, self._loc_prec = prec, loc.double() * prec
+        self._const = (-0.5 * (loc.double() * self._loc_prec).sum(-1) - scale.double().log().sum(-1)
+                       - 0.5 * loc.shape[1] * math.log(2 * math.pi) - math.log(loc.shape[0]))  # fmt: skip
+        super().__init__(torch.Size(), loc.shape[1:], validate_args=validate_args)
+
+    def component_log_prob(self, value: Tensor) -> Tensor:
+        """``log N(value; loc_k, scale_k) - log K`` for every component: shape ``(..., K)``."""
+        z = value.double().reshape(-1, value.shape[-1])  # (M, D)
+        out = self._const + z @ self._loc_prec.T - 0.5 * (z * z) @ self._prec.T  # (M, K)
+        return out.reshape(*value.shape[:-1], -1)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return torch.logsumexp(self.component_log_prob(value), -1).to(value.dtype)
+
+    def sample(self, sample_shape=()) -> Tensor:
+        with torch.no_grad():
+            shape = torch.Size(sample_shape) + self.batch_shape
+            k = torch.randint(self.loc.shape[0], shape, device=self.loc.device)
+            return self.loc[k] + self.scale[k] * torch.randn(*shape, *self.event_shape, dtype=self.loc.dtype,
+                                                             device=self.loc.device)  # fmt: skip
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc.mean(0)

@@ -8,6 +8,8 @@ guide or likelihood that follows the protocol is evaluated the same way.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import pyro
 import torch
@@ -22,6 +24,15 @@ from .models import VAE
 
 #: Decoder outputs (particles × batch × pixels) held at once by :func:`log_likelihood`.
 MAX_ELEMENTS = 2**23
+
+
+@contextmanager
+def cached_prior(vae: VAE) -> Iterator[None]:
+    """The prior's ``cached()`` context where it has one (the VampPrior: its pseudo-inputs'
+    posteriors computed once for all the calls inside, which must be made without gradients)."""
+    cached = getattr(vae.prior, "cached", None)
+    with cached() if cached is not None else nullcontext():
+        yield
 
 
 def _traces(vae: VAE, x: Tensor, y: Tensor | None):
@@ -64,6 +75,11 @@ def log_likelihood(vae: VAE, x: Tensor, y: Tensor | None = None, k: int = 1000) 
 
     :returns: shape ``(batch,)``, nats.
     """
+    with cached_prior(vae):
+        return _log_likelihood(vae, x, y, k)
+
+
+def _log_likelihood(vae: VAE, x: Tensor, y: Tensor | None, k: int) -> Tensor:
     with pyro.plate("particles", k, dim=-2):
         guide_tr = poutine.trace(vae.guide).get_trace(x, y)
     latent = {n: s for n, s in guide_tr.nodes.items()
@@ -147,6 +163,12 @@ def evaluate(
         point-estimate guide (an autoencoder) only ``recon`` (log p(x|z*)), ``log_joint``
         (log p(x, z*)) and the counts: it has no ELBO and no importance-sampled log p(x).
     """
+    with cached_prior(vae):
+        return _evaluate(vae, data, k, n_ll, batch_size, ll_batch_size, progress)
+
+
+def _evaluate(vae: VAE, data: Split, k: int, n_ll: int | None, batch_size: int, ll_batch_size: int,
+              progress: bool) -> dict:  # fmt: skip
     recon, kl, means, noise, kls = [], [], [], [], []
     for i in range(0, len(data), batch_size):
         part = data.subset(slice(i, i + batch_size))
@@ -179,7 +201,7 @@ def evaluate(
     ll = []
     rng = range(0, n_ll, ll_batch_size)
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # not tqdm.auto: see fit.py
 
         rng = tqdm(rng, desc=f"log p(x), K={k}", unit="batch")
     for i in rng:

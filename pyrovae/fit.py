@@ -20,7 +20,7 @@ from pathlib import Path
 import pyro
 import torch
 from pyro.infer.util import is_validation_enabled
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain: tqdm.auto warns and falls back badly in a notebook without ipywidgets
 
 from . import checkpoint, distributed
 from .config import Config
@@ -161,7 +161,7 @@ def fit(
     # 4. epochs
     c, first = loop.c, True
     with _Signals() as signals:
-        while c.epoch < cfg.epochs:
+        while c.epoch < cfg.epochs and not (cfg.patience and c.bad_epochs >= cfg.patience):
             epoch, lr = c.epoch, _lr(cfg, c.epoch, c.lr_factor)
             for group in loop.opt.param_groups:
                 group["lr"] = lr
@@ -208,8 +208,9 @@ def fit(
                     loop.load_state_dict(_clone(good), keep_lr=True)
                     c = loop.c
                     c.rollbacks, c.lr_factor = c.rollbacks + 1, c.lr_factor * 0.5
-                    tqdm.write(f"{_describe(failed, epoch)}: rolled back to the last good state, "
-                               f"lr x{c.lr_factor}")  # fmt: skip
+                    if ctx.main:
+                        tqdm.write(f"{_describe(failed, epoch)}: rolled back to the last good state, "
+                                   f"lr x{c.lr_factor}")  # fmt: skip
                     continue
                 raise TrainingError(
                     f"{_describe(failed, epoch)}; parameters were not updated and the last good checkpoint "

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyro
 import torch
 
 from . import plots
-from .evaluate import active_units, kl_per_dim
+from .evaluate import active_units, kl_per_dim, posterior_mean_and_noise
 from .posterior import (
     anomaly_scores,
     embed,
@@ -105,8 +106,8 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
     if kl is not None:
         plots.kl_bars(kl, out / "kl_per_dim.png")
         add("kl_per_dim.png", "KL per dimension",
-            f"Average KL(q||p) per latent dimension; {active_units(z)} of {vae.z_dim} dimensions are active "
-            "(posterior-mean variance above 0.01).")  # fmt: skip
+            f"Average KL(q||p) per latent dimension over the first {len(test)} test images. "
+            + _active_units_text(run, vae, test.x, y))  # fmt: skip
 
     # 5. training curves
     if (run.path / "metrics.csv").exists():
@@ -138,3 +139,20 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
     index = out / "index.md"
     index.write_text("\n".join(lines))
     return index
+
+
+def _active_units_text(run: Run, vae, x: torch.Tensor, y: torch.Tensor | None) -> str:
+    """Active units over the images shown here, counted as ``eval.json`` counts them, and
+    ``eval.json``'s own figure when it was made over other images."""
+    parts = [posterior_mean_and_noise(vae, x[i : i + 500], None if y is None else y[i : i + 500])
+             for i in range(0, len(x), 500)]  # fmt: skip
+    here = active_units(torch.cat([m for m, _ in parts]), noise=torch.cat([v for _, v in parts]))
+    text = (f"{here} of {vae.z_dim} dimensions are active over these {len(x)} images (variance of the "
+            "posterior mean above 0.01)")  # fmt: skip
+    try:
+        res = json.loads((run.path / "eval.json").read_text())
+        if res.get("n_images") != len(x):
+            text += f"; eval.json counts {res['active_units']} over all {res['n_images']} test images"
+    except (OSError, ValueError, KeyError):
+        pass
+    return text + "."

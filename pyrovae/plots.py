@@ -17,6 +17,15 @@ from torchvision.utils import make_grid  # noqa: E402
 from .checkpoint import atomic_write  # noqa: E402
 
 
+def _wrap(text: str, width_in: float, fontsize: float = 12) -> str:
+    """``text`` broken into lines that fit ``width_in`` inches at ``fontsize`` points, so a title
+    is never clipped by the figure's edge."""
+    import textwrap
+
+    chars = max(20, int(width_in * 72 / (0.55 * fontsize)))  # about 0.55 em per character
+    return textwrap.fill(text, chars)
+
+
 def _as_images(x: torch.Tensor) -> torch.Tensor:
     x = x.detach().float().cpu().clamp(0, 1)
     if x.dim() == 2:  # flat vectors: show a square if they make one, else a strip
@@ -33,7 +42,9 @@ def image_grid(
     """Save ``images`` (N, C, H, W) in [0, 1] as one titled grid picture."""
     grid = make_grid(_as_images(images), nrow=nrow, padding=2, pad_value=1.0)  # (C, H, W)
     h, w = grid.shape[1:]
-    fig, ax = plt.subplots(figsize=(max(3.0, w / 40), max(3.0, h / 40) + 0.6))
+    width = max(3.0, w / 40)
+    title = _wrap(title, width)
+    fig, ax = plt.subplots(figsize=(width, max(3.0, h / 40) + 0.4 + 0.25 * title.count("\n")))
     ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray" if grid.shape[0] == 1 else None, vmin=0, vmax=1)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
@@ -138,12 +149,19 @@ def latent_map(z: torch.Tensor, labels: torch.Tensor | None, path: str | Path, m
     else:
         z2 = z
     fig, ax = plt.subplots(figsize=(7, 6))
-    if labels is not None:
-        sc = ax.scatter(z2[:, 0], z2[:, 1], c=labels.cpu(), cmap="tab10", s=6, alpha=0.8)
-        fig.colorbar(sc, ax=ax, label="label")
+    if labels is not None:  # one colour per class, named in a legend
+        labels = labels.cpu()
+        classes = labels.unique().tolist()
+        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20" if len(classes) <= 20 else "turbo")
+        for i, c in enumerate(classes):
+            at = labels == c
+            colour = cmap(i) if len(classes) <= 20 else cmap(i / max(1, len(classes) - 1))
+            ax.scatter(z2[at, 0], z2[at, 1], color=colour, s=6, alpha=0.8, label=str(c))
+        ax.legend(title="label", loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=3, frameon=False,
+                  ncol=1 if len(classes) <= 25 else 2)  # fmt: skip
     else:
         ax.scatter(z2[:, 0], z2[:, 1], s=6, alpha=0.8)
-    ax.set_title(f"Posterior means E[z|x] of {len(z)} test images, {how}")
+    ax.set_title(_wrap(f"Posterior means E[z|x] of {len(z)} test images, {how}", 6.0))
     ax.set_xlabel("component 1")
     ax.set_ylabel("component 2")
     return save(fig, path)

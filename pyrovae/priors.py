@@ -4,13 +4,17 @@ Protocol: a prior is a :class:`~pyro.nn.PyroModule` whose ``forward(y=None)`` re
 distribution over one latent vector (``event_shape == (z_dim,)``) with a batch shape that
 broadcasts against the ``"data"`` plate: ``()`` for an unconditional prior, ``(batch,)`` when it
 uses the one-hot label ``y`` of shape ``(batch, num_classes)``. Priors that cannot take a label set
-``conditionable = False``; a prior that needs the model's guide (the VampPrior) implements
-``bind(guide)``. Tensors live in buffers or parameters so ``.to(device, dtype)`` moves them.
+``conditionable = False``; a prior that needs the label (``forward(None)`` is not defined) sets
+``needs_labels = True``; a prior that needs the model's guide (the VampPrior) implements
+``bind(guide)``. A prior may implement ``cached()``, a context manager within which it may reuse
+work across calls made without gradients (evaluation opens it). Tensors live in buffers or
+parameters so ``.to(device, dtype)`` moves them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
@@ -20,7 +24,7 @@ from pyro.nn import AutoRegressiveNN, PyroModule, PyroParam
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from .distributions import to_event
+from .distributions import DiagonalNormalMixture, to_event
 from .nets import mlp
 
 
@@ -82,6 +86,7 @@ class VampPrior(PyroModule):
         init = (0.5 + 0.05 * torch.randn(pseudo_inputs, *x_shape)).clamp(0.01, 0.99)
         self.pseudo_inputs = PyroParam(init, constraint=constraints.unit_interval)
         self._guide: list[nn.Module] = []  # a list, so the guide is not registered twice
+        self._cache: list[dist.Distribution] = []  # the mixture, within cached()
 
     def bind(self, guide: nn.Module) -> None:
         if not getattr(guide, "scores_any_z", True):
@@ -92,11 +97,37 @@ class VampPrior(PyroModule):
         self._guide[:] = [guide]
 
     def forward(self, y: Tensor | None = None) -> dist.Distribution:
+        if self._cache and not torch.is_grad_enabled():
+            return self._cache[0]
+        return self._mixture()
+
+    def _mixture(self) -> dist.Distribution:
         if not self._guide:
             raise RuntimeError("VampPrior needs the model's guide: call prior.bind(guide) first")
         q = self._guide[0](self.pseudo_inputs)  # batch (K,), event (z_dim,)
         weights = q.batch_shape[-1:]
         return dist.MixtureSameFamily(dist.Categorical(logits=self.pseudo_inputs.new_zeros(weights)), q)
+
+    @contextmanager
+    def cached(self) -> Iterator[None]:
+        """Within this context, calls without gradients reuse one evaluation of the guide at the
+        pseudo-inputs, and a diagonal-Normal guide's mixture is scored by matrix products
+        (:class:`~pyrovae.distributions.DiagonalNormalMixture`); calls with gradients, and every
+        call after the context, evaluate the guide afresh. Nested contexts share the outer one's."""
+        if self._cache:
+            yield
+            return
+        with torch.no_grad():
+            mix = self._mixture()
+            q = mix.component_distribution
+            if isinstance(q, dist.Independent) and isinstance(q.base_dist, dist.Normal) and \
+                    q.reinterpreted_batch_ndims == 1 and len(q.batch_shape) == 1:  # fmt: skip
+                mix = DiagonalNormalMixture(q.base_dist.loc, q.base_dist.scale)
+            self._cache.append(mix)
+        try:
+            yield
+        finally:
+            self._cache.clear()
 
 
 class _AffineAutoregressive(T.AffineAutoregressive):
@@ -155,6 +186,7 @@ class ConditionalNormal(PyroModule):
     """
 
     conditionable = True
+    needs_labels = True  # forward(None) is undefined: refused without conditional
 
     def __init__(
         self, z_dim: int, num_classes: int, hidden: Sequence[int] = (), activation: str = "relu"

@@ -39,8 +39,9 @@ def load_data(cfg: Config) -> Dataset:
     data = load_dataset(
         cfg.dataset, cfg.data_dir, cfg.data_file, cfg.labels_file, cfg.val_size, cfg.split_seed
     )
-    if cfg.train_size is not None:
+    if cfg.train_size is not None and cfg.train_size < len(data.train):
         data.train = data.train.subset(slice(0, cfg.train_size))
+        data.notes.append(f"training on the first {cfg.train_size} (train_size)")
     check_values(data.train.x, "training data")
     needs_binary = LIKELIHOODS[cfg.likelihood].needs_binary
     if needs_binary and not cfg.resolve_binarize() and not is_binary(data.train.x):
@@ -58,6 +59,7 @@ def load_data(cfg: Config) -> Dataset:
         g = torch.Generator().manual_seed(EVAL_BINARIZE_SEED)
         data.val.x = binarize(data.val.x, g)
         data.test.x = binarize(data.test.x, g)
+        data.notes.append("binarized: training data afresh every epoch, validation and test once (seed 0)")
     return data
 
 
@@ -122,7 +124,11 @@ def train(
     reconstruction figures unless ``evaluate`` is false).
 
     Everything is checked before ``out`` is touched, and a run that fails before its first
-    checkpoint leaves nothing behind. With ``resume`` the run continues from its checkpoint.
+    checkpoint leaves nothing behind. With ``resume`` the run continues from its checkpoint; a
+    run with nothing left to train (all its epochs, or stopped early) is not trained, and keeps
+    the results of its ``eval.json`` when that is newer than ``best.pt`` and made at the run's
+    ``eval_k`` and ``eval_n_test`` (``run.complete`` is then true; :func:`evaluate_run`, or
+    ``pyrovae evaluate``, recomputes them).
 
     :returns: the :class:`Run`: its model holds the best validation ELBO's parameters (in eval
         mode); ``results`` holds the test figures of ``eval.json`` when evaluated.
@@ -135,23 +141,69 @@ def train(
     rank0 = distributed.rank() == 0  # under torchrun only rank 0 writes files
     resolve_device(cfg.device)
     data = data if data is not None else load_data(cfg)
+    if progress and rank0:
+        print(data.describe())
     pyro.set_rng_seed(cfg.seed)  # the model's initial parameters
     vae = build_model(cfg, data.x_shape, data.num_classes)
     if cfg.init_bias:
         vae.init_output_bias(data.train.x.mean(0))
     fresh = _open_run_dir(out, cfg, resume, overwrite) if rank0 else False
+    complete = _trained_epochs(out, cfg) if resume else None
     try:
         vae = fit(vae, data, out, cfg, resume=resume, progress=progress)
     except Exception:
         if fresh:
             _clean_failed_start(out)
         raise
-    run = Run(out, cfg, vae.eval(), data)
-    if evaluate and rank0:
+    run = Run(out, cfg, vae.eval(), data, complete=complete is not None)
+    kept = _current_results(run) if complete is not None and evaluate else None
+    if complete is not None and progress and rank0:
+        if kept is not None:
+            then = "kept the results of eval.json, which is newer than best.pt (`pyrovae evaluate` recomputes them)"
+        else:
+            then = "evaluating best.pt" if evaluate else "not evaluated (no evaluation asked for)"
+        print(f"{out} is already complete ({complete}): nothing to train; {then}")
+    if kept is not None:
+        run.results = kept
+    elif evaluate and rank0:
         run.results = finish(run, progress=progress)
-        if progress:
-            print(summary(run.results))
+    if run.results is not None and progress and rank0:
+        print(summary(run.results))
     return run
+
+
+def _trained_epochs(out: Path, cfg: Config) -> str | None:
+    """How a run in ``out`` ended, if its checkpoint leaves nothing to train under ``cfg``: all
+    its epochs, or stopped early; ``None`` when there is training left (or no checkpoint)."""
+    if not (out / "checkpoint.pt").exists():
+        return None
+    state = checkpoint.load(out / "checkpoint.pt")["state"]
+    if state["epoch"] >= cfg.epochs:
+        return f"{state['epoch']} of {cfg.epochs} epochs"
+    if cfg.patience and state["bad_epochs"] >= cfg.patience:
+        return f"stopped early after {state['epoch']} epochs"
+    return None
+
+
+def _current_results(run: Run) -> dict | None:
+    """``eval.json`` of a complete run when it still holds: written after ``best.pt``, of the best
+    checkpoint with the default seed, at the run's ``eval_k`` and ``eval_n_test``, with its figures
+    present. ``None`` when the run must be evaluated again."""
+    path, cfg = run.path, run.config
+    files = [path / name for name in ("eval.json", "best.pt", "samples.png", "reconstructions.png")]
+    if not all(f.exists() for f in files):
+        return None
+    if files[0].stat().st_mtime_ns < files[1].stat().st_mtime_ns:
+        return None  # the checkpoint changed since
+    try:
+        res = json.loads(files[0].read_text())
+    except ValueError:
+        return None
+    n_test = len(run.data.test) if cfg.eval_n_test is None else min(cfg.eval_n_test, len(run.data.test))
+    expected = {"checkpoint": "best", "seed": 0, "k": cfg.eval_k, "n_ll_images": n_test}
+    if any(res.get(key, value) != value for key, value in expected.items()) or "checkpoint" not in res:
+        return None
+    return res
 
 
 def finish(run: Run, k: int | None = None, n_test: int | None = None, seed: int = 0,
@@ -201,6 +253,7 @@ class Run:
     model: VAE
     _data: Dataset | None = field(default=None, repr=False)
     results: dict | None = None
+    complete: bool = False  # resumed with nothing left to train (see :func:`train`)
 
     @property
     def data(self) -> Dataset:
@@ -227,6 +280,7 @@ def load_run(path: str | Path, which: str = "best", device: str = "cpu", data_di
             f"{path} is not a pyrovae run directory (no config.json); train one with `pyrovae train`"
         )
     cfg = Config.load(path / "config.json")
+    _check_registered(cfg, path)
     cfg.data_dir = data_dir or cfg.data_dir
     cfg.data_file = data_file or cfg.data_file
     name = {"best": "best.pt", "last": "checkpoint.pt"}.get(which, which)
@@ -238,6 +292,22 @@ def load_run(path: str | Path, which: str = "best", device: str = "cpu", data_di
     model.load_state_dict(ckpt["model"])
     model.to(resolve_device(device)).eval()
     return Run(path, cfg, model)
+
+
+def _check_registered(cfg: Config, path: Path) -> None:
+    """Refuse a run whose components are not registered in this process (a user's own, say)."""
+    from .guides import GUIDES
+    from .nets import NETS
+    from .priors import PRIORS
+
+    for family, registry, name in [("prior", PRIORS, "PRIORS"), ("guide", GUIDES, "GUIDES"),
+                                   ("likelihood", LIKELIHOODS, "LIKELIHOODS"), ("net", NETS, "NETS")]:  # fmt: skip
+        value = getattr(cfg, family)
+        if value not in registry:
+            raise ConfigError(
+                f"{path} uses {family} {value!r}, which is not registered in this process: register it "
+                f"first (pyrovae.{name}[{value!r}] = YourClass), then load the run", family,
+            )  # fmt: skip
 
 
 def write_json(path: str | Path, obj: dict) -> None:

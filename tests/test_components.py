@@ -2,12 +2,17 @@
 
 import itertools
 import math
+import re
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer import Trace_ELBO
+from pyro.nn import PyroModule
+from torch import nn
 
 from pyrovae import checkpoint
 from pyrovae.build import build_model
@@ -17,9 +22,43 @@ from pyrovae.likelihoods import LIKELIHOODS, Masked
 from pyrovae.nets import NETS
 from pyrovae.priors import PRIORS
 
+
+class LowRankGuide(PyroModule):
+    """A user's guide, written to the protocol only: q(z|x) = N(mu(x), F(x) F(x)^T + diag(d(x)))."""
+
+    def __init__(self, encoder, z_dim, rank=2):
+        super().__init__()
+        self.encoder, self.z_dim, self.rank = encoder, z_dim, rank
+        self.loc = nn.Linear(encoder.feature_dim, z_dim)
+        self.factor = nn.Linear(encoder.feature_dim, z_dim * rank)
+        self.raw_diag = nn.Linear(encoder.feature_dim, z_dim)
+
+    def forward(self, x, y=None):
+        h = self.encoder(x, y)
+        factor = self.factor(h).reshape(-1, self.z_dim, self.rank)
+        return dist.LowRankMultivariateNormal(self.loc(h), factor, F.softplus(self.raw_diag(h)) + 1e-4)
+
+
+#: Components defined here, outside pyrovae, and registered for the tests of this module only.
+USER_GUIDES = {"lowrank": LowRankGuide}
+
+
+@pytest.fixture(autouse=True)
+def user_components():
+    """Register the user's components for one test and remove them afterwards, so no other test
+    sees them."""
+    GUIDES.update(USER_GUIDES)
+    yield
+    for name in USER_GUIDES:
+        del GUIDES[name]
+
+
+ALL_GUIDES = {**GUIDES, **USER_GUIDES}
 SHAPES = {"mlp": [(1, 8, 8), (3, 4, 4), (12,)], "conv": [(1, 8, 8), (3, 4, 4)]}
-REFUSED = {("vamp", "iaf"), ("vamp", "delta")}  # the VampPrior must score any z under the guide
-UNCONDITIONAL_PRIORS = [p for p in PRIORS if p != "conditional"]
+# a prior that scores z under the guide (it binds to it, as the VampPrior) needs a guide that scores any z
+REFUSED = {(p, g) for p, P in PRIORS.items() for g, G in ALL_GUIDES.items()
+           if hasattr(P, "bind") and not getattr(G, "scores_any_z", True)}  # fmt: skip
+UNCONDITIONAL_PRIORS = [p for p, P in PRIORS.items() if not getattr(P, "needs_labels", False)]
 
 
 def _cfg(prior="normal", guide="diag", likelihood="bernoulli", net="mlp", **kw):
@@ -34,7 +73,7 @@ def _data(likelihood, shape, n=6):
 
 COMBOS = [
     (p, g, lik, net, shape)
-    for p, g, lik in itertools.product(UNCONDITIONAL_PRIORS, GUIDES, LIKELIHOODS)
+    for p, g, lik in itertools.product(UNCONDITIONAL_PRIORS, ALL_GUIDES, LIKELIHOODS)
     for net in NETS
     for shape in SHAPES[net][:1]
 ] + [("normal", "diag", "bernoulli", net, shape) for net in NETS for shape in SHAPES[net][1:]]
@@ -65,7 +104,7 @@ def test_every_combination_traces_and_gets_gradients(prior, guide, likelihood, n
 
 @pytest.mark.parametrize(
     "prior,guide,likelihood",
-    [(p, g, lk) for p in UNCONDITIONAL_PRIORS for g in GUIDES for lk in LIKELIHOODS][::5],
+    [(p, g, lk) for p in UNCONDITIONAL_PRIORS for g in ALL_GUIDES for lk in LIKELIHOODS][::5],
 )
 def test_save_load_gives_identical_elbo(tmp_path, prior, guide, likelihood):
     shape = (1, 4, 4)
@@ -122,7 +161,7 @@ def _check_density(d, zz, cell, samples):
     assert torch.allclose(samples.mean(0).double(), mean_quad, atol=0.1)
 
 
-@pytest.mark.parametrize("prior", [p for p in PRIORS if p not in ("vamp", "conditional")])
+@pytest.mark.parametrize("prior", [p for p in UNCONDITIONAL_PRIORS if not hasattr(PRIORS[p], "bind")])
 def test_prior_density_normalized_and_matches_its_samples(prior):
     vae = build_model(_cfg(prior), (1, 4, 4)).double()
     with torch.no_grad():
@@ -133,7 +172,9 @@ def test_prior_density_normalized_and_matches_its_samples(prior):
     _check_density(d, zz, cell, d.sample((20000,)))
 
 
-@pytest.mark.parametrize("guide", [g for g in GUIDES if g != "delta"])
+@pytest.mark.parametrize(
+    "guide", [g for g, G in ALL_GUIDES.items() if not getattr(G, "point_estimate", False)]
+)
 def test_guide_density_normalized_and_matches_its_samples(guide):
     vae = build_model(_cfg(guide=guide), (1, 4, 4)).double()
     with torch.no_grad():
@@ -182,7 +223,7 @@ def tiny_file(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "prior,guide,likelihood,net",
-    list(itertools.product(UNCONDITIONAL_PRIORS, GUIDES, LIKELIHOODS, NETS)),
+    list(itertools.product(UNCONDITIONAL_PRIORS, ALL_GUIDES, LIKELIHOODS, NETS)),
 )
 def test_every_combination_trains_from_the_cli_and_reloads(
     tmp_path, tiny_file, capsys, check_evaluation, prior, guide, likelihood, net
@@ -203,3 +244,57 @@ def test_every_combination_trains_from_the_cli_and_reloads(
 
     res = check_evaluation(run)  # ELBO <= log p(x), beta-free and chunk-invariant evaluation
     assert res.get("k", 3) == 3 and all(math.isfinite(v) for v in res.values() if isinstance(v, float))
+
+
+def test_a_registered_guide_trains_from_python_and_the_cli_and_reloads(tmp_path, tiny_file, capsys):
+    import pyrovae
+    from pyrovae.cli import _parser, main
+
+    opts = dict(dataset="file", data_file=str(tiny_file), guide="lowrank", epochs=1, z_dim=2, hidden=[8],
+                batch_size=24, val_size=6, eval_k=3)  # fmt: skip
+    run = pyrovae.train(Config(**opts), tmp_path / "py", progress=False)
+    assert isinstance(run.model.guide_net, LowRankGuide) and math.isfinite(run.results["log_likelihood"])
+    again = pyrovae.load_run(tmp_path / "py")
+    assert isinstance(again.model.guide_net, LowRankGuide)
+    x = again.data.test.x
+    pyro.set_rng_seed(0)
+    a = Trace_ELBO().loss(run.model.model, run.model.guide, x)
+    pyro.set_rng_seed(0)
+    assert Trace_ELBO().loss(again.model.model, again.model.guide, x) == a
+
+    train_help = _parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert "lowrank" in re.search(r"--guide NAME\s+guide family[^{]*\{([^}]*)\}", train_help)[1].split(", ")
+    args = ["train", "--dataset", "file", "--data-file", str(tiny_file), "--guide", "lowrank", "--epochs", "1",
+            "--z-dim", "2", "--hidden", "8", "--batch-size", "24", "--val-size", "6", "--eval-k", "3",
+            "--out", str(tmp_path / "cli"), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    assert main(["evaluate", str(tmp_path / "cli"), "--k", "3"]) == 0
+    assert "log p(x)" in capsys.readouterr().out
+
+    del GUIDES["lowrank"]  # a process that has not registered it cannot rebuild the run: say so
+    try:
+        with pytest.raises(ConfigError, match=r"guide 'lowrank'.*GUIDES\['lowrank'\]"):
+            pyrovae.load_run(tmp_path / "py")
+    finally:
+        GUIDES["lowrank"] = LowRankGuide
+
+
+def test_a_prior_that_needs_labels_is_refused_without_them():
+    class LabelPrior(PyroModule):  # a user's p(z|y), as the conditional prior
+        needs_labels = True
+
+        def __init__(self, z_dim, num_classes):
+            super().__init__()
+            self.loc = nn.Linear(num_classes, z_dim)
+
+        def forward(self, y=None):
+            return dist.Normal(self.loc(y), 1.0).to_event(1)
+
+    PRIORS["labelled"] = LabelPrior
+    try:
+        with pytest.raises(ConfigError, match="prior labelled is p\\(z\\|y\\): set conditional"):
+            _cfg("labelled").validate()
+        _cfg("labelled", conditional=True).validate()
+    finally:
+        del PRIORS["labelled"]
+    assert PRIORS["conditional"].needs_labels and not getattr(PRIORS["normal"], "needs_labels", False)

@@ -77,3 +77,20 @@ def test_mnist_splits(mnist_dir):
     assert d.train.x.shape[1:] == (1, 28, 28) and d.num_classes == 10
     again = load_dataset("mnist", str(mnist_dir), val_size=10000, split_seed=0)
     assert torch.equal(d.val.y, again.val.y)
+
+
+def test_grey_image_arrays_are_single_channel_images_and_the_run_says_what_was_done(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (60, 8, 8), dtype=np.uint8))
+    split = load_array(tmp_path / "x.npy")
+    assert split.x.shape == (60, 1, 8, 8) and split.x.dtype == torch.float32 and split.x.max() <= 1
+    args = _train_args(tmp_path, tmp_path / "x.npy", "--net", "conv", "--likelihood", "cbernoulli",
+                       "--binarize", "none", "--val-size", "100")  # fmt: skip
+    args.remove("--quiet")
+    assert main(args) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("data: x, 48 train / 6 validation / 6 test of shape (1, 8, 8)")
+    assert "uint8 values divided by 255" in first and "(N, H, W)" in first and "80/10/10" in first
+    assert main([*args, "--overwrite", "--quiet"]) == 0
+    assert "data:" not in capsys.readouterr().out  # --quiet: no such line
+    np.save(tmp_path / "v.npy", np.random.rand(60, 12).astype("float32"))
+    assert load_array(tmp_path / "v.npy").x.shape == (60, 12)  # vectors stay vectors

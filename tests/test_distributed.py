@@ -34,6 +34,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stdout.count("run written to") == 1, ddp.stdout  # only rank 0 speaks
     one = checkpoint.load(tmp_path / "one" / "checkpoint.pt")
     two = checkpoint.load(tmp_path / "two" / "checkpoint.pt")
     assert (
@@ -48,3 +49,16 @@ def test_two_process_ddp_matches_single_process(tmp_path):
         "config.json",
         "metrics.csv",
     ]
+
+
+def test_under_torchrun_only_rank_0_reports_an_error(tmp_path):
+    data = tiny_data_file(tmp_path, n=100)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    bad = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pyrovae",
+         *_args(data, tmp_path / "bad"), "--batch-size", "0"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode != 0
+    assert bad.stderr.count("error: --batch-size must be a positive integer") == 1, bad.stderr[-3000:]
+    assert not bad.stdout.strip()  # (torchrun itself then reports the failed ranks, with its own traceback)

@@ -4,6 +4,7 @@ that Monte Carlo noise cannot create."""
 import importlib
 
 import pyro
+import pytest
 import torch
 from torch import nn
 
@@ -55,3 +56,46 @@ def test_active_units_still_counts_units_that_vary():
         nn.init.normal_(vae.guide_net.loc.weight)
     x = torch.bernoulli(torch.full((500, 1, 4, 4), 0.4))
     assert E.evaluate(vae, Split(x), k=2, n_ll=10)["active_units"] == 8
+
+
+def _counting_vamp(guide):
+    from pyrovae.build import build_model
+    from pyrovae.config import Config
+
+    pyro.set_rng_seed(0)
+    vae = build_model(Config(prior="vamp", guide=guide, z_dim=3, hidden=[16], pseudo_inputs=20), (1, 6, 6))
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # a posterior per pseudo-input that differs from N(0, I)
+    calls = []
+    vae.guide_net.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0] == 20))
+    return vae, calls
+
+
+@pytest.mark.parametrize("guide", ["diag", "fullrank"])
+def test_vamp_prior_posteriors_computed_once_per_evaluation_give_the_same_log_likelihood(guide, monkeypatch):
+    vae, calls = _counting_vamp(guide)
+    x = torch.bernoulli(torch.full((12, 1, 6, 6), 0.4))
+    monkeypatch.setattr(E, "MAX_ELEMENTS", 12 * 36 * 7)  # chunks of 7 of the 50 samples: 8 chunks
+    pyro.set_rng_seed(3)
+    uncached = E._log_likelihood(vae, x, None, 50)  # the prior evaluated afresh in every chunk
+    assert sum(calls) == 8
+    calls.clear()
+    pyro.set_rng_seed(3)
+    cached = E.log_likelihood(vae, x, None, 50)
+    assert sum(calls) == 1
+    assert torch.allclose(cached, uncached, atol=1e-4, rtol=1e-5), (cached - uncached).abs().max()
+    calls.clear()
+    E.evaluate(vae, Split(x), k=50)  # ELBO, KL, active units and log p(x): one evaluation
+    assert sum(calls) == 1
+    assert not vae.prior._cache  # invalidated afterwards: training sees the current parameters
+    with E.cached_prior(vae):
+        p = vae.prior_dist()
+        assert p.log_prob(torch.zeros(3)).requires_grad  # with gradients the cache is not used
+    if guide == "diag":
+        with torch.no_grad(), E.cached_prior(vae):
+            fast = vae.prior_dist()
+        z = torch.randn(4, 5, 3)
+        assert type(fast).__name__ == "DiagonalNormalMixture" and fast.log_prob(z).shape == (4, 5)
+        assert torch.allclose(fast.log_prob(z), p.log_prob(z).detach(), atol=1e-5)
+        assert fast.sample((6,)).shape == (6, 3)

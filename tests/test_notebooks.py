@@ -1,5 +1,6 @@
 """Every notebook in experiments/notebooks runs top to bottom on a small budget."""
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -30,3 +31,8 @@ def test_notebook_executes(path, mnist_dir, tmp_path, monkeypatch):
     ).execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+    text = "".join(
+        o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.output_type == "stream"
+    )
+    assert "IProgress" not in text and "ipywidgets" not in text  # no warning, no broken progress bar
+    assert not re.search(r"\d\.\d{6,}", text), "numbers printed unformatted (e.g. 310.70001220703125)"

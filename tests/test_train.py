@@ -160,3 +160,46 @@ def test_a_run_that_fails_at_its_first_step_leaves_nothing(tmp_path, monkeypatch
     monkeypatch.undo()
     train(cfg, tmp_path / "r", progress=False, evaluate=False)
     assert (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_resume_of_a_complete_run_keeps_its_evaluation(tmp_path, capsys, monkeypatch):
+    import os
+
+    from pyrovae.cli import main
+
+    R = importlib.import_module("pyrovae.runs")
+    data = tiny_data_file(tmp_path)
+    cfg = _cfg(data, epochs=1, eval_k=3)
+    first = train(cfg, tmp_path / "r", progress=False).results
+    evaluations = []
+    real = R.evaluate_run
+    monkeypatch.setattr(R, "evaluate_run", lambda *a, **k: evaluations.append(1) or real(*a, **k))
+    stamp = (tmp_path / "r" / "eval.json").stat().st_mtime_ns
+
+    run = train(_cfg(data, epochs=1, eval_k=3), tmp_path / "r", resume=True)  # nothing left to do
+    out = capsys.readouterr().out
+    assert "is already complete (1 of 1 epochs): nothing to train; kept the results of eval.json" in out
+    assert run.complete and run.results == first and not evaluations
+    assert (tmp_path / "r" / "eval.json").stat().st_mtime_ns == stamp
+    assert main(["train", "--out", str(tmp_path / "r"), "--resume", "--quiet"]) == 0
+    assert "was already complete: nothing trained; results kept from its eval.json" in capsys.readouterr().out
+    assert not evaluations
+
+    train(_cfg(data, epochs=1, eval_k=5), tmp_path / "r", resume=True, progress=False)  # a different K
+    assert len(evaluations) == 1
+    os.utime(
+        tmp_path / "r" / "best.pt", ns=(stamp, (tmp_path / "r" / "eval.json").stat().st_mtime_ns + 10**9)
+    )
+    train(_cfg(data, epochs=1, eval_k=5), tmp_path / "r", resume=True, progress=False)  # best.pt changed
+    assert len(evaluations) == 2
+    run = train(_cfg(data, epochs=2, eval_k=5), tmp_path / "r", resume=True, progress=False)  # more epochs
+    assert len(evaluations) == 3 and not run.complete
+    assert checkpoint.load(tmp_path / "r" / "checkpoint.pt")["state"]["epoch"] == 2
+
+
+def test_resume_of_an_early_stopped_run_trains_no_further(tmp_path):
+    cfg = _cfg(tiny_data_file(tmp_path), epochs=30, patience=1, lr=0.5)
+    train(cfg, tmp_path / "r", progress=False, evaluate=False)
+    before = (tmp_path / "r" / "metrics.csv").read_text()
+    run = train(cfg, tmp_path / "r", resume=True, progress=False, evaluate=False)
+    assert run.complete and (tmp_path / "r" / "metrics.csv").read_text() == before
