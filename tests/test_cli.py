@@ -116,3 +116,32 @@ def test_a_data_file_without_dataset_file_is_refused(tmp_path, capsys):
     assert main(["train", "--data-file", str(data), "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert "--dataset is 'mnist'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_help_lists_each_options_choices_once_with_one_default(capsys):
+    import pytest as _pytest
+
+    with _pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for option, choice in [("--prior", "vamp"), ("--guide", "iaf"), ("--likelihood", "cbernoulli"),
+                           ("--net", "conv"), ("--elbo", "iwae"), ("--beta-schedule", "cyclical"),
+                           ("--lr-schedule", "cosine"), ("--binarize", "dynamic")]:  # fmt: skip
+        after = text[text.rindex(option + " NAME") :]  # the options list, after the usage line
+        assert choice in after[: after.index("(default:")], option
+    assert "(default: None) (default" not in text and "(default: none) (default" not in text
+
+
+def test_names_are_case_insensitive_quiet_is_quiet_and_plate_nesting_is_not_guessed(tmp_path, capsys, caplog):
+    import logging
+
+    data = tiny_data_file(tmp_path)
+    caplog.set_level(logging.INFO, logger="pyro")
+    args = ["train", "--dataset", "file", "--data-file", str(data), "--epochs", "1", "--z-dim", "2", "--hidden",
+            "8", "--batch-size", "16", "--val-size", "10", "--prior", "Learned", "--guide", "DIAG",
+            "--num-particles", "3", "--eval-k", "5", "--out", str(tmp_path / "r"), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "log p(x)" not in err and "epoch 1/1" not in err  # no progress bars with --quiet
+    assert "Guessed max_plate_nesting" not in caplog.text
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["prior"] == "learned"
