@@ -49,6 +49,7 @@ def test_capacity_objective_pushes_kl_towards_c(tmp_path):
             _cfg(data, epochs=25, capacity=c, capacity_epochs=5, gamma=50.0),
             tmp_path / f"c{c}",
             progress=False,
+            evaluate=False,
         )
         run = load_run(tmp_path / f"c{c}", which="last")  # best.pt is chosen by ELBO, not by this objective
         kls[c] = validate(run.model, run.data.val)[1]
@@ -78,7 +79,7 @@ def test_capacity_loss_is_recon_plus_gamma_abs_gap():
 def test_conditional_model_uses_the_label(tmp_path):
     data = tiny_data_file(tmp_path, n=300, classes=3, binary=False)
     cfg = _cfg(data, epochs=30, conditional=True, likelihood="cbernoulli", z_dim=2)
-    vae = train(cfg, tmp_path / "r", progress=False).model
+    vae = train(cfg, tmp_path / "r", progress=False, evaluate=False).model
     run = load_run(tmp_path / "r")
     x, y = run.data.train.x, run.data.train.y
     # changing y changes log p(x | z, y) at the same z
@@ -108,7 +109,10 @@ def test_unconditionable_components_are_refused(tmp_path):
 def test_conditional_prior_p_z_given_y_trains(tmp_path):
     data = tiny_data_file(tmp_path, n=150, classes=3)
     vae = train(
-        _cfg(data, epochs=5, conditional=True, prior="conditional"), tmp_path / "r", progress=False
+        _cfg(data, epochs=5, conditional=True, prior="conditional"),
+        tmp_path / "r",
+        progress=False,
+        evaluate=False,
     ).model
     y = torch.arange(3)
     p = vae.prior_dist(y, like=torch.zeros(1))

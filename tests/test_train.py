@@ -61,10 +61,10 @@ def test_run_directory_contents(tmp_path):
 
 def test_resume_reproduces_uninterrupted_run_exactly(tmp_path):
     data = tiny_data_file(tmp_path)
-    full = train(_cfg(data), tmp_path / "a", progress=False).model
+    full = train(_cfg(data), tmp_path / "a", progress=False, evaluate=False).model
     full_last = checkpoint.load(tmp_path / "a" / "checkpoint.pt")["model"]
-    train(_cfg(data, epochs=1), tmp_path / "b", progress=False)
-    resumed = train(_cfg(data), tmp_path / "b", resume=True, progress=False).model
+    train(_cfg(data, epochs=1), tmp_path / "b", progress=False, evaluate=False)
+    resumed = train(_cfg(data), tmp_path / "b", resume=True, progress=False, evaluate=False).model
     last = checkpoint.load(tmp_path / "b" / "checkpoint.pt")["model"]
     assert full_last.keys() == last.keys()
     for k in last:
@@ -79,17 +79,17 @@ def test_resume_reproduces_uninterrupted_run_exactly(tmp_path):
 
 def test_resume_refuses_contradicting_config(tmp_path):
     data = tiny_data_file(tmp_path)
-    train(_cfg(data, epochs=1), tmp_path / "r", progress=False)
+    train(_cfg(data, epochs=1), tmp_path / "r", progress=False, evaluate=False)
     with pytest.raises(ConfigError, match="z_dim"):
         train(_cfg(data, z_dim=3), tmp_path / "r", resume=True, progress=False)
 
 
 def test_existing_run_directory_is_refused(tmp_path):
     data = tiny_data_file(tmp_path)
-    train(_cfg(data, epochs=1), tmp_path / "r", progress=False)
+    train(_cfg(data, epochs=1), tmp_path / "r", progress=False, evaluate=False)
     with pytest.raises(ConfigError, match="--resume .* --overwrite"):
-        train(_cfg(data, epochs=1), tmp_path / "r", progress=False)
-    train(_cfg(data, epochs=1), tmp_path / "r", overwrite=True, progress=False)
+        train(_cfg(data, epochs=1), tmp_path / "r", progress=False, evaluate=False)
+    train(_cfg(data, epochs=1), tmp_path / "r", overwrite=True, progress=False, evaluate=False)
 
 
 def _poison_decoder(monkeypatch, at_call: int) -> None:
@@ -126,7 +126,7 @@ def test_nan_loss_stops_at_its_step_and_keeps_last_good_checkpoint(tmp_path, mon
 def test_nan_rollback_continues_with_lower_lr(tmp_path, monkeypatch):
     data = tiny_data_file(tmp_path)
     _poison_decoder(monkeypatch, 11)
-    train(_cfg(data, epochs=3, on_nan="rollback"), tmp_path / "r", progress=False)
+    train(_cfg(data, epochs=3, on_nan="rollback"), tmp_path / "r", progress=False, evaluate=False)
     ck = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
     assert ck["state"]["epoch"] == 3 and ck["state"]["rollbacks"] == 1 and ck["state"]["lr_factor"] == 0.5
 
