@@ -53,7 +53,7 @@ class Config:
         ("auto", "dynamic", "none"),
     )  # fmt: skip
     val_size: int = _opt(10000, "validation images held out of the training set")
-    train_size: int | None = _opt(None, "use only the first N training images, for quick runs (default: all)")
+    train_size: int | None = _opt(None, "use only the first N training images, for quick runs (None: all)")
     split_seed: int = _opt(0, "seed of the train/validation split (fixed across runs)")
     # model
     z_dim: int = _opt(50, "latent dimensions")
@@ -67,7 +67,9 @@ class Config:
     components: int = _opt(10, "mixture prior: number of components")
     pseudo_inputs: int = _opt(500, "VampPrior: number of pseudo-inputs")
     flow_layers: int = _opt(2, "flow prior / IAF guide: number of autoregressive layers")
-    likelihood_scale: float | None = _opt(None, "normal/laplace: fixed scale (default: learned per pixel)")
+    likelihood_scale: float | None = _opt(
+        None, "normal/laplace: fixed scale (None: a learned scale per pixel)"
+    )
     conditional: bool = _opt(False, "condition prior, guide and decoder on the labels")
     init_bias: bool = _opt(True, "set the decoder's output bias from the mean training image")
     # objective

@@ -178,7 +178,9 @@ def _load_array(path: str | os.PathLike, labels: str | os.PathLike | None = None
 
 def _read(path: Path):
     if not path.exists():
-        raise DataError(f"data file {path} does not exist")
+        raise DataError(
+            f"data file {path} does not exist; if it moved, give its new path (data_file, --data-file)"
+        )
     try:
         if path.suffix == ".npy":
             return np.load(path, allow_pickle=False)
