@@ -1,5 +1,5 @@
-"""Distributions for the likelihoods: :func:`to_event`, and a :class:`ContinuousBernoulli` that
-stays normalized at any logit in float32; and :class:`DiagonalNormalMixture`, an equal-weight
+"""Distributions pyrovae adds to Pyro's: a :class:`ContinuousBernoulli` that stays normalized at
+any logit in float32, and :class:`DiagonalNormalMixture`, an equal-weight
 mixture of diagonal Normals scored by matrix products (the VampPrior at evaluation).
 """
 
@@ -13,11 +13,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
-
-
-def to_event(base: dist.Distribution, n: int) -> dist.Distribution:
-    """``base.to_event(n)``: the last ``n`` batch dimensions of ``base`` as one event."""
-    return base.to_event(n)
 
 
 def _series(t: Tensor, coeffs: tuple[float, ...]) -> Tensor:

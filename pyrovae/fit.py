@@ -159,7 +159,7 @@ def fit(
     good = _clone(loop.state_dict())  # what a NaN rollback returns to
 
     # 4. epochs
-    c, first = loop.c, True
+    c, first, binarize = loop.c, True, cfg.resolve_binarize()
     with _Signals() as signals:
         while c.epoch < cfg.epochs and not (cfg.patience and c.bad_epochs >= cfg.patience):
             epoch, lr = c.epoch, _lr(cfg, c.epoch, c.lr_factor)
@@ -178,7 +178,7 @@ def fit(
                 t = epoch + s / len(batches)  # fractional epoch, for the schedules
                 if isinstance(elbo, CapacityELBO):
                     elbo.capacity = capacity_at(t, cfg.capacity, cfg.capacity_epochs)
-                x, y = _batch(train, ctx.shard(batches[s]), cfg.resolve_binarize(), loop.noise_rng)
+                x, y = _batch(train, ctx.shard(batches[s]), binarize, loop.noise_rng)
                 # Pyro's argument checks run on a run's first step only; svi_step checks loss and
                 # gradients for NaN and inf at every step, at a fraction of the cost.
                 with pyro.validation_enabled(first and is_validation_enabled()):

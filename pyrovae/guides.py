@@ -18,8 +18,6 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from .distributions import to_event
-
 _MIN_SCALE = 1e-5
 
 
@@ -41,7 +39,7 @@ class DiagonalNormal(PyroModule):
     def forward(self, x: Tensor, y: Tensor | None = None) -> dist.Distribution:
         h = self.encoder(x, y)  # (batch, feature_dim)
         scale = _positive(self.raw_scale(h), self.scale_fn)
-        return to_event(dist.Normal(self.loc(h), scale), 1)
+        return dist.Normal(self.loc(h), scale).to_event(1)
 
 
 class FullRankNormal(PyroModule):

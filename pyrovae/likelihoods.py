@@ -18,7 +18,6 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from . import distributions as pvdist
-from .distributions import to_event
 
 _EPS = 1e-4
 
@@ -51,7 +50,7 @@ class Bernoulli(Likelihood):
     needs_binary = True
 
     def forward(self, out: Tensor) -> dist.Distribution:
-        return to_event(dist.Bernoulli(logits=out), len(self.x_shape))
+        return dist.Bernoulli(logits=out).to_event(len(self.x_shape))
 
     def bias_from_mean(self, mean: Tensor) -> Tensor:
         return torch.logit(mean.clamp(_EPS, 1 - _EPS))
@@ -67,7 +66,7 @@ class ContinuousBernoulli(Likelihood):
     support = "unit"
 
     def forward(self, out: Tensor) -> dist.Distribution:
-        return to_event(pvdist.ContinuousBernoulli(logits=out), len(self.x_shape))
+        return pvdist.ContinuousBernoulli(logits=out).to_event(len(self.x_shape))
 
     def bias_from_mean(self, mean: Tensor) -> Tensor:
         """The logits whose continuous Bernoulli mean is ``mean`` (clamped into
@@ -100,7 +99,7 @@ class _LocationScale(Likelihood):
             self.register_buffer("scale", torch.full(self.x_shape, float(scale)))
 
     def forward(self, out: Tensor) -> dist.Distribution:
-        return to_event(self.family(out, self.scale), len(self.x_shape))
+        return self.family(out, self.scale).to_event(len(self.x_shape))
 
 
 class Normal(_LocationScale):
@@ -136,7 +135,7 @@ class Masked(Likelihood):
     def forward(self, out: Tensor) -> dist.Distribution:
         d = self.inner(out)
         # Mask before reinterpreting the pixels as one event: masked pixels then add 0 to the sum.
-        return to_event(d.base_dist.mask(self.mask), d.reinterpreted_batch_ndims)
+        return d.base_dist.mask(self.mask).to_event(d.reinterpreted_batch_ndims)
 
     def bias_from_mean(self, mean: Tensor) -> Tensor:
         return self.inner.bias_from_mean(mean)

@@ -24,7 +24,7 @@ from pyro.nn import AutoRegressiveNN, PyroModule, PyroParam
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from .distributions import DiagonalNormalMixture, to_event
+from .distributions import DiagonalNormalMixture
 from .nets import mlp
 
 
@@ -209,7 +209,7 @@ class ConditionalNormal(PyroModule):
         if y is None:
             raise ValueError("the conditional prior p(z | y) needs a label y")
         h = self.body(y)
-        return to_event(dist.Normal(self.loc(h), self.log_scale(h).exp()), 1)  # batch (batch,)
+        return dist.Normal(self.loc(h), self.log_scale(h).exp()).to_event(1)  # batch (batch,)
 
 
 PRIORS: dict[str, type[PyroModule]] = {
