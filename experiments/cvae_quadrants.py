@@ -308,22 +308,22 @@ def _published(r: dict) -> tuple[float, float]:
     return PYRO_PUBLISHED["baseline"][i], PYRO_PUBLISHED["cvae"][i]
 
 
+def _compared(r: dict) -> list:
+    """The columns both protocols share: ours beside Pyro's published figures, and both gaps."""
+    pb, pc = _published(r)
+    gap = r["baseline"] - r["cvae_elbo"]
+    return [f"{r['n_given']} given", r["baseline"], pb, r["cvae_elbo"], pc, gap, pb - pc]
+
+
+def _compared_header(args) -> list[str]:
+    return ["quadrants", "baseline NLL", "baseline (Pyro)", f"CVAE −ELBO ({args.particles} particles)",
+            "CVAE (Pyro)", "gap", "gap (Pyro)"]  # fmt: skip
+
+
 def _default_section(rows: list[dict], args, n_train: int) -> str:
-    table = []
-    for r in rows:
-        pb, pc = _published(r)
-        table.append([
-            f"{r['n_given']} given", r["baseline"], pb, r["cvae_elbo"], pc,
-            r["baseline"] - r["cvae_elbo"], pb - pc, r["cvae_elbo_subset"], r["cvae_is"], r["epochs"],
-        ])  # fmt: skip
+    table = [_compared(r) + [r["cvae_elbo_subset"], r["cvae_is"], r["epochs"]] for r in rows]
     header = [
-        "quadrants",
-        "baseline NLL",
-        "baseline (Pyro)",
-        f"CVAE −ELBO ({args.particles} particles)",
-        "CVAE (Pyro)",
-        "gap",
-        "gap (Pyro)",
+        *_compared_header(args),
         f"CVAE −ELBO, first {args.n_test}",
         f"CVAE −log p (IS, K={args.k}), first {args.n_test}",
         "epochs (baseline/CVAE)",
@@ -357,21 +357,9 @@ pixels grey, truth, baseline mean, three CVAE samples with z drawn from the prio
 
 
 def _pyro_section(rows: list[dict], args, n_train: int) -> str:
-    table = []
-    for r in rows:
-        pb, pc = _published(r)
-        table.append([
-            f"{r['n_given']} given", r["baseline"], pb, r["cvae_elbo"], pc,
-            r["baseline"] - r["cvae_elbo"], pb - pc, r["baseline_se"], r["epochs"], f"{r['seconds'] / 60:.0f}",
-        ])  # fmt: skip
+    table = [_compared(r) + [r["baseline_se"], r["epochs"], f"{r['seconds'] / 60:.0f}"] for r in rows]
     header = [
-        "quadrants",
-        "baseline NLL",
-        "baseline (Pyro)",
-        f"CVAE −ELBO ({args.particles} particles)",
-        "CVAE (Pyro)",
-        "gap",
-        "gap (Pyro)",
+        *_compared_header(args),
         "s.e. of baseline NLL",
         "epochs (baseline/CVAE)",
         "minutes",
