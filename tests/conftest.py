@@ -2,8 +2,12 @@ import os
 from pathlib import Path
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+import torch.nn.functional as F
+from pyro.nn import PyroModule
+from torch import nn
 
 DATA = os.environ.get("PYROVAE_DATA")
 
@@ -24,7 +28,7 @@ def mnist_dir() -> Path:
     return Path(DATA).resolve()
 
 
-def tiny_data_file(
+def _tiny_data_file(
     tmp_path: Path, n: int = 120, shape=(1, 8, 8), classes: int = 3, binary: bool = True
 ) -> Path:
     """A small labelled data set with class structure, saved as a .pt file."""
@@ -37,6 +41,110 @@ def tiny_data_file(
     path = tmp_path / "tiny.pt"
     torch.save({"x": x, "y": y}, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data_file():
+    """``tiny_data_file(folder, n=120, shape=(1, 8, 8), classes=3, binary=True) -> path``: a small
+    labelled data set with class structure, saved as a .pt file."""
+    return _tiny_data_file
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A model trained on a tiny three-class data set (15 epochs), loaded as a user would."""
+    from pyrovae import train
+    from pyrovae.config import Config
+    from pyrovae.runs import load_run
+
+    tmp = tmp_path_factory.mktemp("post")
+    data = _tiny_data_file(tmp, n=240, classes=3)
+    cfg = Config(dataset="file", data_file=str(data), z_dim=3, hidden=[32], batch_size=16, val_size=24,
+                 epochs=15, lr=3e-3)  # fmt: skip
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    train(cfg, tmp / "run", progress=False)
+    return load_run(tmp / "run")
+
+
+class LowRankGuide(PyroModule):
+    """A user's guide, written to the protocol only: q(z|x) = N(mu(x), F(x) F(x)^T + diag(d(x)))."""
+
+    def __init__(self, encoder, z_dim, rank=2):
+        super().__init__()
+        self.encoder, self.z_dim, self.rank = encoder, z_dim, rank
+        self.loc = nn.Linear(encoder.feature_dim, z_dim)
+        self.factor = nn.Linear(encoder.feature_dim, z_dim * rank)
+        self.raw_diag = nn.Linear(encoder.feature_dim, z_dim)
+
+    def forward(self, x, y=None):
+        h = self.encoder(x, y)
+        factor = self.factor(h).reshape(-1, self.z_dim, self.rank)
+        return dist.LowRankMultivariateNormal(self.loc(h), factor, F.softplus(self.raw_diag(h)) + 1e-4)
+
+
+#: Components defined outside pyrovae, as a user would, registered only for the tests that ask.
+USER_GUIDES = {"lowrank": LowRankGuide}
+
+
+@pytest.fixture
+def user_components():
+    """Register the user's components for one test and remove them afterwards, so no other test
+    sees them."""
+    from pyrovae.guides import GUIDES
+
+    GUIDES.update(USER_GUIDES)
+    yield USER_GUIDES
+    for name in USER_GUIDES:
+        del GUIDES[name]
+
+
+@pytest.fixture(scope="session")
+def check_density():
+    """``check_density(log_prob, samples)``: the exp of a 2-D ``log_prob`` integrates to 1 over a grid,
+    and its mean by quadrature matches the sampler's."""
+
+    def check(log_prob, samples, lim=7.0, n=281):
+        t = torch.linspace(-lim, lim, n, dtype=torch.float64)
+        zz = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
+        cell = (t[1] - t[0]) ** 2
+        with torch.no_grad():
+            dens = log_prob(zz).exp()  # (points,)
+            mass = (dens * cell).sum().item()
+            mean_quad = (zz * dens[:, None] * cell).sum(0) / mass
+        assert mass == pytest.approx(1.0, abs=0.02)
+        assert torch.allclose(samples.mean(0).double(), mean_quad, atol=0.1)
+
+    return check
+
+
+@pytest.fixture
+def poison_decoder(monkeypatch):
+    """``poison_decoder(at_call)``: the decoder's ``at_call``-th forward pass returns NaN in the runs
+    built by ``pyrovae.runs`` during the test (with 7 steps per epoch and one validation call, 11 is
+    step 4 of epoch 2)."""
+    import importlib
+
+    T = importlib.import_module("pyrovae.runs")
+    real_build = T.build_model
+
+    def poison(at_call: int) -> None:
+        calls = {"n": 0}
+
+        def poisoned(*a, **k):
+            vae = real_build(*a, **k)
+            fwd = vae.decoder.forward
+
+            def forward(z, y=None):
+                calls["n"] += 1
+                return fwd(z, y) * float("nan") if calls["n"] == at_call else fwd(z, y)
+
+            vae.decoder.forward = forward
+            return vae
+
+        monkeypatch.setattr(T, "build_model", poisoned)
+
+    return poison
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_data_file
 
 from pyrovae.cli import main
 
@@ -52,7 +51,7 @@ def test_console_script_reports_user_errors_without_traceback(tmp_path):
         (["--binarize", "none"], None),  # binary data: fine
     ],
 )
-def test_bad_options_are_refused(tmp_path, capsys, extra, message):
+def test_bad_options_are_refused(tmp_path, capsys, extra, message, tiny_data_file):
     data = tiny_data_file(tmp_path)
     args = ["train", "--dataset", "file", "--data-file", str(data), "--epochs", "1", "--z-dim", "2",
             "--hidden", "8", "--batch-size", "16", "--val-size", "10", "--out", str(tmp_path / "r"),
@@ -74,7 +73,7 @@ def test_missing_mnist_names_files_and_ways_to_point_at_them(tmp_path, capsys):
     assert "--data-dir" in err and "PYROVAE_DATA" in err
 
 
-def test_cli_and_python_train_write_the_same_run_directory(tmp_path, capsys):
+def test_cli_and_python_train_write_the_same_run_directory(tmp_path, capsys, tiny_data_file):
     import torch
 
     from pyrovae import Config, checkpoint, train
@@ -96,7 +95,7 @@ def test_cli_and_python_train_write_the_same_run_directory(tmp_path, capsys):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_run_with_a_relative_data_file_works_from_another_folder(tmp_path, monkeypatch):
+def test_a_run_with_a_relative_data_file_works_from_another_folder(tmp_path, monkeypatch, tiny_data_file):
     data = tiny_data_file(tmp_path)
     monkeypatch.chdir(tmp_path)
     args = ["train", "--dataset", "file", "--data-file", data.name, "--epochs", "1", "--z-dim", "2", "--hidden", "8",
@@ -111,7 +110,7 @@ def test_a_run_with_a_relative_data_file_works_from_another_folder(tmp_path, mon
     assert main(["reconstruct", str(tmp_path / "r"), "-o", "rec2.png", "--data-file", str(moved)]) == 0
 
 
-def test_a_data_file_without_dataset_file_is_refused(tmp_path, capsys):
+def test_a_data_file_without_dataset_file_is_refused(tmp_path, capsys, tiny_data_file):
     data = tiny_data_file(tmp_path)
     assert main(["train", "--data-file", str(data), "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert "--dataset is 'mnist'" in capsys.readouterr().err
@@ -134,7 +133,9 @@ def test_help_lists_each_options_choices_once_with_one_default(capsys):
     assert not re.search(r"\(default:[^)]*\) \(default", text)  # each default printed once
 
 
-def test_names_are_case_insensitive_quiet_is_quiet_and_plate_nesting_is_not_guessed(tmp_path, capsys, caplog):
+def test_names_are_case_insensitive_quiet_is_quiet_and_plate_nesting_is_not_guessed(
+    tmp_path, capsys, caplog, tiny_data_file
+):
     import logging
 
     data = tiny_data_file(tmp_path)

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import torch
-from conftest import tiny_data_file
 
 from pyrovae import checkpoint
 
@@ -19,7 +18,7 @@ def _args(data, out, epochs=2):
             "--epochs", str(epochs), "--lr", "0.01", "--out", str(out), "--no-eval", "--quiet"]  # fmt: skip
 
 
-def test_two_process_ddp_matches_single_process(tmp_path):
+def test_two_process_ddp_matches_single_process(tmp_path, tiny_data_file):
     data = tiny_data_file(tmp_path, n=100)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
@@ -51,7 +50,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     ]
 
 
-def test_under_torchrun_only_rank_0_reports_an_error(tmp_path):
+def test_under_torchrun_only_rank_0_reports_an_error(tmp_path, tiny_data_file):
     data = tiny_data_file(tmp_path, n=100)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     bad = subprocess.run(

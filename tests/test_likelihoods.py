@@ -1,17 +1,16 @@
-"""The continuous Bernoulli likelihood: normalized at any logit in float32, its mean, and the output
-bias that starts it at the data mean."""
+"""Likelihoods: every one is Pyro's own Independent over the pixels; the continuous Bernoulli is
+normalized at any logit in float32, has the right mean, and its output bias starts at the data mean."""
 
 import json
 
 import pyro
 import pytest
 import torch
-from conftest import tiny_data_file
 from pyro import poutine
 
 from pyrovae.cli import main
 from pyrovae.distributions import ContinuousBernoulli
-from pyrovae.likelihoods import LIKELIHOODS
+from pyrovae.likelihoods import LIKELIHOODS, Masked
 from pyrovae.runs import load_run
 
 CB = LIKELIHOODS["cbernoulli"]
@@ -103,7 +102,7 @@ def test_dtype_is_kept_and_gradients_are_finite(dtype):
     assert torch.isfinite(g).all() and torch.allclose(g, d.variance.detach(), rtol=1e-4)
 
 
-def test_trained_model_elbo_in_float32_matches_float64(tmp_path):
+def test_trained_model_elbo_in_float32_matches_float64(tmp_path, tiny_data_file):
     """Grey data with an always-black border, as MNIST has: the output bias starts those pixels at
     logit -1e4, far past where torch's float32 density stops being normalized."""
     src = torch.load(tiny_data_file(tmp_path, n=120, binary=False))
@@ -133,3 +132,25 @@ def test_trained_model_elbo_in_float32_matches_float64(tmp_path):
     # nats per image (torch's ContinuousBernoulli: 13 here, both dtypes off the definition)
     assert (recon32.double() - recon64).abs().max() < 0.05
     assert recon64.mean().item() - res["kl"] == pytest.approx(res["elbo"], abs=0.05)
+
+
+def _data(likelihood, shape, n=6):
+    x = torch.rand(n, *shape)
+    return torch.bernoulli(x) if LIKELIHOODS[likelihood].needs_binary else x
+
+
+@pytest.mark.parametrize("likelihood", [*LIKELIHOODS, "masked"])
+def test_likelihood_log_prob_and_gradient_are_pyros_to_event(likelihood):
+    shape = (1, 4, 4)
+    if likelihood == "masked":
+        lik = Masked(LIKELIHOODS["bernoulli"](shape), torch.rand(shape) < 0.5)
+    else:
+        lik = LIKELIHOODS[likelihood](shape).double()
+    out = torch.randn(3, 5, *shape, dtype=torch.float64, requires_grad=True)  # particles lead
+    x = _data("bernoulli" if likelihood == "masked" else likelihood, shape, n=5).double()
+    ours = lik(out)
+    pyros = lik(out).base_dist.to_event(len(shape))  # Pyro's own Independent over the same pixels
+    lp, ref = ours.log_prob(x), pyros.log_prob(x)
+    assert lp.shape == (3, 5) and lp.dtype == torch.float64 and torch.allclose(lp, ref, rtol=1e-12)
+    (g,) = torch.autograd.grad(lp.sum(), out)
+    assert torch.allclose(g, torch.autograd.grad(ref.sum(), out)[0], rtol=1e-12)

@@ -11,10 +11,12 @@ from pyro.infer import Predictive, Trace_ELBO, TraceMeanField_ELBO
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyrovae import VAE
+from pyrovae import VAE, train
+from pyrovae.config import Config
 from pyrovae.evaluate import elbo_terms, log_likelihood
 from pyrovae.likelihoods import Bernoulli, Normal
-from pyrovae.posterior import posterior_predictive
+from pyrovae.posterior import posterior_predictive, sample_prior
+from pyrovae.runs import load_run
 
 
 def _small_vae(**kw):
@@ -216,3 +218,33 @@ def test_training_loop_loss_is_pyros_loss_at_the_given_beta(beta):
     z = poutine.trace(vae.guide).get_trace(x).nodes["z"]["value"]
     log_px, log_pz, log_qz, _ = _by_hand(vae, x, z)
     assert ours.item() == pytest.approx((-log_px.sum() + beta * (log_qz - log_pz).sum()).item(), rel=1e-5)
+
+
+def _run_cfg(path, **kw):
+    base = dict(
+        dataset="file", data_file=str(path), z_dim=4, hidden=[32], batch_size=16, val_size=12, seed=0, lr=3e-3
+    )
+    return Config(**{**base, **kw})
+
+
+def test_conditional_model_uses_the_label(tmp_path, tiny_data_file):
+    data = tiny_data_file(tmp_path, n=300, classes=3, binary=False)
+    cfg = _run_cfg(data, epochs=30, conditional=True, likelihood="cbernoulli", z_dim=2)
+    vae = train(cfg, tmp_path / "r", progress=False, evaluate=False).model
+    run = load_run(tmp_path / "r")
+    x, y = run.data.train.x, run.data.train.y
+    # changing y changes log p(x | z, y) at the same z
+    z = vae.encode(x[:8], y[:8]).mean
+    lp = [vae.decode(z, torch.full((8,), k)).log_prob(x[:8]) for k in range(3)]
+    assert not torch.allclose(lp[0], lp[1]) and not torch.allclose(lp[1], lp[2])
+    # class-conditional samples resemble their own class more than the others
+    class_means = torch.stack([x[y == k].mean(0) for k in range(3)])  # (3, 1, 8, 8)
+    torch.manual_seed(0)
+    for k in range(3):
+        s = sample_prior(vae, 50, torch.full((50,), k)).mean(0)
+        dist = ((class_means - s) ** 2).flatten(1).sum(-1)
+        assert dist.argmin().item() == k, dist
+    # and the true label scores the data better than a wrong one
+    right = sum(elbo_terms(vae, x, y)[0].mean() for _ in range(3))
+    wrong = sum(elbo_terms(vae, x, (y + 1) % 3)[0].mean() for _ in range(3))
+    assert right > wrong

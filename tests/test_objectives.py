@@ -8,8 +8,12 @@ import torch
 from pyro import poutine
 from pyro.infer import RenyiELBO, Trace_ELBO
 
-from pyrovae import VAE
-from pyrovae.objectives import IWAE, CapacityELBO, make_elbo
+from pyrovae import VAE, train
+from pyrovae.build import build_model
+from pyrovae.config import Config, ConfigError
+from pyrovae.fit import validate
+from pyrovae.objectives import IWAE, CapacityELBO, beta_at, capacity_at, cyclical, linear_warmup, make_elbo
+from pyrovae.runs import load_run
 
 
 def _vae_and_data():
@@ -95,7 +99,7 @@ def test_free_bits_floor_each_dimensions_batch_average_kl(analytic):
 
 
 def test_free_bits_refuse_the_iwae_bound():
-    from pyrovae.config import Config, ConfigError
+    from pyrovae.config import Config
 
     with pytest.raises(ConfigError, match="free_bits"):
         Config(elbo="iwae", num_particles=3, free_bits=0.5).validate()
@@ -103,24 +107,63 @@ def test_free_bits_refuse_the_iwae_bound():
         make_elbo("iwae", 3, free_bits=0.5)
 
 
-def test_weight_decay_skips_biases_and_the_priors_and_likelihoods_own_parameters():
-    from pyrovae.build import build_model
-    from pyrovae.config import Config
-    from pyrovae.step import decay_groups, make_optimizer
+@pytest.mark.parametrize("t, expected", [(0.0, 0.0), (2.5, 1.0), (4.0, 1.6), (5.0, 2.0), (12.0, 2.0)])
+def test_linear_warmup(t, expected):
+    assert linear_warmup(t, warmup=5.0, beta_max=2.0) == pytest.approx(expected)
 
-    vae = build_model(Config(z_dim=2, hidden=[8], prior="learned", likelihood="normal"), (1, 4, 4))
-    decay, rest = decay_groups(vae, 0.1)
-    names = {id(p): n for n, p in vae.named_parameters()}
-    assert {names[id(p)] for p in decay["params"]} == {n for n, p in vae.named_parameters()
-                                                        if n.endswith("weight") and p.dim() == 2}  # fmt: skip
-    assert any(names[id(p)].startswith("prior.") for p in rest["params"])
-    assert any(names[id(p)].startswith("likelihood.") for p in rest["params"])
-    opt = make_optimizer([decay, rest], 1e-3, 0.1)
-    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[1]["weight_decay"] == 0.0
-    before = {n: p.detach().clone() for n, p in vae.named_parameters()}
-    for p in vae.parameters():
-        p.grad = torch.zeros_like(p)  # no gradient: only the decay moves parameters
-    opt.step()
-    for n, p in vae.named_parameters():
-        moved = not torch.equal(p, before[n])
-        assert moved == (id(p) in {id(q) for q in decay["params"]} and bool(before[n].abs().sum())), n
+
+@pytest.mark.parametrize(
+    "t, expected", [(0.0, 0.0), (1.0, 0.4), (2.5, 1.0), (4.9, 1.0), (5.0, 0.0), (6.25, 0.5)]
+)
+def test_cyclical(t, expected):
+    assert cyclical(t, period=5.0, beta_max=1.0, ramp=0.5) == pytest.approx(expected)
+
+
+def test_capacity_and_config_schedules():
+    assert capacity_at(3.0, c_max=25.0, epochs=10.0) == pytest.approx(7.5)
+    assert capacity_at(30.0, c_max=25.0, epochs=10.0) == 25.0
+    assert beta_at("linear", 4.0, 8.0, 2.0) == pytest.approx(1.0)
+    assert beta_at("constant", 3.0, 8.0, 7.0) == 3.0
+    assert beta_at("cyclical", 2.0, 4.0, 4.0) == 0.0  # each cycle starts again from 0
+
+
+def _cfg(path, **kw):
+    base = dict(
+        dataset="file", data_file=str(path), z_dim=4, hidden=[32], batch_size=16, val_size=12, seed=0, lr=3e-3
+    )
+    return Config(**{**base, **kw})
+
+
+def test_capacity_objective_pushes_kl_towards_c(tmp_path, tiny_data_file):
+    data = tiny_data_file(tmp_path, n=200)
+    kls = {}
+    for c in (1.0, 6.0):
+        train(
+            _cfg(data, epochs=25, capacity=c, capacity_epochs=5, gamma=50.0),
+            tmp_path / f"c{c}",
+            progress=False,
+            evaluate=False,
+        )
+        run = load_run(tmp_path / f"c{c}", which="last")  # best.pt is chosen by ELBO, not by this objective
+        kls[c] = validate(run.model, run.data.val)[1]
+    assert kls[1.0] == pytest.approx(1.0, abs=0.5)
+    assert kls[6.0] == pytest.approx(6.0, abs=1.5)
+
+
+def test_capacity_loss_is_recon_plus_gamma_abs_gap():
+    import pyro
+    from pyro import poutine
+
+    vae = build_model(Config(z_dim=2, hidden=[8]), (1, 4, 4))
+    x = torch.bernoulli(torch.full((5, 1, 4, 4), 0.3))
+    loss_fn = CapacityELBO(gamma=7.0, capacity=2.0)
+    pyro.set_rng_seed(0)
+    loss = loss_fn.differentiable_loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(0)
+    g = poutine.trace(vae.guide).get_trace(x)
+    m = poutine.trace(poutine.replay(vae.model, g)).get_trace(x)
+    g.compute_log_prob()
+    m.compute_log_prob()
+    recon = m.nodes["x"]["log_prob_sum"]
+    kl = g.nodes["z"]["log_prob_sum"] - m.nodes["z"]["log_prob_sum"]
+    assert loss.item() == pytest.approx((-recon + 7.0 * 5 * (kl / 5 - 2.0).abs()).item(), rel=1e-5)

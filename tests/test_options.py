@@ -13,7 +13,6 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_data_file
 
 from pyrovae import PRIORS, checkpoint
 from pyrovae.cli import main
@@ -86,7 +85,7 @@ def test_every_option_is_in_the_matrix():
 
 
 @pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
+def data_file(tmp_path_factory, tiny_data_file):
     return tiny_data_file(tmp_path_factory.mktemp("data"), n=60, shape=(1, 8, 8))
 
 

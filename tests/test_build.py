@@ -5,60 +5,37 @@ import math
 import re
 
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
-import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer import Trace_ELBO
-from pyro.nn import PyroModule
-from torch import nn
 
 from pyrovae import checkpoint
 from pyrovae.build import build_model
 from pyrovae.config import Config, ConfigError
 from pyrovae.guides import GUIDES
-from pyrovae.likelihoods import LIKELIHOODS, Masked
+from pyrovae.likelihoods import LIKELIHOODS
 from pyrovae.nets import NETS
 from pyrovae.priors import PRIORS
 
-
-class LowRankGuide(PyroModule):
-    """A user's guide, written to the protocol only: q(z|x) = N(mu(x), F(x) F(x)^T + diag(d(x)))."""
-
-    def __init__(self, encoder, z_dim, rank=2):
-        super().__init__()
-        self.encoder, self.z_dim, self.rank = encoder, z_dim, rank
-        self.loc = nn.Linear(encoder.feature_dim, z_dim)
-        self.factor = nn.Linear(encoder.feature_dim, z_dim * rank)
-        self.raw_diag = nn.Linear(encoder.feature_dim, z_dim)
-
-    def forward(self, x, y=None):
-        h = self.encoder(x, y)
-        factor = self.factor(h).reshape(-1, self.z_dim, self.rank)
-        return dist.LowRankMultivariateNormal(self.loc(h), factor, F.softplus(self.raw_diag(h)) + 1e-4)
-
-
-#: Components defined here, outside pyrovae, and registered for the tests of this module only.
-USER_GUIDES = {"lowrank": LowRankGuide}
+#: the built-in guides and a user's guide ("lowrank", written outside pyrovae in conftest), which the
+#: fixture below registers for each test of this module, so every table here covers it
+ALL_GUIDES = [*GUIDES, "lowrank"]
+SHAPES = {"mlp": [(1, 8, 8), (3, 4, 4), (12,)], "conv": [(1, 8, 8), (3, 4, 4)]}
+# a prior that scores z under the guide (it binds to it, as the VampPrior) needs a guide that scores any z
+REFUSED = {(p, g) for p, P in PRIORS.items() for g, G in GUIDES.items()
+           if hasattr(P, "bind") and not getattr(G, "scores_any_z", True)}  # fmt: skip
+UNCONDITIONAL_PRIORS = [p for p, P in PRIORS.items() if not getattr(P, "needs_labels", False)]
 
 
 @pytest.fixture(autouse=True)
-def user_components():
-    """Register the user's components for one test and remove them afterwards, so no other test
-    sees them."""
-    GUIDES.update(USER_GUIDES)
+def _users_guide(user_components):
     yield
-    for name in USER_GUIDES:
-        del GUIDES[name]
 
 
-ALL_GUIDES = {**GUIDES, **USER_GUIDES}
-SHAPES = {"mlp": [(1, 8, 8), (3, 4, 4), (12,)], "conv": [(1, 8, 8), (3, 4, 4)]}
-# a prior that scores z under the guide (it binds to it, as the VampPrior) needs a guide that scores any z
-REFUSED = {(p, g) for p, P in PRIORS.items() for g, G in ALL_GUIDES.items()
-           if hasattr(P, "bind") and not getattr(G, "scores_any_z", True)}  # fmt: skip
-UNCONDITIONAL_PRIORS = [p for p, P in PRIORS.items() if not getattr(P, "needs_labels", False)]
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory, tiny_data_file):
+    return tiny_data_file(tmp_path_factory.mktemp("data"), n=60, shape=(1, 8, 8))
 
 
 def _cfg(prior="normal", guide="diag", likelihood="bernoulli", net="mlp", **kw):
@@ -128,97 +105,10 @@ def test_save_load_gives_identical_elbo(tmp_path, prior, guide, likelihood):
     assert losses[0] == losses[1]
 
 
-@pytest.mark.parametrize("likelihood", [*LIKELIHOODS, "masked"])
-def test_likelihood_log_prob_and_gradient_are_pyros_to_event(likelihood):
-    shape = (1, 4, 4)
-    if likelihood == "masked":
-        lik = Masked(LIKELIHOODS["bernoulli"](shape), torch.rand(shape) < 0.5)
-    else:
-        lik = LIKELIHOODS[likelihood](shape).double()
-    out = torch.randn(3, 5, *shape, dtype=torch.float64, requires_grad=True)  # particles lead
-    x = _data("bernoulli" if likelihood == "masked" else likelihood, shape, n=5).double()
-    ours = lik(out)
-    pyros = lik(out).base_dist.to_event(len(shape))  # Pyro's own Independent over the same pixels
-    lp, ref = ours.log_prob(x), pyros.log_prob(x)
-    assert lp.shape == (3, 5) and lp.dtype == torch.float64 and torch.allclose(lp, ref, rtol=1e-12)
-    (g,) = torch.autograd.grad(lp.sum(), out)
-    assert torch.allclose(g, torch.autograd.grad(ref.sum(), out)[0], rtol=1e-12)
-
-
-def _grid(lim=7.0, n=281):
-    t = torch.linspace(-lim, lim, n, dtype=torch.float64)
-    zz = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
-    return zz, (t[1] - t[0]) ** 2
-
-
-def _check_density(d, zz, cell, samples):
-    """exp(log_prob) integrates to 1 and its mean matches the sampler's (2-D, by quadrature)."""
-    with torch.no_grad():
-        dens = d.log_prob(zz).exp()  # (points,)
-        mass = (dens * cell).sum().item()
-        mean_quad = (zz * dens[:, None] * cell).sum(0) / mass
-    assert mass == pytest.approx(1.0, abs=0.02)
-    assert torch.allclose(samples.mean(0).double(), mean_quad, atol=0.1)
-
-
-@pytest.mark.parametrize("prior", [p for p in UNCONDITIONAL_PRIORS if not hasattr(PRIORS[p], "bind")])
-def test_prior_density_normalized_and_matches_its_samples(prior):
-    vae = build_model(_cfg(prior), (1, 4, 4)).double()
-    with torch.no_grad():
-        for p in vae.prior.parameters():
-            p.add_(0.1 * torch.randn_like(p))  # a non-trivial prior that stays on the grid
-    zz, cell = _grid()
-    d = vae.prior_dist(like=zz)
-    _check_density(d, zz, cell, d.sample((20000,)))
-
-
-@pytest.mark.parametrize(
-    "guide", [g for g, G in ALL_GUIDES.items() if not getattr(G, "point_estimate", False)]
-)
-def test_guide_density_normalized_and_matches_its_samples(guide):
-    vae = build_model(_cfg(guide=guide), (1, 4, 4)).double()
-    with torch.no_grad():
-        for p in vae.guide_net.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    x = torch.rand(1, 1, 4, 4, dtype=torch.float64)
-    zz, cell = _grid()
-    q = vae.encode(x.expand(len(zz), 1, 4, 4))  # the same q for every grid point
-    samples = vae.encode(x).sample((20000,))[:, 0]
-    _check_density(q, zz, cell, samples)
-
-
-def test_vamp_prior_is_the_guide_at_pseudo_inputs():
-    vae = build_model(_cfg("vamp"), (1, 4, 4))
-    z = torch.randn(5, 2)
-    q = vae.guide_net(vae.prior.pseudo_inputs)  # batch (K,)
-    by_hand = torch.logsumexp(q.log_prob(z[:, None]), -1) - math.log(4)
-    assert torch.allclose(vae.prior_dist().log_prob(z), by_hand, atol=1e-5)
-
-
-def test_delta_guide_is_a_regularized_autoencoder():
-    vae = build_model(_cfg(guide="delta"), (1, 4, 4))
-    x = _data("bernoulli", (1, 4, 4))
-    tr = poutine.trace(vae.guide).get_trace(x)
-    tr.compute_log_prob()
-    assert torch.all(tr.nodes["z"]["log_prob"] == 0)  # log q = 0: loss is -log p(x|z) - log p(z)
-
-
 @pytest.mark.parametrize("net,shape", [("conv", (12,)), ("conv", (1, 6, 6))])
 def test_nonsense_combinations_are_refused(net, shape):
     with pytest.raises(ConfigError, match="--net mlp"):
         build_model(_cfg(net=net), shape)
-
-
-def test_vamp_prior_refuses_labels():
-    with pytest.raises(ConfigError, match="cannot be conditioned"):
-        _cfg("vamp", conditional=True).validate()
-
-
-@pytest.fixture(scope="module")
-def tiny_file(tmp_path_factory):
-    from conftest import tiny_data_file
-
-    return tiny_data_file(tmp_path_factory.mktemp("data"), n=60, shape=(1, 8, 8))
 
 
 @pytest.mark.parametrize(
@@ -246,7 +136,10 @@ def test_every_combination_trains_from_the_cli_and_reloads(
     assert res.get("k", 3) == 3 and all(math.isfinite(v) for v in res.values() if isinstance(v, float))
 
 
-def test_a_registered_guide_trains_from_python_and_the_cli_and_reloads(tmp_path, tiny_file, capsys):
+def test_a_registered_guide_trains_from_python_and_the_cli_and_reloads(
+    tmp_path, tiny_file, capsys, user_components
+):
+    LowRankGuide = user_components["lowrank"]
     import pyrovae
     from pyrovae.cli import _parser, main
 
@@ -277,24 +170,3 @@ def test_a_registered_guide_trains_from_python_and_the_cli_and_reloads(tmp_path,
             pyrovae.load_run(tmp_path / "py")
     finally:
         GUIDES["lowrank"] = LowRankGuide
-
-
-def test_a_prior_that_needs_labels_is_refused_without_them():
-    class LabelPrior(PyroModule):  # a user's p(z|y), as the conditional prior
-        needs_labels = True
-
-        def __init__(self, z_dim, num_classes):
-            super().__init__()
-            self.loc = nn.Linear(num_classes, z_dim)
-
-        def forward(self, y=None):
-            return dist.Normal(self.loc(y), 1.0).to_event(1)
-
-    PRIORS["labelled"] = LabelPrior
-    try:
-        with pytest.raises(ConfigError, match="prior labelled is p\\(z\\|y\\): set conditional"):
-            _cfg("labelled").validate()
-        _cfg("labelled", conditional=True).validate()
-    finally:
-        del PRIORS["labelled"]
-    assert PRIORS["conditional"].needs_labels and not getattr(PRIORS["normal"], "needs_labels", False)

@@ -1,0 +1,39 @@
+"""The configuration: round trip through config.json and validation of combinations."""
+
+import json
+
+import pytest
+
+from pyrovae.config import Config, ConfigError
+
+
+def _cfg(path, **kw):
+    base = dict(
+        dataset="file",
+        data_file=str(path),
+        z_dim=2,
+        hidden=[16],
+        batch_size=16,
+        epochs=3,
+        val_size=12,
+        seed=3,
+    )
+    return Config(**{**base, **kw})
+
+
+def test_config_round_trip_and_validation(tmp_path):
+    cfg = Config(prior="mixture", hidden=[10, 20], capacity=None)
+    assert Config.from_dict(json.loads(cfg.to_json())) == cfg
+    with pytest.raises(ConfigError, match="Did you mean 'vamp'"):
+        Config(prior="vampp").validate()
+    for bad, msg in [(dict(batch_size=0), "batch_size"), (dict(beta=-1.0), "beta"), (dict(lr=0.0), "lr"),
+                     (dict(hidden=[0]), "hidden"), (dict(elbo="iwae"), "num_particles")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=msg):
+            Config(**bad).validate()
+
+
+def test_unconditionable_components_are_refused(tmp_path, tiny_data_file):
+    with pytest.raises(ConfigError, match="cannot be conditioned"):
+        _cfg(tiny_data_file(tmp_path), prior="vamp", conditional=True).validate()
+    with pytest.raises(ConfigError, match="set conditional"):
+        _cfg(tiny_data_file(tmp_path), prior="conditional").validate()

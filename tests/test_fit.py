@@ -1,0 +1,144 @@
+"""The training loop: exact resume, signals and kill -9, non-finite losses, early stopping."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from pyrovae import TrainingError, checkpoint, train
+from pyrovae.config import Config
+
+
+def _cfg(path, **kw):
+    base = dict(
+        dataset="file",
+        data_file=str(path),
+        z_dim=2,
+        hidden=[16],
+        batch_size=16,
+        epochs=3,
+        val_size=12,
+        seed=3,
+    )
+    return Config(**{**base, **kw})
+
+
+def _params(vae):
+    return {k: v.clone() for k, v in vae.state_dict().items()}
+
+
+def test_resume_reproduces_uninterrupted_run_exactly(tmp_path, tiny_data_file):
+    data = tiny_data_file(tmp_path)
+    full = train(_cfg(data), tmp_path / "a", progress=False, evaluate=False).model
+    full_last = checkpoint.load(tmp_path / "a" / "checkpoint.pt")["model"]
+    train(_cfg(data, epochs=1), tmp_path / "b", progress=False, evaluate=False)
+    resumed = train(_cfg(data), tmp_path / "b", resume=True, progress=False, evaluate=False).model
+    last = checkpoint.load(tmp_path / "b" / "checkpoint.pt")["model"]
+    assert full_last.keys() == last.keys()
+    for k in last:
+        assert torch.equal(full_last[k], last[k]), k
+    for k, v in _params(full).items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    a = (tmp_path / "a" / "metrics.csv").read_text().splitlines()
+    b = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
+    strip = lambda lines: [line.rsplit(",", 1)[0] for line in lines]  # noqa: E731 (seconds differ)
+    assert strip(a) == strip(b)
+
+
+def test_nan_loss_stops_at_its_step_and_keeps_last_good_checkpoint(
+    tmp_path, monkeypatch, tiny_data_file, poison_decoder
+):
+    cfg = _cfg(tiny_data_file(tmp_path), epochs=3)
+    poison_decoder(11)
+    with pytest.raises(TrainingError, match=r"epoch 2, step \d+"):
+        train(cfg, tmp_path / "r", progress=False)
+    ck = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
+    assert ck["state"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_nan_rollback_continues_with_lower_lr(tmp_path, monkeypatch, tiny_data_file, poison_decoder):
+    data = tiny_data_file(tmp_path)
+    poison_decoder(11)
+    train(_cfg(data, epochs=3, on_nan="rollback"), tmp_path / "r", progress=False, evaluate=False)
+    ck = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
+    assert ck["state"]["epoch"] == 3 and ck["state"]["rollbacks"] == 1 and ck["state"]["lr_factor"] == 0.5
+
+
+def test_early_stopping(tmp_path, tiny_data_file):
+    cfg = _cfg(tiny_data_file(tmp_path), epochs=30, patience=1, lr=0.5)  # a wild lr stops improving soon
+    train(cfg, tmp_path / "r", progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "r" / "metrics.csv")))
+    assert len(rows) < 30
+    best = max(float(r["val_elbo"]) for r in rows)
+    assert float(rows[-2]["val_elbo"]) == best or float(rows[-1]["val_elbo"]) < best
+
+
+def _cmd(data, out, epochs=40):
+    return [sys.executable, "-m", "pyrovae", "train", "--dataset", "file", "--data-file", str(data), "--z-dim", "2",
+            "--hidden", "32", "--batch-size", "8", "--val-size", "10", "--epochs", str(epochs), "--seed", "1",
+            "--out", str(out), "--no-eval", "--quiet"]  # fmt: skip
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_data_file):
+    """The uninterrupted run's final parameters."""
+    tmp = tmp_path_factory.mktemp("ref")
+    data = tiny_data_file(tmp, n=160)
+    subprocess.run(_cmd(data, tmp / "run"), check=True, env=_env(), capture_output=True)
+    return data, checkpoint.load(tmp / "run" / "checkpoint.pt")["model"]
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _wait_for(path, proc, timeout=60):
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 130)])
+def test_signal_writes_checkpoint_and_resume_is_exact(tmp_path, reference, sig, code):
+    data, final = reference
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(data, out), env=_env(), stderr=subprocess.PIPE, text=True)
+    _wait_for(out / "checkpoint.pt", proc)
+    time.sleep(0.05)  # land somewhere inside a later epoch
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "--resume" in err and "Traceback" not in err
+    ck = checkpoint.load(out / "checkpoint.pt")
+    assert ck["state"]["epoch"] < 40
+    subprocess.run(_cmd(data, out) + ["--resume"], check=True, env=_env(), capture_output=True)
+    _assert_same(final, checkpoint.load(out / "checkpoint.pt")["model"])
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.9, 1.7])
+def test_kill_9_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, reference, delay):
+    data, final = reference
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(data, out), env=_env(), stderr=subprocess.DEVNULL)
+    _wait_for(out / "config.json", proc)
+    time.sleep(delay)
+    proc.kill()  # SIGKILL: no handler runs; checkpoints are written every epoch, atomically
+    proc.wait()
+    if (out / "checkpoint.pt").exists():
+        checkpoint.load(out / "checkpoint.pt")
+    subprocess.run(_cmd(data, out) + ["--resume"], check=True, env=_env(), capture_output=True)
+    _assert_same(final, checkpoint.load(out / "checkpoint.pt")["model"])

@@ -1,0 +1,68 @@
+"""`pyrovae inspect` and its figures on a tiny trained model."""
+
+import torch
+
+from pyrovae.cli import main
+
+
+def test_inspect_writes_every_figure_and_an_index(tiny_run, capsys):
+    assert main(["inspect", str(tiny_run.path), "--k", "5", "--n", "40"]) == 0
+    figs = tiny_run.path / "figures"
+    names = ["samples.png", "reconstructions.png", "posterior_predictive.png", "interpolation.png", "traversal.png",
+             "latent_map.png", "kl_per_dim.png", "training.png", "anomalies.png"]  # fmt: skip
+    index = (figs / "index.md").read_text()
+    for n in names:
+        assert (figs / n).read_bytes()[:4] == b"\x89PNG", n
+        assert f"]({n})" in index
+
+
+def _drawn(monkeypatch):
+    """Every figure plots.save writes, drawn as saved (after its layout)."""
+    from pyrovae import plots
+
+    figs, real = [], plots.save
+
+    def save(fig, path):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        out = real(fig, path)
+        FigureCanvasAgg(fig).draw()
+        figs.append(fig)
+        return out
+
+    monkeypatch.setattr(plots, "save", save)
+    return figs
+
+
+def _title_inside(fig) -> bool:
+    ax = fig.axes[0]
+    box = ax.title.get_window_extent(fig.canvas.get_renderer())
+    return box.x0 >= fig.bbox.x0 - 1 and box.x1 <= fig.bbox.x1 + 1 and box.y1 <= fig.bbox.y1 + 1
+
+
+def test_figure_titles_are_not_clipped_and_the_latent_map_names_each_class(tmp_path, monkeypatch):
+    from pyrovae import plots
+
+    figs = _drawn(monkeypatch)
+    x = torch.rand(32, 1, 28, 28)
+    plots.image_grid(x, tmp_path / "a.png", "Most anomalous (top 2 rows) and most typical (bottom 2 rows) "
+                     "of 2000 test images", nrow=8)  # fmt: skip
+    labels = torch.arange(300) % 3
+    z = torch.randn(300, 5) + labels[:, None]
+    plots.latent_map(z, labels, tmp_path / "m.png", method="pca")  # the longest title: PCA's variances
+    assert all(_title_inside(f) for f in figs)
+    latent = figs[-1]
+    assert len(latent.axes) == 1  # no colour bar, whose ticks fall between the classes
+    legend = latent.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["0", "1", "2"]
+    assert len({tuple(h.get_facecolor()[0]) for h in legend.legend_handles}) == 3  # one colour each
+
+
+def test_inspect_says_over_which_images_it_counts_active_units(tiny_run):
+    import json
+
+    assert main(["inspect", str(tiny_run.path), "--k", "5", "--n", "10"]) == 0
+    index = (tiny_run.path / "figures" / "index.md").read_text()
+    res = json.loads((tiny_run.path / "eval.json").read_text())
+    assert "active over these 10 images" in index
+    assert f"eval.json counts {res['active_units']} over all {res['n_images']} test images" in index

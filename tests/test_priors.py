@@ -1,0 +1,85 @@
+"""Priors: normalized densities that match their samplers, the VampPrior, and p(z|y)."""
+
+import math
+
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from pyrovae import train
+from pyrovae.build import build_model
+from pyrovae.config import Config, ConfigError
+from pyrovae.priors import PRIORS
+
+UNCONDITIONAL_PRIORS = [p for p, P in PRIORS.items() if not getattr(P, "needs_labels", False)]
+
+
+def _cfg(prior="normal", guide="diag", likelihood="bernoulli", net="mlp", **kw):
+    return Config(prior=prior, guide=guide, likelihood=likelihood, net=net, z_dim=2, hidden=[8],
+                  components=3, pseudo_inputs=4, **kw)  # fmt: skip
+
+
+def _run_cfg(path, **kw):
+    base = dict(
+        dataset="file", data_file=str(path), z_dim=4, hidden=[32], batch_size=16, val_size=12, seed=0, lr=3e-3
+    )
+    return Config(**{**base, **kw})
+
+
+@pytest.mark.parametrize("prior", [p for p in UNCONDITIONAL_PRIORS if not hasattr(PRIORS[p], "bind")])
+def test_prior_density_normalized_and_matches_its_samples(prior, check_density):
+    vae = build_model(_cfg(prior), (1, 4, 4)).double()
+    with torch.no_grad():
+        for p in vae.prior.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # a non-trivial prior that stays on the grid
+    d = vae.prior_dist(like=torch.zeros(1, dtype=torch.float64))
+    check_density(d.log_prob, d.sample((20000,)))
+
+
+def test_vamp_prior_is_the_guide_at_pseudo_inputs():
+    vae = build_model(_cfg("vamp"), (1, 4, 4))
+    z = torch.randn(5, 2)
+    q = vae.guide_net(vae.prior.pseudo_inputs)  # batch (K,)
+    by_hand = torch.logsumexp(q.log_prob(z[:, None]), -1) - math.log(4)
+    assert torch.allclose(vae.prior_dist().log_prob(z), by_hand, atol=1e-5)
+
+
+def test_vamp_prior_refuses_labels():
+    with pytest.raises(ConfigError, match="cannot be conditioned"):
+        _cfg("vamp", conditional=True).validate()
+
+
+def test_a_prior_that_needs_labels_is_refused_without_them():
+    class LabelPrior(PyroModule):  # a user's p(z|y), as the conditional prior
+        needs_labels = True
+
+        def __init__(self, z_dim, num_classes):
+            super().__init__()
+            self.loc = nn.Linear(num_classes, z_dim)
+
+        def forward(self, y=None):
+            return dist.Normal(self.loc(y), 1.0).to_event(1)
+
+    PRIORS["labelled"] = LabelPrior
+    try:
+        with pytest.raises(ConfigError, match="prior labelled is p\\(z\\|y\\): set conditional"):
+            _cfg("labelled").validate()
+        _cfg("labelled", conditional=True).validate()
+    finally:
+        del PRIORS["labelled"]
+    assert PRIORS["conditional"].needs_labels and not getattr(PRIORS["normal"], "needs_labels", False)
+
+
+def test_conditional_prior_p_z_given_y_trains(tmp_path, tiny_data_file):
+    data = tiny_data_file(tmp_path, n=150, classes=3)
+    vae = train(
+        _run_cfg(data, epochs=5, conditional=True, prior="conditional"),
+        tmp_path / "r",
+        progress=False,
+        evaluate=False,
+    ).model
+    y = torch.arange(3)
+    p = vae.prior_dist(y, like=torch.zeros(1))
+    assert p.batch_shape == (3,) and not torch.allclose(p.mean[0], p.mean[1])

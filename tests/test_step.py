@@ -1,0 +1,43 @@
+"""The training step's parts: gradient norms and the optimizer's weight decay."""
+
+import pytest
+import torch
+
+from pyrovae.config import Config
+from pyrovae.step import grad_norm
+
+
+def test_grad_norm_is_the_total_norm_and_sees_nan_and_inf():
+    params = [torch.nn.Parameter(torch.zeros(s)) for s in [(7, 3), (3,), (2, 2, 2)]]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    assert grad_norm(params).item() == pytest.approx(
+        torch.nn.utils.get_total_norm([p.grad for p in params]).item(), rel=1e-6
+    )
+    params.append(torch.nn.Parameter(torch.zeros(2)))  # no gradient: left out, as torch does
+    assert torch.isfinite(grad_norm(params))
+    for bad in (float("nan"), float("inf")):
+        params[1].grad[0] = bad
+        assert not torch.isfinite(grad_norm(params))
+
+
+def test_weight_decay_skips_biases_and_the_priors_and_likelihoods_own_parameters():
+    from pyrovae.build import build_model
+    from pyrovae.step import decay_groups, make_optimizer
+
+    vae = build_model(Config(z_dim=2, hidden=[8], prior="learned", likelihood="normal"), (1, 4, 4))
+    decay, rest = decay_groups(vae, 0.1)
+    names = {id(p): n for n, p in vae.named_parameters()}
+    assert {names[id(p)] for p in decay["params"]} == {n for n, p in vae.named_parameters()
+                                                        if n.endswith("weight") and p.dim() == 2}  # fmt: skip
+    assert any(names[id(p)].startswith("prior.") for p in rest["params"])
+    assert any(names[id(p)].startswith("likelihood.") for p in rest["params"])
+    opt = make_optimizer([decay, rest], 1e-3, 0.1)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[1]["weight_decay"] == 0.0
+    before = {n: p.detach().clone() for n, p in vae.named_parameters()}
+    for p in vae.parameters():
+        p.grad = torch.zeros_like(p)  # no gradient: only the decay moves parameters
+    opt.step()
+    for n, p in vae.named_parameters():
+        moved = not torch.equal(p, before[n])
+        assert moved == (id(p) in {id(q) for q in decay["params"]} and bool(before[n].abs().sum())), n
