@@ -75,7 +75,8 @@ class Config:
     activation: str = _opt("softplus", "activation of the networks", ACTIVATIONS)
     net: str = _opt("mlp", "encoder/decoder pair", NETS)
     prior: str = _opt(
-        "auto", "prior family p(z); 'auto': normal, or with --conditional a VampPrior p(z|y) per class",
+        "auto", "prior family p(z); 'auto': normal, or with --conditional vamp, a VampPrior p(z|y) per class "
+        "(conditional, a Gaussian per class, with a guide that cannot score any z: iaf, delta)",
         _WithAuto(PRIORS),
     )  # fmt: skip
     guide: str = _opt("diag", "guide family q(z|x)", GUIDES)

@@ -100,8 +100,17 @@ def test_conditional_model_uses_the_label(tmp_path):
 
 
 def test_unconditionable_components_are_refused(tmp_path):
-    with pytest.raises(ConfigError, match="cannot be conditioned"):
-        _cfg(tiny_data_file(tmp_path), prior="vamp", conditional=True).validate()
+    from pyrovae.priors import PRIORS, StandardNormal
+
+    class LabelBlind(StandardNormal):  # the VampPrior takes labels now; a prior that cannot
+        conditionable = False
+
+    PRIORS["blind"] = LabelBlind
+    try:
+        with pytest.raises(ConfigError, match="cannot be conditioned"):
+            _cfg(tiny_data_file(tmp_path), prior="blind", conditional=True).validate()
+    finally:
+        del PRIORS["blind"]
     with pytest.raises(ConfigError, match="set conditional"):
         _cfg(tiny_data_file(tmp_path), prior="conditional").validate()
 

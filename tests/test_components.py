@@ -209,9 +209,9 @@ def test_nonsense_combinations_are_refused(net, shape):
         build_model(_cfg(net=net), shape)
 
 
-def test_vamp_prior_refuses_labels():
-    with pytest.raises(ConfigError, match="cannot be conditioned"):
-        _cfg("vamp", conditional=True).validate()
+def test_vamp_prior_takes_labels():  # p(z|y) per class: tests/test_conditional.py
+    _cfg("vamp", conditional=True).validate()
+    assert build_model(_cfg("vamp", conditional=True), (1, 4, 4), num_classes=2).prior.num_classes == 2
 
 
 @pytest.fixture(scope="module")
