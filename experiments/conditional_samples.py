@@ -15,13 +15,17 @@ that z carries?), and *probe* is the test accuracy of a linear classifier of the
 posterior mean of q(z | x, y) (how much of the class the latent carries).
 
 Writes ``conditional_samples.md`` and ``conditional_samples.png`` (samples of the default model,
-one row per class) to ``experiments/results/``.
+one row per class) to ``experiments/results/``; with ``--seed S`` other than 0,
+``conditional_samples_seedS.md`` and ``.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import os
+import time
 from functools import partial
 
 import pyro
@@ -196,7 +200,18 @@ def diagnostics(run: pyrovae.Run, clf: nn.Module, seed: int) -> dict:
     return dict(recon=recon, swap=swap, probe=probe_acc)
 
 
+def _stem(args: argparse.Namespace) -> str:
+    return "conditional_samples" + (f"_seed{args.seed}" if args.seed else "")
+
+
+def _train_seconds(run: pyrovae.Run) -> float:
+    """Training time of the run, from its ``metrics.csv`` (whenever it was trained)."""
+    with open(run.path / "metrics.csv") as f:
+        return sum(float(row["seconds"]) for row in csv.DictReader(f))
+
+
 def main(args: argparse.Namespace) -> dict:
+    start = time.perf_counter()
     args.results_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     clf, clf_acc = get_classifier(args)
@@ -206,7 +221,7 @@ def main(args: argparse.Namespace) -> dict:
     finally:
         for name in STEPS:
             NETS.pop(name, None)
-    _write(args, clf_acc, results)
+    _write(args, clf_acc, results, time.perf_counter() - start)
     return dict(classifier_accuracy=clf_acc, default=DEFAULT, variants=results)
 
 
@@ -223,17 +238,18 @@ def _measure(args: argparse.Namespace, clf: nn.Module) -> dict:
         acc = sum(per_class.values()) / 10
         diag = diagnostics(run, clf, args.seed)
         results[name] = dict(accuracy=acc, per_class=per_class, elbo=res["elbo"], kl=res["kl"],
-                             log_likelihood=res["log_likelihood"], **diag, run=str(run.path))  # fmt: skip
+                             log_likelihood=res["log_likelihood"], **diag, run=str(run.path),
+                             train_seconds=_train_seconds(run))  # fmt: skip
         print(f"{name}: samples classified as their label {acc:.4f}; test ELBO {res['elbo']:.2f}; {diag}")
         if name == DEFAULT or (name == args.variants[-1] and DEFAULT not in args.variants):
             from pyrovae import plots
 
-            plots.image_grid(torch.cat(grid), args.results_dir / "conditional_samples.png",
+            plots.image_grid(torch.cat(grid), args.results_dir / f"{_stem(args)}.png",
                              f"{name}: 10 samples of each label (rows), each its own z ~ p(z | y)", nrow=10)  # fmt: skip
     return results
 
 
-def _write(args: argparse.Namespace, clf_acc: float, results: dict) -> None:
+def _write(args: argparse.Namespace, clf_acc: float, results: dict, seconds: float) -> None:
     table = markdown_table(
         ["variant", "options", "samples → their label (%)", "test ELBO", f"log p(x), K={args.k}",
          "KL", "swap (%)", "probe (%)"],
@@ -245,9 +261,12 @@ def _write(args: argparse.Namespace, clf_acc: float, results: dict) -> None:
         [[n, *(f"{100 * r['per_class'][d]:.1f}" for d in range(10))] for n, r in results.items()],
     )
     shown = DEFAULT if DEFAULT in results else list(results)[-1]
-    (
-        args.results_dir / "conditional_samples.md"
-    ).write_text(f"""# Class-conditional samples of the conditional VAE
+    training = ", ".join(f"{n} {r['train_seconds'] / 60:.1f}" for n, r in results.items())
+    others = sorted(p.name for p in args.results_dir.glob("conditional_samples*.md") if p.stem != _stem(args))
+    others = (
+        f"\nThe same command with other seeds: {', '.join(f'`{o}`' for o in others)}.\n" if others else ""
+    )
+    (args.results_dir / f"{_stem(args)}.md").write_text(f"""# Class-conditional samples of the conditional VAE
 
 Command: `{command_line()}`
 
@@ -273,9 +292,15 @@ Per class (samples classified as their label, %):
 
 {per_class}
 
-Samples of `{shown}`, one row per label: `conditional_samples.png`.
+Samples of `{shown}`, one row per label: `{_stem(args)}.png`.
 
-{BEFORE_PORT}""")
+Budget and machine: {args.epochs} epochs per run, a judge of {args.classifier_epochs} epochs,
+{args.per_class} samples per label, K = {args.k}; training took {training} minutes (from each run's
+`metrics.csv`), and this command {seconds / 60:.1f} minutes in all (runs and judge trained earlier
+by the same options are reused). {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch
+thread(s), load average {os.getloadavg()[0]:.1f} when it finished.
+{others}
+{"" if args.seed else BEFORE_PORT}""")
 
 
 #: Figures measured with this script before pyrovae's run-layer redesign (the same model, options,
