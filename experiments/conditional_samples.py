@@ -169,10 +169,11 @@ def class_samples(run: pyrovae.Run, label: int, n: int, seed: int) -> torch.Tens
 
 
 @torch.no_grad()
-def diagnostics(run: pyrovae.Run, clf: nn.Module, seed: int) -> dict:
+def diagnostics(run: pyrovae.Run, clf: nn.Module, seed: int, n: int | None = None) -> dict:
     """Swap: decode test images' posterior means under another label, share classified as that
-    label. Probe: test accuracy of a linear classifier of y from the posterior mean."""
-    vae, test = run.model, run.data.test
+    label. Probe: test accuracy of a linear classifier of y from the posterior mean. Both on the
+    first ``n`` test images (default all)."""
+    vae, test = run.model, run.data.test.subset(slice(0, n))
     gen = torch.Generator().manual_seed(seed)
     z = torch.cat(
         [posterior_mean(vae, test.x[i : i + 1000], test.y[i : i + 1000]) for i in range(0, len(test), 1000)]
@@ -236,7 +237,7 @@ def _measure(args: argparse.Namespace, clf: nn.Module) -> dict:
             per_class[d] = (predict(clf, x) == d).float().mean().item()
             grid.append(x[:10])
         acc = sum(per_class.values()) / 10
-        diag = diagnostics(run, clf, args.seed)
+        diag = diagnostics(run, clf, args.seed, args.diagnostic_images)
         results[name] = dict(accuracy=acc, per_class=per_class, elbo=res["elbo"], kl=res["kl"],
                              log_likelihood=res["log_likelihood"], **diag, run=str(run.path),
                              train_seconds=_train_seconds(run))  # fmt: skip
@@ -281,7 +282,7 @@ through `pyrovae.train`. For each label d, {args.per_class} samples as
 per sample; the image is the mean of p(x | z, y)). *Samples → their label*: share the classifier
 assigns to d, averaged over the 10 labels. Test ELBO and KL on all 10,000 test images (binarized
 once, seed 0), log p(x) importance-sampled with K = {args.k} on the first {args.n_test}; nats per
-image. *Swap*: test images encoded with their own label, the posterior mean decoded with another
+image. *Swap* and *probe* on {args.diagnostic_images or "all 10,000"} test images. *Swap*: test images encoded with their own label, the posterior mean decoded with another
 (random) label, share classified as that label. *Probe*: test accuracy of a linear classifier of
 the label from the posterior mean of q(z | x, y) (chance 10%; high means the latent carries the
 class even though the decoder is given it).
@@ -377,6 +378,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--classifier-epochs", type=int, default=6, help="epochs of the CNN classifier (default: 6)"
     )
     p.add_argument("--per-class", type=int, default=1000, help="samples drawn per label (default: 1000)")
+    p.add_argument("--diagnostic-images", type=int, default=None,
+                   help="test images for the swap and probe diagnostics (default: all 10,000)")  # fmt: skip
     p.add_argument(
         "--variants",
         nargs="+",

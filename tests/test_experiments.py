@@ -31,6 +31,8 @@ SMOKE = {
         *TINY,
         "--per-class",
         "20",
+        "--diagnostic-images",
+        "500",
         "--classifier-epochs",
         "3",
         "--variants",
