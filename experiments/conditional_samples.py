@@ -282,8 +282,9 @@ through `pyrovae.train`. For each label d, {args.per_class} samples as
 per sample; the image is the mean of p(x | z, y)). *Samples → their label*: share the classifier
 assigns to d, averaged over the 10 labels. Test ELBO and KL on all 10,000 test images (binarized
 once, seed 0), log p(x) importance-sampled with K = {args.k} on the first {args.n_test}; nats per
-image. *Swap* and *probe* on {args.diagnostic_images or "all 10,000"} test images. *Swap*: test images encoded with their own label, the posterior mean decoded with another
-(random) label, share classified as that label. *Probe*: test accuracy of a linear classifier of
+image. *Swap* and *probe* on {args.diagnostic_images or "all 10,000"} test images. *Swap*: test
+images encoded with their own label, the posterior mean decoded with another (random) label,
+share classified as that label. *Probe*: test accuracy of a linear classifier of
 the label from the posterior mean of q(z | x, y) (chance 10%; high means the latent carries the
 class even though the decoder is given it).
 
