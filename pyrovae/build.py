@@ -19,7 +19,6 @@ from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .models import VAE
 from .nets import NETS
-from .priors import PRIORS
 
 
 def construct(cls, *args, **options):
@@ -36,21 +35,23 @@ def construct(cls, *args, **options):
 def build_model(cfg: Config, x_shape: tuple[int, ...], num_classes: int = 0) -> VAE:
     """The :class:`~pyrovae.models.VAE` a config describes, for data of shape ``x_shape``.
 
-    Options offered to the components (each takes those its constructor names): guides get
-    ``scale`` (``cfg.guide_scale``) and ``layers``; priors ``x_shape``, ``components``,
-    ``pseudo_inputs``, ``layers`` and ``num_classes``; likelihoods ``scale``
-    (``cfg.likelihood_scale``). Every one also gets ``cfg``.
+    Options offered to the components (each takes those its constructor names): networks get
+    ``label_layers``; guides ``scale`` (``cfg.guide_scale``) and ``layers``; priors ``x_shape``,
+    ``components``, ``pseudo_inputs``, ``layers`` and ``num_classes``; likelihoods ``scale``
+    (``cfg.likelihood_scale``). Every one also gets ``cfg``. The prior is ``cfg.prior_family``
+    (what ``prior="auto"`` stands for).
     """
     k = num_classes if cfg.conditional else 0
     if cfg.conditional and not num_classes:
         raise ConfigError("conditional needs labelled data (MNIST, or a labels file)", "conditional")
     Encoder, Decoder = NETS[cfg.net]
     try:
-        encoder = Encoder(x_shape, cfg.hidden, cfg.activation, k)
-        decoder = Decoder(x_shape, cfg.z_dim, cfg.hidden, cfg.activation, k)
+        encoder = construct(Encoder, x_shape, cfg.hidden, cfg.activation, k, label_layers=cfg.label_layers)
+        decoder = construct(Decoder, x_shape, cfg.z_dim, cfg.hidden, cfg.activation, k,
+                            label_layers=cfg.label_layers)  # fmt: skip
         guide = construct(GUIDES[cfg.guide], encoder, cfg.z_dim, cfg=cfg, scale=cfg.guide_scale,
                           layers=cfg.flow_layers)  # fmt: skip
-        prior = construct(PRIORS[cfg.prior], cfg.z_dim, cfg=cfg, x_shape=x_shape, components=cfg.components,
+        prior = construct(cfg.prior_cls(), cfg.z_dim, cfg=cfg, x_shape=x_shape, components=cfg.components,
                           pseudo_inputs=cfg.pseudo_inputs, layers=cfg.flow_layers, num_classes=k)  # fmt: skip
         likelihood = construct(LIKELIHOODS[cfg.likelihood], x_shape, cfg=cfg, scale=cfg.likelihood_scale)
         return VAE(x_shape, cfg.z_dim, prior=prior, guide=guide, likelihood=likelihood, decoder=decoder,

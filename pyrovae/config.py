@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
-from .nets import ACTIVATIONS, NETS
+from .nets import ACTIVATIONS, LABEL_LAYERS, NETS
 from .objectives import ELBOS
 from .priors import PRIORS
 
@@ -39,6 +39,20 @@ def _opt(default, help: str, choices=None):
     return field(default=default, metadata=meta)
 
 
+class _WithAuto:
+    """The live choices of a registry, with ``"auto"`` first (a registered component is a choice)."""
+
+    def __init__(self, registry: dict) -> None:
+        self.registry = registry
+
+    def __iter__(self):
+        yield "auto"
+        yield from self.registry
+
+    def __contains__(self, value) -> bool:
+        return value == "auto" or value in self.registry
+
+
 @dataclass
 class Config:
     """Everything that defines a run."""
@@ -60,17 +74,28 @@ class Config:
     hidden: list[int] = _opt([400], "hidden layer sizes of encoder and decoder")
     activation: str = _opt("softplus", "activation of the networks", ACTIVATIONS)
     net: str = _opt("mlp", "encoder/decoder pair", NETS)
-    prior: str = _opt("normal", "prior family p(z)", PRIORS)
+    prior: str = _opt(
+        "auto", "prior family p(z); 'auto': normal, or with --conditional vamp, a VampPrior p(z|y) per class "
+        "(conditional, a Gaussian per class, with a guide that cannot score any z: iaf, delta)",
+        _WithAuto(PRIORS),
+    )  # fmt: skip
     guide: str = _opt("diag", "guide family q(z|x)", GUIDES)
     likelihood: str = _opt("bernoulli", "likelihood family p(x|z)", LIKELIHOODS)
     guide_scale: str = _opt("softplus", "how the guide makes its scale positive", ("softplus", "exp"))
     components: int = _opt(10, "mixture prior: number of components")
-    pseudo_inputs: int = _opt(500, "VampPrior: number of pseudo-inputs")
+    pseudo_inputs: int = _opt(
+        500, "VampPrior: number of pseudo-inputs (split over the classes with --conditional)"
+    )
     flow_layers: int = _opt(2, "flow prior / IAF guide: number of autoregressive layers")
     likelihood_scale: float | None = _opt(
         None, "normal/laplace: fixed scale (None: a learned scale per pixel)"
     )
     conditional: bool = _opt(False, "condition prior, guide and decoder on the labels")
+    label_layers: str = _opt(
+        "every", "with --conditional: the label modulates 'every' layer of encoder and decoder (FiLM, and "
+        "a weight matrix per class in the decoder's first layer), or is appended to the 'input' only",
+        LABEL_LAYERS,
+    )  # fmt: skip
     init_bias: bool = _opt(True, "set the decoder's output bias from the mean training image")
     # objective
     elbo: str = _opt(
@@ -121,7 +146,10 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        d = json.loads(Path(path).read_text())
+        if d.get("conditional") and "label_layers" not in d:
+            d["label_layers"] = "input"  # runs saved before the option existed fed the label to the input
+        return cls.from_dict(d)
 
     @classmethod
     def from_preset(cls, name: str | None = None, **overrides) -> Config:
@@ -190,13 +218,24 @@ class Config:
             raise ConfigError(f"prior {self.prior} is p(z|y): set conditional to train on labels", "prior")
         if self.conditional and not getattr(self.prior_cls(), "conditionable", True):
             raise ConfigError(
-                f"prior {self.prior} cannot be conditioned on a label; use prior normal or conditional",
-                "prior",
-            )
+                f"prior {self.prior} cannot be conditioned on a label; use prior auto, normal, vamp or "
+                "conditional", "prior",
+            )  # fmt: skip
         return self
 
+    @property
+    def prior_family(self) -> str:
+        """The registered prior ``prior`` names: ``"auto"`` stands for ``normal``, and with
+        ``conditional`` for the class-wise VampPrior ``vamp`` (``conditional``, a Gaussian per
+        class, with a guide that cannot score any z, as IAF and Delta)."""
+        if self.prior != "auto":
+            return self.prior
+        if not self.conditional:
+            return "normal"
+        return "vamp" if getattr(GUIDES.get(self.guide), "scores_any_z", True) else "conditional"
+
     def prior_cls(self):
-        return PRIORS[self.prior]
+        return PRIORS[self.prior_family]
 
     def resolve_binarize(self) -> bool:
         """Whether training batches are dynamically binarized."""

@@ -1,6 +1,6 @@
 """Distributions pyrovae adds to Pyro's: a :class:`ContinuousBernoulli` that stays normalized at
-any logit in float32, and :class:`DiagonalNormalMixture`, an equal-weight
-mixture of diagonal Normals scored by matrix products (the VampPrior at evaluation).
+any logit in float32, and :class:`DiagonalNormalMixture`, a mixture of
+diagonal Normals scored by matrix products (the VampPrior at evaluation).
 """
 
 from __future__ import annotations
@@ -111,37 +111,50 @@ class ContinuousBernoulli(dist.ContinuousBernoulli):
 
 
 class DiagonalNormalMixture(dist.TorchDistribution):
-    """``p(z) = 1/K sum_k N(z; loc_k, diag(scale_k^2))``: batch shape ``()``, event ``(D,)``.
+    """``p(z) = sum_k w_k N(z; loc_k, diag(scale_k^2))``, equal weights ``1/K`` unless ``logits``
+    are given: batch shape ``logits.shape[:-1]`` (``()`` without), event ``(D,)``.
 
-    The same density as ``MixtureSameFamily(Categorical(uniform), Normal(loc, scale).to_event(1))``,
+    The same density as ``MixtureSameFamily(Categorical(logits), Normal(loc, scale).to_event(1))``,
     but :meth:`log_prob` scores ``M`` points against all ``K`` components with two ``(M, D) x (D, K)``
     matrix products (in float64, where expanding the square loses nothing) instead of an
-    ``(M, K, D)`` tensor of differences.
+    ``(M, K, D)`` tensor of differences. A weight of zero (logit ``-inf``) drops a component for
+    that batch element, as the class-wise VampPrior does with other classes' components.
 
     :param loc: component means, shape ``(K, D)``.
     :param scale: component standard deviations, shape ``(K, D)``.
+    :param logits: unnormalized log-weights, shape ``(*batch, K)``; default equal weights.
     """
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
     support = constraints.real_vector
 
-    def __init__(self, loc: Tensor, scale: Tensor, validate_args=None) -> None:
+    def __init__(self, loc: Tensor, scale: Tensor, logits: Tensor | None = None, validate_args=None) -> None:
         if loc.dim() != 2 or loc.shape != scale.shape:
             raise ValueError(
                 f"loc and scale must both be (K, D), got {tuple(loc.shape)}, {tuple(scale.shape)}"
             )
-        self.loc, self.scale = loc, scale
+        if logits is not None and logits.shape[-1] != loc.shape[0]:
+            raise ValueError(
+                f"logits must end with the K = {loc.shape[0]} components, got {tuple(logits.shape)}"
+            )
+        self.loc, self.scale, self.logits = loc, scale, logits
         prec = scale.double() ** -2  # (K, D)
         self._prec, self._loc_prec = prec, loc.double() * prec
         self._const = (-0.5 * (loc.double() * self._loc_prec).sum(-1) - scale.double().log().sum(-1)
-                       - 0.5 * loc.shape[1] * math.log(2 * math.pi) - math.log(loc.shape[0]))  # fmt: skip
-        super().__init__(torch.Size(), loc.shape[1:], validate_args=validate_args)
+                       - 0.5 * loc.shape[1] * math.log(2 * math.pi))  # fmt: skip
+        if logits is None:
+            self._log_w = loc.new_full((loc.shape[0],), -math.log(loc.shape[0]), dtype=torch.float64)
+            batch_shape = torch.Size()
+        else:
+            self._log_w = logits.double().log_softmax(-1)  # (*batch, K)
+            batch_shape = logits.shape[:-1]
+        super().__init__(batch_shape, loc.shape[1:], validate_args=validate_args)
 
     def component_log_prob(self, value: Tensor) -> Tensor:
-        """``log N(value; loc_k, scale_k) - log K`` for every component: shape ``(..., K)``."""
+        """``log w_k + log N(value; loc_k, scale_k)`` for every component: shape ``(..., K)``."""
         z = value.double().reshape(-1, value.shape[-1])  # (M, D)
         out = self._const + z @ self._loc_prec.T - 0.5 * (z * z) @ self._prec.T  # (M, K)
-        return out.reshape(*value.shape[:-1], -1)
+        return out.reshape(*value.shape[:-1], -1) + self._log_w
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
@@ -151,10 +164,13 @@ class DiagonalNormalMixture(dist.TorchDistribution):
     def sample(self, sample_shape=()) -> Tensor:
         with torch.no_grad():
             shape = torch.Size(sample_shape) + self.batch_shape
-            k = torch.randint(self.loc.shape[0], shape, device=self.loc.device)
+            if self.logits is None:
+                k = torch.randint(self.loc.shape[0], shape, device=self.loc.device)
+            else:
+                k = dist.Categorical(logits=self._log_w).sample(sample_shape)  # (*sample, *batch)
             return self.loc[k] + self.scale[k] * torch.randn(*shape, *self.event_shape, dtype=self.loc.dtype,
                                                              device=self.loc.device)  # fmt: skip
 
     @property
     def mean(self) -> Tensor:
-        return self.loc.mean(0)
+        return (self._log_w.exp().unsqueeze(-1) * self.loc.double()).sum(-2).to(self.loc.dtype)

@@ -132,7 +132,7 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
         f"Test images ranked by {what}; top: highest, "
         f"{scores[order[0]]:.0f} nats; bottom: lowest, {scores[order[-1]]:.0f} nats.")  # fmt: skip
 
-    lines = [f"# Inspection of `{run.path}`", "", f"Model: prior `{run.config.prior}`, guide `{run.config.guide}`, "
+    lines = [f"# Inspection of `{run.path}`", "", f"Model: prior `{run.config.prior_family}`, guide `{run.config.guide}`, "
              f"likelihood `{run.config.likelihood}`, net `{run.config.net}`, z_dim {vae.z_dim}.", ""]  # fmt: skip
     for name, title, text in entries:
         lines += [f"## {title}", "", f"![{title}]({name})", "", text, ""]

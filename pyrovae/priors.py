@@ -13,6 +13,7 @@ parameters so ``.to(device, dtype)`` moves them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -76,17 +77,33 @@ class MixtureOfGaussians(PyroModule):
 class VampPrior(PyroModule):
     """p(z) = 1/K sum_k q(z | u_k): the guide evaluated at K learned pseudo-inputs.
 
+    With ``num_classes`` it is p(z | y): the pseudo-inputs are split evenly over the classes, each
+    encoded with its own label, and a datum of class y gets the mixture of its class's components
+    with learned weights. ``--conditional`` uses it by default: it fits each class's aggregate
+    posterior, so that z ~ p(z | y) decodes to class y (``experiments/results/conditional_samples.md``).
+
     References: Tomczak & Welling (2018), *VAE with a VampPrior*.
     """
 
-    conditionable = False  # the pseudo-inputs would need labels of their own
+    conditionable = True  # with num_classes; an instance built without them refuses labels
 
-    def __init__(self, z_dim: int, x_shape: Sequence[int], pseudo_inputs: int = 500) -> None:
+    def __init__(
+        self, z_dim: int, x_shape: Sequence[int], pseudo_inputs: int = 500, num_classes: int = 0
+    ) -> None:
         super().__init__()
+        self.num_classes = num_classes
+        self.conditionable = bool(num_classes)
+        if num_classes:
+            per_class = max(1, pseudo_inputs // num_classes)
+            pseudo_inputs = per_class * num_classes
+            # component j belongs to class j // per_class; members[c] are class c's components
+            self.register_buffer("labels", torch.eye(num_classes).repeat_interleave(per_class, 0))
+            self.register_buffer("members", torch.arange(pseudo_inputs).reshape(num_classes, per_class))
+            self.logits = PyroParam(torch.zeros(pseudo_inputs))  # mixture weights within each class
         init = (0.5 + 0.05 * torch.randn(pseudo_inputs, *x_shape)).clamp(0.01, 0.99)
         self.pseudo_inputs = PyroParam(init, constraint=constraints.unit_interval)
         self._guide: list[nn.Module] = []  # a list, so the guide is not registered twice
-        self._cache: list[dist.Distribution] = []  # the mixture, within cached()
+        self._cache: list[dist.Distribution] = []  # the components, within cached()
 
     def bind(self, guide: nn.Module) -> None:
         if not getattr(guide, "scores_any_z", True):
@@ -97,16 +114,39 @@ class VampPrior(PyroModule):
         self._guide[:] = [guide]
 
     def forward(self, y: Tensor | None = None) -> dist.Distribution:
-        if self._cache and not torch.is_grad_enabled():
-            return self._cache[0]
-        return self._mixture()
+        q = self._cache[0] if self._cache and not torch.is_grad_enabled() else self._components()
+        if not self.num_classes:
+            if isinstance(q, DiagonalNormalMixture):
+                return q
+            return dist.MixtureSameFamily(
+                dist.Categorical(logits=self.pseudo_inputs.new_zeros(q.batch_shape)), q
+            )
+        if y is None:
+            raise ValueError("this VampPrior is p(z | y): it needs labels y")
+        idx = self.members[y.argmax(-1)]  # (batch, K / num_classes): each datum's own components
+        if isinstance(q, DiagonalNormalMixture):  # cached: all K scored by matrix products, others masked
+            logits = self.logits.new_full((y.shape[0], len(self.logits)), -math.inf)
+            return DiagonalNormalMixture(q.loc, q.scale, logits.scatter(-1, idx, self.logits[idx]))
+        base = getattr(q, "base_dist", None)
+        if (
+            isinstance(q, dist.Independent)
+            and isinstance(base, dist.Normal)
+            and q.reinterpreted_batch_ndims == 1
+        ):
+            # a diagonal guide: take each datum's own components (a tenth of the work of masking)
+            own = dist.Normal(base.loc[idx], base.scale[idx]).to_event(1)  # batch (batch, K / classes)
+            return dist.MixtureSameFamily(dist.Categorical(logits=self.logits[idx]), own)
+        # any other guide: all K components, those of other classes with weight zero
+        logits = self.logits.new_full((y.shape[0], len(self.logits)), -math.inf)
+        logits = logits.scatter(-1, idx, self.logits[idx])  # (batch, K)
+        return dist.MixtureSameFamily(dist.Categorical(logits=logits), q.expand(logits.shape))
 
-    def _mixture(self) -> dist.Distribution:
+    def _components(self) -> dist.Distribution:
+        """The guide at the pseudo-inputs (with their labels): batch ``(K,)``, event ``(z_dim,)``."""
         if not self._guide:
             raise RuntimeError("VampPrior needs the model's guide: call prior.bind(guide) first")
-        q = self._guide[0](self.pseudo_inputs)  # batch (K,), event (z_dim,)
-        weights = q.batch_shape[-1:]
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.pseudo_inputs.new_zeros(weights)), q)
+        u = self.pseudo_inputs
+        return self._guide[0](u, self.labels.to(u.dtype) if self.num_classes else None)
 
     @contextmanager
     def cached(self) -> Iterator[None]:
@@ -118,12 +158,11 @@ class VampPrior(PyroModule):
             yield
             return
         with torch.no_grad():
-            mix = self._mixture()
-            q = mix.component_distribution
+            q = self._components()
             if isinstance(q, dist.Independent) and isinstance(q.base_dist, dist.Normal) and \
                     q.reinterpreted_batch_ndims == 1 and len(q.batch_shape) == 1:  # fmt: skip
-                mix = DiagonalNormalMixture(q.base_dist.loc, q.base_dist.scale)
-            self._cache.append(mix)
+                q = DiagonalNormalMixture(q.base_dist.loc, q.base_dist.scale)
+            self._cache.append(q)
         try:
             yield
         finally:

@@ -71,6 +71,10 @@ def resumed_config(out: Path, given: dict) -> Config:
         raise ConfigError(f"resume: {out} holds no run (no config.json); start a new run instead", "resume")
     saved = dataclasses.asdict(Config.load(out / "config.json"))
     clash = {k: (saved[k], v) for k, v in given.items() if k not in RESUMABLE and saved.get(k) != v}
+    if "prior" in clash and Config.from_dict({**saved, "prior": given["prior"]}).prior_family == \
+            Config.from_dict(saved).prior_family:  # fmt: skip
+        del clash["prior"]  # "auto" and the family it stands for build the same prior
+        given = {k: v for k, v in given.items() if k != "prior"}
     if clash:
         detail = ", ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in clash.items())
         raise ConfigError(
@@ -302,7 +306,7 @@ def _check_registered(cfg: Config, path: Path) -> None:
 
     for family, registry, name in [("prior", PRIORS, "PRIORS"), ("guide", GUIDES, "GUIDES"),
                                    ("likelihood", LIKELIHOODS, "LIKELIHOODS"), ("net", NETS, "NETS")]:  # fmt: skip
-        value = getattr(cfg, family)
+        value = cfg.prior_family if family == "prior" else getattr(cfg, family)
         if value not in registry:
             raise ConfigError(
                 f"{path} uses {family} {value!r}, which is not registered in this process: register it "

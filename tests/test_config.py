@@ -33,7 +33,16 @@ def test_config_round_trip_and_validation(tmp_path):
 
 
 def test_unconditionable_components_are_refused(tmp_path, tiny_data_file):
-    with pytest.raises(ConfigError, match="cannot be conditioned"):
-        _cfg(tiny_data_file(tmp_path), prior="vamp", conditional=True).validate()
+    from pyrovae.priors import PRIORS, StandardNormal
+
+    class LabelBlind(StandardNormal):  # the VampPrior takes labels now; a prior that cannot
+        conditionable = False
+
+    PRIORS["blind"] = LabelBlind
+    try:
+        with pytest.raises(ConfigError, match="cannot be conditioned"):
+            _cfg(tiny_data_file(tmp_path), prior="blind", conditional=True).validate()
+    finally:
+        del PRIORS["blind"]
     with pytest.raises(ConfigError, match="set conditional"):
         _cfg(tiny_data_file(tmp_path), prior="conditional").validate()

@@ -1,6 +1,7 @@
 """Every experiment script runs end to end on a tiny budget; a new script must be listed here."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,19 @@ SMOKE = {
     "beta_sweep.py": [*TINY, "--betas", "0.5", "4", "--z-dim", "4", "--quiet"],
     "cvae_quadrants.py": [*TINY, "--quadrants", "1", "3", "--z-dim", "4", "--hidden", "32", "--quiet"],
     "custom_components.py": ["--epochs", "1", "--train-size", "600", "--k", "50", "--n-test", "50"],
+    "conditional_samples.py": [
+        *TINY,
+        "--per-class",
+        "20",
+        "--diagnostic-images",
+        "500",
+        "--classifier-epochs",
+        "3",
+        "--variants",
+        "input",
+        "every+vamp",
+        "--quiet",
+    ],  # fmt: skip
 }
 
 
@@ -68,8 +82,27 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
         assert "Command: `" in text
         _check_quadrant_rows(text, result, mod.PYRO_PUBLISHED)
         assert (tmp_path / "results" / "cvae_quadrants_q3.png").exists()
+    elif name == "conditional_samples.py":
+        _check_conditional_samples(result, tmp_path / "results")
     else:  # the user-written prior and guide trained: far above the untrained ~ -540 nats
         assert -450 < result["elbo"] < result["log_likelihood"] + 2 and result["log_likelihood"] < 0
+
+
+def _check_conditional_samples(result: dict, results_dir: Path) -> None:
+    # even 3 epochs on 600 images make a classifier far above chance (10%) on the real test set
+    assert 0.3 < result["classifier_accuracy"] <= 1
+    assert list(result["variants"]) == ["input", "every+vamp"] and result["default"] == "every+vamp"
+    text = (results_dir / "conditional_samples.md").read_text()
+    assert "Command: `" in text and f"test accuracy\n{100 * result['classifier_accuracy']:.2f}%" in text
+    for name, r in result["variants"].items():
+        assert sorted(r["per_class"]) == list(range(10)) and all(0 <= a <= 1 for a in r["per_class"].values())
+        assert r["accuracy"] == pytest.approx(sum(r["per_class"].values()) / 10)
+        assert -600 < r["elbo"] < r["log_likelihood"] + 5 and 0 <= r["swap"] <= 1 and 0 <= r["probe"] <= 1
+        row = f"| **{name}** (default) |" if name == "every+vamp" else f"| {name} |"
+        line = next(line for line in text.splitlines() if line.startswith(row))
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip("|"))]  # "\|" is a pipe in a cell
+        assert cells[2:4] == [f"{100 * r['accuracy']:.2f}", f"{r['elbo']:.2f}"], cells
+    assert (results_dir / "conditional_samples.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def _table_rows(text: str) -> dict[str, list[str]]:

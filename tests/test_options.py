@@ -34,6 +34,11 @@ MATRIX: dict[str, list[list[str]]] = {
     "flow_layers": [["--prior", "flow", "--flow-layers", "1"], ["--guide", "iaf", "--flow-layers", "1"]],
     "likelihood_scale": [["--likelihood", "normal", "--likelihood-scale", "0.3"]],
     "conditional": [["--conditional", "--prior", p] for p in COND_PRIORS],
+    "label_layers": [
+        ["--conditional", "--label-layers", "input"],  # with --prior auto: the class-wise VampPrior
+        ["--conditional", "--label-layers", "every", "--net", "conv"],
+        ["--conditional", "--guide", "iaf"],  # --prior auto with a guide that cannot score any z
+    ],
     "init_bias": [["--no-init-bias"]],
     "elbo": [["--elbo", "meanfield"], ["--elbo", "iwae", "--num-particles", "3"]],
     "num_particles": [["--num-particles", "3"], ["--elbo", "meanfield", "--num-particles", "2"]],

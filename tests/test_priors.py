@@ -46,9 +46,9 @@ def test_vamp_prior_is_the_guide_at_pseudo_inputs():
     assert torch.allclose(vae.prior_dist().log_prob(z), by_hand, atol=1e-5)
 
 
-def test_vamp_prior_refuses_labels():
-    with pytest.raises(ConfigError, match="cannot be conditioned"):
-        _cfg("vamp", conditional=True).validate()
+def test_vamp_prior_takes_labels():  # p(z|y) per class: tests/test_conditional.py
+    _cfg("vamp", conditional=True).validate()
+    assert build_model(_cfg("vamp", conditional=True), (1, 4, 4), num_classes=2).prior.num_classes == 2
 
 
 def test_a_prior_that_needs_labels_is_refused_without_them():
