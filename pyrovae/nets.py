@@ -5,6 +5,12 @@ An *encoder* maps a batch ``x`` of shape ``(batch, *x_shape)`` (and an optional 
 their own heads on top. A *decoder* maps ``z`` of shape ``(*lead, z_dim)`` to distribution
 parameters of shape ``(*lead, *x_shape)``; ``lead`` may hold particle dimensions as well as the
 batch, so decoders flatten and restore it.
+
+Every network takes ``dropout``, the probability of zeroing each hidden unit while training
+(Srivastava et al. 2014): :class:`torch.nn.Dropout` after each hidden activation, which is the
+identity in eval mode, so evaluation, sampling and inspection (all in eval mode) are
+deterministic given the seed whatever ``dropout`` is. With ``dropout=0`` no dropout layer is
+made, so parameter names, and checkpoints, are those of a network without it.
 """
 
 from __future__ import annotations
@@ -25,18 +31,34 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def mlp(sizes: Sequence[int], activation: str = "softplus", final_activation: bool = True) -> nn.Sequential:
-    """Linear layers of the given sizes with ``activation`` between them.
+def mlp(
+    sizes: Sequence[int], activation: str = "softplus", final_activation: bool = True, dropout: float = 0.0
+) -> nn.Sequential:
+    """Linear layers of the given sizes with ``activation`` (then dropout, if ``dropout`` > 0)
+    between them.
 
     >>> mlp([4, 3, 2])(torch.zeros(5, 4)).shape
     torch.Size([5, 2])
+    >>> mlp([4, 3, 2], dropout=0.5)
+    Sequential(
+      (0): Linear(in_features=4, out_features=3, bias=True)
+      (1): Softplus(beta=1.0, threshold=20.0)
+      (2): Dropout(p=0.5, inplace=False)
+      (3): Linear(in_features=3, out_features=2, bias=True)
+      (4): Softplus(beta=1.0, threshold=20.0)
+      (5): Dropout(p=0.5, inplace=False)
+    )
     """
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout}")
     act = ACTIVATIONS[activation]
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(n_in, n_out))
         if final_activation or i < len(sizes) - 2:
             layers.append(act())
+            if dropout:
+                layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 
@@ -56,11 +78,12 @@ class MLPEncoder(nn.Module):
         hidden: Sequence[int] = (400,),
         activation: str = "softplus",
         num_classes: int = 0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.x_shape = tuple(x_shape)
         self.feature_dim = hidden[-1]
-        self.body = mlp([math.prod(self.x_shape) + num_classes, *hidden], activation)
+        self.body = mlp([math.prod(self.x_shape) + num_classes, *hidden], activation, dropout=dropout)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         h = x.reshape(*x.shape[: x.dim() - len(self.x_shape)], -1)  # (batch, prod(x_shape))
@@ -77,10 +100,11 @@ class MLPDecoder(nn.Module):
         hidden: Sequence[int] = (400,),
         activation: str = "softplus",
         num_classes: int = 0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.x_shape = tuple(x_shape)
-        self.body = mlp([z_dim + num_classes, *hidden], activation)
+        self.body = mlp([z_dim + num_classes, *hidden], activation, dropout=dropout)
         self.out = nn.Linear(hidden[-1], math.prod(self.x_shape))
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
@@ -103,7 +127,8 @@ def _conv_plan(x_shape: Sequence[int]) -> tuple[int, int, int]:
 
 
 class ConvEncoder(nn.Module):
-    """Two stride-2 convolutions (32, 64 channels) then a dense layer to ``hidden[-1]`` features."""
+    """Two stride-2 convolutions (32, 64 channels) then a dense layer to ``hidden[-1]`` features;
+    dropout acts on the dense layers."""
 
     def __init__(
         self,
@@ -111,6 +136,7 @@ class ConvEncoder(nn.Module):
         hidden: Sequence[int] = (256,),
         activation: str = "relu",
         num_classes: int = 0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         c, h4, w4 = _conv_plan(x_shape)
@@ -122,7 +148,7 @@ class ConvEncoder(nn.Module):
             nn.Conv2d(32, 64, 4, stride=2, padding=1), act(),
             nn.Flatten(),
         )  # fmt: skip
-        self.dense = mlp([64 * h4 * w4 + num_classes, *hidden], activation)
+        self.dense = mlp([64 * h4 * w4 + num_classes, *hidden], activation, dropout=dropout)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         h = self.conv(x)  # (batch, 64 * h/4 * w/4)
@@ -130,7 +156,8 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """Mirror of :class:`ConvEncoder`: dense layers, then two stride-2 transposed convolutions."""
+    """Mirror of :class:`ConvEncoder`: dense layers (with dropout), then two stride-2 transposed
+    convolutions."""
 
     def __init__(
         self,
@@ -139,13 +166,14 @@ class ConvDecoder(nn.Module):
         hidden: Sequence[int] = (256,),
         activation: str = "relu",
         num_classes: int = 0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         c, h4, w4 = _conv_plan(x_shape)
         act = ACTIVATIONS[activation]
         self.x_shape = tuple(x_shape)
         self.grid = (64, h4, w4)
-        self.dense = mlp([z_dim + num_classes, *hidden, 64 * h4 * w4], activation)
+        self.dense = mlp([z_dim + num_classes, *hidden, 64 * h4 * w4], activation, dropout=dropout)
         self.deconv = nn.Sequential(
             nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), act(),
             nn.ConvTranspose2d(32, c, 4, stride=2, padding=1),
@@ -162,4 +190,5 @@ NETS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "mlp": (MLPEncoder, MLPDecoder),
     "conv": (ConvEncoder, ConvDecoder),
 }
-"""Registry of encoder/decoder pairs; each takes ``(x_shape, [z_dim,] hidden, activation, num_classes)``."""
+"""Registry of encoder/decoder pairs; each takes ``(x_shape, [z_dim,] hidden, activation, num_classes)``
+and, to support the ``dropout`` option, a keyword ``dropout``."""
