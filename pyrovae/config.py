@@ -59,7 +59,9 @@ class Config:
     z_dim: int = _opt(50, "latent dimensions")
     hidden: list[int] = _opt([400], "hidden layer sizes of encoder and decoder")
     activation: str = _opt("softplus", "activation of the networks", ACTIVATIONS)
-    dropout: float = _opt(0.0, "dropout probability on the hidden units of encoder and decoder while training")
+    dropout: float = _opt(
+        0.0, "dropout probability on the hidden units of encoder and decoder while training"
+    )
     net: str = _opt("mlp", "encoder/decoder pair", NETS)
     prior: str = _opt("normal", "prior family p(z)", PRIORS)
     guide: str = _opt("diag", "guide family q(z|x)", GUIDES)
