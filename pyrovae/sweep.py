@@ -42,6 +42,11 @@ import tomllib
 from . import checkpoint
 from .config import Config, ConfigError
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the same parser as the tomli package
+    import tomli as tomllib
+
 #: options a space may not range over: where the data is, and how the run is placed or reported
 FIXED = {"dataset", "data_dir", "data_file", "labels_file", "device", "tensorboard", "eval_k", "eval_n_test"}
 OBJECTIVES = {"elbo": "best validation ELBO", "ll": "validation log p(x), importance-sampled"}
@@ -200,8 +205,12 @@ def sweep(
         ``out/study.db``, which ``resume`` continues).
     :returns: the contents of ``best.json``.
     """
-    import optuna
-
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError(
+            "sweeps run on Optuna, which is not installed: pip install 'pyrovae[sweep]'"
+        ) from None
     out = Path(out)
     base.validate()
     if objective not in OBJECTIVES:
