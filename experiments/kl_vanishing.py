@@ -1,7 +1,7 @@
 """KL vanishing: a VAE with far more latent dimensions than it needs and a strong decoder leaves
 most of them unused; which remedy keeps how many alive, at what cost in ELBO.
 
-    python experiments/kl_vanishing.py --epochs 15 --train-size 10000
+    python experiments/kl_vanishing.py
 
 The setting: z_dim 64 and two hidden layers of 512 in encoder and decoder (a decoder strong
 enough to reconstruct well from a few dimensions), Bernoulli likelihood on dynamically binarized

@@ -1,6 +1,6 @@
 """Choose the latent dimension on the validation set: train the tutorial VAE for several z_dim.
 
-    python experiments/latent_dim.py --epochs 10 --n-test 500
+    python experiments/latent_dim.py
 
 For each z_dim: the best validation ELBO over the epochs (what selects z), the test ELBO, the
 importance-sampled test log p(x) (K importance samples) and the active units. Writes

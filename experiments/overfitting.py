@@ -1,7 +1,7 @@
 """Overfitting on 1,000 MNIST images, and the usual remedies: dropout, weight decay, early
 stopping, learning-rate decay, and all of them together.
 
-    python experiments/overfitting.py --epochs 150 --n-test 300
+    python experiments/overfitting.py
 
 Each setting is an ordinary run (``pyrovae.train``) of the tutorial networks on the first 1,000
 training images. After every epoch the hook of the run layer reads the epoch's checkpoint and
@@ -141,9 +141,9 @@ machine shared with other jobs.
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    budget_options(p, epochs=150, n_test=300)
+    budget_options(p, epochs=100, k=200, n_test=300)
     p.set_defaults(train_size=1000)
-    p.add_argument("--batch-size", type=int, default=50, help="images per step (default: 50)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (default: 32)")
     p.add_argument("--val-size", type=int, default=2000, help="validation images (default: 2000)")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout of that setting (default: 0.2)")
     p.add_argument("--weight-decay", type=float, default=0.5, help="AdamW weight decay (default: 0.5)")

@@ -227,6 +227,8 @@ def sweep(
     setup = {"space": space, "base": dataclasses.asdict(base), "objective": objective}
     _open_sweep(out, setup, resume, storage is not None)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    if not progress:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=study_name or out.resolve().name, storage=_storage(url), direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=sampler_seed),
@@ -240,8 +242,6 @@ def sweep(
     )
     left = trials - len(study.get_trials(deepcopy=False, states=finished))
     if left > 0:
-        if not progress:
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
         study.optimize(
             _Objective(space, base, out, objective, progress), n_trials=left, catch=(ConfigError,),
             callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)],
@@ -393,12 +393,14 @@ def _figures(study, trials, out: Path, objective: str) -> None:
         if not t.intermediate_values:
             continue
         epochs, elbo = zip(*sorted(t.intermediate_values.items()), strict=True)
-        style = "--" if t.state == optuna.trial.TrialState.PRUNED else "-"
+        style = "x--" if t.state == optuna.trial.TrialState.PRUNED else "-"
         curves.plot(epochs, elbo, style, lw=2.5 if t.number == best else 1, alpha=1 if t.number == best else 0.6,
                     label=f"trial {t.number} (best)" if t.number == best else None)  # fmt: skip
     curves.set_xlabel("epoch")
     curves.set_ylabel("validation ELBO, nats/image")
-    curves.set_title("Validation ELBO per trial (dashed: pruned)")
+    curves.set_title("Validation ELBO per trial (dashed, x: pruned)")
+    curves.xaxis.get_major_locator().set_params(integer=True)
+    values.xaxis.get_major_locator().set_params(integer=True)
     curves.legend()
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and math.isfinite(t.value)]
     values.plot([t.number for t in done], [t.value for t in done], "o", label="trial")
