@@ -53,3 +53,21 @@ def test_missing_tensorboard_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert _train(data, tmp_path / "tb", "--tensorboard") == 2
     assert "pip install 'pyrovae[tensorboard]'" in capsys.readouterr().err
     assert not (tmp_path / "tb").exists()
+
+
+def test_sweep_trials_log_to_tensorboard(tmp_path):
+    pytest.importorskip("optuna")
+    data = tiny_data_file(tmp_path, n=60)
+    space = tmp_path / "space.toml"
+    space.write_text("[z_dim]\nchoices = [2, 3]\n")
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--space", str(space), "--trials", "2", "--out", str(out), "--dataset", "file",
+                 "--data-file", str(data), "--val-size", "6", "--batch-size", "16", "--epochs", "2",
+                 "--eval-k", "5", "--quiet", "--tensorboard", "--no-prune"]) == 0  # fmt: skip
+    for trial in ("0000", "0001"):
+        events = EventAccumulator(str(out / "trials" / trial))
+        events.Reload()
+        rows = list(csv.DictReader(open(out / "trials" / trial / "metrics.csv")))
+        assert [e.value for e in events.Scalars("val/elbo")] == pytest.approx(
+            [float(r["val_elbo"]) for r in rows]
+        )
