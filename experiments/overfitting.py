@@ -47,7 +47,8 @@ def settings(args: argparse.Namespace) -> dict[str, dict]:
 
 def main(args: argparse.Namespace) -> list[dict]:
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    base = Config.from_preset("tutorial", epochs=args.epochs, batch_size=args.batch_size, train_size=args.train_size,
+    base = Config.from_preset("tutorial", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                              train_size=args.train_size,
                               val_size=args.val_size, seed=args.seed, data_dir=args.data_dir, eval_k=args.k,
                               eval_n_test=args.n_test)  # fmt: skip
     data = load_data(base)
@@ -109,7 +110,7 @@ def main(args: argparse.Namespace) -> list[dict]:
 Command: `{command_line()}`
 
 Budget: up to {args.epochs} epochs per setting on the first {args.train_size} training images, batch
-{args.batch_size}, Adam 1e-3; Pyro's tutorial networks (784-400-50 softplus MLPs), Bernoulli
+{args.batch_size}, Adam {args.lr:g}; Pyro's tutorial networks (784-400-50 softplus MLPs), Bernoulli
 likelihood on dynamically binarized MNIST. Remedies: dropout {args.dropout} on the hidden units of
 encoder and decoder; decoupled weight decay {args.weight_decay} (AdamW) on the weight matrices; early
 stopping with patience {args.patience}; cosine learning-rate decay to 0 over the epochs; "all" combines
@@ -141,9 +142,10 @@ machine shared with other jobs.
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    budget_options(p, epochs=100, k=200, n_test=300)
+    budget_options(p, epochs=200, k=200, n_test=300)
     p.set_defaults(train_size=1000)
     p.add_argument("--batch-size", type=int, default=32, help="images per step (default: 32)")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default: 3e-3)")
     p.add_argument("--val-size", type=int, default=2000, help="validation images (default: 2000)")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout of that setting (default: 0.2)")
     p.add_argument("--weight-decay", type=float, default=0.5, help="AdamW weight decay (default: 0.5)")
