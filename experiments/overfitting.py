@@ -148,7 +148,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default: 3e-3)")
     p.add_argument("--val-size", type=int, default=2000, help="validation images (default: 2000)")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout of that setting (default: 0.2)")
-    p.add_argument("--weight-decay", type=float, default=0.5, help="AdamW weight decay (default: 0.5)")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default: 0.1)")
     p.add_argument("--patience", type=int, default=10, help="early-stopping patience (default: 10)")
     return p.parse_args(argv)
 
