@@ -165,12 +165,22 @@ def _is_int(name: str) -> bool:
 
 
 # -- the study ------------------------------------------------------------------------------
-def _storage(url: str):
+def _storage(url: str, tries: int = 5):
+    import time
+
     import optuna
+    import sqlalchemy.exc
 
     # SQLite serializes writers; wait for the lock instead of failing when workers commit at once
     kw = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
-    return optuna.storages.RDBStorage(url, engine_kwargs=kw)
+    for attempt in range(tries):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kw)
+        except sqlalchemy.exc.SQLAlchemyError:
+            # workers starting together race to create the schema; the loser finds it made
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def sweep(
