@@ -423,7 +423,7 @@ def _figures(study, trials, out: Path, objective: str) -> None:
     plots.save(fig, out / "trials.png")
     if len({p for t in done for p in t.params}) >= 2 and len(done) >= 2:
         importances = optuna.importance.get_param_importances(study)
-        fig, ax = plots.plt.subplots(figsize=(6, 0.5 + 0.4 * len(importances)))
+        fig, ax = plots.plt.subplots(figsize=(6, 1.5 + 0.4 * len(importances)))
         ax.barh(list(importances)[::-1], list(importances.values())[::-1])
         ax.set_xlabel("importance for the objective (Optuna, fANOVA)")
         ax.set_title("Hyperparameter importances")
