@@ -36,7 +36,7 @@ def build_model(cfg: Config, x_shape: tuple[int, ...], num_classes: int = 0) -> 
     """The :class:`~pyrovae.models.VAE` a config describes, for data of shape ``x_shape``.
 
     Options offered to the components (each takes those its constructor names): networks get
-    ``label_layers``; guides ``scale`` (``cfg.guide_scale``) and ``layers``; priors ``x_shape``,
+    ``label_layers`` and ``dropout`` (when it is not 0, which a user's network must then accept); guides ``scale`` (``cfg.guide_scale``) and ``layers``; priors ``x_shape``,
     ``components``, ``pseudo_inputs``, ``layers`` and ``num_classes``; likelihoods ``scale``
     (``cfg.likelihood_scale``). Every one also gets ``cfg``. The prior is ``cfg.prior_family``
     (what ``prior="auto"`` stands for).
@@ -46,9 +46,9 @@ def build_model(cfg: Config, x_shape: tuple[int, ...], num_classes: int = 0) -> 
         raise ConfigError("conditional needs labelled data (MNIST, or a labels file)", "conditional")
     Encoder, Decoder = NETS[cfg.net]
     try:
-        encoder = construct(Encoder, x_shape, cfg.hidden, cfg.activation, k, label_layers=cfg.label_layers)
-        decoder = construct(Decoder, x_shape, cfg.z_dim, cfg.hidden, cfg.activation, k,
-                            label_layers=cfg.label_layers)  # fmt: skip
+        nets = dict(label_layers=cfg.label_layers, **_net_options(cfg, Encoder, Decoder))
+        encoder = construct(Encoder, x_shape, cfg.hidden, cfg.activation, k, **nets)
+        decoder = construct(Decoder, x_shape, cfg.z_dim, cfg.hidden, cfg.activation, k, **nets)
         guide = construct(GUIDES[cfg.guide], encoder, cfg.z_dim, cfg=cfg, scale=cfg.guide_scale,
                           layers=cfg.flow_layers)  # fmt: skip
         prior = construct(cfg.prior_cls(), cfg.z_dim, cfg=cfg, x_shape=x_shape, components=cfg.components,
@@ -58,6 +58,20 @@ def build_model(cfg: Config, x_shape: tuple[int, ...], num_classes: int = 0) -> 
                    num_classes=k)  # fmt: skip
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def _net_options(cfg: Config, *nets) -> dict:
+    """``dropout`` for networks whose constructors take it; a user's pair that does not may only
+    be used without dropout."""
+    if not cfg.dropout:
+        return {}
+    for cls in nets:
+        if "dropout" not in inspect.signature(cls).parameters:
+            raise ConfigError(
+                f"net {cfg.net}: {cls.__name__} takes no dropout argument; give it a keyword `dropout` "
+                "or train without dropout", "dropout",
+            )  # fmt: skip
+    return {"dropout": cfg.dropout}
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,4 +1,5 @@
-"""The ``pyrovae`` command line: ``train``, ``evaluate``, ``sample``, ``reconstruct``, ``inspect``.
+"""The ``pyrovae`` command line: ``train``, ``evaluate``, ``sample``, ``reconstruct``, ``inspect``,
+``sweep``.
 
 It only parses options and calls the run layer (:mod:`pyrovae.runs`). User errors (bad options,
 data or checkpoints) print one ``error:`` line saying what to do and exit with status 2; an
@@ -123,6 +124,25 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
     r.add_argument("-n", type=int, default=32, help="number of test images (default: 32)")
 
+    w = sub.add_parser("sweep", help="search options with Optuna; each trial a run, the best tested")
+    w.add_argument("--space", required=True, type=Path, help="TOML file: one table per option to search")
+    w.add_argument("--trials", type=int, required=True, help="trials the study runs in all (all workers)")
+    w.add_argument("--out", required=True, type=Path, help="sweep folder (trials/, study.db, results)")
+    w.add_argument("--objective", type=_choice_type("objective", ["elbo", "ll"]), default="elbo", metavar="NAME",
+                   help="'elbo': best validation ELBO; 'll': validation log p(x) with --eval-k samples on "
+                        "--eval-n-test images (default: elbo)")  # fmt: skip
+    w.add_argument("--resume", action="store_true", help="continue the sweep in --out")
+    w.add_argument("--storage", default=None,
+                   help="Optuna storage URL shared by several worker processes (default: OUT/study.db)")  # fmt: skip
+    w.add_argument("--study-name", default=None, help="study name in the storage (default: OUT's name)")
+    w.add_argument("--sampler-seed", type=int, default=None,
+                   help="seed of the TPE sampler, for a reproducible one-process sweep (default: random)")  # fmt: skip
+    w.add_argument("--no-prune", action="store_true", help="train every trial to the end")
+    w.add_argument("--preset", type=_choice_type("preset", list(PRESETS)), metavar="NAME",
+                   help="base options from a preset; the flags below go on top")  # fmt: skip
+    w.add_argument("--quiet", action="store_true", help="print only the result")
+    _add_config_options(w)
+
     i = sub.add_parser("inspect", help="write every inspection figure to RUN/figures/ with an index.md")
     _run_argument(i)
     i.add_argument("--k", type=int, default=100, help="importance samples for anomaly scores (default: 100)")
@@ -161,6 +181,19 @@ def _train(args: argparse.Namespace) -> int:
         if args.quiet:  # otherwise train printed it
             print(summary(run.results))
         print(f"figures: {out / 'samples.png'}, {out / 'reconstructions.png'}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
+    res = sweep(args.space, args.trials, args.out, Config.from_preset(args.preset, **given),
+                objective=args.objective, resume=args.resume, storage=args.storage,
+                study_name=args.study_name, sampler_seed=args.sampler_seed, prune=not args.no_prune,
+                progress=not args.quiet)  # fmt: skip
+    print(f"best trial {res['trial']} of {args.out}: {res['meaning']} {res['value']:.2f} nats/image with "
+          f"{res['params']}; results in {args.out / 'best.json'}, {args.out / 'trials.csv'}")  # fmt: skip
     return 0
 
 
@@ -213,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
+        if args.command == "sweep":
+            return _sweep(args)
         return _train(args) if args.command == "train" else _command(args)
     except USER_ERRORS + (TrainingError,) as e:
         if _speaks():

@@ -73,6 +73,9 @@ class Config:
     z_dim: int = _opt(50, "latent dimensions")
     hidden: list[int] = _opt([400], "hidden layer sizes of encoder and decoder")
     activation: str = _opt("softplus", "activation of the networks", ACTIVATIONS)
+    dropout: float = _opt(
+        0.0, "dropout probability on the hidden units of encoder and decoder while training"
+    )
     net: str = _opt("mlp", "encoder/decoder pair", NETS)
     prior: str = _opt(
         "auto", "prior family p(z); 'auto': normal, or with --conditional vamp, a VampPrior p(z|y) per class "
@@ -129,6 +132,7 @@ class Config:
     )  # fmt: skip
     seed: int = _opt(0, "seeds torch, Pyro and the batch order")
     device: str = _opt("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
+    tensorboard: bool = _opt(False, "write TensorBoard event files to the run directory (needs tensorboard)")
     # evaluation at the end of training
     eval_k: int = _opt(1000, "importance samples per test image for log p(x)")
     eval_n_test: int | None = _opt(1000, "test images for the importance-sampled log p(x) (None: all)")
@@ -183,6 +187,8 @@ class Config:
                 raise ConfigError(f"{name} must be positive, got {v}", name)
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta}", "beta")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be a probability in [0, 1), got {self.dropout}", "dropout")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}", "weight_decay")
         if self.free_bits is not None:

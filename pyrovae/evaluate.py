@@ -35,6 +35,17 @@ def cached_prior(vae: VAE) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """``module`` in eval mode (dropout off) inside, its former mode restored after."""
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)
+
+
 def _traces(vae: VAE, x: Tensor, y: Tensor | None):
     guide_tr = poutine.trace(vae.guide).get_trace(x, y)
     model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x, y)
@@ -157,13 +168,15 @@ def evaluate(
 ) -> dict:
     """ELBO on all of ``data`` and the importance-sampled ``log p(x)`` on its first ``n_ll``.
 
+    The model is evaluated in eval mode (dropout off), whatever its mode.
+
     :returns: a dict of mean nats per datum (``elbo``, ``recon``, ``kl``, ``log_likelihood``, and
         ``elbo_ll_images``, the ELBO over the images that ``log_likelihood`` covers) and
         ``k``, ``n_images``, ``n_ll_images``, ``active_units``, ``z_dim``, ``kl_per_dim``. For a
         point-estimate guide (an autoencoder) only ``recon`` (log p(x|z*)), ``log_joint``
         (log p(x, z*)) and the counts: it has no ELBO and no importance-sampled log p(x).
     """
-    with cached_prior(vae):
+    with cached_prior(vae), eval_mode(vae):
         return _evaluate(vae, data, k, n_ll, batch_size, ll_batch_size, progress)
 
 

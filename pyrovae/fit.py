@@ -25,12 +25,25 @@ from tqdm import tqdm  # plain: tqdm.auto warns and falls back badly in a notebo
 from . import checkpoint, distributed
 from .config import Config
 from .data import Dataset, Split
-from .evaluate import elbo_terms
+from .evaluate import active_units, elbo_terms, eval_mode, posterior_mean_and_noise
 from .models import VAE
 from .objectives import CapacityELBO, ELBOLoss, beta_at, capacity_at, make_elbo
 from .step import decay_groups, make_optimizer, svi_step
 
-METRICS = ["epoch", "train_loss", "val_elbo", "val_recon", "val_kl", "beta", "capacity", "lr", "seconds"]
+METRICS = ["epoch", "train_loss", "val_elbo", "val_recon", "val_kl", "val_active_units", "beta", "capacity",
+           "lr", "weight_norm", "seconds"]  # fmt: skip
+"""Columns of ``metrics.csv``, one row per epoch. ``train_loss`` is the training objective (with
+β, free bits, capacity and dropout as trained); the ``val_`` figures are at β = 1 with dropout
+off; ``val_active_units`` counts latent dimensions whose posterior mean varies over the validation
+set (variance > 0.01); ``weight_norm`` is the 2-norm of the networks' weight matrices, the
+parameters weight decay shrinks."""
+
+#: A hook called after every epoch with its ``metrics.csv`` row (a dict keyed by :data:`METRICS`),
+#: once the epoch's checkpoint is written; an exception it raises (a pruned Optuna trial, say)
+#: ends the fit there and propagates, leaving a resumable run.
+EpochHook = Callable[[dict], None]
+#: A hook called after every optimizer step with the step count and that step's loss.
+StepHook = Callable[[int, float], None]
 
 #: A hook ``(x, y) -> y`` that makes each batch's condition from the batch (e.g. a structured
 #: CVAE's visible pixels); applied to training batches after binarization and to validation.
@@ -116,6 +129,8 @@ def fit(
     progress: bool = True,
     prepare: Prepare | None = None,
     meta: dict | None = None,
+    on_epoch: EpochHook | None = None,
+    on_step: StepHook | None = None,
 ) -> VAE:
     """Train ``vae`` on ``data.train`` by SVI, validating on ``data.val`` at β = 1 every epoch.
 
@@ -127,7 +142,13 @@ def fit(
         binarization, seed and device fields and ignores the model's.
     :param prepare: makes each batch's condition ``y`` from ``(x, y)``; see :data:`Prepare`.
     :param meta: extra entries for every checkpoint (what a loader needs to rebuild the model).
-    :returns: the model with the best validation ELBO's parameters.
+    :param on_epoch: called after each epoch with its metrics row (see :data:`EpochHook`).
+    :param on_step: called after each step with the step count and loss (see :data:`StepHook`).
+        Hooks run in the main process only (rank 0 under torchrun).
+    :returns: the model with the best validation ELBO's parameters, in eval mode (dropout off).
+
+    The model is in training mode for the steps and in eval mode for validation, so dropout acts
+    on training batches only.
     """
     cfg, out = options, Path(out)
     from .build import resolve_device
@@ -174,6 +195,7 @@ def fit(
             t0, failed = time.perf_counter(), None
 
             # 4a. steps
+            vae.train()
             for s in range(c.step_in_epoch, len(batches)):
                 t = epoch + s / len(batches)  # fractional epoch, for the schedules
                 if isinstance(elbo, CapacityELBO):
@@ -190,6 +212,8 @@ def fit(
                     break
                 c.step, c.step_in_epoch = c.step + 1, s + 1
                 c.loss_sum, c.seen = c.loss_sum + loss, c.seen + len(x) * ctx.world
+                if on_step is not None and ctx.main:
+                    on_step(c.step, loss)
                 bar.update()
                 bar.set_postfix(loss=f"{c.loss_sum / c.seen:.2f}", refresh=False)
                 if signals.caught is not None:
@@ -220,12 +244,13 @@ def fit(
             seconds = time.perf_counter() - t0
 
             # 4c. validate at beta = 1, record, checkpoint, early stopping
-            recon, kl = ctx.broadcast(list(validate(vae, val, prepare)))
+            recon, kl, units = ctx.broadcast([*validate(vae, val, prepare), _active_units(vae, val, prepare)])
             c.rows.append({
                 "epoch": epoch + 1, "train_loss": c.loss_sum / max(c.seen, 1), "val_elbo": recon - kl,
-                "val_recon": recon, "val_kl": kl, "beta": _beta(cfg, epoch + 1 - 1e-9),
+                "val_recon": recon, "val_kl": kl, "val_active_units": int(units),
+                "beta": _beta(cfg, epoch + 1 - 1e-9),
                 "capacity": elbo.capacity if isinstance(elbo, CapacityELBO) else "", "lr": lr,
-                "seconds": round(seconds, 3),
+                "weight_norm": _weight_norm(vae), "seconds": round(seconds, 3),
             })  # fmt: skip
             c.epoch, c.perm = epoch + 1, None
             improved = recon - kl > c.best
@@ -237,6 +262,8 @@ def fit(
                 checkpoint.save(snap, ckpt_path)
                 checkpoint.write_text(out / "metrics.csv", metrics_csv(c.rows))
             good = _clone(snap)
+            if on_epoch is not None and ctx.main:
+                on_epoch(dict(c.rows[-1]))
             if progress:
                 tqdm.write(f"epoch {epoch + 1}: train loss {c.rows[-1]['train_loss']:.2f}, "
                            f"val ELBO {recon - kl:.2f} nats/image ({seconds:.1f}s)")  # fmt: skip
@@ -250,7 +277,7 @@ def fit(
         torch.distributed.barrier()  # rank 0 has written best.pt
     if best_path.exists():
         vae.load_state_dict(checkpoint.load(best_path, map_location=ctx.device)["model"])
-    return vae
+    return vae.eval()
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -285,15 +312,34 @@ def _describe(failed: tuple, epoch: int) -> str:
 
 @torch.no_grad()
 def validate(vae: VAE, data: Split, prepare: Prepare | None = None, batch_size: int = 1000):
-    """Mean reconstruction and KL per datum (β = 1) over a split."""
+    """Mean reconstruction and KL per datum (β = 1, eval mode: no dropout) over a split."""
     recon, kl = 0.0, 0.0
-    for i in range(0, len(data), batch_size):
-        part = data.subset(slice(i, i + batch_size))
-        y = prepare(part.x, part.y) if prepare else part.y
-        r, k = elbo_terms(vae, part.x, y)
-        recon += r.sum().item()
-        kl += k.sum().item()
+    with eval_mode(vae):
+        for i in range(0, len(data), batch_size):
+            part = data.subset(slice(i, i + batch_size))
+            y = prepare(part.x, part.y) if prepare else part.y
+            r, k = elbo_terms(vae, part.x, y)
+            recon += r.sum().item()
+            kl += k.sum().item()
     return recon / len(data), kl / len(data)
+
+
+@torch.no_grad()
+def _active_units(vae: VAE, data: Split, prepare: Prepare | None, batch_size: int = 1000) -> int:
+    means, noise = [], []
+    with eval_mode(vae):
+        for i in range(0, len(data), batch_size):
+            part = data.subset(slice(i, i + batch_size))
+            m, v = posterior_mean_and_noise(vae, part.x, prepare(part.x, part.y) if prepare else part.y)
+            means.append(m)
+            noise.append(v)
+    return active_units(torch.cat(means), noise=torch.cat(noise))
+
+
+@torch.no_grad()
+def _weight_norm(vae: VAE) -> float:
+    decayed = decay_groups(vae, 1.0)[0]["params"]
+    return torch.stack([p.square().sum() for p in decayed]).sum().sqrt().item() if decayed else 0.0
 
 
 def metrics_csv(rows: list[dict]) -> str:

@@ -13,6 +13,12 @@ weight matrix and bias per class (:class:`ClassLinear`), every other dense layer
 encoder scales and shifts its units by the label (FiLM, :class:`CondLinear`; the transposed
 convolutions per channel), and the encoder's features end with ``y``, so the guide's heads see
 it. ``experiments/results/conditional_samples.md`` measures both and the steps between.
+
+Every network takes ``dropout``, the probability of zeroing each hidden unit while training
+(Srivastava et al. 2014): :class:`torch.nn.Dropout` after each hidden activation, which is the
+identity in eval mode, so evaluation, sampling and inspection (all in eval mode) are
+deterministic given the seed whatever ``dropout`` is. With ``dropout=0`` no dropout layer is
+made, so parameter names, and checkpoints, are those of a network without it.
 """
 
 from __future__ import annotations
@@ -33,18 +39,34 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def mlp(sizes: Sequence[int], activation: str = "softplus", final_activation: bool = True) -> nn.Sequential:
-    """Linear layers of the given sizes with ``activation`` between them.
+def mlp(
+    sizes: Sequence[int], activation: str = "softplus", final_activation: bool = True, dropout: float = 0.0
+) -> nn.Sequential:
+    """Linear layers of the given sizes with ``activation`` (then dropout, if ``dropout`` > 0)
+    between them.
 
     >>> mlp([4, 3, 2])(torch.zeros(5, 4)).shape
     torch.Size([5, 2])
+    >>> mlp([4, 3, 2], dropout=0.5)
+    Sequential(
+      (0): Linear(in_features=4, out_features=3, bias=True)
+      (1): Softplus(beta=1.0, threshold=20.0)
+      (2): Dropout(p=0.5, inplace=False)
+      (3): Linear(in_features=3, out_features=2, bias=True)
+      (4): Softplus(beta=1.0, threshold=20.0)
+      (5): Dropout(p=0.5, inplace=False)
+    )
     """
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout}")
     act = ACTIVATIONS[activation]
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(n_in, n_out))
         if final_activation or i < len(sizes) - 2:
             layers.append(act())
+            if dropout:
+                layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 
@@ -112,6 +134,7 @@ class CondMLP(nn.Module):
         final_activation: bool = True,
         film: bool = True,
         class_first: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
@@ -120,7 +143,11 @@ class CondMLP(nn.Module):
             for i, (n_in, n_out) in enumerate(pairs)
         )  # fmt: skip
         act, n = ACTIVATIONS[activation], len(pairs)
-        self.acts = nn.ModuleList(act() if final_activation or i < n - 1 else nn.Identity() for i in range(n))
+        self.acts = nn.ModuleList(
+            (nn.Sequential(act(), nn.Dropout(dropout)) if dropout else act())
+            if final_activation or i < n - 1 else nn.Identity()
+            for i in range(n)
+        )  # fmt: skip
 
     def forward(self, h: Tensor, y: Tensor) -> Tensor:
         for layer, act in zip(self.layers, self.acts, strict=True):
@@ -151,6 +178,7 @@ class MLPEncoder(nn.Module):
         label_layers: str = "input",
         *,
         film: bool = True,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         _check_label_layers(label_layers)
@@ -158,10 +186,10 @@ class MLPEncoder(nn.Module):
         self.every = bool(num_classes) and label_layers == "every"
         d = math.prod(self.x_shape)
         if self.every:
-            self.body = CondMLP([d, *hidden], num_classes, activation, film=film)
+            self.body = CondMLP([d, *hidden], num_classes, activation, film=film, dropout=dropout)
             self.feature_dim = hidden[-1] + num_classes
         else:
-            self.body = mlp([d + num_classes, *hidden], activation)
+            self.body = mlp([d + num_classes, *hidden], activation, dropout=dropout)
             self.feature_dim = hidden[-1]
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -189,6 +217,7 @@ class MLPDecoder(nn.Module):
         *,
         film: bool = True,
         class_weights: bool = True,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         _check_label_layers(label_layers)
@@ -197,11 +226,16 @@ class MLPDecoder(nn.Module):
         d = math.prod(self.x_shape)
         if self.every:
             self.body = CondMLP(
-                [z_dim, *hidden], num_classes, activation, film=film, class_first=class_weights
+                [z_dim, *hidden],
+                num_classes,
+                activation,
+                film=film,
+                class_first=class_weights,
+                dropout=dropout,
             )
             self.out = CondLinear(hidden[-1], d, num_classes, film)
         else:
-            self.body = mlp([z_dim + num_classes, *hidden], activation)
+            self.body = mlp([z_dim + num_classes, *hidden], activation, dropout=dropout)
             self.out = nn.Linear(hidden[-1], d)
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
@@ -239,6 +273,7 @@ class ConvEncoder(nn.Module):
         label_layers: str = "input",
         *,
         film: bool = True,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         _check_label_layers(label_layers)
@@ -252,10 +287,10 @@ class ConvEncoder(nn.Module):
             nn.Flatten(),
         )  # fmt: skip
         if self.every:
-            self.dense = CondMLP([64 * h4 * w4, *hidden], num_classes, activation, film=film)
+            self.dense = CondMLP([64 * h4 * w4, *hidden], num_classes, activation, film=film, dropout=dropout)
             self.feature_dim = hidden[-1] + num_classes
         else:
-            self.dense = mlp([64 * h4 * w4 + num_classes, *hidden], activation)
+            self.dense = mlp([64 * h4 * w4 + num_classes, *hidden], activation, dropout=dropout)
             self.feature_dim = hidden[-1]
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -284,6 +319,7 @@ class ConvDecoder(nn.Module):
         *,
         film: bool = True,
         class_weights: bool = True,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         _check_label_layers(label_layers)
@@ -295,12 +331,14 @@ class ConvDecoder(nn.Module):
         self.film = film
         sizes = [z_dim, *hidden, 64 * h4 * w4]
         if self.every:
-            self.dense = CondMLP(sizes, num_classes, activation, film=film, class_first=class_weights)
+            self.dense = CondMLP(
+                sizes, num_classes, activation, film=film, class_first=class_weights, dropout=dropout
+            )
             # per class and channel: a scale and shift (or a shift) after each transposed convolution
             width = 2 if film else 1
             self.cond = nn.ModuleList(nn.Linear(num_classes, width * n, bias=False) for n in (32, c))
         else:
-            self.dense = mlp([z_dim + num_classes, *sizes[1:]], activation)
+            self.dense = mlp([z_dim + num_classes, *sizes[1:]], activation, dropout=dropout)
         self.deconv = nn.Sequential(
             nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), act(),
             nn.ConvTranspose2d(32, c, 4, stride=2, padding=1),
@@ -331,4 +369,4 @@ NETS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "conv": (ConvEncoder, ConvDecoder),
 }
 """Registry of encoder/decoder pairs; each takes ``(x_shape, [z_dim,] hidden, activation, num_classes)``
-and, if it names it, ``label_layers`` (see the module docstring)."""
+and, if it names them, ``label_layers`` and ``dropout`` (see the module docstring)."""

@@ -20,13 +20,13 @@ from .build import build_model, resolve_device
 from .config import Config, ConfigError
 from .data import DataError, Dataset, binarize, check_values, is_binary, load_dataset
 from .evaluate import evaluate, summary
-from .fit import fit
+from .fit import EpochHook, fit
 from .likelihoods import LIKELIHOODS
 from .models import VAE
 
 #: Options that may change when a run is resumed; every other option must match the saved one.
 RESUMABLE = {"epochs", "patience", "device", "eval_k", "eval_n_test", "data_dir", "data_file",
-             "labels_file", "on_nan"}  # fmt: skip
+             "labels_file", "on_nan", "tensorboard"}  # fmt: skip
 EVAL_BINARIZE_SEED = 0  # validation and test sets are binarized once, identically in every run
 RUN_FILES = ["config.json", "metrics.csv", "checkpoint.pt", "best.pt", "eval.json", "samples.png",
              "reconstructions.png"]  # fmt: skip
@@ -98,6 +98,8 @@ def _open_run_dir(out: Path, cfg: Config, resume: bool, overwrite: bool) -> bool
     out.mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
+    for events in out.glob("events.out.tfevents.*"):  # an overwritten run's TensorBoard history
+        events.unlink()
     checkpoint.write_text(out / "config.json", cfg.to_json())
     return True
 
@@ -108,6 +110,8 @@ def _clean_failed_start(out: Path) -> None:
         return
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
+    for events in out.glob("events.out.tfevents.*"):
+        events.unlink()
     if out.exists() and not any(out.iterdir()):
         out.rmdir()
 
@@ -122,6 +126,7 @@ def train(
     progress: bool = True,
     evaluate: bool = True,
     data: Dataset | None = None,
+    on_epoch: EpochHook | None = None,
 ) -> Run:
     """Train the VAE ``cfg`` describes and write its run directory ``out``: the same files as
     ``pyrovae train`` (config, metrics, checkpoints, then ``eval.json`` and the sample and
@@ -134,6 +139,11 @@ def train(
     ``eval_k`` and ``eval_n_test`` (``run.complete`` is then true; :func:`evaluate_run`, or
     ``pyrovae evaluate``, recomputes them).
 
+    With ``cfg.tensorboard`` the run also writes TensorBoard event files to ``out`` (see
+    :mod:`pyrovae.tracking`).
+
+    :param on_epoch: called after each epoch with its ``metrics.csv`` row (see
+        :data:`pyrovae.fit.EpochHook`); an exception it raises stops training there.
     :returns: the :class:`Run`: its model holds the best validation ELBO's parameters (in eval
         mode); ``results`` holds the test figures of ``eval.json`` when evaluated.
     """
@@ -151,14 +161,29 @@ def train(
     vae = build_model(cfg, data.x_shape, data.num_classes)
     if cfg.init_bias:
         vae.init_output_bias(data.train.x.mean(0))
+    board = None
+    if cfg.tensorboard and rank0:
+        from .tracking import require_tensorboard
+
+        require_tensorboard()  # before out is touched
     fresh = _open_run_dir(out, cfg, resume, overwrite) if rank0 else False
     complete = _trained_epochs(out, cfg) if resume else None
+    hooks = [on_epoch]
+    if cfg.tensorboard and rank0:
+        from .tracking import TensorBoard
+
+        board = TensorBoard(out, vae)
+        hooks.append(board.on_epoch)
     try:
-        vae = fit(vae, data, out, cfg, resume=resume, progress=progress)
+        vae = fit(vae, data, out, cfg, resume=resume, progress=progress, on_epoch=_chain(hooks),
+                  on_step=board.on_step if board else None)  # fmt: skip
     except Exception:
         if fresh:
             _clean_failed_start(out)
         raise
+    finally:
+        if board is not None:
+            board.close()
     run = Run(out, cfg, vae.eval(), data, complete=complete is not None)
     kept = _current_results(run) if complete is not None and evaluate else None
     if complete is not None and progress and rank0:
@@ -174,6 +199,18 @@ def train(
     if run.results is not None and progress and rank0:
         print(summary(run.results))
     return run
+
+
+def _chain(hooks: list) -> EpochHook | None:
+    hooks = [h for h in hooks if h is not None]
+    if not hooks:
+        return None
+
+    def call(row: dict) -> None:
+        for h in hooks[::-1]:  # tracking first, so a pruned trial's last epoch is logged too
+            h(row)
+
+    return call
 
 
 def _trained_epochs(out: Path, cfg: Config) -> str | None:

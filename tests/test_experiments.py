@@ -26,6 +26,9 @@ SMOKE = {
     ],  # fmt: skip
     "beta_sweep.py": [*TINY, "--betas", "0.5", "4", "--z-dim", "4", "--quiet"],
     "cvae_quadrants.py": [*TINY, "--quadrants", "1", "3", "--z-dim", "4", "--hidden", "32", "--quiet"],
+    "latent_dim.py": [*TINY, "--z-dims", "2", "5", "--quiet"],
+    "overfitting.py": [*TINY, "--val-size", "500", "--quiet"],
+    "kl_vanishing.py": [*TINY, "--z-dim", "8", "--hidden", "32", "--val-size", "500", "--quiet"],
     "custom_components.py": ["--epochs", "1", "--train-size", "600", "--k", "50", "--n-test", "50"],
     "conditional_samples.py": [
         *TINY,
@@ -84,6 +87,24 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
         assert (tmp_path / "results" / "cvae_quadrants_q3.png").exists()
     elif name == "conditional_samples.py":
         _check_conditional_samples(result, tmp_path / "results")
+    elif name == "latent_dim.py":
+        assert [r["z"] for r in result] == [2, 5] and all(r["au"] <= r["z"] for r in result)
+        picked = max(result, key=lambda r: r["val_elbo"])["z"]
+        assert f"picks **z = {picked}**" in (tmp_path / "results" / "latent_dim.md").read_text()
+        assert (tmp_path / "results" / "latent_dim.png").exists()
+    elif name == "overfitting.py":
+        by = {r["setting"]: r for r in result}
+        assert list(by) == ["none", "dropout", "weight decay", "early stopping", "LR decay", "all"]
+        # one epoch never reaches the patience: early stopping trained exactly the unregularized run
+        assert by["early stopping"] == {**by["none"], "setting": "early stopping"}
+        assert by["dropout"]["best_val"] != by["none"]["best_val"]
+        assert (tmp_path / "results" / "overfitting.png").exists()
+    elif name == "kl_vanishing.py":
+        assert [r["setting"] for r in result] == ["none", "warm-up", "cyclical", "free bits"]
+        assert all(0 <= r["au"] <= 8 and len(r["au_curve"]) == 1 for r in result)
+        text = (tmp_path / "results" / "kl_vanishing.md").read_text()
+        assert f"| free bits | {result[3]['au']}/8 |" in text
+        assert (tmp_path / "results" / "kl_vanishing.png").exists()
     else:  # the user-written prior and guide trained: far above the untrained ~ -540 nats
         assert -450 < result["elbo"] < result["log_likelihood"] + 2 and result["log_likelihood"] < 0
 

@@ -28,6 +28,7 @@ MATRIX: dict[str, list[list[str]]] = {
     "z_dim": [["--z-dim", "3"]],
     "hidden": [["--hidden", "8", "6"]],
     "activation": [["--activation", "tanh"]],
+    "dropout": [["--dropout", "0.5"], ["--dropout", "0.3", "--net", "conv"]],
     "guide_scale": [["--guide-scale", "exp"]],
     "components": [["--prior", "mixture", "--components", "2"]],
     "pseudo_inputs": [["--prior", "vamp", "--pseudo-inputs", "3"]],
@@ -78,6 +79,7 @@ ELSEWHERE = {
     "guide": "test_components.py grid",
     "likelihood": "test_components.py grid",
     "epochs": "every case here (1, then resumed to 2)",
+    "tensorboard": "test_tracking.py::test_tensorboard_events_match_metrics",
 }
 
 CASES = [(name, case) for name, cases in MATRIX.items() for case in cases]

@@ -1,0 +1,430 @@
+"""Hyperparameter search with Optuna: every trial an ordinary run directory, pruned on the
+per-epoch validation ELBO, the best trial evaluated on the test set.
+
+A search space is a TOML file with one table per :class:`~pyrovae.config.Config` option::
+
+    [z_dim]
+    low = 2
+    high = 64
+    log = true          # sample on a log scale (optional; also `step = N`)
+    [lr]
+    low = 1e-4
+    high = 1e-2
+    log = true
+    [prior]
+    choices = ["normal", "vamp"]
+    [hidden]            # list options take choices of lists
+    choices = [[400], [200, 200]]
+
+Integer options get integers, float options floats (``trial.suggest_int`` / ``suggest_float``);
+``choices`` become ``suggest_categorical``. Every other option is the base config's (the
+``pyrovae sweep`` flags). A space is checked before any trial starts: names must be options,
+each range's ends and each choice must pass the option's own checks on top of the base config.
+
+The study lives in ``OUT/study.db`` (SQLite) unless ``storage`` names another database: several
+processes, on one machine or many, pointed at the same storage URL run one study together
+(Optuna's distributed mode; each trial is taken by exactly one process).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import difflib
+import io
+import json
+import math
+import typing
+from pathlib import Path
+
+import tomllib
+
+from . import checkpoint
+from .config import Config, ConfigError
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the same parser as the tomli package
+    import tomli as tomllib
+
+#: options a space may not range over: where the data is, and how the run is placed or reported
+FIXED = {"dataset", "data_dir", "data_file", "labels_file", "device", "tensorboard", "eval_k", "eval_n_test"}
+OBJECTIVES = {"elbo": "best validation ELBO", "ll": "validation log p(x), importance-sampled"}
+SPEC_KEYS = {"low", "high", "log", "step", "choices"}
+
+
+# -- the space ------------------------------------------------------------------------------
+def load_space(path: str | Path, base: Config) -> dict[str, dict]:
+    """Read and check a space file against ``base``; returns ``{option: spec}``.
+
+    :raises ConfigError: naming the option at fault, before any trial runs.
+    """
+    path = Path(path)
+    try:
+        space = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"space file {path} does not exist", "space") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"space file {path} is not valid TOML: {e}", "space") from None
+    check_space(space, base)
+    return space
+
+
+def check_space(space: dict, base: Config) -> None:
+    """Refuse unknown options, malformed specs and values the option's own checks refuse."""
+    if not space:
+        raise ConfigError("the search space is empty: give at least one option to search", "space")
+    fields = {f.name for f in dataclasses.fields(Config)}
+    hints = typing.get_type_hints(Config)
+    for name, spec in space.items():
+        if name not in fields:
+            close = difflib.get_close_matches(name, sorted(fields), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"space: {name!r} is not a train option.{hint}", "space")
+        if name in FIXED:
+            raise ConfigError(
+                f"space: {name} is fixed for the whole sweep; give it as a flag instead", "space"
+            )
+        if not isinstance(spec, dict) or not spec or set(spec) - SPEC_KEYS:
+            raise ConfigError(
+                f"space: {name} needs a table with choices = [...] or low/high (and optional log, step)",
+                "space",
+            )  # fmt: skip
+        if "choices" in spec:
+            if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
+                raise ConfigError(f"space: {name}: choices must be a non-empty list, alone", "space")
+            values = spec["choices"]
+        else:
+            values = _check_range(name, spec, hints[name])
+        for value in values:  # each end, each choice, through the option's own checks
+            try:
+                cfg = Config.from_dict({**dataclasses.asdict(base), name: value})
+                cfg.validate()
+                _check_type(name, value, hints[name])
+            except (ConfigError, TypeError) as e:
+                raise ConfigError(f"space: {name} = {value!r} is refused: {e}", "space") from None
+
+
+def _check_range(name: str, spec: dict, hint) -> list:
+    if "low" not in spec or "high" not in spec:
+        raise ConfigError(f"space: {name} needs both low and high (or choices)", "space")
+    kind = _scalar(hint)
+    if kind not in (int, float):
+        raise ConfigError(f"space: {name} is not numeric; give choices = [...] instead", "space")
+    low, high = spec["low"], spec["high"]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
+        raise ConfigError(f"space: {name}: low and high must be numbers", "space")
+    if kind is int and not (isinstance(low, int) and isinstance(high, int)):
+        raise ConfigError(f"space: {name} is an integer option: low and high must be integers", "space")
+    if not low < high:
+        raise ConfigError(f"space: {name}: low {low} must be below high {high}", "space")
+    if spec.get("log") and low <= 0:
+        raise ConfigError(f"space: {name}: a log scale needs low > 0, got {low}", "space")
+    if spec.get("log") and "step" in spec:
+        raise ConfigError(f"space: {name}: give log or step, not both", "space")
+    return [low, high]
+
+
+def _scalar(hint):
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args and typing.get_origin(hint) is not list else hint
+
+
+def _check_type(name: str, value, hint) -> None:
+    kind = _scalar(hint)
+    if typing.get_origin(kind) is list:
+        ok = isinstance(value, list) and all(isinstance(v, int) for v in value)
+    elif kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if not ok and value is not None:
+        raise TypeError(f"{name} takes {getattr(kind, '__name__', kind)}, got {value!r}")
+
+
+def suggest(trial, space: dict) -> dict:
+    """One point of the space, suggested by ``trial``: ``{option: value}``."""
+    params = {}
+    for name, spec in space.items():
+        if "choices" in spec:
+            # Optuna's categorical values are scalars: lists travel as their JSON text
+            encoded = [json.dumps(c) if isinstance(c, list) else c for c in spec["choices"]]
+            value = trial.suggest_categorical(name, encoded)
+            params[name] = json.loads(value) if isinstance(spec["choices"][0], list) else value
+        elif isinstance(spec["low"], int) and isinstance(spec["high"], int) and _is_int(name):
+            params[name] = trial.suggest_int(name, spec["low"], spec["high"], step=spec.get("step", 1),
+                                             log=spec.get("log", False))  # fmt: skip
+        else:
+            params[name] = trial.suggest_float(name, spec["low"], spec["high"], step=spec.get("step"),
+                                               log=spec.get("log", False))  # fmt: skip
+    return params
+
+
+def _is_int(name: str) -> bool:
+    return _scalar(typing.get_type_hints(Config)[name]) is int
+
+
+# -- the study ------------------------------------------------------------------------------
+def _storage(url: str, tries: int = 5):
+    import time
+
+    import optuna
+    import sqlalchemy.exc
+
+    # SQLite serializes writers; wait for the lock instead of failing when workers commit at once
+    kw = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
+    for attempt in range(tries):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kw)
+        except sqlalchemy.exc.SQLAlchemyError:
+            # workers starting together race to create the schema; the loser finds it made
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
+def sweep(
+    space_file: str | Path,
+    trials: int,
+    out: str | Path,
+    base: Config,
+    *,
+    objective: str = "elbo",
+    resume: bool = False,
+    storage: str | None = None,
+    study_name: str | None = None,
+    sampler_seed: int | None = None,
+    prune: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Run (or join, or continue) a study of ``trials`` trials and write its results to ``out``.
+
+    Each trial trains a run in ``out/trials/NNNN`` with :func:`pyrovae.runs.train` (no test
+    evaluation); the trial's value is the run's best validation ELBO (``objective="elbo"``) or
+    the importance-sampled log p(x) of the first ``eval_n_test`` validation images with
+    ``eval_k`` samples (``"ll"``), in nats per image. With ``prune``, Optuna's median pruner
+    stops a trial whose validation ELBO after an epoch is below the median of earlier trials'
+    at that epoch (after 5 complete trials; never after its last epoch). The study stops once it holds ``trials`` finished
+    trials; a process still training its trial then finishes it.
+
+    At the end the best trial's run is evaluated on the test set (its ``eval.json`` and figures)
+    and ``out`` receives ``trials.csv``, ``best.json``, ``trials.png`` and, with two or more
+    searched options, ``importances.png``.
+
+    :param storage: an Optuna storage URL shared by several processes (default: a SQLite file
+        ``out/study.db``, which ``resume`` continues).
+    :returns: the contents of ``best.json``.
+    """
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError(
+            "sweeps run on Optuna, which is not installed: pip install 'pyrovae[sweep]'"
+        ) from None
+    out = Path(out)
+    base.validate()
+    if objective not in OBJECTIVES:
+        raise ConfigError(
+            f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}", "objective"
+        )
+    if trials < 1:
+        raise ConfigError(f"trials must be a positive integer, got {trials}", "trials")
+    space = load_space(space_file, base)
+    if base.tensorboard:
+        from .tracking import require_tensorboard
+
+        require_tensorboard()
+    setup = {"space": space, "base": dataclasses.asdict(base), "objective": objective}
+    _open_sweep(out, setup, resume, storage is not None)
+    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    if not progress:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=study_name or out.resolve().name, storage=_storage(url), direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=sampler_seed),
+        pruner=optuna.pruners.MedianPruner() if prune else optuna.pruners.NopPruner(),
+        load_if_exists=True,
+    )  # fmt: skip
+    finished = (
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.FAIL,
+    )
+    left = trials - len(study.get_trials(deepcopy=False, states=finished))
+    if left > 0:
+        study.optimize(
+            _Objective(space, base, out, objective, progress), n_trials=left, catch=(ConfigError,),
+            callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)],
+        )  # fmt: skip
+    return report(study, out, objective, progress)
+
+
+def _open_sweep(out: Path, setup: dict, resume: bool, shared: bool) -> None:
+    """Check ``out`` and record the sweep's setup; a resumed or joined sweep must match it."""
+    saved = out / "sweep.json"
+    if saved.exists():
+        if not (resume or shared):
+            raise ConfigError(
+                f"{out} already holds a sweep; continue it with --resume, or choose another --out", "out"
+            )
+        if json.loads(saved.read_text()) != json.loads(json.dumps(setup)):
+            raise ConfigError(
+                f"the space, options or objective differ from the sweep saved in {saved}; give the same "
+                "ones to continue it, or start a new sweep in another --out", "space",
+            )  # fmt: skip
+        return
+    if resume:
+        raise ConfigError(
+            f"resume: {out} holds no sweep (no sweep.json); start one without --resume", "resume"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_text(saved, json.dumps(setup, indent=2) + "\n")
+
+
+class _Objective:
+    """One trial: a run of the base config with the trial's options, its value a validation figure."""
+
+    def __init__(self, space: dict, base: Config, out: Path, objective: str, progress: bool) -> None:
+        self.space, self.base, self.out, self.objective, self.progress = space, base, out, objective, progress
+        self._data: dict = {}
+
+    def __call__(self, trial) -> float:
+        import optuna
+
+        from .runs import load_data, train
+
+        params = suggest(trial, self.space)
+        cfg = Config.from_dict({**dataclasses.asdict(self.base), **params}).validate()
+        name = f"trials/{trial.number:04d}"
+        run_dir = self.out / name
+        trial.set_user_attr("run", name)  # relative to the sweep folder, so it can move
+        key = tuple(getattr(cfg, f) for f in ("dataset", "data_dir", "data_file", "labels_file", "val_size",
+                                              "train_size", "split_seed", "binarize", "likelihood", "batch_size"))  # fmt: skip
+        if key not in self._data:  # the data set once per sweep, unless the space changes it
+            self._data = {key: load_data(cfg)}
+
+        curve: list[float] = []
+
+        def report(row: dict) -> None:
+            curve.append(float(row["val_elbo"]))
+            trial.report(float(row["val_elbo"]), int(row["epoch"]))
+            if int(row["epoch"]) < cfg.epochs and trial.should_prune():  # a finished run is kept
+                raise optuna.TrialPruned(
+                    f"validation ELBO {float(row['val_elbo']):.2f} at epoch {row['epoch']}"
+                )
+
+        if self.progress:
+            print(f"trial {trial.number}: {params}")
+        run = train(cfg, run_dir, overwrite=True, progress=False, evaluate=False, data=self._data[key],
+                    on_epoch=report)  # fmt: skip
+        if self.objective == "elbo":
+            return max(curve)
+        return _validation_ll(run)
+
+
+def _validation_ll(run) -> float:
+    import pyro
+    import torch
+
+    from .evaluate import log_likelihood
+
+    cfg, val = run.config, run.data.val.to(run.device)
+    n = len(val) if cfg.eval_n_test is None else min(cfg.eval_n_test, len(val))
+    x, y = val.x[:n], val.y[:n] if run.model.num_classes else None
+    pyro.set_rng_seed(0)
+    lls = [log_likelihood(run.model, x[i : i + 100], None if y is None else y[i : i + 100], cfg.eval_k)
+           for i in range(0, n, 100)]  # fmt: skip
+    return torch.cat(lls).mean().item()
+
+
+# -- results --------------------------------------------------------------------------------
+def report(study, out: Path, objective: str, progress: bool = True) -> dict:
+    """Write ``trials.csv``, evaluate the best trial on the test set, write ``best.json`` and the
+    figures; returns the contents of ``best.json``."""
+    import optuna
+
+    from .runs import finish, load_run, write_json
+
+    trials = study.get_trials(deepcopy=False)
+    checkpoint.write_text(out / "trials.csv", trials_csv(trials))
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise ConfigError(
+            f"no trial of the sweep in {out} completed; see trials.csv for their states", "trials"
+        )
+    best = study.best_trial
+    run = load_run(out / best.user_attrs["run"])
+    test = finish(run, progress=progress)
+    result = {
+        "objective": objective, "meaning": OBJECTIVES[objective], "value": best.value,
+        "trial": best.number, "params": {name: getattr(run.config, name) for name in best.params},
+        "run": str(out / best.user_attrs["run"]),
+        "config": dataclasses.asdict(run.config), "test": test,
+        "trials": {s.name.lower(): sum(t.state == s for t in trials) for s in optuna.trial.TrialState},
+    }  # fmt: skip
+    write_json(out / "best.json", result)
+    _figures(study, trials, out, objective)
+    if progress:
+        print(f"best trial {best.number}: {OBJECTIVES[objective]} {best.value:.2f} nats/image with "
+              f"{result['params']}; test: {test.get('elbo', float('nan')):.2f} ELBO, "
+              f"{test.get('log_likelihood', float('nan')):.2f} log p(x) (K={test.get('k')})")  # fmt: skip
+    return result
+
+
+def trials_csv(trials) -> str:
+    """One row per trial: number, state, value (complete trials), epochs reported, best validation
+    ELBO, options, run folder (relative to the sweep folder) and seconds."""
+    import optuna
+
+    names = sorted({p for t in trials for p in t.params})
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["number", "state", "value", "epochs", "best_val_elbo", *names, "run", "seconds"])
+    for t in trials:
+        curve = t.intermediate_values
+        seconds = t.duration.total_seconds() if t.duration is not None else ""
+        value = (
+            t.value if t.state == optuna.trial.TrialState.COMPLETE else ""
+        )  # Optuna gives pruned ones their last report
+        w.writerow([t.number, t.state.name, value, len(curve),
+                    max(curve.values()) if curve else "", *[t.params.get(n, "") for n in names],
+                    t.user_attrs.get("run", ""), seconds])  # fmt: skip
+    return buf.getvalue()
+
+
+def _figures(study, trials, out: Path, objective: str) -> None:
+    import optuna
+
+    from . import plots
+
+    fig, (curves, values) = plots.plt.subplots(1, 2, figsize=(11, 4))
+    best = study.best_trial.number
+    for t in trials:
+        if not t.intermediate_values:
+            continue
+        epochs, elbo = zip(*sorted(t.intermediate_values.items()), strict=True)
+        style = "x--" if t.state == optuna.trial.TrialState.PRUNED else "-"
+        curves.plot(epochs, elbo, style, lw=2.5 if t.number == best else 1, alpha=1 if t.number == best else 0.6,
+                    label=f"trial {t.number} (best)" if t.number == best else None)  # fmt: skip
+    curves.set_xlabel("epoch")
+    curves.set_ylabel("validation ELBO, nats/image")
+    curves.set_title("Validation ELBO per trial (dashed, x: pruned)")
+    curves.xaxis.get_major_locator().set_params(integer=True)
+    values.xaxis.get_major_locator().set_params(integer=True)
+    curves.legend()
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and math.isfinite(t.value)]
+    values.plot([t.number for t in done], [t.value for t in done], "o", label="trial")
+    running = [max(t.value for t in done if t.number <= n.number) for n in done]
+    values.plot([t.number for t in done], running, "-", label="best so far")
+    values.set_xlabel("trial")
+    values.set_ylabel(f"{OBJECTIVES[objective]}, nats/image")
+    values.set_title("Objective per complete trial")
+    values.legend()
+    plots.save(fig, out / "trials.png")
+    if len({p for t in done for p in t.params}) >= 2 and len(done) >= 2:
+        importances = optuna.importance.get_param_importances(study)
+        fig, ax = plots.plt.subplots(figsize=(6, 1.5 + 0.4 * len(importances)))
+        ax.barh(list(importances)[::-1], list(importances.values())[::-1])
+        ax.set_xlabel("importance for the objective (Optuna, fANOVA)")
+        ax.set_title("Hyperparameter importances")
+        plots.save(fig, out / "importances.png")

@@ -1,0 +1,98 @@
+"""TensorBoard tracking of a run: hooks for :func:`~pyrovae.fit.fit` that write event files.
+
+``pyrovae train --tensorboard`` writes them to the run directory (``tensorboard --logdir RUN``):
+
+- ``train/loss`` every optimizer step (the training objective, as trained);
+- every epoch, the columns of ``metrics.csv`` under the same names (``val/elbo``, ``val/recon``,
+  ``val/kl``, ``val/active_units``, ``train/epoch_loss``, ``beta``, ``lr``, ``weight_norm``),
+  with the epoch as the step, and ``samples``, a grid of 64 images from the model.
+
+TensorBoard is an optional extra (``pip install 'pyrovae[tensorboard]'``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError
+from .evaluate import eval_mode
+from .models import VAE
+
+#: metrics.csv column -> TensorBoard tag
+TAGS = {
+    "train_loss": "train/epoch_loss",
+    "val_elbo": "val/elbo",
+    "val_recon": "val/recon",
+    "val_kl": "val/kl",
+    "val_active_units": "val/active_units",
+    "beta": "beta",
+    "capacity": "capacity",
+    "lr": "lr",
+    "weight_norm": "weight_norm",
+}
+
+
+def require_tensorboard() -> None:
+    """Raise a :class:`~pyrovae.config.ConfigError` saying how to install TensorBoard if it is missing."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "tensorboard is not installed: pip install 'pyrovae[tensorboard]' (or pip install tensorboard), "
+            "or train without tensorboard", "tensorboard",
+        ) from None  # fmt: skip
+
+
+def summary_writer(log_dir: str | Path):
+    """A :class:`torch.utils.tensorboard.SummaryWriter` writing to ``log_dir``."""
+    require_tensorboard()
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+class TensorBoard:
+    """Hooks writing a run's scalars and sample grids as TensorBoard event files in ``log_dir``.
+
+    Sample grids are drawn with a fixed seed under :func:`torch.random.fork_rng`, so tracking does
+    not change the training run's random streams (a tracked run equals an untracked one).
+    """
+
+    def __init__(self, log_dir: str | Path, vae: VAE, samples: int = 64) -> None:
+        self.writer, self.vae, self.samples = summary_writer(log_dir), vae, samples
+
+    def on_step(self, step: int, loss: float) -> None:
+        self.writer.add_scalar("train/loss", loss, step)
+
+    def on_epoch(self, row: dict) -> None:
+        epoch = int(row["epoch"])
+        for column, tag in TAGS.items():
+            if row.get(column) not in (None, ""):
+                self.writer.add_scalar(tag, float(row[column]), epoch)
+        if not getattr(self.vae, "condition_shape", None):  # a structured CVAE needs a condition per image
+            self.writer.add_image("samples", self._grid(), epoch)
+        self.writer.flush()
+
+    @torch.no_grad()
+    def _grid(self) -> torch.Tensor:
+        from torchvision.utils import make_grid
+
+        from .plots import _as_images
+        from .posterior import sample_prior
+
+        vae = self.vae
+        device = next(vae.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), eval_mode(vae):
+            torch.manual_seed(0)
+            if vae.num_classes:
+                per = max(1, self.samples // vae.num_classes)
+                y = torch.arange(vae.num_classes, device=device).repeat_interleave(per)
+                x, nrow = sample_prior(vae, len(y), y), per
+            else:
+                x, nrow = sample_prior(vae, self.samples), 8
+        return make_grid(_as_images(x), nrow=nrow, padding=2, pad_value=1.0)  # (C, H, W)
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,156 @@
+"""``pyrovae sweep``: Optuna trials as ordinary runs, the best one tested, resumable, shared by workers."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("optuna")
+
+from pyrovae import load_run  # noqa: E402
+from pyrovae.cli import main  # noqa: E402
+from pyrovae.evaluate import elbo_terms, log_likelihood  # noqa: E402
+
+SPACE = """
+[z_dim]
+low = 2
+high = 4
+[lr]
+low = 1e-3
+high = 3e-2
+log = true
+[hidden]
+choices = [[8], [6, 6]]
+"""
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory, tiny_data_file):
+    return tiny_data_file(tmp_path_factory.mktemp("data"), n=60, shape=(1, 8, 8))
+
+
+def _args(space, out, data_file, trials, *more):
+    return ["sweep", "--space", str(space), "--trials", str(trials), "--out", str(out), "--dataset", "file",
+            "--data-file", str(data_file), "--val-size", "6", "--batch-size", "16", "--epochs", "2",
+            "--eval-k", "20", "--quiet", *more]  # fmt: skip
+
+
+def _rows(out):
+    return list(csv.DictReader(open(out / "trials.csv")))
+
+
+def test_sweep_best_trial_resume(tmp_path, data_file):
+    space = tmp_path / "space.toml"
+    space.write_text(SPACE)
+    out = tmp_path / "sweep"
+    assert main(_args(space, out, data_file, 4, "--sampler-seed", "0")) == 0
+    rows = _rows(out)
+    assert [int(r["number"]) for r in rows] == [0, 1, 2, 3]
+    complete = [r for r in rows if r["state"] == "COMPLETE"]
+    best_row = max(complete, key=lambda r: float(r["value"]))
+    best = json.loads((out / "best.json").read_text())
+    assert best["trial"] == int(best_row["number"]) and best["value"] == pytest.approx(
+        float(best_row["value"])
+    )
+    run = out / best_row["run"]
+    # the value is the run's best validation ELBO, its options those trials.csv lists
+    val = [float(r["val_elbo"]) for r in csv.DictReader(open(run / "metrics.csv"))]
+    assert best["value"] == pytest.approx(max(val))
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["z_dim"] == int(best_row["z_dim"]) == best["params"]["z_dim"]
+    assert cfg["hidden"] == json.loads(best_row["hidden"]) == best["params"]["hidden"]
+    assert cfg["lr"] == pytest.approx(float(best_row["lr"]))
+    # the best trial, and only it, was evaluated on the test set
+    assert best["test"] == json.loads((run / "eval.json").read_text())
+    assert best["test"]["elbo"] <= best["test"]["log_likelihood"] + 1
+    assert [p.name for p in (out / "trials").iterdir() if (p / "eval.json").exists()] == [run.name]
+    assert (out / "trials.png").exists() and (out / "importances.png").exists()
+
+    # starting it again is refused; --resume continues the same study to 6 trials
+    assert main(_args(space, out, data_file, 6)) == 2
+    assert main(_args(space, out, data_file, 6, "--resume")) == 0
+    again = _rows(out)
+    assert [int(r["number"]) for r in again] == list(range(6))
+    assert again[:4] == rows[:4]
+    # a different space cannot continue it
+    space.write_text(SPACE.replace("high = 4", "high = 5"))
+    assert main(_args(space, out, data_file, 8, "--resume")) == 2
+
+
+def test_objective_validation_log_likelihood(tmp_path, data_file):
+    space = tmp_path / "space.toml"
+    space.write_text("[z_dim]\nchoices = [2, 3]\n")
+    out = tmp_path / "sweep"
+    assert main(_args(space, out, data_file, 2, "--objective", "ll", "--no-prune", "--eval-n-test", "4")) == 0
+    best = json.loads((out / "best.json").read_text())
+    run = load_run(best["run"])
+    import pyro
+
+    # log p(x) of the first --eval-n-test validation images with --eval-k samples, seed 0
+    x = run.data.val.x[:4]
+    pyro.set_rng_seed(0)
+    ll = log_likelihood(run.model, x, None, k=20).mean().item()
+    assert best["objective"] == "ll" and best["value"] == pytest.approx(ll, abs=1e-4)
+    pyro.set_rng_seed(0)
+    assert best["value"] != pytest.approx(
+        log_likelihood(run.model, run.data.test.x[:4], None, k=20).mean().item()
+    )
+    elbo = (lambda r, k: (r - k).mean().item())(*elbo_terms(run.model, x))
+    assert elbo < best["value"] + 1  # a bound below it
+
+
+BAD = {
+    "unknown name": ("[z_dims]\nlow = 2\nhigh = 4\n", "Did you mean 'z_dim'"),
+    "range of a probability": ("[dropout]\nlow = 0.0\nhigh = 1.5\n", "dropout must be a probability"),
+    "non-positive integer": ("[z_dim]\nlow = 0\nhigh = 4\n", "z_dim must be a positive integer"),
+    "unknown choice": ('[prior]\nchoices = ["normal", "gauss"]\n', "unknown prior 'gauss'"),
+    "empty range": ("[lr]\nlow = 0.1\nhigh = 0.01\n", "must be below high"),
+    "float bounds for an integer": ("[z_dim]\nlow = 2.0\nhigh = 4\n", "must be integers"),
+    "log of zero": ("[weight_decay]\nlow = 0.0\nhigh = 0.1\nlog = true\n", "low > 0"),
+    "fixed option": ('[device]\nchoices = ["cpu"]\n', "fixed for the whole sweep"),
+    "malformed": ("z_dim = 3\n", "needs a table"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_space_is_refused_before_any_trial(tmp_path, data_file, capsys, case):
+    text, message = BAD[case]
+    space = tmp_path / "space.toml"
+    space.write_text(text)
+    out = tmp_path / "sweep"
+    assert main(_args(space, out, data_file, 2)) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_two_workers_share_one_study(tmp_path, data_file):
+    """Two processes on one SQLite study: every trial is run by exactly one of them."""
+    space = tmp_path / "space.toml"
+    space.write_text(SPACE)
+    out = tmp_path / "sweep"
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    cmd = [sys.executable, "-m", "pyrovae", *_args(space, out, data_file, 6, "--storage", storage)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    workers = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(2)]  # fmt: skip
+    logs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], logs
+    rows = _rows(out)
+    numbers = [int(r["number"]) for r in rows]
+    # nothing lost, nothing repeated: trial numbers 0..n-1 once each, each with its own run
+    # directory holding the options the study recorded (each worker finishes the trial it began)
+    assert numbers == list(range(len(rows))) and 6 <= len(rows) <= 7
+    assert all(r["state"] in ("COMPLETE", "PRUNED") for r in rows)
+    for r in rows:
+        cfg = json.loads((out / r["run"] / "config.json").read_text())
+        assert cfg["z_dim"] == int(r["z_dim"]) and cfg["lr"] == pytest.approx(float(r["lr"]))
+    params = {(r["z_dim"], r["lr"], r["hidden"]) for r in rows}
+    assert len(params) == len(rows)
+    assert sorted(p.name for p in (out / "trials").iterdir()) == [f"{n:04d}" for n in numbers]

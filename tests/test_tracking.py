@@ -1,0 +1,72 @@
+"""``--tensorboard``: event files in the run directory that hold what metrics.csv holds."""
+
+import csv
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("tensorboard")
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+from pyrovae import checkpoint  # noqa: E402
+from pyrovae.cli import main  # noqa: E402
+
+
+def _train(data, out, *more):
+    return main(["train", "--dataset", "file", "--data-file", str(data), "--val-size", "6", "--z-dim", "2",
+                 "--hidden", "8", "--batch-size", "16", "--epochs", "2", "--no-eval", "--quiet", "--out", str(out),
+                 "--beta-schedule", "linear", "--warmup-epochs", "1.5", *more])  # fmt: skip
+
+
+def test_tensorboard_events_match_metrics(tmp_path, tiny_data_file):
+    data = tiny_data_file(tmp_path, n=60)  # 48 training images: 3 steps of 16 per epoch
+    assert _train(data, tmp_path / "tb", "--tensorboard") == 0
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    rows = list(csv.DictReader(open(tmp_path / "tb" / "metrics.csv")))
+    for tag, column in [("val/elbo", "val_elbo"), ("val/kl", "val_kl"), ("val/recon", "val_recon"),
+                        ("beta", "beta"), ("lr", "lr"), ("val/active_units", "val_active_units")]:  # fmt: skip
+        logged = events.Scalars(tag)
+        assert [e.step for e in logged] == [1, 2]
+        assert [e.value for e in logged] == pytest.approx([float(r[column]) for r in rows], rel=1e-6), tag
+    assert [e.value for e in events.Scalars("beta")] == pytest.approx([1 / 1.5, 1.0])
+    steps = events.Scalars("train/loss")
+    assert [e.step for e in steps] == [1, 2, 3, 4, 5, 6]
+    # per-step losses are batch sums: each epoch's sum over its 48 images is metrics.csv's train_loss
+    for epoch, row in enumerate(rows):
+        total = sum(e.value for e in steps[3 * epoch : 3 * epoch + 3])
+        assert total / 48 == pytest.approx(float(row["train_loss"]), rel=1e-5)
+    grids = events.Images("samples")
+    assert [g.step for g in grids] == [1, 2] and grids[0].width > 8 * 8
+    # tracking leaves the run's random streams alone: the same parameters as an untracked run
+    assert _train(data, tmp_path / "plain") == 0
+    a, b = (checkpoint.load(tmp_path / p / "checkpoint.pt")["model"] for p in ("tb", "plain"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_missing_tensorboard_is_a_clear_error(tmp_path, monkeypatch, capsys, tiny_data_file):
+    data = tiny_data_file(tmp_path, n=60)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard raises ImportError
+    assert _train(data, tmp_path / "tb", "--tensorboard") == 2
+    assert "pip install 'pyrovae[tensorboard]'" in capsys.readouterr().err
+    assert not (tmp_path / "tb").exists()
+
+
+def test_sweep_trials_log_to_tensorboard(tmp_path, tiny_data_file):
+    pytest.importorskip("optuna")
+    data = tiny_data_file(tmp_path, n=60)
+    space = tmp_path / "space.toml"
+    space.write_text("[z_dim]\nchoices = [2, 3]\n")
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--space", str(space), "--trials", "2", "--out", str(out), "--dataset", "file",
+                 "--data-file", str(data), "--val-size", "6", "--batch-size", "16", "--epochs", "2",
+                 "--eval-k", "5", "--quiet", "--tensorboard", "--no-prune"]) == 0  # fmt: skip
+    for trial in ("0000", "0001"):
+        events = EventAccumulator(str(out / "trials" / trial))
+        events.Reload()
+        rows = list(csv.DictReader(open(out / "trials" / trial / "metrics.csv")))
+        assert [e.value for e in events.Scalars("val/elbo")] == pytest.approx(
+            [float(r["val_elbo"]) for r in rows]
+        )
