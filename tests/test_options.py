@@ -28,7 +28,11 @@ MATRIX: dict[str, list[list[str]]] = {
     "z_dim": [["--z-dim", "3"]],
     "hidden": [["--hidden", "8", "6"]],
     "activation": [["--activation", "tanh"]],
-    "dropout": [["--dropout", "0.5"], ["--dropout", "0.3", "--net", "conv"]],
+    "dropout": [
+        ["--dropout", "0.5"],
+        ["--dropout", "0.3", "--net", "conv", "--conditional"],
+        ["--dropout", "0.3", "--conditional"],
+    ],
     "guide_scale": [["--guide-scale", "exp"]],
     "components": [["--prior", "mixture", "--components", "2"]],
     "pseudo_inputs": [["--prior", "vamp", "--pseudo-inputs", "3"]],
