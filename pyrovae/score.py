@@ -124,6 +124,7 @@ def score_batch(run: Run, x: Tensor, y: Tensor | None, k: int) -> dict[str, Tens
     """Per-datum scores (higher is more anomalous), shape ``(batch,)`` each: those of
     :func:`~pyrovae.posterior.anomaly_scores` and ``recon_error``, the squared distance between
     the datum and the mean of p(x|z) at the posterior mean of z."""
+    y = y if run.model.num_classes else None
     out = anomaly_scores(run.model, x, y, k=k, batch_size=len(x))
     out["recon_error"] = (reconstruct(run.model, x, y) - x).pow(2).flatten(1).sum(1)
     return out
@@ -219,7 +220,7 @@ def embed_rows(run: Run, rows: Rows, output: str | Path, samples: int | None = N
     pyro.set_rng_seed(seed)
     bar = _bar(progress, n, "embedding")
     array = np.lib.format.open_memmap(output, "w+", np.float32, shape) if output.suffix == ".npy" else None
-    with _writer(None if array is not None else output) as write:
+    with _writer(None if array is not None else output, output) as write:
         labelled = rows.y is not None
         write(["index", *(["label"] if labelled else []), *(["sample"] if samples else []),
                *(f"z{i}" for i in range(vae.z_dim))])  # fmt: skip
@@ -246,10 +247,11 @@ def embed_rows(run: Run, rows: Rows, output: str | Path, samples: int | None = N
 
 
 class _writer:
-    """A CSV row writer on ``path`` (or one that drops rows, for ``None``), as a context."""
+    """A CSV row writer on ``path`` (or one that drops rows, for ``None``), as a context; a file
+    left half-written by an error is removed, so no output passes for a complete one."""
 
-    def __init__(self, path: str | Path | None) -> None:
-        self.path = path
+    def __init__(self, path: str | Path | None, also_remove: Path | None = None) -> None:
+        self.path, self.also_remove = path, also_remove
 
     def __enter__(self):
         if self.path is None:
@@ -257,9 +259,13 @@ class _writer:
         self.file = open(self.path, "w", newline="")
         return csv.writer(self.file).writerow
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
         if self.path is not None:
             self.file.close()
+        if kind is not None:
+            for path in (self.path, self.also_remove):
+                if path is not None:
+                    Path(path).unlink(missing_ok=True)
 
 
 def _bar(progress: bool, total: int, desc: str):

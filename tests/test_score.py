@@ -243,3 +243,14 @@ def test_embed_refuses_unknown_formats_and_both_sources(run_dir, files, tmp_path
         main(["embed", str(run_dir), "--split", "test", "--data-file", str(files / "x.npy"), "-o", "z.npy"])
     assert e.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command,output", [("score", "s.csv"), ("embed", "z.npy"), ("embed", "z.csv")])
+def test_a_bad_row_late_in_the_file_leaves_no_output(run_dir, tmp_path, capsys, command, output):
+    x = _images(50)[0].astype(np.float32) / 255
+    x[47, 0, 0] = 2.0  # in the last batch of 10
+    np.save(tmp_path / "late.npy", x)
+    args = [command, str(run_dir), "--data-file", str(tmp_path / "late.npy"), "--batch-size", "10", "--quiet"]
+    assert main([*args, "-o", str(tmp_path / output)]) == 2
+    assert "rows 40-49" in capsys.readouterr().err
+    assert not (tmp_path / output).exists()
