@@ -56,10 +56,10 @@ class Config:
     train_size: int | None = _opt(None, "use only the first N training images, for quick runs (None: all)")
     split_seed: int = _opt(0, "seed of the train/validation split (fixed across runs)")
     classes: list[int] | None = _opt(
-        None, "train and validate on these classes only (labelled data; the test set keeps every class)"
+        None, "train and validate on these classes only, e.g. 0,1,2 (labelled data; the test set keeps all)"
     )
     exclude_classes: list[int] | None = _opt(
-        None, "leave these classes out of training and validation (the test set keeps every class)"
+        None, "leave these classes out of training and validation, e.g. 7 (the test set keeps all)"
     )
     # model
     z_dim: int = _opt(50, "latent dimensions")
