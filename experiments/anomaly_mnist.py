@@ -106,15 +106,19 @@ def _table(rows: list[dict], metric: str) -> str:
 
 
 def _losses(rows: list[dict]) -> str:
-    """Where a VAE score is beaten by a baseline, digit by digit, in words."""
+    """Where a VAE score is beaten by a baseline, and where any score is worse than chance, in words."""
     lines = []
     for r in rows:
         best_base = max(("pca_recon_error", "ae_recon_error"), key=lambda c: r[f"auroc_{c}"])
-        for c in ("vae_neg_elbo", "vae_neg_log_likelihood"):
+        for c in ("vae_neg_elbo", "vae_neg_log_likelihood", "vae_recon_error"):
             if r[f"auroc_{c}"] < r[f"auroc_{best_base}"]:
                 lines.append(f"- digit {r['digit']}: {SCORES[c]} AUROC {r[f'auroc_{c}']:.3f} < "
                              f"{SCORES[best_base]} {r[f'auroc_{best_base}']:.3f}")  # fmt: skip
-    return "\n".join(lines) or "- nowhere: both VAE likelihood scores beat both baselines on every digit"
+        below = [SCORES[c] for c in SCORES if r[f"auroc_{c}"] < 0.5]
+        if below:
+            lines.append(f"- digit {r['digit']}: below chance (AUROC < 0.5) with {', '.join(below)}: these "
+                         f"scores rank its images as *more* typical than the digits trained on")  # fmt: skip
+    return "\n".join(lines) or "- nowhere: every VAE score beats both baselines on every digit"
 
 
 def _write(args: argparse.Namespace, rows: list[dict], curves: dict) -> None:
@@ -148,7 +152,7 @@ Mean AUROC: {", ".join(f"{SCORES[c]} {v:.3f}" for c, v in means.items())}.
 
 {_table(rows, "auprc")}
 
-## Where the VAE's likelihood scores lose to a baseline
+## Where the VAE's scores lose: to a baseline, or to chance
 
 {_losses(rows)}
 
