@@ -1,5 +1,5 @@
 """The ``pyrovae`` command line: ``train``, ``evaluate``, ``sample``, ``reconstruct``, ``inspect``,
-``sweep``.
+``sweep``, ``score`` and ``embed``.
 
 It only parses options and calls the run layer (:mod:`pyrovae.runs`). User errors (bad options,
 data or checkpoints) print one ``error:`` line saying what to do and exit with status 2; an
@@ -49,6 +49,21 @@ def _choice_type(name: str, choices):
     return parse
 
 
+def _ints(value: str) -> list[int]:
+    """One command-line word of a list option: ``"8"`` or ``"0,1,2"``."""
+    try:
+        return [int(v) for v in value.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers such as 3 or 0,1,2, got {value!r}") from None
+
+
+class _Concatenate(argparse.Action):
+    """Joins the words of a list option, so ``--classes 0 1 2`` and ``--classes 0,1,2`` agree."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [v for word in values for v in word])
+
+
 def _flag(name: str) -> str:
     return name.replace("_", "-")
 
@@ -66,7 +81,7 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
         if t is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(t) is list:
-            p.add_argument(flag, type=int, nargs="+", metavar="N", **kw)
+            p.add_argument(flag, type=_ints, nargs="+", action=_Concatenate, metavar="N", **kw)
         elif choices is not None:
             p.add_argument(flag, type=_choice_type(f.name, choices), metavar="NAME", **kw)
         else:
@@ -148,7 +163,49 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--k", type=int, default=100, help="importance samples for anomaly scores (default: 100)")
     i.add_argument("--n", type=int, default=2000,
                    help="test images for the latent map and anomalies (default: 2000)")  # fmt: skip
+
+    sc = sub.add_parser("score", help="anomaly scores of every datum of a file or split -> CSV")
+    _data_arguments(sc)
+    sc.add_argument("-o", "--output", type=Path, required=True, help="CSV file to write, one row per datum")
+    sc.add_argument(
+        "--k", type=int, default=100, help="importance samples per datum for log p(x) (default: 100)"
+    )
+    sc.add_argument("--batch-size", type=int, default=100, help="data scored at once (default: 100)")
+    sc.add_argument("--threshold-from", default=None, metavar="val|FILE",
+                    help="add an 'anomalous' column, thresholded on the run's validation split (val) or "
+                         "on a file of normal data")  # fmt: skip
+    sc.add_argument("--fpr", type=float, default=0.05,
+                    help="fraction of the --threshold-from data to flag (default: 0.05)")  # fmt: skip
+    sc.add_argument("--threshold-score", default=None,
+                    help="score column to threshold (default: neg_log_likelihood, or neg_recon for an autoencoder)")  # fmt: skip
+
+    em = sub.add_parser("embed", help="posterior means (or draws) of every datum of a file or split")
+    _data_arguments(em)
+    em.add_argument("-o", "--output", type=Path, required=True, help=".npy or .csv file to write")
+    em.add_argument(
+        "--samples", type=int, default=None, help="draws z ~ q(z|x) per datum instead of the mean"
+    )
+    em.add_argument("--batch-size", type=int, default=1000, help="data encoded at once (default: 1000)")
     return p
+
+
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``score`` and ``embed``: which run, and which data to put through it."""
+    p.add_argument("run", type=Path, help="run directory")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--data-file", default=None,
+                       help="a .npy (read through a memory map) or .pt array shaped like the training data")  # fmt: skip
+    which.add_argument("--split", choices=["train", "val", "test"], help="one of the run's own splits")
+    p.add_argument("--labels-file", default=None, help="labels of --data-file, one per row (.npy or .pt)")
+    p.add_argument(
+        "--checkpoint", default="best", help="'best', 'last' or a file name in RUN (default: best)"
+    )
+    p.add_argument("--device", default="cpu", help="device to run on (default: cpu)")
+    p.add_argument("--data-dir", default=None, help="MNIST folder, if it moved since training")
+    p.add_argument("--run-data-file", default=None,
+                   help="the run's own data file, if it moved since training (for --split and --threshold-from val)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo estimates (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _run_argument(p: argparse.ArgumentParser) -> None:
@@ -204,9 +261,43 @@ def _speaks() -> bool:
     return rank() == 0
 
 
+def _score_or_embed(args: argparse.Namespace) -> int:
+    from . import score as S
+    from .runs import load_run
+
+    run = load_run(args.run, args.checkpoint, args.device, args.data_dir, args.run_data_file)
+    rows = S.open_rows(run, args.data_file, args.labels_file, args.split)
+    if args.command == "embed":
+        shape = S.embed_rows(run, rows, args.output, args.samples, args.batch_size, args.seed, not args.quiet)
+        print(
+            f"wrote {args.output}: {'posterior draws' if args.samples else 'posterior means'} of shape {shape}"
+        )
+        return 0
+    threshold, note = None, ""
+    if args.threshold_from is not None:
+        column = args.threshold_score or S.default_threshold_score(run)
+        normal = (S.open_rows(run, split="val") if args.threshold_from == "val"
+                  else S.open_rows(run, args.threshold_from))  # fmt: skip
+        value = S.threshold_from(
+            run, normal, column, args.fpr, args.k, args.batch_size, args.seed, not args.quiet
+        )
+        threshold = (column, value)
+        note = f"; threshold {column} > {value:.2f}, flagging {args.fpr:.1%} of {normal.name}"
+    res = S.score(run, rows, args.output, args.k, args.batch_size, args.seed, threshold, not args.quiet)
+    means = ", ".join(f"{name} {res['mean_' + name]:.2f}" for name in S.score_names(run))
+    flagged = f"; flagged {res['flagged']:.1%} as anomalous" if threshold else ""
+    print(
+        f"scored {res['n']} rows of {rows.name} (K={args.k}); means: {means}{note}{flagged}; wrote {args.output}"
+    )
+    return 0
+
+
 def _command(args: argparse.Namespace) -> int:
     from . import plots
     from .runs import evaluate_run, load_run
+
+    if args.command in ("score", "embed"):
+        return _score_or_embed(args)
 
     which = getattr(args, "checkpoint", "best")
     run = load_run(args.run, which, args.device, args.data_dir, args.data_file)

@@ -69,6 +69,12 @@ class Config:
     val_size: int = _opt(10000, "validation images held out of the training set")
     train_size: int | None = _opt(None, "use only the first N training images, for quick runs (None: all)")
     split_seed: int = _opt(0, "seed of the train/validation split (fixed across runs)")
+    classes: list[int] | None = _opt(
+        None, "train and validate on these classes only, e.g. 0,1,2 (labelled data; the test set keeps all)"
+    )
+    exclude_classes: list[int] | None = _opt(
+        None, "leave these classes out of training and validation, e.g. 7 (the test set keeps all)"
+    )
     # model
     z_dim: int = _opt(50, "latent dimensions")
     hidden: list[int] = _opt([400], "hidden layer sizes of encoder and decoder")
@@ -185,6 +191,13 @@ class Config:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ConfigError(f"{name} must be positive, got {v}", name)
+        for name in ["classes", "exclude_classes"]:
+            v = getattr(self, name)
+            if v is not None and (not v or min(v) < 0):
+                raise ConfigError(f"{name} must be class indices 0, 1, ..., got {v}", name)
+        if self.classes is not None and self.exclude_classes is not None:
+            raise ConfigError("give classes (those to keep) or exclude_classes (those to drop), not both",
+                              "classes")  # fmt: skip
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta}", "beta")
         if not 0 <= self.dropout < 1:

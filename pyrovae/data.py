@@ -212,6 +212,39 @@ def binarize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     return torch.bernoulli(x, generator=generator)
 
 
+def select_classes(data: Dataset, keep: list[int] | None = None, drop: list[int] | None = None) -> Dataset:
+    """Keep only the training and validation data of the classes ``keep`` (or of all but ``drop``),
+    so a model learns some classes and can be tested on all: the test set keeps every class.
+
+    :raises DataError: when the data has no labels, or a class named is not among its labels.
+    """
+    if keep is None and drop is None:
+        return data
+    option = "classes" if keep is not None else "exclude_classes"
+    if data.train.y is None:
+        raise DataError(
+            f"{option} needs labelled data; give labels_file (--labels-file) with the data", option
+        )
+    present = sorted(set(data.train.y.unique().tolist()))
+    unknown = sorted(set(keep if keep is not None else drop) - set(present))
+    if unknown:
+        raise DataError(
+            f"{option} {unknown} are not labels of the training data (its labels: {present})", option
+        )
+    chosen = keep if keep is not None else [c for c in present if c not in drop]
+    if not chosen:
+        raise DataError(f"{option} leaves no class to train on; keep at least one of {present}", option)
+    wanted = torch.tensor(chosen)
+    data.train = data.train.subset(torch.isin(data.train.y, wanted))
+    if data.val.y is not None:
+        data.val = data.val.subset(torch.isin(data.val.y, wanted))
+    data.notes.append(
+        f"training and validation on classes {chosen} only ({len(data.train)} / {len(data.val)} images); "
+        "the test set keeps every class"
+    )
+    return data
+
+
 def split_train_val(train: Split, val_size: int, seed: int = 0) -> tuple[Split, Split]:
     """A fixed random validation split; the same ``seed`` always gives the same split."""
     if not 0 < val_size < len(train):

@@ -18,7 +18,7 @@ import torch
 from . import checkpoint, distributed
 from .build import build_model, resolve_device
 from .config import Config, ConfigError
-from .data import DataError, Dataset, binarize, check_values, is_binary, load_dataset
+from .data import DataError, Dataset, binarize, check_values, is_binary, load_dataset, select_classes
 from .evaluate import evaluate, summary
 from .fit import EpochHook, fit
 from .likelihoods import LIKELIHOODS
@@ -39,6 +39,7 @@ def load_data(cfg: Config) -> Dataset:
     data = load_dataset(
         cfg.dataset, cfg.data_dir, cfg.data_file, cfg.labels_file, cfg.val_size, cfg.split_seed
     )
+    data = select_classes(data, cfg.classes, cfg.exclude_classes)
     if cfg.train_size is not None and cfg.train_size < len(data.train):
         data.train = data.train.subset(slice(0, cfg.train_size))
         data.notes.append(f"training on the first {cfg.train_size} (train_size)")

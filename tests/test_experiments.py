@@ -29,6 +29,8 @@ SMOKE = {
     "latent_dim.py": [*TINY, "--z-dims", "2", "5", "--quiet"],
     "overfitting.py": [*TINY, "--val-size", "500", "--quiet"],
     "kl_vanishing.py": [*TINY, "--z-dim", "8", "--hidden", "32", "--val-size", "500", "--quiet"],
+    "anomaly_mnist.py": [*TINY, "--digits", "1", "--z-dim", "4", "--n-pca", "300", "--quiet"],
+    "embedding.py": [*TINY, "--z-dims", "2", "3", "--n-probe", "300", "--n-map", "60", "--quiet"],
     "custom_components.py": ["--epochs", "1", "--train-size", "600", "--k", "50", "--n-test", "50"],
     "conditional_samples.py": [
         *TINY,
@@ -105,6 +107,19 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
         text = (tmp_path / "results" / "kl_vanishing.md").read_text()
         assert f"| free bits | {result[3]['au']}/8 |" in text
         assert (tmp_path / "results" / "kl_vanishing.png").exists()
+    elif name == "anomaly_mnist.py":
+        assert [r["digit"] for r in result] == [1] and result[0]["positives"] == 3  # 1s in the first 20
+        assert all(0 <= v <= 1 for k, v in result[0].items() if k.startswith(("auroc_", "auprc_")))
+        text = (tmp_path / "results" / "anomaly_mnist.md").read_text()
+        assert (
+            "Command: `" in text
+            and "| mean |" in text
+            and (tmp_path / "results" / "anomaly_mnist.png").exists()
+        )
+    elif name == "embedding.py":
+        assert [(r["z_dim"], r["method"]) for r in result] == [(2, "VAE"), (2, "PCA"), (3, "VAE"), (3, "PCA")]
+        assert all(r["knn"] > 0.2 for r in result if r["method"] == "PCA")  # chance is 0.1
+        assert (tmp_path / "results" / "embedding.png").exists()
     else:  # the user-written prior and guide trained: far above the untrained ~ -540 nats
         assert -450 < result["elbo"] < result["log_likelihood"] + 2 and result["log_likelihood"] < 0
 

@@ -25,6 +25,11 @@ MATRIX: dict[str, list[list[str]]] = {
     "binarize": [["--binarize", "none"], ["--binarize", "dynamic"]],
     "train_size": [["--train-size", "30"]],
     "split_seed": [["--split-seed", "1"]],
+    "classes": [
+        ["--classes", "0,2"],
+        ["--classes", "1", "--conditional", "--prior", "conditional", "--batch-size", "8"],
+    ],
+    "exclude_classes": [["--exclude-classes", "1"]],
     "z_dim": [["--z-dim", "3"]],
     "hidden": [["--hidden", "8", "6"]],
     "activation": [["--activation", "tanh"]],

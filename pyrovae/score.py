@@ -1,0 +1,274 @@
+"""Scoring and embedding whole data sets with a trained run, in batches: the functions behind
+``pyrovae score`` and ``pyrovae embed``.
+
+Rows are read a batch at a time (a ``.npy`` file through a memory map) and results are written
+as they are computed, so memory stays bounded however many rows there are; row ``i`` of the
+output is datum ``i`` of the input. The estimators are those of :mod:`pyrovae.evaluate` and
+:mod:`pyrovae.posterior`: this module only streams data through them.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+from torch import Tensor
+
+from .config import ConfigError
+from .data import DataError, _read, binarize, check_values, is_binary
+from .evaluate import cached_prior, is_point_estimate
+from .posterior import anomaly_scores, embed, posterior_samples, reconstruct
+from .runs import EVAL_BINARIZE_SEED, Run
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Rows:
+    """Data to score or embed: ``x`` indexable by row (a tensor, or a memory-mapped array whose
+    rows are converted batch by batch), labels ``y`` or ``None``, and what it is."""
+
+    x: Tensor | np.ndarray
+    y: Tensor | None
+    name: str
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+def open_rows(run: Run, data_file: str | Path | None = None, labels_file: str | Path | None = None,
+              split: str | None = None) -> Rows:  # fmt: skip
+    """The rows of a file (``.npy`` read through a memory map; ``.pt`` loaded whole) or of one of
+    the run's splits (``"train"``, ``"val"``, ``"test"``; validation and test binarized as in
+    training). Exactly one of ``data_file`` and ``split`` must be given."""
+    if (data_file is None) == (split is None):
+        raise ConfigError("give either a data file (--data-file X.npy) or one of the run's splits (--split test)",
+                          "data_file")  # fmt: skip
+    if split is not None:
+        if split not in SPLITS:
+            raise ConfigError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}", "split")
+        part = getattr(run.data, split)
+        return Rows(part.x, part.y, f"the run's {split} split")
+    path = Path(data_file)
+    y = None
+    x = np.load(path, mmap_mode="r") if path.suffix == ".npy" and path.exists() else _read(path)
+    if isinstance(x, dict):
+        if "x" not in x:
+            raise DataError(f"{path} holds a dict without the key 'x'; save {{'x': data, 'y': labels}}")
+        x, y = x["x"], x.get("y")
+    if labels_file is not None:
+        y = _read(Path(labels_file))
+    if x.ndim < 2:
+        raise DataError(f"{path} holds an array of shape {tuple(x.shape)}; expected (N, ...) rows")
+    if y is not None:
+        y = torch.as_tensor(np.asarray(y)).long().reshape(-1)
+        if y.shape[0] != x.shape[0]:
+            raise DataError(
+                f"{x.shape[0]} rows but {y.shape[0]} labels; give one label per row", "labels_file"
+            )
+    return Rows(x, y, str(path))
+
+
+def batches(run: Run, rows: Rows, batch_size: int) -> Iterator[tuple[int, Tensor, Tensor | None]]:
+    """``(start, x, y)`` for consecutive batches of ``rows``, converted as training converted its
+    data: uint8 divided by 255, ``(N, H, W)`` read as ``(N, 1, H, W)``, values checked, and
+    grey values binarized (once, seeded) when the run's likelihood trained on binarized data."""
+    vae = run.model
+    ref = vae._reference()
+    needs_binary = run.config.resolve_binarize()
+    g = torch.Generator().manual_seed(EVAL_BINARIZE_SEED)
+    if vae.num_classes and rows.y is None:
+        raise ConfigError(
+            f"the run is conditional on labels but {rows.name} has none; give --labels-file", "labels_file"
+        )
+    for start in range(0, len(rows), batch_size):
+        stop = min(start + batch_size, len(rows))
+        x = rows.x[start:stop]
+        x = torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x  # a copy off the memory map
+        if not x.is_floating_point():
+            x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        if x.dim() == len(vae.x_shape):  # (N, H, W) grey images for a (1, H, W) model
+            x = x.unsqueeze(1)
+        if tuple(x.shape[1:]) != tuple(vae.x_shape):
+            raise DataError(f"{rows.name} has rows of shape {tuple(x.shape[1:])} but the run was trained on "
+                            f"{tuple(vae.x_shape)}; score data shaped like the training data")  # fmt: skip
+        check_values(x, f"{rows.name} (rows {start}-{stop - 1})")
+        if needs_binary and not is_binary(x):
+            x = binarize(x, g)
+        y = None if rows.y is None else rows.y[start:stop].to(ref.device)
+        yield start, x.to(ref.device, ref.dtype), y
+
+
+def score_names(run: Run) -> list[str]:
+    """The score columns this run can give: a point-estimate guide (an autoencoder) has no ELBO
+    or importance-sampled log p(x), and reports ``-log p(x|z*)`` and ``-log p(x, z*)``."""
+    first = (
+        ["neg_recon", "neg_log_joint"] if is_point_estimate(run.model) else ["neg_elbo", "neg_log_likelihood"]
+    )
+    return [*first, "recon_error"]
+
+
+def default_threshold_score(run: Run) -> str:
+    """The score a threshold applies to unless told otherwise: the importance-sampled -log p(x),
+    or -log p(x|z*) for an autoencoder."""
+    return "neg_recon" if is_point_estimate(run.model) else "neg_log_likelihood"
+
+
+@torch.no_grad()
+def score_batch(run: Run, x: Tensor, y: Tensor | None, k: int) -> dict[str, Tensor]:
+    """Per-datum scores (higher is more anomalous), shape ``(batch,)`` each: those of
+    :func:`~pyrovae.posterior.anomaly_scores` and ``recon_error``, the squared distance between
+    the datum and the mean of p(x|z) at the posterior mean of z."""
+    y = y if run.model.num_classes else None
+    out = anomaly_scores(run.model, x, y, k=k, batch_size=len(x))
+    out["recon_error"] = (reconstruct(run.model, x, y) - x).pow(2).flatten(1).sum(1)
+    return out
+
+
+def score(run: Run, rows: Rows, output: str | Path | None = None, k: int = 100, batch_size: int = 100,
+          seed: int = 0, threshold: tuple[str, float] | None = None, progress: bool = True,
+          keep: bool = False) -> dict:  # fmt: skip
+    """Score every row, writing ``output`` (CSV) as it goes: ``index``, ``label`` (if known), the
+    columns of :func:`score_names` in nats (``recon_error`` in squared pixel units) and, with a
+    ``threshold`` ``(column, value)``, a boolean ``anomalous`` (score above the value).
+
+    The ELBO and log p(x) are Monte Carlo estimates: seeded by ``seed``, they repeat exactly for
+    the same ``batch_size``.
+
+    :param keep: also return every score, as ``scores`` (a dict of ``(N,)`` tensors by column).
+    :returns: ``n``, the mean of each score, ``flagged`` (the fraction flagged) with a threshold,
+        and ``scores`` with ``keep``.
+    """
+    if k < 1 or batch_size < 1:
+        raise ConfigError(f"k and batch_size must be positive, got {k} and {batch_size}", "k")
+    names = score_names(run)
+    if threshold is not None and threshold[0] not in names:
+        raise ConfigError(
+            f"this run has no score {threshold[0]!r}; choose from {', '.join(names)}", "threshold_score"
+        )
+    header = [
+        "index",
+        *(["label"] if rows.y is not None else []),
+        *names,
+        *(["anomalous"] if threshold else []),
+    ]
+    sums, flagged, kept = dict.fromkeys(names, 0.0), 0, []
+    pyro.set_rng_seed(seed)
+    bar = _bar(progress, len(rows), f"scoring, K={k}")
+    with _writer(output) as write, cached_prior(run.model):
+        write(header)
+        for start, x, y in batches(run, rows, batch_size):
+            s = score_batch(run, x, y, k)
+            for name in names:
+                sums[name] += s[name].sum().item()
+            columns = [range(start, start + len(x)), *([y.tolist()] if y is not None else [])]
+            columns += [s[name].tolist() for name in names]
+            if threshold is not None:
+                above = s[threshold[0]] > threshold[1]
+                flagged += int(above.sum())
+                columns.append(above.tolist())
+            if keep:
+                kept.append({name: s[name].cpu() for name in names})
+            for row in zip(*columns, strict=True):
+                write([f"{v:.9g}" if isinstance(v, float) else v for v in row])
+            bar.update(len(x))
+            bar.set_postfix({names[0]: f"{sums[names[0]] / (start + len(x)):.2f}"})
+    bar.close()
+    res = {"n": len(rows), **{f"mean_{n}": v / max(1, len(rows)) for n, v in sums.items()}}
+    if threshold is not None:
+        res["flagged"] = flagged / max(1, len(rows))
+    if keep:
+        res["scores"] = {name: torch.cat([part[name] for part in kept]) for name in names} if kept else {}
+    return res
+
+
+def threshold_from(run: Run, rows: Rows, column: str, fpr: float = 0.05, k: int = 100, batch_size: int = 100,
+                   seed: int = 0, progress: bool = True) -> float:  # fmt: skip
+    """The ``1 - fpr`` quantile of score ``column`` over ``rows`` (data taken to be normal, such as
+    the run's validation split): flagging scores above it flags a fraction ``fpr`` of such data."""
+    if not 0 < fpr < 1:
+        raise ConfigError(f"fpr must be between 0 and 1, got {fpr}", "fpr")
+    names = score_names(run)
+    if column not in names:
+        raise ConfigError(
+            f"this run has no score {column!r}; choose from {', '.join(names)}", "threshold_score"
+        )
+    res = score(run, rows, None, k, batch_size, seed, progress=progress, keep=True)
+    return float(torch.quantile(res["scores"][column].double(), 1 - fpr))
+
+
+def embed_rows(run: Run, rows: Rows, output: str | Path, samples: int | None = None, batch_size: int = 1000,
+               seed: int = 0, progress: bool = True) -> tuple[int, ...]:  # fmt: skip
+    """Write the posterior mean E[z|x] of every row (or ``samples`` draws z ~ q(z|x)) to ``output``
+    in the rows' order: ``.npy`` of shape ``(N, z_dim)`` (``(N, samples, z_dim)`` with draws), or
+    ``.csv`` with ``index``, ``label`` (if known), ``sample`` (with draws) and ``z0, z1, ...``.
+
+    :returns: the shape written.
+    """
+    output = Path(output)
+    if output.suffix not in (".npy", ".csv"):
+        raise ConfigError(f"cannot write {output}: name a .npy or .csv file", "output")
+    if samples is not None and samples < 1:
+        raise ConfigError(f"samples must be positive, got {samples}", "samples")
+    vae, n = run.model, len(rows)
+    shape = (n, vae.z_dim) if samples is None else (n, samples, vae.z_dim)
+    pyro.set_rng_seed(seed)
+    bar = _bar(progress, n, "embedding")
+    array = np.lib.format.open_memmap(output, "w+", np.float32, shape) if output.suffix == ".npy" else None
+    with _writer(None if array is not None else output, output) as write:
+        labelled = rows.y is not None
+        write(["index", *(["label"] if labelled else []), *(["sample"] if samples else []),
+               *(f"z{i}" for i in range(vae.z_dim))])  # fmt: skip
+        for start, x, y in batches(run, rows, batch_size):
+            yy = y if vae.num_classes else None
+            if samples is None:
+                z = embed(vae, x, yy, batch_size=len(x))  # (batch, z_dim)
+            else:
+                z = posterior_samples(vae, x, yy, samples).transpose(0, 1)  # (batch, samples, z_dim)
+            z = z.cpu().float()
+            if array is not None:
+                array[start : start + len(x)] = z.numpy()
+            else:
+                for i, zi in enumerate(z.reshape(len(x), -1, vae.z_dim).tolist()):
+                    label = [int(y[i])] if labelled else []
+                    for s, row in enumerate(zi):
+                        write([start + i, *label, *([s] if samples else []), *(f"{v:.9g}" for v in row)])
+            bar.update(len(x))
+    if array is not None:
+        array.flush()
+        del array
+    bar.close()
+    return shape
+
+
+class _writer:
+    """A CSV row writer on ``path`` (or one that drops rows, for ``None``), as a context; a file
+    left half-written by an error is removed, so no output passes for a complete one."""
+
+    def __init__(self, path: str | Path | None, also_remove: Path | None = None) -> None:
+        self.path, self.also_remove = path, also_remove
+
+    def __enter__(self):
+        if self.path is None:
+            return lambda row: None
+        self.file = open(self.path, "w", newline="")
+        return csv.writer(self.file).writerow
+
+    def __exit__(self, kind, *exc) -> None:
+        if self.path is not None:
+            self.file.close()
+        if kind is not None:
+            for path in (self.path, self.also_remove):
+                if path is not None:
+                    Path(path).unlink(missing_ok=True)
+
+
+def _bar(progress: bool, total: int, desc: str):
+    from tqdm import tqdm  # not tqdm.auto: see fit.py
+
+    return tqdm(total=total, desc=desc, unit="row", disable=not progress)
