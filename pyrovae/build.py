@@ -20,6 +20,7 @@ from .likelihoods import LIKELIHOODS
 from .models import VAE
 from .nets import NETS
 from .priors import PRIORS
+from .semisupervised import SSVAE, Classifier
 
 
 def construct(cls, *args, **options):
@@ -39,11 +40,13 @@ def build_model(cfg: Config, x_shape: tuple[int, ...], num_classes: int = 0) -> 
     Options offered to the components (each takes those its constructor names): guides get
     ``scale`` (``cfg.guide_scale``) and ``layers``; priors ``x_shape``, ``components``,
     ``pseudo_inputs``, ``layers`` and ``num_classes``; likelihoods ``scale``
-    (``cfg.likelihood_scale``). Every one also gets ``cfg``.
+    (``cfg.likelihood_scale``). Every one also gets ``cfg``. With ``semi_supervised`` the model
+    is an :class:`~pyrovae.semisupervised.SSVAE` whose classifier q(y|x) has the encoder's body.
     """
-    k = num_classes if cfg.conditional else 0
-    if cfg.conditional and not num_classes:
-        raise ConfigError("conditional needs labelled data (MNIST, or a labels file)", "conditional")
+    k = num_classes if cfg.conditional or cfg.semi_supervised else 0
+    for flag in ("conditional", "semi_supervised"):
+        if getattr(cfg, flag) and not num_classes:
+            raise ConfigError(f"{flag} needs labelled data (MNIST, or a labels file)", flag)
     Encoder, Decoder = NETS[cfg.net]
     try:
         encoder = Encoder(x_shape, cfg.hidden, cfg.activation, k)
@@ -53,8 +56,11 @@ def build_model(cfg: Config, x_shape: tuple[int, ...], num_classes: int = 0) -> 
         prior = construct(PRIORS[cfg.prior], cfg.z_dim, cfg=cfg, x_shape=x_shape, components=cfg.components,
                           pseudo_inputs=cfg.pseudo_inputs, layers=cfg.flow_layers, num_classes=k)  # fmt: skip
         likelihood = construct(LIKELIHOODS[cfg.likelihood], x_shape, cfg=cfg, scale=cfg.likelihood_scale)
-        return VAE(x_shape, cfg.z_dim, prior=prior, guide=guide, likelihood=likelihood, decoder=decoder,
-                   num_classes=k)  # fmt: skip
+        parts = dict(prior=prior, guide=guide, likelihood=likelihood, decoder=decoder, num_classes=k)
+        if cfg.semi_supervised:
+            classifier = Classifier(Encoder(x_shape, cfg.hidden, cfg.activation, 0), k)
+            return SSVAE(x_shape, cfg.z_dim, classifier=classifier, **parts)
+        return VAE(x_shape, cfg.z_dim, **parts)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

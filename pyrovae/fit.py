@@ -28,6 +28,7 @@ from .data import Dataset, Split
 from .evaluate import elbo_terms
 from .models import VAE
 from .objectives import CapacityELBO, ELBOLoss, beta_at, capacity_at, make_elbo
+from .semisupervised import SemiSupervision
 from .step import decay_groups, make_optimizer, svi_step
 
 METRICS = ["epoch", "train_loss", "val_elbo", "val_recon", "val_kl", "beta", "capacity", "lr", "seconds"]
@@ -116,6 +117,7 @@ def fit(
     progress: bool = True,
     prepare: Prepare | None = None,
     meta: dict | None = None,
+    supervision: SemiSupervision | None = None,
 ) -> VAE:
     """Train ``vae`` on ``data.train`` by SVI, validating on ``data.val`` at β = 1 every epoch.
 
@@ -127,6 +129,9 @@ def fit(
         binarization, seed and device fields and ignores the model's.
     :param prepare: makes each batch's condition ``y`` from ``(x, y)``; see :data:`Prepare`.
     :param meta: extra entries for every checkpoint (what a loader needs to rebuild the model).
+    :param supervision: for a semi-supervised VAE, its loss, mixed batches and the per-epoch
+        accuracies of q(y|x) (columns ``val_accuracy``, ``test_accuracy`` of ``metrics.csv``);
+        ``options.monitor`` ``"accuracy"`` then selects ``best.pt`` by validation accuracy.
     :returns: the model with the best validation ELBO's parameters.
     """
     cfg, out = options, Path(out)
@@ -144,9 +149,13 @@ def fit(
     prepare = prepare or (lambda x, y: y if labels else None)
 
     # 2. objective and optimizer
-    elbo = make_elbo(cfg.elbo, cfg.num_particles, free_bits=cfg.free_bits, **_capacity_options(cfg))
+    if supervision is None:
+        elbo = make_elbo(cfg.elbo, cfg.num_particles, free_bits=cfg.free_bits, **_capacity_options(cfg))
+        loss = ELBOLoss(vae, elbo, ctx.world)
+    else:
+        elbo, loss = None, supervision.loss(vae, cfg.num_particles, ctx.world)
     params = [p for p in vae.parameters() if p.requires_grad]
-    loss_fn = distributed.wrap(ELBOLoss(vae, elbo, ctx.world), ctx)
+    loss_fn = distributed.wrap(loss, ctx)
     groups = decay_groups(vae, cfg.weight_decay) if cfg.weight_decay else params
     loop = Loop(vae, make_optimizer(groups, cfg.lr, cfg.weight_decay), ctx.device, cfg.seed, ctx.rank,
                 {"config": cfg.to_json(), "x_shape": list(data.x_shape), "num_classes": data.num_classes,
@@ -160,6 +169,8 @@ def fit(
 
     # 4. epochs
     c, first, binarize = loop.c, True, cfg.resolve_binarize()
+    # a semi-supervised model validates its unlabelled ELBO, the bound on log p(x)
+    val_prepare = prepare if supervision is None else (lambda x, y: None)
     with _Signals() as signals:
         while c.epoch < cfg.epochs and not (cfg.patience and c.bad_epochs >= cfg.patience):
             epoch, lr = c.epoch, _lr(cfg, c.epoch, c.lr_factor)
@@ -168,7 +179,7 @@ def fit(
             if c.perm is None:
                 c.perm = torch.randperm(len(train), generator=loop.data_rng, device=ctx.device)
                 c.step_in_epoch, c.loss_sum, c.seen = 0, 0.0, 0
-            batches = c.perm.split(cfg.batch_size)
+            batches = supervision.split(c.perm, cfg.batch_size) if supervision else c.perm.split(cfg.batch_size)
             bar = tqdm(total=len(batches), initial=c.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not progress, leave=False, unit="step")  # fmt: skip
             t0, failed = time.perf_counter(), None
@@ -220,16 +231,18 @@ def fit(
             seconds = time.perf_counter() - t0
 
             # 4c. validate at beta = 1, record, checkpoint, early stopping
-            recon, kl = ctx.broadcast(list(validate(vae, val, prepare)))
+            recon, kl = ctx.broadcast(list(validate(vae, val, val_prepare)))
+            scores = supervision.scores(vae) if supervision else {}
             c.rows.append({
                 "epoch": epoch + 1, "train_loss": c.loss_sum / max(c.seen, 1), "val_elbo": recon - kl,
                 "val_recon": recon, "val_kl": kl, "beta": _beta(cfg, epoch + 1 - 1e-9),
                 "capacity": elbo.capacity if isinstance(elbo, CapacityELBO) else "", "lr": lr,
-                "seconds": round(seconds, 3),
+                "seconds": round(seconds, 3), **scores,
             })  # fmt: skip
             c.epoch, c.perm = epoch + 1, None
-            improved = recon - kl > c.best
-            c.best, c.bad_epochs = (recon - kl, 0) if improved else (c.best, c.bad_epochs + 1)
+            score = scores["val_accuracy"] if cfg.monitor == "accuracy" else recon - kl
+            improved = score > c.best
+            c.best, c.bad_epochs = (score, 0) if improved else (c.best, c.bad_epochs + 1)
             snap = loop.state_dict()
             if ctx.main:  # one writer; every rank holds the same parameters
                 if improved:
@@ -238,11 +251,12 @@ def fit(
                 checkpoint.write_text(out / "metrics.csv", metrics_csv(c.rows))
             good = _clone(snap)
             if progress:
+                acc = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in scores.items())
                 tqdm.write(f"epoch {epoch + 1}: train loss {c.rows[-1]['train_loss']:.2f}, "
-                           f"val ELBO {recon - kl:.2f} nats/image ({seconds:.1f}s)")  # fmt: skip
+                           f"val ELBO {recon - kl:.2f} nats/image{acc} ({seconds:.1f}s)")  # fmt: skip
             if cfg.patience and c.bad_epochs >= cfg.patience:
                 if progress:
-                    tqdm.write(f"early stop: no better validation ELBO for {cfg.patience} epochs")
+                    tqdm.write(f"early stop: no better validation {cfg.monitor} for {cfg.patience} epochs")
                 break
 
     # 5. the best parameters
@@ -298,7 +312,7 @@ def validate(vae: VAE, data: Split, prepare: Prepare | None = None, batch_size: 
 
 def metrics_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, METRICS)
+    w = csv.DictWriter(buf, METRICS + [k for k in (rows[0] if rows else {}) if k not in METRICS])
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
