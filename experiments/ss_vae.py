@@ -116,10 +116,10 @@ Hardware and load: {platform.processor() or platform.machine()}, {args.threads} 
 2-core machine shared with other jobs (the wall-clock seconds are not those of an idle machine). Seed
 {args.seed}, one run per label count (the CPU budget does not allow three).
 
-Protocol: {cfg['train_size'] or 50000} training images (10,000 held out for validation, split_seed 0),
+Protocol: {cfg["train_size"] or 50000} training images (10,000 held out for validation, split_seed 0),
 `labeled` of them keep their label (balanced by class), the rest are unlabelled; dynamically binarized,
 Bernoulli likelihood; MLPs 784-500-50 (softplus) for q(z|x,y), p(x|y,z) and q(y|x); batch 200
-unlabelled images plus an even share of the labelled ones; Adam lr {cfg['lr']}; classification weight
+unlabelled images plus an even share of the labelled ones; Adam lr {cfg["lr"]}; classification weight
 alpha = 0.1·N/labeled per labelled image (Kingma et al.'s α = 0.1·N on the mean over labelled images);
 TraceEnum_ELBO summing over y exactly. Test accuracy of argmax q(y|x) on all 10,000 test images
 (binarized once, seed 0) at the epoch of best validation accuracy (best.pt); ELBO and importance-sampled

@@ -75,7 +75,9 @@ class Config:
     semi_supervised: bool = _opt(
         False, "semi-supervised VAE (Kingma M2): labels of --labeled images, the rest summed out"
     )
-    labeled: int | None = _opt(None, "semi-supervised: training images that keep their label, balanced by class")
+    labeled: int | None = _opt(
+        None, "semi-supervised: training images that keep their label, balanced by class"
+    )
     aux_weight: float | None = _opt(
         None, "semi-supervised: weight alpha of each labelled image's -log q(y|x) (None: 0.1*N/labeled)"
     )
@@ -215,9 +217,19 @@ class Config:
                     raise ConfigError(f"{name} applies to a semi-supervised run: add semi_supervised", name)
             return
         if self.labeled is None or self.labeled < 1:
-            raise ConfigError("semi_supervised needs labeled N, the number of labelled training images", "labeled")
+            raise ConfigError(
+                "semi_supervised needs labeled N, the number of labelled training images", "labeled"
+            )
         if self.aux_weight is not None and self.aux_weight < 0:
             raise ConfigError(f"aux_weight must be >= 0, got {self.aux_weight}", "aux_weight")
+        prior = self.prior_cls()
+        if getattr(prior, "needs_labels", False) or not getattr(prior, "conditionable", True):
+            why = ("it is p(z|y), and M2's prior p(z) does not depend on y" if getattr(prior, "needs_labels", False)
+                   else "its pseudo-inputs pass through the guide, which here needs a label too: q(z|x,y)")  # fmt: skip
+            raise ConfigError(
+                f"semi_supervised cannot use prior {self.prior}: {why}; use prior normal, learned, mixture or flow",
+                "prior",
+            )
         if self.conditional:
             raise ConfigError(
                 "semi_supervised already conditions the decoder and q(z|x,y) on the label, which it "

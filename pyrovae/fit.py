@@ -179,7 +179,9 @@ def fit(
             if c.perm is None:
                 c.perm = torch.randperm(len(train), generator=loop.data_rng, device=ctx.device)
                 c.step_in_epoch, c.loss_sum, c.seen = 0, 0.0, 0
-            batches = supervision.split(c.perm, cfg.batch_size) if supervision else c.perm.split(cfg.batch_size)
+            batches = (
+                supervision.split(c.perm, cfg.batch_size) if supervision else c.perm.split(cfg.batch_size)
+            )
             bar = tqdm(total=len(batches), initial=c.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not progress, leave=False, unit="step")  # fmt: skip
             t0, failed = time.perf_counter(), None

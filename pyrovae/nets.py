@@ -125,8 +125,9 @@ class ConvEncoder(nn.Module):
         self.dense = mlp([64 * h4 * w4 + num_classes, *hidden], activation)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        h = self.conv(x)  # (batch, 64 * h/4 * w/4)
-        return self.dense(_with_label(h, y))  # (batch, feature_dim)
+        lead = x.shape[:-3]  # (batch,), or (*enumerated, batch) in a semi-supervised guide
+        h = self.conv(x.reshape(-1, *x.shape[-3:])).reshape(*lead, -1)  # (*lead, 64 * h/4 * w/4)
+        return self.dense(_with_label(h, y))  # (*lead, feature_dim)
 
 
 class ConvDecoder(nn.Module):

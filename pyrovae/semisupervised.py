@@ -91,7 +91,9 @@ class SSVAE(VAE):
     ) -> None:
         if num_classes < 2:
             raise ValueError(f"a semi-supervised VAE needs at least 2 classes, got {num_classes}")
-        super().__init__(x_shape, z_dim, num_classes=num_classes, hidden=hidden, activation=activation, **kwargs)
+        super().__init__(
+            x_shape, z_dim, num_classes=num_classes, hidden=hidden, activation=activation, **kwargs
+        )
         if classifier is None:
             classifier = Classifier(MLPEncoder(x_shape, hidden, activation), num_classes)
         self.classifier = classifier
@@ -329,7 +331,6 @@ __all__ = [
     "UNLABELED",
     "style_and_content",
 ]
-
 
 
 @torch.no_grad()

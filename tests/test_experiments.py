@@ -25,6 +25,7 @@ SMOKE = {
     ],  # fmt: skip
     "beta_sweep.py": [*TINY, "--betas", "0.5", "4", "--z-dim", "4", "--quiet"],
     "cvae_quadrants.py": [*TINY, "--quadrants", "1", "3", "--z-dim", "4", "--hidden", "32", "--quiet"],
+    "ss_vae.py": [*TINY, "--labels", "100", "--quiet"],
     "custom_components.py": ["--epochs", "1", "--train-size", "600", "--k", "50", "--n-test", "50"],
 }
 
