@@ -311,8 +311,9 @@ class SemiSupervision:
 
     def scores(self, vae: SSVAE) -> dict[str, float]:
         device = vae._reference().device
-        return {"val_accuracy": accuracy(vae, self.val.to(device)),
-                "test_accuracy": accuracy(vae, self.test.to(device))}  # fmt: skip
+        if self.val.x.device != device:  # once, not every epoch
+            self.val, self.test = self.val.to(device), self.test.to(device)
+        return {"val_accuracy": accuracy(vae, self.val), "test_accuracy": accuracy(vae, self.test)}
 
 
 def is_semisupervised(vae: nn.Module) -> bool:
