@@ -72,10 +72,9 @@ class SSVAE(VAE):
     Other parameters as :class:`~pyrovae.VAE`.
 
     >>> ss = SSVAE((1, 4, 4), z_dim=2, num_classes=3, hidden=(8,))
-    >>> elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)
     >>> x = torch.ones(5, 1, 4, 4)
-    >>> unlabelled = elbo.loss(ss.model, ss.guide, x)  # y summed out
-    >>> labelled = elbo.loss(ss.model, ss.guide, x, torch.tensor([0, 1, 2, 0, 1]))
+    >>> unlabelled = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1).loss(ss.model, ss.guide, x)  # y summed out
+    >>> labelled = pyro.infer.Trace_ELBO().loss(ss.model, ss.guide, x, torch.tensor([0, 1, 2, 0, 1]))
     """
 
     def __init__(
