@@ -1,6 +1,7 @@
 """Every experiment script runs end to end on a tiny budget; a new script must be listed here."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,12 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
         assert "Command: `" in text
         _check_quadrant_rows(text, result, mod.PYRO_PUBLISHED)
         assert (tmp_path / "results" / "cvae_quadrants_q3.png").exists()
+    elif name == "ss_vae.py":
+        res = json.loads((tmp_path / "runs" / "ss_vae-100-seed0" / "eval.json").read_text())
+        assert result[0]["test"] == pytest.approx(100 * res["test_accuracy"])
+        text = (tmp_path / "results" / "ss_vae.md").read_text()
+        assert f"| 100 | 1 | {result[0]['test']:.2f} (epoch 1) |" in text
+        assert (tmp_path / "results" / "ss_vae_style.png").exists()
     else:  # the user-written prior and guide trained: far above the untrained ~ -540 nats
         assert -450 < result["elbo"] < result["log_likelihood"] + 2 and result["log_likelihood"] < 0
 
