@@ -43,20 +43,20 @@ def _log_probs(tr) -> dict:
     }
 
 
-def _elbo_given(ss, x, y, z):
-    """Per-datum log p(y) + log p(z) + log p(x|y,z) - log q(z|x,y) at ``z``, from traces."""
+def _elbo_given(ss, x, y, z, beta=1.0):
+    """Per-datum log p(y) + log p(x|y,z) + beta (log p(z) - log q(z|x,y)) at ``z``, from traces."""
     g = _log_probs(poutine.trace(poutine.condition(ss.guide, {"z": z})).get_trace(x, y))
     m = _log_probs(poutine.trace(poutine.condition(ss.model, {"z": z})).get_trace(x, y))
-    return m["y"] + m["z"] + m["x"] - g["z"]
+    return m["y"] + m["x"] + beta * (m["z"] - g["z"])
 
 
-def _hand_unlabelled(ss, x, z):
+def _hand_unlabelled(ss, x, z, beta=1.0):
     """-sum_n sum_k q(k|x_n) [ELBO given k at z[k] - log q(k|x_n)]: z has shape (K, batch, z_dim)."""
     q = ss.classify(x)
     total = 0.0
     for k in range(K):
         yk = torch.full((len(x),), k)
-        total = total + q.probs[:, k] * (_elbo_given(ss, x, yk, z[k]) - q.log_prob(yk))
+        total = total + q.probs[:, k] * (_elbo_given(ss, x, yk, z[k], beta) - q.log_prob(yk))
     return -total.sum()
 
 
@@ -117,6 +117,20 @@ def test_a_mixed_batch_is_its_unlabelled_and_labelled_parts(ss, x):
     assert mixed.item() == pytest.approx(hand.item(), rel=1e-10)
     mixed.backward()
     assert any(p.grad.any() for p in ss.classifier.parameters())  # unlabelled rows train q(y|x)
+
+
+def test_beta_scales_the_z_terms_only(ss, x):
+    y = torch.tensor([UNLABELED, 2, UNLABELED, 1, UNLABELED])
+    lab = y != UNLABELED
+    pyro.set_rng_seed(7)
+    loss = SemiSupervisedLoss(ss, alpha=0.0)(x, y, beta=0.3)
+    pyro.set_rng_seed(7)
+    z = _enumerated_z(ss, x[~lab])
+    zl = poutine.trace(ss.guide).get_trace(x[lab], y[lab]).nodes["z"]["value"]
+    hand = _hand_unlabelled(ss, x[~lab], z, beta=0.3) - _elbo_given(ss, x[lab], y[lab], zl, beta=0.3).sum()
+    assert loss.item() == pytest.approx(hand.item(), rel=1e-10)
+    pyro.set_rng_seed(7)
+    assert loss.item() != pytest.approx(SemiSupervisedLoss(ss, alpha=0.0)(x, y).item(), rel=1e-3)
 
 
 def test_float64_is_kept(ss, x):
