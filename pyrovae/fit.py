@@ -28,7 +28,7 @@ from .data import Dataset, Split
 from .evaluate import elbo_terms
 from .models import VAE
 from .objectives import CapacityELBO, ELBOLoss, beta_at, capacity_at, make_elbo
-from .semisupervised import SemiSupervision
+from .semisupervised import UNLABELED, SemiSupervision, is_semisupervised
 from .step import decay_groups, make_optimizer, svi_step
 
 METRICS = ["epoch", "train_loss", "val_elbo", "val_recon", "val_kl", "beta", "capacity", "lr", "seconds"]
@@ -117,7 +117,6 @@ def fit(
     progress: bool = True,
     prepare: Prepare | None = None,
     meta: dict | None = None,
-    supervision: SemiSupervision | None = None,
 ) -> VAE:
     """Train ``vae`` on ``data.train`` by SVI, validating on ``data.val`` at β = 1 every epoch.
 
@@ -129,10 +128,12 @@ def fit(
         binarization, seed and device fields and ignores the model's.
     :param prepare: makes each batch's condition ``y`` from ``(x, y)``; see :data:`Prepare`.
     :param meta: extra entries for every checkpoint (what a loader needs to rebuild the model).
-    :param supervision: for a semi-supervised VAE, its loss, mixed batches and the per-epoch
-        accuracies of q(y|x) (columns ``val_accuracy``, ``test_accuracy`` of ``metrics.csv``);
-        ``options.monitor`` ``"accuracy"`` then selects ``best.pt`` by validation accuracy.
-    :returns: the model with the best validation ELBO's parameters.
+    :returns: the model with the best validation ELBO's parameters (``options.monitor``).
+
+    A semi-supervised VAE (:class:`~pyrovae.semisupervised.SSVAE`, training labels -1 where hidden)
+    trains on its own loss over mixed batches (:class:`~pyrovae.semisupervised.SemiSupervision`),
+    validates its unlabelled ELBO and logs the accuracies of q(y|x) (``val_accuracy``,
+    ``test_accuracy`` in ``metrics.csv``); ``monitor="accuracy"`` selects by validation accuracy.
     """
     cfg, out = options, Path(out)
     from .build import resolve_device
@@ -149,6 +150,9 @@ def fit(
     prepare = prepare or (lambda x, y: y if labels else None)
 
     # 2. objective and optimizer
+    supervision = None
+    if is_semisupervised(vae):
+        supervision = SemiSupervision(data.train.y != UNLABELED, data.val, data.test, cfg.aux_weight)
     if supervision is None:
         elbo = make_elbo(cfg.elbo, cfg.num_particles, free_bits=cfg.free_bits, **_capacity_options(cfg))
         loss = ELBOLoss(vae, elbo, ctx.world)

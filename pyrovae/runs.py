@@ -23,7 +23,7 @@ from .evaluate import evaluate, summary
 from .fit import fit
 from .likelihoods import LIKELIHOODS
 from .models import VAE
-from .semisupervised import UNLABELED, SemiSupervision, accuracy, balanced_labels, is_semisupervised
+from .semisupervised import UNLABELED, accuracy, balanced_labels, is_semisupervised
 
 #: Options that may change when a run is resumed; every other option must match the saved one.
 RESUMABLE = {"epochs", "patience", "device", "eval_k", "eval_n_test", "data_dir", "data_file",
@@ -172,10 +172,7 @@ def train(
     fresh = _open_run_dir(out, cfg, resume, overwrite) if rank0 else False
     complete = _trained_epochs(out, cfg) if resume else None
     try:
-        supervision = None
-        if cfg.semi_supervised:
-            supervision = SemiSupervision(data.train.y != UNLABELED, data.val, data.test, cfg.aux_weight)
-        vae = fit(vae, data, out, cfg, resume=resume, progress=progress, supervision=supervision)
+        vae = fit(vae, data, out, cfg, resume=resume, progress=progress)
     except Exception:
         if fresh:
             _clean_failed_start(out)

@@ -288,8 +288,8 @@ def accuracy(vae: SSVAE, data: Split, batch_size: int = 1000) -> float:
 
 
 class SemiSupervision:
-    """What :func:`~pyrovae.fit.fit` does differently for an :class:`SSVAE`: the loss, the
-    mixed batches and the per-epoch accuracies of q(y | x).
+    """What :func:`~pyrovae.fit.fit` does differently for an :class:`SSVAE` (it makes one from
+    the data): the loss, the mixed batches and the per-epoch accuracies of q(y | x).
 
     :param labelled: mask of the training images whose label is kept.
     :param val: validation split (labelled, for accuracy); :param test: likewise.
