@@ -79,7 +79,7 @@ class Config:
         None, "semi-supervised: training images that keep their label, balanced by class"
     )
     aux_weight: float | None = _opt(
-        None, "semi-supervised: weight alpha of each labelled image's -log q(y|x) (None: 0.1*N/labeled)"
+        None, "semi-supervised: weight alpha of each labelled image's -log q(y|x); unset: 0.1*N/labeled"
     )
     # objective
     elbo: str = _opt(
