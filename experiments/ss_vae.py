@@ -4,7 +4,8 @@ number of labelled training images, beside the paper's and Pyro's tutorial's fig
     OMP_NUM_THREADS=1 python experiments/ss_vae.py --labels 100 600 1000 3000 --epochs-each 8 4 4 4
 
 Writes ``ss_vae.md``, the accuracy-against-epoch curves ``ss_vae.png`` and the style/content
-figure of the first run (``ss_vae_style.png``) to ``experiments/results/``. Each run is a
+figure of the first run (``ss_vae_style.png``) to ``experiments/results/`` (``ss_vae_alpha46.md``
+and so on with ``--aux-weight 46``). Each run is a
 ``pyrovae train --semi-supervised --labeled N`` run directory; a run left unfinished is resumed.
 """
 
@@ -33,8 +34,9 @@ ANCHORS = {100: (88.03, 93.19), 1000: (96.40, None), 3000: (None, 95.82)}
 def _run(args: argparse.Namespace, n: int, epochs: int) -> dict:
     cfg = Config(semi_supervised=True, labeled=n, z_dim=50, hidden=[500], batch_size=200, lr=args.lr,
                  epochs=epochs, monitor="accuracy", train_size=args.train_size, seed=args.seed,
-                 data_dir=args.data_dir, eval_k=args.k, eval_n_test=args.n_test)  # fmt: skip
-    out = args.runs_dir / f"ss_vae-{n}-seed{args.seed}"
+                 data_dir=args.data_dir, eval_k=args.k, eval_n_test=args.n_test, aux_weight=args.aux_weight)  # fmt: skip
+    alpha = "" if args.aux_weight is None else f"-alpha{args.aux_weight:g}"
+    out = args.runs_dir / f"ss_vae-{n}{alpha}-seed{args.seed}"
     resume = (out / "checkpoint.pt").exists()
     cpu = time.process_time()
     run = pyrovae.train(cfg, out, resume=resume, overwrite=not resume, progress=not args.quiet)
@@ -85,12 +87,12 @@ def _figures(args: argparse.Namespace, results: list[dict]) -> None:
     ax.set_ylabel("test accuracy of q(y|x), %")
     ax.set_title("SS-VAE (M2) on MNIST; dotted: Kingma et al. M2, dashed: Pyro tutorial")
     ax.legend()
-    plots.save(fig, args.results_dir / "ss_vae.png")
+    plots.save(fig, args.results_dir / f"ss_vae{_suffix(args)}.png")
     first = results[0]
     run, test = first["run"], first["run"].data.test
     x = test.x[:8].to(run.device)
     grid = torch.cat([x[:, None], style_and_content(run.model, x)], 1)  # (8, 1 + K, ...)
-    plots.image_grid(grid.flatten(0, 1), args.results_dir / "ss_vae_style.png",
+    plots.image_grid(grid.flatten(0, 1), args.results_dir / f"ss_vae{_suffix(args)}_style.png",
                      f"{first['labels']} labels: a test image, then its style z with each class y = 0..9",
                      nrow=grid.shape[1])  # fmt: skip
 
@@ -108,7 +110,7 @@ def _report(args: argparse.Namespace, results: list[dict]) -> None:
           round(r["train_s"]), f"{r['cpu_s'] / 60:.1f}"] for r in results],
     )  # fmt: skip
     cfg = json.loads((results[0]["out"] / "config.json").read_text())
-    (args.results_dir / "ss_vae.md").write_text(f"""# Semi-supervised VAE (M2) on MNIST
+    (args.results_dir / f"ss_vae{_suffix(args)}.md").write_text(f"""# Semi-supervised VAE (M2) on MNIST
 
 Command: `{command_line()}`
 
@@ -120,7 +122,7 @@ Protocol: {cfg["train_size"] or 50000} training images (10,000 held out for vali
 `labeled` of them keep their label (balanced by class), the rest are unlabelled; dynamically binarized,
 Bernoulli likelihood; MLPs 784-500-50 (softplus) for q(z|x,y), p(x|y,z) and q(y|x); batch 200
 unlabelled images plus an even share of the labelled ones; Adam lr {cfg["lr"]}; classification weight
-alpha = 0.1·N/labeled per labelled image (Kingma et al.'s α = 0.1·N on the mean over labelled images);
+alpha {_alpha_text(args)};
 TraceEnum_ELBO summing over y exactly. Test accuracy of argmax q(y|x) on all 10,000 test images
 (binarized once, seed 0) at the epoch of best validation accuracy (best.pt); ELBO and importance-sampled
 log p(x) (K={args.k}, first {args.n_test} test images) are the unlabelled ones, marginal over y, nats per
@@ -128,10 +130,23 @@ image.
 
 {table}
 
-![accuracy against epochs](ss_vae.png)
+![accuracy against epochs](ss_vae{_suffix(args)}.png)
 
-![style and content](ss_vae_style.png)
+![style and content](ss_vae{_suffix(args)}_style.png)
 """)
+
+
+def _suffix(args: argparse.Namespace) -> str:
+    """Results of a run with a given alpha go to their own files (ss_vae_alpha46.md, ...)."""
+    return "" if args.aux_weight is None else f"_alpha{args.aux_weight:g}"
+
+
+def _alpha_text(args: argparse.Namespace) -> str:
+    if args.aux_weight is None:
+        return (
+            "= 0.1·N/labeled per labelled image (Kingma et al.'s α = 0.1·N on the mean over labelled images)"
+        )
+    return f"= {args.aux_weight:g} per labelled image (`--aux-weight`; Pyro's example uses 46)"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -143,6 +158,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="epochs for each --labels value (default: --epochs for all)")  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    p.add_argument("--aux-weight", type=float, default=None,
+                   help="alpha per labelled image (default: 0.1*N/labels, Kingma et al.; Pyro's example uses 46)")  # fmt: skip
     return p.parse_args(argv)
 
 
