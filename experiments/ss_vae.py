@@ -116,7 +116,7 @@ Command: `{command_line()}`
 
 Hardware and load: {platform.processor() or platform.machine()}, {args.threads} torch thread(s), on a
 2-core machine shared with other jobs (the wall-clock seconds are not those of an idle machine). Seed
-{args.seed}, one run per label count (the CPU budget does not allow three).
+{args.seed}, one run per label count (the wall-clock budget on a shared machine did not allow three).
 
 Protocol: {cfg["train_size"] or 50000} training images (10,000 held out for validation, split_seed 0),
 `labeled` of them keep their label (balanced by class), the rest are unlabelled; dynamically binarized,
