@@ -27,12 +27,13 @@ from .nets import NETS
 from .objectives import IWAE, CapacityELBO, ELBOLoss, make_elbo
 from .priors import PRIORS
 from .runs import Run, load_run, train
+from .semisupervised import SSVAE, SemiSupervisedLoss
 from .sweep import sweep
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "VAE", "Config", "ConfigError", "DataError", "Dataset", "Split", "Run", "TrainingError",
+    "VAE", "SSVAE", "SemiSupervisedLoss", "Config", "ConfigError", "DataError", "Dataset", "Split", "Run", "TrainingError",
     "PRESETS", "PRIORS", "GUIDES", "LIKELIHOODS", "NETS", "CapacityELBO", "IWAE", "ELBOLoss",
     "build_model", "load_dataset", "fit", "train", "load_run", "make_elbo", "sweep",
     "evaluate", "elbo_terms", "log_likelihood", "kl_per_dim", "active_units",

@@ -19,6 +19,7 @@ from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .models import VAE
 from .nets import NETS
+from .semisupervised import SSVAE, Classifier
 
 
 def construct(cls, *args, **options):
@@ -39,14 +40,16 @@ def build_model(cfg: Config, x_shape: tuple[int, ...], num_classes: int = 0) -> 
     ``label_layers`` and ``dropout`` (when it is not 0, which a user's network must then accept); guides ``scale`` (``cfg.guide_scale``) and ``layers``; priors ``x_shape``,
     ``components``, ``pseudo_inputs``, ``layers`` and ``num_classes``; likelihoods ``scale``
     (``cfg.likelihood_scale``). Every one also gets ``cfg``. The prior is ``cfg.prior_family``
-    (what ``prior="auto"`` stands for).
+    (what ``prior="auto"`` stands for). With ``semi_supervised`` the model
+    is an :class:`~pyrovae.semisupervised.SSVAE` whose classifier q(y|x) has the encoder's body.
     """
-    k = num_classes if cfg.conditional else 0
-    if cfg.conditional and not num_classes:
-        raise ConfigError("conditional needs labelled data (MNIST, or a labels file)", "conditional")
+    k = num_classes if cfg.conditional or cfg.semi_supervised else 0
+    for flag in ("conditional", "semi_supervised"):
+        if getattr(cfg, flag) and not num_classes:
+            raise ConfigError(f"{flag} needs labelled data (MNIST, or a labels file)", flag)
     Encoder, Decoder = NETS[cfg.net]
     try:
-        nets = dict(label_layers=cfg.label_layers, **_net_options(cfg, Encoder, Decoder))
+        nets = dict(label_layers=cfg.label_layers_used, **_net_options(cfg, Encoder, Decoder))
         encoder = construct(Encoder, x_shape, cfg.hidden, cfg.activation, k, **nets)
         decoder = construct(Decoder, x_shape, cfg.z_dim, cfg.hidden, cfg.activation, k, **nets)
         guide = construct(GUIDES[cfg.guide], encoder, cfg.z_dim, cfg=cfg, scale=cfg.guide_scale,
@@ -54,8 +57,11 @@ def build_model(cfg: Config, x_shape: tuple[int, ...], num_classes: int = 0) -> 
         prior = construct(cfg.prior_cls(), cfg.z_dim, cfg=cfg, x_shape=x_shape, components=cfg.components,
                           pseudo_inputs=cfg.pseudo_inputs, layers=cfg.flow_layers, num_classes=k)  # fmt: skip
         likelihood = construct(LIKELIHOODS[cfg.likelihood], x_shape, cfg=cfg, scale=cfg.likelihood_scale)
-        return VAE(x_shape, cfg.z_dim, prior=prior, guide=guide, likelihood=likelihood, decoder=decoder,
-                   num_classes=k)  # fmt: skip
+        parts = dict(prior=prior, guide=guide, likelihood=likelihood, decoder=decoder, num_classes=k)
+        if cfg.semi_supervised:
+            classifier = Classifier(construct(Encoder, x_shape, cfg.hidden, cfg.activation, 0, **nets), k)
+            return SSVAE(x_shape, cfg.z_dim, classifier=classifier, **parts)
+        return VAE(x_shape, cfg.z_dim, **parts)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

@@ -64,7 +64,12 @@ def elbo_terms(vae: VAE, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Te
     estimate ``log q(z|x) - log p(z)`` at the same z. ELBO = reconstruction - KL.
 
     :returns: two tensors of shape ``(batch,)``.
+
+    A model with its own ``elbo_terms`` (the semi-supervised VAE, which sums over its discrete
+    label) computes them itself.
     """
+    if hasattr(vae, "elbo_terms"):
+        return vae.elbo_terms(x, y)
     model_tr, guide_tr = _traces(vae, x, y)
     recon = _site_log_prob(model_tr.nodes["x"])
     q, p = guide_tr.nodes["z"]["fn"], model_tr.nodes["z"]["fn"]
@@ -248,7 +253,8 @@ def summary(res: dict) -> str:
             f"{res['recon']:.2f} and log p(x, z*) {res['log_joint']:.2f} nats/image over "
             f"{res['n_images']} images; {units}{binarized}"
         )
-    return (
+    acc = f"test accuracy of q(y|x) {100 * res['test_accuracy']:.2f} %; " if "test_accuracy" in res else ""
+    return acc + (
         f"test ELBO {res['elbo']:.2f} nats/image over {res['n_images']} images; importance-sampled "
         f"log p(x) {res['log_likelihood']:.2f} nats/image (K={res['k']}, first {res['n_ll_images']} "
         f"images, whose ELBO is {res['elbo_ll_images']:.2f}); {units}{binarized}"

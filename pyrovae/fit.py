@@ -28,6 +28,7 @@ from .data import Dataset, Split
 from .evaluate import active_units, elbo_terms, eval_mode, posterior_mean_and_noise
 from .models import VAE
 from .objectives import CapacityELBO, ELBOLoss, beta_at, capacity_at, make_elbo
+from .semisupervised import UNLABELED, SemiSupervision, is_semisupervised
 from .step import decay_groups, make_optimizer, svi_step
 
 METRICS = ["epoch", "train_loss", "val_elbo", "val_recon", "val_kl", "val_active_units", "beta", "capacity",
@@ -145,10 +146,16 @@ def fit(
     :param on_epoch: called after each epoch with its metrics row (see :data:`EpochHook`).
     :param on_step: called after each step with the step count and loss (see :data:`StepHook`).
         Hooks run in the main process only (rank 0 under torchrun).
-    :returns: the model with the best validation ELBO's parameters, in eval mode (dropout off).
+    :returns: the model with the best validation ELBO's parameters (or accuracy: ``options.monitor``),
+        in eval mode (dropout off).
 
     The model is in training mode for the steps and in eval mode for validation, so dropout acts
     on training batches only.
+
+    A semi-supervised VAE (:class:`~pyrovae.semisupervised.SSVAE`, training labels -1 where hidden)
+    trains on its own loss over mixed batches (:class:`~pyrovae.semisupervised.SemiSupervision`),
+    validates its unlabelled ELBO and logs the accuracies of q(y|x) (``val_accuracy``,
+    ``test_accuracy`` in ``metrics.csv``); ``monitor="accuracy"`` selects by validation accuracy.
     """
     cfg, out = options, Path(out)
     from .build import resolve_device
@@ -165,9 +172,16 @@ def fit(
     prepare = prepare or (lambda x, y: y if labels else None)
 
     # 2. objective and optimizer
-    elbo = make_elbo(cfg.elbo, cfg.num_particles, free_bits=cfg.free_bits, **_capacity_options(cfg))
+    supervision = None
+    if is_semisupervised(vae):
+        supervision = SemiSupervision(data.train.y != UNLABELED, data.val, data.test, cfg.aux_weight)
+    if supervision is None:
+        elbo = make_elbo(cfg.elbo, cfg.num_particles, free_bits=cfg.free_bits, **_capacity_options(cfg))
+        loss = ELBOLoss(vae, elbo, ctx.world)
+    else:
+        elbo, loss = None, supervision.loss(vae, cfg.num_particles, ctx.world)
     params = [p for p in vae.parameters() if p.requires_grad]
-    loss_fn = distributed.wrap(ELBOLoss(vae, elbo, ctx.world), ctx)
+    loss_fn = distributed.wrap(loss, ctx)
     groups = decay_groups(vae, cfg.weight_decay) if cfg.weight_decay else params
     loop = Loop(vae, make_optimizer(groups, cfg.lr, cfg.weight_decay), ctx.device, cfg.seed, ctx.rank,
                 {"config": cfg.to_json(), "x_shape": list(data.x_shape), "num_classes": data.num_classes,
@@ -181,6 +195,8 @@ def fit(
 
     # 4. epochs
     c, first, binarize = loop.c, True, cfg.resolve_binarize()
+    # a semi-supervised model validates its unlabelled ELBO, the bound on log p(x)
+    val_prepare = prepare if supervision is None else (lambda x, y: None)
     with _Signals() as signals:
         while c.epoch < cfg.epochs and not (cfg.patience and c.bad_epochs >= cfg.patience):
             epoch, lr = c.epoch, _lr(cfg, c.epoch, c.lr_factor)
@@ -189,7 +205,9 @@ def fit(
             if c.perm is None:
                 c.perm = torch.randperm(len(train), generator=loop.data_rng, device=ctx.device)
                 c.step_in_epoch, c.loss_sum, c.seen = 0, 0.0, 0
-            batches = c.perm.split(cfg.batch_size)
+            batches = (
+                supervision.split(c.perm, cfg.batch_size) if supervision else c.perm.split(cfg.batch_size)
+            )
             bar = tqdm(total=len(batches), initial=c.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not progress, leave=False, unit="step")  # fmt: skip
             t0, failed = time.perf_counter(), None
@@ -244,17 +262,21 @@ def fit(
             seconds = time.perf_counter() - t0
 
             # 4c. validate at beta = 1, record, checkpoint, early stopping
-            recon, kl, units = ctx.broadcast([*validate(vae, val, prepare), _active_units(vae, val, prepare)])
+            recon, kl, units = ctx.broadcast(
+                [*validate(vae, val, val_prepare), _active_units(vae, val, val_prepare)]
+            )
+            scores = supervision.scores(vae) if supervision else {}
             c.rows.append({
                 "epoch": epoch + 1, "train_loss": c.loss_sum / max(c.seen, 1), "val_elbo": recon - kl,
                 "val_recon": recon, "val_kl": kl, "val_active_units": int(units),
                 "beta": _beta(cfg, epoch + 1 - 1e-9),
                 "capacity": elbo.capacity if isinstance(elbo, CapacityELBO) else "", "lr": lr,
-                "weight_norm": _weight_norm(vae), "seconds": round(seconds, 3),
+                "weight_norm": _weight_norm(vae), "seconds": round(seconds, 3), **scores,
             })  # fmt: skip
             c.epoch, c.perm = epoch + 1, None
-            improved = recon - kl > c.best
-            c.best, c.bad_epochs = (recon - kl, 0) if improved else (c.best, c.bad_epochs + 1)
+            score = scores["val_accuracy"] if cfg.monitor == "accuracy" else recon - kl
+            improved = score > c.best
+            c.best, c.bad_epochs = (score, 0) if improved else (c.best, c.bad_epochs + 1)
             snap = loop.state_dict()
             if ctx.main:  # one writer; every rank holds the same parameters
                 if improved:
@@ -265,11 +287,12 @@ def fit(
             if on_epoch is not None and ctx.main:
                 on_epoch(dict(c.rows[-1]))
             if progress:
+                acc = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in scores.items())
                 tqdm.write(f"epoch {epoch + 1}: train loss {c.rows[-1]['train_loss']:.2f}, "
-                           f"val ELBO {recon - kl:.2f} nats/image ({seconds:.1f}s)")  # fmt: skip
+                           f"val ELBO {recon - kl:.2f} nats/image{acc} ({seconds:.1f}s)")  # fmt: skip
             if cfg.patience and c.bad_epochs >= cfg.patience:
                 if progress:
-                    tqdm.write(f"early stop: no better validation ELBO for {cfg.patience} epochs")
+                    tqdm.write(f"early stop: no better validation {cfg.monitor} for {cfg.patience} epochs")
                 break
 
     # 5. the best parameters
@@ -344,7 +367,7 @@ def _weight_norm(vae: VAE) -> float:
 
 def metrics_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, METRICS)
+    w = csv.DictWriter(buf, METRICS + [k for k in (rows[0] if rows else {}) if k not in METRICS])
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()

@@ -294,10 +294,11 @@ class ConvEncoder(nn.Module):
             self.feature_dim = hidden[-1]
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        h = self.conv(x)  # (batch, 64 * h/4 * w/4)
+        lead = x.shape[:-3]  # (batch,), or (*enumerated, batch) in a semi-supervised guide
+        h = self.conv(x.reshape(-1, *x.shape[-3:])).reshape(*lead, -1)  # (*lead, 64 * h/4 * w/4)
         if self.every:
-            return _with_label(self.dense(h, y), y)  # (batch, hidden[-1] + num_classes)
-        return self.dense(_with_label(h, y))  # (batch, feature_dim)
+            return _with_label(self.dense(h, y), y)  # (*lead, hidden[-1] + num_classes)
+        return self.dense(_with_label(h, y))  # (*lead, feature_dim)
 
 
 class ConvDecoder(nn.Module):

@@ -102,12 +102,14 @@ def save(fig, path: str | Path) -> Path:
 
 
 def training_curves(metrics_csv: str | Path, path: str | Path) -> Path:
-    """Training loss and validation ELBO (with its terms) per epoch, from ``metrics.csv``."""
+    """Training loss and validation ELBO (with its terms) per epoch, from ``metrics.csv``; and the
+    accuracies of q(y|x) where the run is semi-supervised."""
     import csv
 
     rows = list(csv.DictReader(open(metrics_csv)))
     ep = [int(r["epoch"]) for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    accuracy = "val_accuracy" in rows[0]  # a semi-supervised run: a third panel for q(y|x)
+    fig, (a, b, *c) = plt.subplots(1, 3 if accuracy else 2, figsize=(15 if accuracy else 10, 4))
     a.plot(ep, [-float(r["train_loss"]) for r in rows], "o-", label="training objective (-loss)")
     a.plot(ep, [float(r["val_elbo"]) for r in rows], "s-", label="validation ELBO (beta = 1)")
     a.set_xlabel("epoch")
@@ -120,6 +122,13 @@ def training_curves(metrics_csv: str | Path, path: str | Path) -> Path:
     b.set_ylabel("nats per datum")
     b.set_title("Validation rate and distortion")
     b.legend()
+    if accuracy:
+        for key, mark in (("val_accuracy", "o-"), ("test_accuracy", "s-")):
+            c[0].plot(ep, [100 * float(r[key]) for r in rows], mark, label=key.replace("_", " "))
+        c[0].set_xlabel("epoch")
+        c[0].set_ylabel("accuracy of argmax q(y|x), %")
+        c[0].set_title("Classification")
+        c[0].legend()
     return save(fig, path)
 
 

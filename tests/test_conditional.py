@@ -148,7 +148,12 @@ def test_vamp_prior_without_classes_refuses_labels():
 
 
 def test_prior_auto_and_old_runs(tmp_path):
-    assert Config().prior == "auto" and Config().prior_family == "normal" and Config().label_layers == "every"
+    assert (
+        Config().prior == "auto"
+        and Config().prior_family == "normal"
+        and Config().label_layers_used == "every"
+    )
+    assert Config(semi_supervised=True, labeled=10).label_layers_used == "input"
     assert Config(conditional=True).prior_family == "vamp"
     assert Config(conditional=True, guide="iaf").prior_family == "conditional"  # IAF cannot score any z
     assert Config(conditional=True, prior="normal").prior_family == "normal"
@@ -159,7 +164,7 @@ def test_prior_auto_and_old_runs(tmp_path):
     assert Config.load(tmp_path / "config.json").label_layers == "input"
     del d["conditional"]
     (tmp_path / "config.json").write_text(json.dumps(d))
-    assert Config.load(tmp_path / "config.json").label_layers == "every"  # unconditional: no matter
+    assert Config.load(tmp_path / "config.json").label_layers == "auto"  # unconditional: no matter
 
 
 def test_conditional_run_trains_resumes_evaluates_and_samples_its_label(

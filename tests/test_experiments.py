@@ -1,6 +1,7 @@
 """Every experiment script runs end to end on a tiny budget; a new script must be listed here."""
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -31,6 +32,7 @@ SMOKE = {
     "kl_vanishing.py": [*TINY, "--z-dim", "8", "--hidden", "32", "--val-size", "500", "--quiet"],
     "anomaly_mnist.py": [*TINY, "--digits", "1", "--z-dim", "4", "--n-pca", "300", "--quiet"],
     "embedding.py": [*TINY, "--z-dims", "2", "3", "--n-probe", "300", "--n-map", "60", "--quiet"],
+    "ss_vae.py": [*TINY, "--labels", "100", "--quiet"],
     "custom_components.py": ["--epochs", "1", "--train-size", "600", "--k", "50", "--n-test", "50"],
     "conditional_samples.py": [
         *TINY,
@@ -120,6 +122,12 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
         assert [(r["z_dim"], r["method"]) for r in result] == [(2, "VAE"), (2, "PCA"), (3, "VAE"), (3, "PCA")]
         assert all(r["knn"] > 0.2 for r in result if r["method"] == "PCA")  # chance is 0.1
         assert (tmp_path / "results" / "embedding.png").exists()
+    elif name == "ss_vae.py":
+        res = json.loads((tmp_path / "runs" / "ss_vae-100-seed0" / "eval.json").read_text())
+        assert result[0]["test"] == pytest.approx(100 * res["test_accuracy"])
+        text = (tmp_path / "results" / "ss_vae.md").read_text()
+        assert f"| 100 | 1 | {result[0]['test']:.2f} (epoch 1) |" in text
+        assert (tmp_path / "results" / "ss_vae_style.png").exists()
     else:  # the user-written prior and guide trained: far above the untrained ~ -540 nats
         assert -450 < result["elbo"] < result["log_likelihood"] + 2 and result["log_likelihood"] < 0
 

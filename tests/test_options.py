@@ -50,6 +50,13 @@ MATRIX: dict[str, list[list[str]]] = {
         ["--conditional", "--guide", "iaf"],  # --prior auto with a guide that cannot score any z
     ],
     "init_bias": [["--no-init-bias"]],
+    "semi_supervised": [
+        ["--semi-supervised", "--labeled", "6"],
+        ["--semi-supervised", "--labeled", "6", "--num-particles", "2", "--beta", "2", "--net", "conv"],
+    ],  # fmt: skip
+    "labeled": [["--semi-supervised", "--labeled", "42"]],
+    "aux_weight": [["--semi-supervised", "--labeled", "9", "--aux-weight", "0"]],
+    "monitor": [["--semi-supervised", "--labeled", "6", "--monitor", "accuracy", "--patience", "1"]],
     "elbo": [["--elbo", "meanfield"], ["--elbo", "iwae", "--num-particles", "3"]],
     "num_particles": [["--num-particles", "3"], ["--elbo", "meanfield", "--num-particles", "2"]],
     "beta": [["--beta", "0"], ["--beta", "4"]],

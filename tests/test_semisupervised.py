@@ -1,0 +1,248 @@
+"""The semi-supervised VAE (M2): the enumerated ELBO against the sum over classes written out
+from poutine traces, the labelled and unlabelled terms, particles, dtype, data split and CLI."""
+
+import csv
+import json
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+from pyrovae import SSVAE, Config, ConfigError, load_run
+from pyrovae.cli import main
+from pyrovae.data import Split
+from pyrovae.semisupervised import (
+    UNLABELED,
+    SemiSupervisedLoss,
+    accuracy,
+    balanced_labels,
+    default_alpha,
+    mixed_batches,
+    style_and_content,
+)
+
+K = 3
+
+
+@pytest.fixture
+def ss():
+    return SSVAE((1, 4, 4), z_dim=2, num_classes=K, hidden=(8,)).double()
+
+
+@pytest.fixture
+def x():
+    return torch.bernoulli(torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(1))).double()
+
+
+def _log_probs(tr) -> dict:
+    return {
+        name: site["fn"].log_prob(site["value"])
+        for name, site in tr.nodes.items()
+        if site["type"] == "sample"
+    }
+
+
+def _elbo_given(ss, x, y, z, beta=1.0):
+    """Per-datum log p(y) + log p(x|y,z) + beta (log p(z) - log q(z|x,y)) at ``z``, from traces."""
+    g = _log_probs(poutine.trace(poutine.condition(ss.guide, {"z": z})).get_trace(x, y))
+    m = _log_probs(poutine.trace(poutine.condition(ss.model, {"z": z})).get_trace(x, y))
+    return m["y"] + m["x"] + beta * (m["z"] - g["z"])
+
+
+def _hand_unlabelled(ss, x, z, beta=1.0):
+    """-sum_n sum_k q(k|x_n) [ELBO given k at z[k] - log q(k|x_n)]: z has shape (K, batch, z_dim)."""
+    q = ss.classify(x)
+    total = 0.0
+    for k in range(K):
+        yk = torch.full((len(x),), k)
+        total = total + q.probs[:, k] * (_elbo_given(ss, x, yk, z[k], beta) - q.log_prob(yk))
+    return -total.sum()
+
+
+def _enumerated_z(ss, x, particles=None):
+    """z of the guide's enumerated trace, (K, batch, z_dim), or (K, particles, batch, z_dim)."""
+    guide = poutine.enum(ss.guide, first_available_dim=-2 if particles is None else -3)
+    if particles is None:
+        return poutine.trace(guide).get_trace(x).nodes["z"]["value"]
+    with pyro.plate("num_particles_vectorized", particles, dim=-2):
+        return poutine.trace(guide).get_trace(x).nodes["z"]["value"]
+
+
+def test_enumerated_elbo_is_the_sum_over_classes(ss, x):
+    pyro.set_rng_seed(3)
+    z = _enumerated_z(ss, x)
+    assert z.shape == (K, 5, 2)
+    pyro.set_rng_seed(3)  # TraceEnum_ELBO draws the same z: y is summed, not sampled
+    loss = SemiSupervisedLoss(ss, alpha=7.0)(x, torch.full((5,), UNLABELED))
+    assert loss.item() == pytest.approx(_hand_unlabelled(ss, x, z).item(), rel=1e-10)
+
+
+def test_vectorized_particles_average_the_sum_over_classes(ss, x):
+    pyro.set_rng_seed(4)
+    z = _enumerated_z(ss, x, particles=3)  # (K, 3, batch, z_dim)
+    assert z.shape == (K, 3, 5, 2) and not torch.equal(z[:, 0], z[:, 1])
+    pyro.set_rng_seed(4)
+    loss = SemiSupervisedLoss(ss, alpha=7.0, num_particles=3)(x, torch.full((5,), UNLABELED))
+    hand = torch.stack([_hand_unlabelled(ss, x, z[:, p]) for p in range(3)]).mean()
+    assert loss.item() == pytest.approx(hand.item(), rel=1e-10)
+
+
+def test_labelled_rows_give_their_elbo_and_the_classification_loss(ss, x):
+    y = torch.tensor([0, 2, 1, 1, 0])
+    pyro.set_rng_seed(5)
+    z = poutine.trace(ss.guide).get_trace(x, y).nodes["z"]["value"]
+    pyro.set_rng_seed(5)
+    loss = SemiSupervisedLoss(ss, alpha=0.0)(x, y)
+    assert loss.item() == pytest.approx(-_elbo_given(ss, x, y, z).sum().item(), rel=1e-10)
+    # the labelled ELBO does not train q(y|x); the classification loss does, weighted by alpha
+    loss.backward()
+    assert all(p.grad is None or not p.grad.any() for p in ss.classifier.parameters())
+    pyro.set_rng_seed(5)
+    with_alpha = SemiSupervisedLoss(ss, alpha=2.5)(x, y)
+    ce = -ss.classify(x).log_prob(y).sum()
+    assert (with_alpha - loss).item() == pytest.approx(2.5 * ce.item(), rel=1e-10)
+
+
+def test_a_mixed_batch_is_its_unlabelled_and_labelled_parts(ss, x):
+    y = torch.tensor([UNLABELED, 2, UNLABELED, 1, UNLABELED])
+    lab = y != UNLABELED
+    pyro.set_rng_seed(6)
+    mixed = SemiSupervisedLoss(ss, alpha=1.5)(x, y)
+    pyro.set_rng_seed(6)  # the unlabelled part first, then the labelled one
+    z = _enumerated_z(ss, x[~lab])
+    zl = poutine.trace(ss.guide).get_trace(x[lab], y[lab]).nodes["z"]["value"]
+    hand = _hand_unlabelled(ss, x[~lab], z) - _elbo_given(ss, x[lab], y[lab], zl).sum()
+    hand = hand - 1.5 * ss.classify(x[lab]).log_prob(y[lab]).sum()
+    assert mixed.item() == pytest.approx(hand.item(), rel=1e-10)
+    mixed.backward()
+    assert any(p.grad.any() for p in ss.classifier.parameters())  # unlabelled rows train q(y|x)
+
+
+def test_beta_scales_the_z_terms_only(ss, x):
+    y = torch.tensor([UNLABELED, 2, UNLABELED, 1, UNLABELED])
+    lab = y != UNLABELED
+    pyro.set_rng_seed(7)
+    loss = SemiSupervisedLoss(ss, alpha=0.0)(x, y, beta=0.3)
+    pyro.set_rng_seed(7)
+    z = _enumerated_z(ss, x[~lab])
+    zl = poutine.trace(ss.guide).get_trace(x[lab], y[lab]).nodes["z"]["value"]
+    hand = _hand_unlabelled(ss, x[~lab], z, beta=0.3) - _elbo_given(ss, x[lab], y[lab], zl, beta=0.3).sum()
+    assert loss.item() == pytest.approx(hand.item(), rel=1e-10)
+    pyro.set_rng_seed(7)
+    assert loss.item() != pytest.approx(SemiSupervisedLoss(ss, alpha=0.0)(x, y).item(), rel=1e-3)
+
+
+def test_float64_is_kept(ss, x):
+    loss = SemiSupervisedLoss(ss, alpha=1.0, num_particles=2)(
+        x, torch.tensor([0, UNLABELED, 1, 2, UNLABELED])
+    )
+    loss.backward()
+    assert loss.dtype == torch.float64
+    assert all(p.grad.dtype == torch.float64 for p in ss.parameters() if p.grad is not None)
+    recon, rate = ss.elbo_terms(x)
+    assert recon.dtype == rate.dtype == torch.float64
+    assert style_and_content(ss, x).dtype == torch.float64
+    from pyrovae.evaluate import log_likelihood
+
+    assert log_likelihood(ss, x, None, k=4).dtype == torch.float64
+
+
+def test_elbo_terms_bound_log_px_and_match_the_enumerated_loss_on_average(ss, x):
+    from pyrovae.evaluate import log_likelihood
+
+    pyro.set_rng_seed(0)
+    copies = 2000
+    elbo = torch.sub(*ss.elbo_terms(x.repeat(copies, 1, 1, 1))).reshape(copies, 5).mean(0)  # (batch,)
+    enum = -SemiSupervisedLoss(ss, 1.0, num_particles=copies)(x, torch.full((5,), UNLABELED)).detach()
+    assert enum.item() == pytest.approx(elbo.sum().item(), abs=0.1)
+    ll = log_likelihood(ss, x, None, k=2000)
+    assert (elbo <= ll + 0.02).all() and (ll - elbo).max() < 5
+
+
+def test_default_alpha_and_balanced_labels():
+    assert default_alpha(50000, 100) == pytest.approx(50.0)
+    y = torch.arange(90) % 3
+    keep = balanced_labels(y, 7, 3, seed=0)
+    assert keep.sum() == 7 and torch.bincount(y[keep]).tolist() == [3, 2, 2]
+    assert torch.equal(keep, balanced_labels(y, 7, 3, seed=0))
+    assert not torch.equal(keep, balanced_labels(y, 7, 3, seed=1))
+    with pytest.raises(ValueError, match="class 0"):
+        balanced_labels(torch.tensor([0, 1, 1, 1]), 4, 2)
+
+
+def test_mixed_batches_hold_every_image_once_with_an_even_share_of_labels():
+    labelled = torch.zeros(103, dtype=torch.bool)
+    labelled[torch.arange(0, 103, 10)] = True  # 11 labelled, 92 unlabelled
+    perm = torch.randperm(103, generator=torch.Generator().manual_seed(0))
+    batches = mixed_batches(perm, labelled, 20)
+    assert sorted(torch.cat(batches).tolist()) == list(range(103))
+    assert [int((~labelled[b]).sum()) for b in batches] == [20, 20, 20, 20, 12]
+    assert [int(labelled[b].sum()) for b in batches] == [3, 2, 2, 2, 2]
+
+
+def test_refuses_what_cannot_be_enumerated():
+    for bad, option in [(dict(elbo="iwae", num_particles=2), "elbo"), (dict(elbo="meanfield"), "elbo"),
+                        (dict(free_bits=0.5), "free_bits"), (dict(capacity=5.0), "capacity"),
+                        (dict(conditional=True), "conditional"), (dict(prior="vamp"), "prior")]:  # fmt: skip
+        with pytest.raises(ConfigError) as e:
+            Config(semi_supervised=True, labeled=10, **bad).validate()
+        assert e.value.option == option
+    for bad in [dict(labeled=10), dict(monitor="accuracy"), dict(semi_supervised=True)]:
+        with pytest.raises(ConfigError):
+            Config(**bad).validate()
+
+
+def _separable(tmp_path, n=150):
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % 3
+    proto = torch.zeros(3, 1, 6, 6)
+    for k in range(3):
+        proto[k, 0, 2 * k : 2 * k + 2] = 1  # three horizontal bars
+    x = (proto[y] * 0.9 + 0.05).expand(n, 1, 6, 6)
+    path = tmp_path / "bars.pt"
+    torch.save({"x": torch.bernoulli(x, generator=g), "y": y}, path)
+    return path
+
+
+def test_cli_trains_resumes_evaluates_and_reports_accuracy(tmp_path, capsys):
+    data = _separable(tmp_path)
+    base = ["--dataset", "file", "--data-file", str(data), "--val-size", "15", "--semi-supervised",
+            "--labeled", "6", "--z-dim", "2", "--hidden", "16", "--batch-size", "20", "--lr", "0.01",
+            "--monitor", "accuracy", "--eval-k", "10", "--quiet"]  # fmt: skip
+    out = tmp_path / "run"
+    assert main(["train", *base, "--epochs", "4", "--out", str(out), "--no-eval"]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "8", "--quiet"]) == 0
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == 8 and {"val_accuracy", "test_accuracy"} <= set(rows[0])
+    res = json.loads((out / "eval.json").read_text())
+    best = max(rows, key=lambda r: float(r["val_accuracy"]))  # best.pt: first epoch of best accuracy
+    assert res["test_accuracy"] == pytest.approx(float(best["test_accuracy"]))
+    run = load_run(out)
+    assert res["test_accuracy"] == pytest.approx(accuracy(run.model, run.data.test))
+    assert res["test_accuracy"] >= 0.9  # six labels and the unlabelled bars suffice
+    assert int((run.data.train.y != UNLABELED).sum()) == 6
+    assert res["elbo"] <= res["log_likelihood"] + 0.5
+    assert main(["evaluate", str(out), "--k", "5", "--quiet"]) == 0
+    assert "test accuracy of q(y|x)" in capsys.readouterr().out
+    assert main(["sample", str(out), "--label", "2", "-n", "8", "-o", str(tmp_path / "s.png")]) == 0
+    assert main(["sample", str(out), "--label", "3", "-o", str(tmp_path / "s.png")]) == 2
+    assert main(["inspect", str(out), "--k", "5", "--n", "15"]) == 0
+    assert "Style and content" in (out / "figures" / "index.md").read_text()
+
+
+def test_cli_refuses_an_enumeration_it_cannot_do(tmp_path, capsys):
+    data = _separable(tmp_path, n=30)
+    code = main(["train", "--dataset", "file", "--data-file", str(data), "--semi-supervised", "--labeled", "3",
+                 "--elbo", "iwae", "--num-particles", "2", "--out", str(tmp_path / "r")])  # fmt: skip
+    assert code == 2 and "cannot enumerate" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_style_and_content_decodes_one_style_with_every_class(ss, x):
+    grid = style_and_content(ss, x)
+    assert grid.shape == (5, K, 1, 4, 4)
+    z = ss.encode(x).mean
+    assert torch.allclose(grid[:, 1], ss.decode(z, torch.ones(5, dtype=torch.long)).mean)
+    assert not torch.allclose(grid[:, 0], grid[:, 1])
+    assert accuracy(ss, Split(x, ss.classify(x).probs.argmax(-1))) == 1.0
