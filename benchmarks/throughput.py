@@ -12,10 +12,17 @@ same loop with ``fused=True`` Adam is shown as the limit. The contestants:
 - a user's script: ``pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
   Trace_ELBO())`` (and with ``TraceMeanField_ELBO``), ``svi.step(x)``, Pyro's defaults otherwise.
 
+With ``--decompose``, variants of the user's script that each remove one cost say where its time
+goes beyond the lean loop: Pyro's validation off; the likelihood scored by stock
+``Bernoulli(logits).to_event(3)`` (pyrovae's before :class:`~pyrovae.distributions.BernoulliEvent`);
+``Trace_ELBO.loss_and_grads`` stepped by one ``torch.optim.Adam`` instead of ``pyro.optim.Adam``
+(one torch optimizer per parameter, and Pyro zeroing gradients by allocating new ones); and Pyro's
+``ELBOModule`` recipe with ``pyro.settings.set(module_local_params=True)`` and torch's Adam.
+
 All train the same initial weights on the same binarized batches. Steps alternate between the
 contestants in rounds, so drift in machine load hits all equally.
 
-    python benchmarks/throughput.py --batch-size 128 --steps 200 --rounds 9
+    OMP_NUM_THREADS=1 python benchmarks/throughput.py --threads 1 --steps 300 --rounds 7 --decompose
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from torch import nn
 
 from pyrovae.build import build_model
 from pyrovae.config import PRESETS, Config
+from pyrovae.likelihoods import Bernoulli
 from pyrovae.objectives import ELBOLoss, make_elbo
 from pyrovae.step import make_optimizer, svi_step
 
@@ -72,6 +80,19 @@ def _fresh(cfg: Config):
     return build_model(cfg, (1, 28, 28))
 
 
+class StockBernoulli(Bernoulli):
+    """The Bernoulli likelihood as stock Pyro scores it: ``Bernoulli(logits).to_event(3)``."""
+
+    def forward(self, out: torch.Tensor) -> pyro.distributions.Distribution:
+        return pyro.distributions.Bernoulli(logits=out).to_event(len(self.x_shape))
+
+
+def _stock_likelihood(cfg: Config):
+    vae = _fresh(cfg)
+    vae.likelihood = StockBernoulli(vae.x_shape)
+    return vae
+
+
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     device = torch.device(args.device)
@@ -106,11 +127,48 @@ def main(args: argparse.Namespace) -> None:
 
         return step
 
-    def user_script(elbo):
+    def user_script(elbo, build=_fresh, validate=True):
+        pyro.clear_param_store()
+        vae = build(cfg).to(device)
+        svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
+
+        def step(x):
+            with pyro.validation_enabled(validate):
+                return svi.step(x)
+
+        return step
+
+    def torch_adam_script():
+        # The user's script without pyro.optim: Pyro's loss_and_grads, one torch Adam.
         pyro.clear_param_store()
         vae = _fresh(cfg).to(device)
-        svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
-        return svi.step
+        elbo, opt = pyro.infer.Trace_ELBO(), torch.optim.Adam(vae.parameters(), lr=1e-3)
+
+        def step(x):
+            loss = elbo.loss_and_grads(vae.model, vae.guide, x)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss
+
+        return step
+
+    def local_params_module():
+        # Pyro's ELBOModule recipe with module-local parameters (no global parameter store).
+        with pyro.settings.context(module_local_params=True):
+            vae = _fresh(cfg).to(device)
+            loss_fn = pyro.infer.Trace_ELBO()(vae.model, vae.guide)
+        # model and guide are methods, not modules, so the ELBOModule holds no parameters itself
+        opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+
+        def step(x):
+            with pyro.settings.context(module_local_params=True):
+                loss = loss_fn(x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        return step
 
     contestants = {
         "lean hand loop (torch Adam)": hand_loop(fused=False),
@@ -120,6 +178,13 @@ def main(args: argparse.Namespace) -> None:
         "user's SVI script (Trace_ELBO)": user_script(pyro.infer.Trace_ELBO()),
         "user's SVI script (TraceMeanField)": user_script(pyro.infer.TraceMeanField_ELBO()),
     }
+    if args.decompose:
+        contestants |= {
+            "  stock Bernoulli.to_event": user_script(pyro.infer.Trace_ELBO(), _stock_likelihood),
+            "  Pyro validation off": user_script(pyro.infer.Trace_ELBO(), validate=False),
+            "  torch Adam, not pyro.optim": torch_adam_script(),
+            "  ELBOModule, local params": local_params_module(),
+        }
 
     times = {name: [] for name in contestants}
     names = list(contestants)
@@ -162,6 +227,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--device", default="cpu", help="device (default: cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument(
+        "--decompose", action="store_true", help="add variants of the user's script that each remove one cost"
+    )
     return p.parse_args(argv)
 
 
