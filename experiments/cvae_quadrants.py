@@ -15,6 +15,13 @@ importance-sampled −log p(x_hidden | x_given) with K samples from the same gui
 and CVAE train on dynamically binarized images; Pyro's tutorial trains and scores grey values,
 whose Bernoulli cross-entropy equals the expected score on binarized images for the baseline.
 
+Both networks are trained by the run layer, :func:`pyrovae.fit.fit` (checkpoints and
+``metrics.csv`` under ``runs/cvae_quadrants/<protocol>_q<n>/{baseline,cvae}``), with a ``prepare``
+hook that turns each batch into its condition. The baseline is a VAE without latent dimensions
+(:func:`pyrovae.structured.baseline_model`), whose ELBO is its masked log-likelihood; both keep the
+epoch with the best validation ELBO (one z per image, analytic KL for the CVAE) and stop early
+after ``--patience`` epochs without a better one.
+
 ``--protocol pyro`` follows the tutorial's protocol instead (``pyro-ppl/pyro``,
 ``examples/cvae``): grey targets scored with the Bernoulli cross-entropy, all 60,000 training
 images, early stopping with patience 3 (the tutorial trained for at most 50 epochs), and Pyro's
@@ -289,8 +296,10 @@ def _default_section(rows: list[dict], args, n_train: int) -> str:
 
 Command: `{command_line()}`
 
-Budget: at most {args.epochs} epochs each for the baseline and the CVAE (early stopping, patience
-{args.patience}, on 2,000 validation images), batch {args.batch_size}, Adam {args.lr:g},
+Budget: at most {args.epochs} epochs each for the baseline and the CVAE, trained by `pyrovae.fit`
+(early stopping, patience {args.patience}, on the validation ELBO of 2,000 held-out training
+images binarized once; the baseline is a VAE with no latent, whose ELBO is its log-likelihood;
+both minimize the batch's summed loss), batch {args.batch_size}, Adam {args.lr:g},
 {n_train} training images, dynamically binarized. Networks as in Pyro's
 tutorial: baseline MLP 784-{"-".join(map(str, args.hidden))}-784 (ReLU); CVAE with z_dim={args.z_dim},
 prior, recognition and generation networks of hidden sizes {args.hidden}; the prior network sees the
@@ -332,8 +341,9 @@ Command: `{command_line()}`
 The protocol of Pyro's tutorial (`examples/cvae` in pyro-ppl/pyro): **grey-valued targets** scored
 with the Bernoulli cross-entropy (not a normalized likelihood on [0, 1]: it includes the targets' own
 entropy, so these numbers are not comparable with the binarized ones above), {n_train} training
-images, at most {args.epochs} epochs each for the baseline and the CVAE with early stopping
-(patience {args.patience}) on the single-particle validation loss, batch {args.batch_size},
+images, at most {args.epochs} epochs each for the baseline and the CVAE, trained by `pyrovae.fit`
+with early stopping (patience {args.patience}) on the validation ELBO (one z per image, analytic
+KL), batch {args.batch_size},
 Adam {args.lr:g}, and Pyro's networks: baseline MLP 784-{"-".join(map(str, args.hidden))}-784 (ReLU,
 sigmoid output); CVAE with z_dim={args.z_dim}, three MLPs of hidden sizes {args.hidden}: the prior
 network on the given pixels completed by the baseline's guess, the recognition network on the whole
@@ -358,8 +368,9 @@ Remaining differences from Pyro's figures:
   `binary_cross_entropy` caps each log at −100; here logits are scored unclamped.
 - Budget: the tutorial says it trained for at most 50 epochs with patience 3 (the example script's
   default is 101 epochs).
-- One run per setting, seed {args.seed}; Pyro publishes one run without a seed. Pyro's
-  per-epoch validation loss is a monotone rescaling of the mean used here (same selection).
+- One run per setting, seed {args.seed}; Pyro publishes one run without a seed. Pyro selects on
+  its single-particle Trace_ELBO loss; here the validation ELBO uses the analytic KL (the same
+  quantity, estimated with less noise).
 - The −ELBO uses Pyro's `Trace_ELBO` in both (Monte Carlo KL); here its {args.particles} particles
   are vectorized, Pyro loops over them: the same estimator.
 
