@@ -16,8 +16,10 @@ With ``--decompose``, variants of the user's script that each remove one cost sa
 goes beyond the lean loop: Pyro's validation off; the likelihood scored by stock
 ``Bernoulli(logits).to_event(3)`` (pyrovae's before :class:`~pyrovae.distributions.BernoulliEvent`);
 ``Trace_ELBO.loss_and_grads`` stepped by one ``torch.optim.Adam`` instead of ``pyro.optim.Adam``
-(one torch optimizer per parameter, and Pyro zeroing gradients by allocating new ones); and Pyro's
-``ELBOModule`` recipe with ``pyro.settings.set(module_local_params=True)`` and torch's Adam.
+(one torch optimizer per parameter, and Pyro zeroing gradients by allocating new ones); Pyro's
+``ELBOModule`` recipe with ``pyro.settings.set(module_local_params=True)`` and torch's Adam; and
+the same prior, guide, decoder and likelihood distributions with the Monte Carlo KL and torch's
+Adam, written without Pyro (no traces, no parameter store).
 
 All train the same initial weights on the same binarized batches. Steps alternate between the
 contestants in rounds, so drift in machine load hits all equally.
@@ -152,6 +154,25 @@ def main(args: argparse.Namespace) -> None:
 
         return step
 
+    def without_pyro():
+        # The same distribution objects and Monte Carlo KL as Trace_ELBO, without Pyro's traces:
+        # the user's script minus poutine, pyro.optim and the parameter store.
+        vae = _fresh(cfg).to(device)
+        opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+
+        def step(x):
+            with pyro.validation_enabled(True):
+                q = vae.guide_net(x)  # (batch,) x (z_dim,)
+                z = q.rsample()
+                log_w = vae.likelihood(vae.decoder(z)).log_prob(x) + vae.prior().log_prob(z) - q.log_prob(z)
+            loss = -log_w.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        return step
+
     def local_params_module():
         # Pyro's ELBOModule recipe with module-local parameters (no global parameter store).
         with pyro.settings.context(module_local_params=True):
@@ -184,6 +205,7 @@ def main(args: argparse.Namespace) -> None:
             "  Pyro validation off": user_script(pyro.infer.Trace_ELBO(), validate=False),
             "  torch Adam, not pyro.optim": torch_adam_script(),
             "  ELBOModule, local params": local_params_module(),
+            "  same distributions, no Pyro": without_pyro(),
         }
 
     times = {name: [] for name in contestants}
