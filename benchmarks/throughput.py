@@ -13,9 +13,7 @@ same loop with ``fused=True`` Adam is shown as the limit. The contestants:
   Trace_ELBO())`` (and with ``TraceMeanField_ELBO``), ``svi.step(x)``, Pyro's defaults otherwise.
 
 With ``--decompose``, variants of the user's script that each remove one cost say where its time
-goes beyond the lean loop: Pyro's validation off; the likelihood scored by stock
-``Bernoulli(logits).to_event(3)`` (pyrovae's before :class:`~pyrovae.distributions.BernoulliEvent`);
-``Trace_ELBO.loss_and_grads`` stepped by one ``torch.optim.Adam`` instead of ``pyro.optim.Adam``
+goes beyond the lean loop: Pyro's validation off; ``Trace_ELBO.loss_and_grads`` stepped by one ``torch.optim.Adam`` instead of ``pyro.optim.Adam``
 (one torch optimizer per parameter, and Pyro zeroing gradients by allocating new ones); Pyro's
 ``ELBOModule`` recipe with ``pyro.settings.set(module_local_params=True)`` and torch's Adam; and
 the same prior, guide, decoder and likelihood distributions with the Monte Carlo KL and torch's
@@ -41,7 +39,6 @@ from torch import nn
 
 from pyrovae.build import build_model
 from pyrovae.config import PRESETS, Config
-from pyrovae.likelihoods import Bernoulli
 from pyrovae.objectives import ELBOLoss, make_elbo
 from pyrovae.step import make_optimizer, svi_step
 
@@ -82,19 +79,6 @@ def _fresh(cfg: Config):
     return build_model(cfg, (1, 28, 28))
 
 
-class StockBernoulli(Bernoulli):
-    """The Bernoulli likelihood as stock Pyro scores it: ``Bernoulli(logits).to_event(3)``."""
-
-    def forward(self, out: torch.Tensor) -> pyro.distributions.Distribution:
-        return pyro.distributions.Bernoulli(logits=out).to_event(len(self.x_shape))
-
-
-def _stock_likelihood(cfg: Config):
-    vae = _fresh(cfg)
-    vae.likelihood = StockBernoulli(vae.x_shape)
-    return vae
-
-
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     device = torch.device(args.device)
@@ -129,9 +113,9 @@ def main(args: argparse.Namespace) -> None:
 
         return step
 
-    def user_script(elbo, build=_fresh, validate=True):
+    def user_script(elbo, validate=True):
         pyro.clear_param_store()
-        vae = build(cfg).to(device)
+        vae = _fresh(cfg).to(device)
         svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
 
         def step(x):
@@ -201,7 +185,6 @@ def main(args: argparse.Namespace) -> None:
     }
     if args.decompose:
         contestants |= {
-            "  stock Bernoulli.to_event": user_script(pyro.infer.Trace_ELBO(), _stock_likelihood),
             "  Pyro validation off": user_script(pyro.infer.Trace_ELBO(), validate=False),
             "  torch Adam, not pyro.optim": torch_adam_script(),
             "  ELBOModule, local params": local_params_module(),

@@ -1,6 +1,5 @@
 """Distributions pyrovae adds to Pyro's: a :class:`ContinuousBernoulli` that stays normalized at
-any logit in float32, :class:`BernoulliEvent`, the Bernoulli likelihood's event distribution
-scored with one full-size tensor fewer, and :class:`DiagonalNormalMixture`, an equal-weight
+any logit in float32, and :class:`DiagonalNormalMixture`, an equal-weight
 mixture of diagonal Normals scored by matrix products (the VampPrior at evaluation).
 """
 
@@ -22,32 +21,6 @@ def _series(t: Tensor, coeffs: tuple[float, ...]) -> Tensor:
     for c in reversed(coeffs[:-1]):
         out = out * t + c
     return out
-
-
-class BernoulliEvent(dist.Independent):
-    """``Bernoulli(logits=...).to_event(n)``, built as ``BernoulliEvent(dist.Bernoulli(logits=l), n)``,
-    whose :meth:`log_prob` sums the pixels' cross-entropy over the event dims and then negates it.
-
-    The stock ``log_prob`` negates every pixel's cross-entropy and sums the event dims through a
-    reshape, whose backward copies the (expanded) gradient into a full-size tensor: two full-size
-    tensors, forward and backward, that a likelihood pays at every step. The value is the stock
-    one up to the order of the sum's terms (tests compare them).
-
-    >>> d = BernoulliEvent(dist.Bernoulli(logits=torch.zeros(2, 1, 2, 2)), 3)
-    >>> d.log_prob(torch.ones(2, 1, 2, 2))  # 4 pixels of log 1/2
-    tensor([-2.7726, -2.7726])
-    """
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        if self._validate_args and not self.support.check(value).all():
-            raise ValueError(
-                f"The value argument must be within the support of {type(self).__name__}: "
-                f"{self.support}, but found invalid values:\n{value}"
-            )
-        logits, value = broadcast_all(self.base_dist.logits, value)
-        nll = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
-        n = self.reinterpreted_batch_ndims
-        return -nll.sum(tuple(range(-n, 0))) if n else -nll  # (*batch,); sum(()) would sum all
 
 
 # Taylor coefficients in powers of eta**2 (eta = logit) about eta = 0.

@@ -50,8 +50,7 @@ class Bernoulli(Likelihood):
     needs_binary = True
 
     def forward(self, out: Tensor) -> dist.Distribution:
-        # Bernoulli(logits=out).to_event(...), scored with one full-size tensor fewer per step
-        return pvdist.BernoulliEvent(dist.Bernoulli(logits=out), len(self.x_shape))
+        return dist.Bernoulli(logits=out).to_event(len(self.x_shape))
 
     def bias_from_mean(self, mean: Tensor) -> Tensor:
         return torch.logit(mean.clamp(_EPS, 1 - _EPS))
