@@ -12,10 +12,17 @@ same loop with ``fused=True`` Adam is shown as the limit. The contestants:
 - a user's script: ``pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
   Trace_ELBO())`` (and with ``TraceMeanField_ELBO``), ``svi.step(x)``, Pyro's defaults otherwise.
 
+With ``--decompose``, variants of the user's script that each remove one cost say where its time
+goes beyond the lean loop: Pyro's validation off; ``Trace_ELBO.loss_and_grads`` stepped by one ``torch.optim.Adam`` instead of ``pyro.optim.Adam``
+(one torch optimizer per parameter, and Pyro zeroing gradients by allocating new ones); Pyro's
+``ELBOModule`` recipe with ``pyro.settings.set(module_local_params=True)`` and torch's Adam; and
+the same prior, guide, decoder and likelihood distributions with the Monte Carlo KL and torch's
+Adam, written without Pyro (no traces, no parameter store).
+
 All train the same initial weights on the same binarized batches. Steps alternate between the
 contestants in rounds, so drift in machine load hits all equally.
 
-    python benchmarks/throughput.py --batch-size 128 --steps 200 --rounds 9
+    OMP_NUM_THREADS=1 python benchmarks/throughput.py --threads 1 --steps 300 --rounds 7 --decompose
 """
 
 from __future__ import annotations
@@ -106,11 +113,67 @@ def main(args: argparse.Namespace) -> None:
 
         return step
 
-    def user_script(elbo):
+    def user_script(elbo, validate=True):
         pyro.clear_param_store()
         vae = _fresh(cfg).to(device)
         svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
-        return svi.step
+
+        def step(x):
+            with pyro.validation_enabled(validate):
+                return svi.step(x)
+
+        return step
+
+    def torch_adam_script():
+        # The user's script without pyro.optim: Pyro's loss_and_grads, one torch Adam.
+        pyro.clear_param_store()
+        vae = _fresh(cfg).to(device)
+        elbo, opt = pyro.infer.Trace_ELBO(), torch.optim.Adam(vae.parameters(), lr=1e-3)
+
+        def step(x):
+            loss = elbo.loss_and_grads(vae.model, vae.guide, x)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss
+
+        return step
+
+    def without_pyro():
+        # The same distribution objects and Monte Carlo KL as Trace_ELBO, without Pyro's traces:
+        # the user's script minus poutine, pyro.optim and the parameter store.
+        vae = _fresh(cfg).to(device)
+        opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+
+        def step(x):
+            with pyro.validation_enabled(True):
+                q = vae.guide_net(x)  # (batch,) x (z_dim,)
+                z = q.rsample()
+                log_w = vae.likelihood(vae.decoder(z)).log_prob(x) + vae.prior().log_prob(z) - q.log_prob(z)
+            loss = -log_w.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        return step
+
+    def local_params_module():
+        # Pyro's ELBOModule recipe with module-local parameters (no global parameter store).
+        with pyro.settings.context(module_local_params=True):
+            vae = _fresh(cfg).to(device)
+            loss_fn = pyro.infer.Trace_ELBO()(vae.model, vae.guide)
+        # model and guide are methods, not modules, so the ELBOModule holds no parameters itself
+        opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+
+        def step(x):
+            with pyro.settings.context(module_local_params=True):
+                loss = loss_fn(x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        return step
 
     contestants = {
         "lean hand loop (torch Adam)": hand_loop(fused=False),
@@ -120,6 +183,13 @@ def main(args: argparse.Namespace) -> None:
         "user's SVI script (Trace_ELBO)": user_script(pyro.infer.Trace_ELBO()),
         "user's SVI script (TraceMeanField)": user_script(pyro.infer.TraceMeanField_ELBO()),
     }
+    if args.decompose:
+        contestants |= {
+            "  Pyro validation off": user_script(pyro.infer.Trace_ELBO(), validate=False),
+            "  torch Adam, not pyro.optim": torch_adam_script(),
+            "  ELBOModule, local params": local_params_module(),
+            "  same distributions, no Pyro": without_pyro(),
+        }
 
     times = {name: [] for name in contestants}
     names = list(contestants)
@@ -162,6 +232,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--device", default="cpu", help="device (default: cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument(
+        "--decompose", action="store_true", help="add variants of the user's script that each remove one cost"
+    )
     return p.parse_args(argv)
 
 

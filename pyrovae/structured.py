@@ -11,7 +11,9 @@ Generative story for an image ``x`` whose pixels are split by a boolean mask ``g
 with the guide ``q(z | x, c)``. The model is an ordinary :class:`~pyrovae.models.VAE` whose ``y`` is
 the tensor ``c``: the conditional prior, guide and decoder are the package's own components, and
 :class:`~pyrovae.likelihoods.Masked` scores only the hidden pixels. The deterministic baseline that
-makes the first guess (and is the comparison the tutorial draws) is :class:`BaselineNet`.
+makes the first guess (and is the comparison the tutorial draws) is :class:`BaselineNet`;
+:func:`baseline_model` makes it a VAE with a zero-dimensional latent, whose ELBO is exactly
+``log p(x_hidden | hide(x))``, so :func:`pyrovae.fit.fit` trains both.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import pyro.distributions as dist
 import torch
+from pyro.nn import PyroModule
 from torch import Tensor, nn
 
 from .guides import DiagonalNormal
@@ -73,6 +77,50 @@ class BaselineNet(nn.Module):
         return self.net(x_hidden.reshape(x_hidden.shape[0], -1)).reshape(-1, *self.x_shape)
 
 
+class _OnCondition(nn.Module):
+    """A decoder ``(z, c) -> baseline(c)`` that ignores a zero-dimensional ``z``."""
+
+    def __init__(self, net: BaselineNet) -> None:
+        super().__init__()
+        self.net = net
+        self.out = net.out  # so VAE.init_output_bias reaches the output layer
+
+    def forward(self, z: Tensor, c: Tensor) -> Tensor:
+        return self.net(c)  # (batch, *x_shape)
+
+
+class _NoLatent(PyroModule):
+    """p(z) and q(z | x, c) over a zero-dimensional ``z``: log-densities and KL are 0."""
+
+    def forward(self, x: Tensor | None = None, y: Tensor | None = None) -> dist.Distribution:
+        like = x if x is not None else y
+        return dist.Normal(like.new_zeros(like.shape[0], 0), 1.0).to_event(1)  # (batch, 0)
+
+
+def baseline_model(x_shape: Sequence[int], given: Tensor, hidden: Sequence[int] = (500, 500),
+                   activation: str = "relu", likelihood: Likelihood | None = None) -> VAE:  # fmt: skip
+    """The deterministic baseline as a :class:`~pyrovae.models.VAE` with no latent dimensions:
+    ``x_hidden ~ p(x | baseline(c))`` with ``c = hide(x, given)`` passed as the model's ``y``, so
+    its ELBO is the masked log-likelihood and :func:`pyrovae.fit.fit` trains it like the CVAE.
+
+    Its network is ``model.decoder.net`` (a :class:`BaselineNet`), for :func:`condition`.
+
+    >>> import pyro
+    >>> given = quadrant_mask(2, 4, 4)
+    >>> m = baseline_model((1, 4, 4), given, (8,))
+    >>> x = torch.ones(3, 1, 4, 4)
+    >>> neg_elbo = pyro.infer.Trace_ELBO().loss(m.model, m.guide, x, hide(x, given))
+    >>> nll = -m.decode(torch.zeros(3, 0), hide(x, given)).log_prob(x).sum()
+    >>> bool(torch.isclose(torch.tensor(neg_elbo), nll))
+    True
+    """
+    x_shape = tuple(x_shape)
+    base = likelihood if likelihood is not None else Bernoulli(x_shape)
+    return VAE(x_shape, 0, prior=_NoLatent(), guide=_NoLatent(),
+               decoder=_OnCondition(BaselineNet(x_shape, hidden, activation)),
+               likelihood=Masked(base, ~given.bool()), condition_shape=x_shape)  # fmt: skip
+
+
 @torch.no_grad()
 def condition(baseline: BaselineNet, x: Tensor, given: Tensor) -> Tensor:
     """The CVAE's condition ``c``: given pixels of ``x``, the baseline's guess elsewhere."""
@@ -107,4 +155,4 @@ def structured_cvae(
     )
 
 
-__all__ = ["quadrant_mask", "hide", "BaselineNet", "condition", "structured_cvae", "HIDDEN"]
+__all__ = ["quadrant_mask", "hide", "BaselineNet", "baseline_model", "condition", "structured_cvae", "HIDDEN"]
