@@ -155,6 +155,8 @@ def active_units(means: Tensor, threshold: float = 0.01, noise: Tensor | None = 
         Monte Carlo averages (see :func:`posterior_mean_and_noise`): their spread over the data
         then includes that noise on average, which is subtracted so collapsed units stay inactive.
     """
+    if means.shape[-1] == 0 or len(means) < 2:
+        return 0  # no latent dimensions (a decoder-only baseline), or no spread to measure
     var = means.var(0)
     if noise is not None:
         var = var - noise.mean(0)
