@@ -51,6 +51,20 @@ def tiny_data_file():
 
 
 @pytest.fixture(scope="session")
+def tiny_config():
+    """``tiny_config(data_file, **options) -> Config``: a small, fast run on a tiny data file (z 2,
+    one hidden layer of 16, batches of 16, 3 epochs, 12 validation images, seed 3)."""
+    from pyrovae.config import Config
+
+    def make(path, **kw):
+        base = dict(dataset="file", data_file=str(path), z_dim=2, hidden=[16], batch_size=16, epochs=3,
+                    val_size=12, seed=3)  # fmt: skip
+        return Config(**{**base, **kw})
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A model trained on a tiny three-class data set (15 epochs), loaded as a user would."""
     from pyrovae import train

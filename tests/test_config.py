@@ -7,20 +7,6 @@ import pytest
 from pyrovae.config import Config, ConfigError
 
 
-def _cfg(path, **kw):
-    base = dict(
-        dataset="file",
-        data_file=str(path),
-        z_dim=2,
-        hidden=[16],
-        batch_size=16,
-        epochs=3,
-        val_size=12,
-        seed=3,
-    )
-    return Config(**{**base, **kw})
-
-
 def test_config_round_trip_and_validation(tmp_path):
     cfg = Config(prior="mixture", hidden=[10, 20], capacity=None)
     assert Config.from_dict(json.loads(cfg.to_json())) == cfg
@@ -32,7 +18,7 @@ def test_config_round_trip_and_validation(tmp_path):
             Config(**bad).validate()
 
 
-def test_unconditionable_components_are_refused(tmp_path, tiny_data_file):
+def test_unconditionable_components_are_refused(tmp_path, tiny_data_file, tiny_config):
     from pyrovae.priors import PRIORS, StandardNormal
 
     class LabelBlind(StandardNormal):  # the VampPrior takes labels now; a prior that cannot
@@ -41,8 +27,8 @@ def test_unconditionable_components_are_refused(tmp_path, tiny_data_file):
     PRIORS["blind"] = LabelBlind
     try:
         with pytest.raises(ConfigError, match="cannot be conditioned"):
-            _cfg(tiny_data_file(tmp_path), prior="blind", conditional=True).validate()
+            tiny_config(tiny_data_file(tmp_path), prior="blind", conditional=True).validate()
     finally:
         del PRIORS["blind"]
     with pytest.raises(ConfigError, match="set conditional"):
-        _cfg(tiny_data_file(tmp_path), prior="conditional").validate()
+        tiny_config(tiny_data_file(tmp_path), prior="conditional").validate()

@@ -11,33 +11,18 @@ import pytest
 import torch
 
 from pyrovae import TrainingError, checkpoint, train
-from pyrovae.config import Config
-
-
-def _cfg(path, **kw):
-    base = dict(
-        dataset="file",
-        data_file=str(path),
-        z_dim=2,
-        hidden=[16],
-        batch_size=16,
-        epochs=3,
-        val_size=12,
-        seed=3,
-    )
-    return Config(**{**base, **kw})
 
 
 def _params(vae):
     return {k: v.clone() for k, v in vae.state_dict().items()}
 
 
-def test_resume_reproduces_uninterrupted_run_exactly(tmp_path, tiny_data_file):
+def test_resume_reproduces_uninterrupted_run_exactly(tmp_path, tiny_data_file, tiny_config):
     data = tiny_data_file(tmp_path)
-    full = train(_cfg(data), tmp_path / "a", progress=False, evaluate=False).model
+    full = train(tiny_config(data), tmp_path / "a", progress=False, evaluate=False).model
     full_last = checkpoint.load(tmp_path / "a" / "checkpoint.pt")["model"]
-    train(_cfg(data, epochs=1), tmp_path / "b", progress=False, evaluate=False)
-    resumed = train(_cfg(data), tmp_path / "b", resume=True, progress=False, evaluate=False).model
+    train(tiny_config(data, epochs=1), tmp_path / "b", progress=False, evaluate=False)
+    resumed = train(tiny_config(data), tmp_path / "b", resume=True, progress=False, evaluate=False).model
     last = checkpoint.load(tmp_path / "b" / "checkpoint.pt")["model"]
     assert full_last.keys() == last.keys()
     for k in last:
@@ -51,9 +36,9 @@ def test_resume_reproduces_uninterrupted_run_exactly(tmp_path, tiny_data_file):
 
 
 def test_nan_loss_stops_at_its_step_and_keeps_last_good_checkpoint(
-    tmp_path, monkeypatch, tiny_data_file, poison_decoder
+    tmp_path, monkeypatch, tiny_data_file, poison_decoder, tiny_config
 ):
-    cfg = _cfg(tiny_data_file(tmp_path), epochs=3)
+    cfg = tiny_config(tiny_data_file(tmp_path), epochs=3)
     poison_decoder(11)
     with pytest.raises(TrainingError, match=r"epoch 2, step \d+"):
         train(cfg, tmp_path / "r", progress=False)
@@ -62,16 +47,20 @@ def test_nan_loss_stops_at_its_step_and_keeps_last_good_checkpoint(
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
-def test_nan_rollback_continues_with_lower_lr(tmp_path, monkeypatch, tiny_data_file, poison_decoder):
+def test_nan_rollback_continues_with_lower_lr(
+    tmp_path, monkeypatch, tiny_data_file, poison_decoder, tiny_config
+):
     data = tiny_data_file(tmp_path)
     poison_decoder(11)
-    train(_cfg(data, epochs=3, on_nan="rollback"), tmp_path / "r", progress=False, evaluate=False)
+    train(tiny_config(data, epochs=3, on_nan="rollback"), tmp_path / "r", progress=False, evaluate=False)
     ck = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
     assert ck["state"]["epoch"] == 3 and ck["state"]["rollbacks"] == 1 and ck["state"]["lr_factor"] == 0.5
 
 
-def test_early_stopping(tmp_path, tiny_data_file):
-    cfg = _cfg(tiny_data_file(tmp_path), epochs=30, patience=1, lr=0.5)  # a wild lr stops improving soon
+def test_early_stopping(tmp_path, tiny_data_file, tiny_config):
+    cfg = tiny_config(
+        tiny_data_file(tmp_path), epochs=30, patience=1, lr=0.5
+    )  # a wild lr stops improving soon
     train(cfg, tmp_path / "r", progress=False)
     rows = list(csv.DictReader(open(tmp_path / "r" / "metrics.csv")))
     assert len(rows) < 30

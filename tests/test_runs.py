@@ -9,22 +9,8 @@ from pyrovae import TrainingError, checkpoint, train
 from pyrovae.config import Config, ConfigError
 
 
-def _cfg(path, **kw):
-    base = dict(
-        dataset="file",
-        data_file=str(path),
-        z_dim=2,
-        hidden=[16],
-        batch_size=16,
-        epochs=3,
-        val_size=12,
-        seed=3,
-    )
-    return Config(**{**base, **kw})
-
-
-def test_run_directory_contents(tmp_path, tiny_data_file):
-    cfg = _cfg(tiny_data_file(tmp_path), epochs=2)
+def test_run_directory_contents(tmp_path, tiny_data_file, tiny_config):
+    cfg = tiny_config(tiny_data_file(tmp_path), epochs=2)
     train(cfg, tmp_path / "run", progress=False)
     run = tmp_path / "run"
     assert {"config.json", "metrics.csv", "checkpoint.pt", "best.pt"} <= {p.name for p in run.iterdir()}
@@ -37,25 +23,25 @@ def test_run_directory_contents(tmp_path, tiny_data_file):
     assert ck["state"]["epoch"] == 2 and ck["x_shape"] == [1, 8, 8]
 
 
-def test_resume_refuses_contradicting_config(tmp_path, tiny_data_file):
+def test_resume_refuses_contradicting_config(tmp_path, tiny_data_file, tiny_config):
     data = tiny_data_file(tmp_path)
-    train(_cfg(data, epochs=1), tmp_path / "r", progress=False, evaluate=False)
+    train(tiny_config(data, epochs=1), tmp_path / "r", progress=False, evaluate=False)
     with pytest.raises(ConfigError, match="z_dim"):
-        train(_cfg(data, z_dim=3), tmp_path / "r", resume=True, progress=False)
+        train(tiny_config(data, z_dim=3), tmp_path / "r", resume=True, progress=False)
 
 
-def test_existing_run_directory_is_refused(tmp_path, tiny_data_file):
+def test_existing_run_directory_is_refused(tmp_path, tiny_data_file, tiny_config):
     data = tiny_data_file(tmp_path)
-    train(_cfg(data, epochs=1), tmp_path / "r", progress=False, evaluate=False)
+    train(tiny_config(data, epochs=1), tmp_path / "r", progress=False, evaluate=False)
     with pytest.raises(ConfigError, match="--resume .* --overwrite"):
-        train(_cfg(data, epochs=1), tmp_path / "r", progress=False, evaluate=False)
-    train(_cfg(data, epochs=1), tmp_path / "r", overwrite=True, progress=False, evaluate=False)
+        train(tiny_config(data, epochs=1), tmp_path / "r", progress=False, evaluate=False)
+    train(tiny_config(data, epochs=1), tmp_path / "r", overwrite=True, progress=False, evaluate=False)
 
 
 def test_a_run_that_fails_at_its_first_step_leaves_nothing(
-    tmp_path, monkeypatch, tiny_data_file, poison_decoder
+    tmp_path, monkeypatch, tiny_data_file, poison_decoder, tiny_config
 ):
-    cfg = _cfg(tiny_data_file(tmp_path), epochs=2)
+    cfg = tiny_config(tiny_data_file(tmp_path), epochs=2)
     poison_decoder(1)
     with pytest.raises(TrainingError, match="epoch 1, step 1"):
         train(cfg, tmp_path / "r", progress=False)
@@ -65,21 +51,23 @@ def test_a_run_that_fails_at_its_first_step_leaves_nothing(
     assert (tmp_path / "r" / "checkpoint.pt").exists()
 
 
-def test_resume_of_a_complete_run_keeps_its_evaluation(tmp_path, capsys, monkeypatch, tiny_data_file):
+def test_resume_of_a_complete_run_keeps_its_evaluation(
+    tmp_path, capsys, monkeypatch, tiny_data_file, tiny_config
+):
     import os
 
     from pyrovae.cli import main
 
     R = importlib.import_module("pyrovae.runs")
     data = tiny_data_file(tmp_path)
-    cfg = _cfg(data, epochs=1, eval_k=3)
+    cfg = tiny_config(data, epochs=1, eval_k=3)
     first = train(cfg, tmp_path / "r", progress=False).results
     evaluations = []
     real = R.evaluate_run
     monkeypatch.setattr(R, "evaluate_run", lambda *a, **k: evaluations.append(1) or real(*a, **k))
     stamp = (tmp_path / "r" / "eval.json").stat().st_mtime_ns
 
-    run = train(_cfg(data, epochs=1, eval_k=3), tmp_path / "r", resume=True)  # nothing left to do
+    run = train(tiny_config(data, epochs=1, eval_k=3), tmp_path / "r", resume=True)  # nothing left to do
     out = capsys.readouterr().out
     assert "is already complete (1 of 1 epochs): nothing to train; kept the results of eval.json" in out
     assert run.complete and run.results == first and not evaluations
@@ -88,20 +76,24 @@ def test_resume_of_a_complete_run_keeps_its_evaluation(tmp_path, capsys, monkeyp
     assert "was already complete: nothing trained; results kept from its eval.json" in capsys.readouterr().out
     assert not evaluations
 
-    train(_cfg(data, epochs=1, eval_k=5), tmp_path / "r", resume=True, progress=False)  # a different K
+    train(tiny_config(data, epochs=1, eval_k=5), tmp_path / "r", resume=True, progress=False)  # a different K
     assert len(evaluations) == 1
     os.utime(
         tmp_path / "r" / "best.pt", ns=(stamp, (tmp_path / "r" / "eval.json").stat().st_mtime_ns + 10**9)
     )
-    train(_cfg(data, epochs=1, eval_k=5), tmp_path / "r", resume=True, progress=False)  # best.pt changed
+    train(
+        tiny_config(data, epochs=1, eval_k=5), tmp_path / "r", resume=True, progress=False
+    )  # best.pt changed
     assert len(evaluations) == 2
-    run = train(_cfg(data, epochs=2, eval_k=5), tmp_path / "r", resume=True, progress=False)  # more epochs
+    run = train(
+        tiny_config(data, epochs=2, eval_k=5), tmp_path / "r", resume=True, progress=False
+    )  # more epochs
     assert len(evaluations) == 3 and not run.complete
     assert checkpoint.load(tmp_path / "r" / "checkpoint.pt")["state"]["epoch"] == 2
 
 
-def test_resume_of_an_early_stopped_run_trains_no_further(tmp_path, tiny_data_file):
-    cfg = _cfg(tiny_data_file(tmp_path), epochs=30, patience=1, lr=0.5)
+def test_resume_of_an_early_stopped_run_trains_no_further(tmp_path, tiny_data_file, tiny_config):
+    cfg = tiny_config(tiny_data_file(tmp_path), epochs=30, patience=1, lr=0.5)
     train(cfg, tmp_path / "r", progress=False, evaluate=False)
     before = (tmp_path / "r" / "metrics.csv").read_text()
     run = train(cfg, tmp_path / "r", resume=True, progress=False, evaluate=False)
