@@ -112,12 +112,16 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
     elif name == "anomaly_mnist.py":
         assert [r["digit"] for r in result] == [1] and result[0]["positives"] == 3  # 1s in the first 20
         assert all(0 <= v <= 1 for k, v in result[0].items() if k.startswith(("auroc_", "auprc_")))
+        from pyrovae.runs import load_run
+
+        for model in ("vae", "ae"):  # both were trained without the held-out digit, through the run layer
+            assert not (load_run(tmp_path / "runs" / f"anomaly-{model}-without-1").data.train.y == 1).any()
         text = (tmp_path / "results" / "anomaly_mnist.md").read_text()
+        cells = " | ".join(f"{result[0]['auroc_' + c]:.3f}" for c in mod.SCORES)
         assert (
-            "Command: `" in text
-            and "| mean |" in text
-            and (tmp_path / "results" / "anomaly_mnist.png").exists()
-        )
+            f"| 1 | 3 | {cells} |" in text and f"| mean |  | {cells} |" in text
+        )  # one digit: its row is the mean
+        assert "Command: `" in text and (tmp_path / "results" / "anomaly_mnist.png").exists()
     elif name == "embedding.py":
         assert [(r["z_dim"], r["method"]) for r in result] == [(2, "VAE"), (2, "PCA"), (3, "VAE"), (3, "PCA")]
         assert all(r["knn"] > 0.2 for r in result if r["method"] == "PCA")  # chance is 0.1
