@@ -230,8 +230,9 @@ def _train(args: argparse.Namespace) -> int:
     if not _speaks():
         return 0
     if run.complete:
-        print(f"run in {out} was already complete: nothing trained"
-              + ("; results kept from its eval.json" if run.results is not None else ""))  # fmt: skip
+        then = "; results kept from its eval.json" if run.results_kept else ""
+        then = then or ("; best.pt evaluated afresh" if run.results is not None else "")
+        print(f"run in {out} was already complete: nothing trained{then}")
     else:
         print(f"run written to {out}")
     if run.results is not None:
@@ -324,11 +325,16 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def _message(e: Exception) -> str:
-    """A library error in the command line's terms: the option it names becomes its flag."""
+    """A library error in the command line's terms: the option it names becomes its flag, and so
+    does every other option written with an underscore (``semi_supervised``); one-word options
+    (``prior``) are left where they are, since the same words name things."""
     text, option = str(e), getattr(e, "option", None)
     if option and not text.startswith("--"):
         text = re.sub(rf"(?<![\w-]){re.escape(option)}\b", "--" + _flag(option), text, count=1)
-    return text
+    fields = {f.name for f in dataclasses.fields(Config) if "_" in f.name}
+    return re.sub(
+        r"(?<![\w-])([a-z]+(?:_[a-z]+)+)\b", lambda m: "--" + _flag(m[1]) if m[1] in fields else m[1], text
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from tqdm import tqdm  # plain: tqdm.auto warns and falls back badly in a notebo
 
 from . import checkpoint, distributed
 from .config import Config
-from .data import Dataset, Split
+from .data import DataError, Dataset, Split, is_binary
 from .evaluate import active_units, elbo_terms, eval_mode, posterior_mean_and_noise
 from .models import VAE
 from .objectives import CapacityELBO, ELBOLoss, beta_at, capacity_at, make_elbo
@@ -160,10 +160,14 @@ def fit(
     cfg, out = options, Path(out)
     from .build import resolve_device
 
+    _check_binary_validation(vae, data)
+
     ctx = distributed.init(resolve_device(cfg.device))
     progress = progress and ctx.main
 
-    # 1. model, data and random streams on the device
+    # 1. the run directory; model, data and random streams on the device
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
     pyro.set_rng_seed(cfg.seed + 1000 * ctx.rank)  # each rank its own z draws
     vae.to(ctx.device)
     train = data.train.to(ctx.device)
@@ -357,6 +361,20 @@ def _active_units(vae: VAE, data: Split, prepare: Prepare | None, batch_size: in
             means.append(m)
             noise.append(v)
     return active_units(torch.cat(means), noise=torch.cat(noise))
+
+
+def _check_binary_validation(vae: VAE, data: Dataset) -> None:
+    """A likelihood for binary data is scored on validation images as they are (training images
+    are binarized afresh each epoch when ``binarize`` says so): under Pyro's validation grey ones
+    would fail deep in Pyro (a Bernoulli on grey targets with validation off, as Pyro's CVAE
+    tutorial trains, is the user's choice)."""
+    needs_binary = getattr(getattr(vae, "likelihood", None), "needs_binary", False)
+    if needs_binary and is_validation_enabled() and not is_binary(data.val.x):
+        raise DataError(
+            "the validation images are grey but the likelihood is for binary data: binarize them once "
+            "(pyrovae.runs.load_data(config) does, with a fixed seed) or use a likelihood for grey "
+            "values (cbernoulli, normal, laplace)", "binarize",
+        )  # fmt: skip
 
 
 @torch.no_grad()

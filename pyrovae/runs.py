@@ -216,7 +216,7 @@ def train(
             then = "evaluating best.pt" if evaluate else "not evaluated (no evaluation asked for)"
         print(f"{out} is already complete ({complete}): nothing to train; {then}")
     if kept is not None:
-        run.results = kept
+        run.results, run.results_kept = kept, True
     elif evaluate and rank0:
         run.results = finish(run, progress=progress)
     if run.results is not None and progress and rank0:
@@ -321,6 +321,7 @@ class Run:
     _data: Dataset | None = field(default=None, repr=False)
     results: dict | None = None
     complete: bool = False  # resumed with nothing left to train (see :func:`train`)
+    results_kept: bool = False  # complete, and eval.json still held: its results were not recomputed
 
     @property
     def data(self) -> Dataset:

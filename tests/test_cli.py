@@ -49,6 +49,16 @@ def test_console_script_reports_user_errors_without_traceback(tmp_path):
         (["--batch-size", "100000"], "larger than the"),
         (["--device", "cuda:7"], "CUDA"),
         (["--binarize", "none"], None),  # binary data: fine
+        # every option in the message is named by its flag, not only the one the error concerns
+        (
+            ["--classes", "0,1", "--exclude-classes", "2"],
+            "give --classes (those to keep) or --exclude-classes",
+        ),
+        (
+            ["--semi-supervised", "--labeled", "30", "--capacity", "5"],
+            "--semi-supervised cannot use --capacity",
+        ),
+        (["--monitor", "accuracy"], "--monitor applies to a semi-supervised run: add --semi-supervised"),
     ],
 )
 def test_bad_options_are_refused(tmp_path, capsys, extra, message, tiny_data_file):

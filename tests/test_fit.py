@@ -131,3 +131,21 @@ def test_kill_9_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, reference, 
         checkpoint.load(out / "checkpoint.pt")
     subprocess.run(_cmd(data, out) + ["--resume"], check=True, env=_env(), capture_output=True)
     _assert_same(final, checkpoint.load(out / "checkpoint.pt")["model"])
+
+
+def test_fit_makes_its_folder_and_refuses_grey_validation_images_under_bernoulli(
+    tmp_path, tiny_data_file, tiny_config
+):
+    from pyrovae import DataError, build_model, fit
+    from pyrovae.runs import load_data
+
+    cfg = tiny_config(tiny_data_file(tmp_path, binary=False), epochs=1, binarize="dynamic")
+    data = load_data(cfg)  # validation and test binarized once, as `train` does
+    grey = data.val.x.clone()
+    vae = build_model(cfg, tuple(data.train.x.shape[1:]))
+    fit(vae, data, tmp_path / "not" / "yet", cfg, progress=False)
+    assert (tmp_path / "not" / "yet" / "best.pt").exists()
+    data.val.x = torch.rand_like(grey)  # grey values, as load_dataset gives them
+    with pytest.raises(DataError, match="validation images are grey but the likelihood is for binary data"):
+        fit(build_model(cfg, tuple(data.train.x.shape[1:])), data, tmp_path / "grey", cfg, progress=False)
+    assert not (tmp_path / "grey").exists()

@@ -81,10 +81,12 @@ def test_resume_of_a_complete_run_keeps_its_evaluation(
     os.utime(
         tmp_path / "r" / "best.pt", ns=(stamp, (tmp_path / "r" / "eval.json").stat().st_mtime_ns + 10**9)
     )
-    train(
-        tiny_config(data, epochs=1, eval_k=5), tmp_path / "r", resume=True, progress=False
+    assert (
+        main(["train", "--out", str(tmp_path / "r"), "--resume", "--eval-k", "5", "--quiet"]) == 0
     )  # best.pt changed
+    said = capsys.readouterr().out
     assert len(evaluations) == 2
+    assert "nothing trained; best.pt evaluated afresh" in said and "kept" not in said
     run = train(
         tiny_config(data, epochs=2, eval_k=5), tmp_path / "r", resume=True, progress=False
     )  # more epochs
