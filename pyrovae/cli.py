@@ -326,11 +326,14 @@ def _command(args: argparse.Namespace) -> int:
 
 def _message(e: Exception) -> str:
     """A library error in the command line's terms: the option it names becomes its flag, and so
-    does every other option written with an underscore (``semi_supervised``); one-word options
-    (``prior``) are left where they are, since the same words name things."""
+    does every other option written with an underscore (``semi_supervised``), except in errors
+    about a search space, whose TOML keys are the field names; one-word options (``prior``) are
+    left where they are, since the same words name things."""
     text, option = str(e), getattr(e, "option", None)
     if option and not text.startswith("--"):
         text = re.sub(rf"(?<![\w-]){re.escape(option)}\b", "--" + _flag(option), text, count=1)
+    if option == "space":
+        return text  # a search space names options as its TOML keys do: z_dim
     fields = {f.name for f in dataclasses.fields(Config) if "_" in f.name}
     return re.sub(
         r"(?<![\w-])([a-z]+(?:_[a-z]+)+)\b", lambda m: "--" + _flag(m[1]) if m[1] in fields else m[1], text
