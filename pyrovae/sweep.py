@@ -1,25 +1,8 @@
 """Hyperparameter search with Optuna: every trial an ordinary run directory, pruned on the
 per-epoch validation ELBO, the best trial evaluated on the test set.
 
-A search space is a TOML file with one table per :class:`~pyrovae.config.Config` option::
-
-    [z_dim]
-    low = 2
-    high = 64
-    log = true          # sample on a log scale (optional; also `step = N`)
-    [lr]
-    low = 1e-4
-    high = 1e-2
-    log = true
-    [prior]
-    choices = ["normal", "vamp"]
-    [hidden]            # list options take choices of lists
-    choices = [[400], [200, 200]]
-
-Integer options get integers, float options floats (``trial.suggest_int`` / ``suggest_float``);
-``choices`` become ``suggest_categorical``. Every other option is the base config's (the
-``pyrovae sweep`` flags). A space is checked before any trial starts: names must be options,
-each range's ends and each choice must pass the option's own checks on top of the base config.
+The search space is a TOML file with one table per :class:`~pyrovae.config.Config` option
+(format and checks: :mod:`pyrovae.space`), checked before any trial starts.
 
 The study lives in ``OUT/study.db`` (SQLite) unless ``storage`` names another database: several
 processes, on one machine or many, pointed at the same storage URL run one study together
