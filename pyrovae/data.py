@@ -149,13 +149,7 @@ def load_array(path: str | os.PathLike, labels: str | os.PathLike | None = None)
 def _load_array(path: str | os.PathLike, labels: str | os.PathLike | None = None) -> tuple[Split, list[str]]:
     """:func:`load_array`, and notes on what was done to the data (for the run's output)."""
     path, notes = Path(path), []
-    x, y = _read(path), None
-    if isinstance(x, dict):
-        if "x" not in x:
-            raise DataError(f"{path} holds a dict without the key 'x'; save {{'x': data, 'y': labels}}")
-        x, y = x["x"], x.get("y")
-    if labels is not None:
-        y = _read(Path(labels))
+    x, y = read_rows(path, labels)
     x = torch.as_tensor(x)
     if not x.is_floating_point():
         if x.dtype == torch.uint8:
@@ -176,14 +170,28 @@ def _load_array(path: str | os.PathLike, labels: str | os.PathLike | None = None
     return Split(x, y), notes
 
 
-def _read(path: Path):
+def read_rows(path: Path, labels: str | os.PathLike | None = None, mmap: bool = False):
+    """The rows and labels a data file holds, as stored (not yet converted): a ``.pt`` tensor or
+    dict ``{"x": ..., "y": ...}``, or a ``.npy`` array (read through a memory map with ``mmap``);
+    labels from the file ``labels`` where given."""
+    x, y = _read(path, mmap), None
+    if isinstance(x, dict):
+        if "x" not in x:
+            raise DataError(f"{path} holds a dict without the key 'x'; save {{'x': data, 'y': labels}}")
+        x, y = x["x"], x.get("y")
+    if labels is not None:
+        y = _read(Path(labels))
+    return x, y
+
+
+def _read(path: Path, mmap: bool = False):
     if not path.exists():
         raise DataError(
             f"data file {path} does not exist; if it moved, give its new path (data_file, --data-file)"
         )
     try:
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
         if path.suffix == ".pt":
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -342,24 +342,25 @@ def validate(vae: VAE, data: Split, prepare: Prepare | None = None, batch_size: 
     """Mean reconstruction and KL per datum (β = 1, eval mode: no dropout) over a split."""
     recon, kl = 0.0, 0.0
     with eval_mode(vae):
-        for i in range(0, len(data), batch_size):
-            part = data.subset(slice(i, i + batch_size))
-            y = prepare(part.x, part.y) if prepare else part.y
-            r, k = elbo_terms(vae, part.x, y)
+        for x, y in _batches(data, prepare, batch_size):
+            r, k = elbo_terms(vae, x, y)
             recon += r.sum().item()
             kl += k.sum().item()
     return recon / len(data), kl / len(data)
 
 
+def _batches(data: Split, prepare: Prepare | None, batch_size: int):
+    """``(x, y)`` of consecutive batches of a split, ``y`` made by ``prepare`` where given."""
+    for i in range(0, len(data), batch_size):
+        part = data.subset(slice(i, i + batch_size))
+        yield part.x, prepare(part.x, part.y) if prepare else part.y
+
+
 @torch.no_grad()
 def _active_units(vae: VAE, data: Split, prepare: Prepare | None, batch_size: int = 1000) -> int:
-    means, noise = [], []
     with eval_mode(vae):
-        for i in range(0, len(data), batch_size):
-            part = data.subset(slice(i, i + batch_size))
-            m, v = posterior_mean_and_noise(vae, part.x, prepare(part.x, part.y) if prepare else part.y)
-            means.append(m)
-            noise.append(v)
+        parts = [posterior_mean_and_noise(vae, x, y) for x, y in _batches(data, prepare, batch_size)]
+    means, noise = zip(*parts, strict=True)
     return active_units(torch.cat(means), noise=torch.cat(noise))
 
 
@@ -380,7 +381,7 @@ def _check_binary_validation(vae: VAE, data: Dataset) -> None:
 @torch.no_grad()
 def _weight_norm(vae: VAE) -> float:
     decayed = decay_groups(vae, 1.0)[0]["params"]
-    return torch.stack([p.square().sum() for p in decayed]).sum().sqrt().item() if decayed else 0.0
+    return torch.nn.utils.get_total_norm(decayed).item() if decayed else 0.0
 
 
 def metrics_csv(rows: list[dict]) -> str:

@@ -52,6 +52,18 @@ class _ScaleLatent(Messenger):
         msg["scale"] = self.scale * msg["scale"]
 
 
+def _num_data(x: Tensor | None, y: Tensor | None, batch_size: int | None) -> int:
+    """How many data a call of ``model`` is about: the rows of ``x``, else of ``y`` (labels or
+    conditioning tensors: one datum per row), else ``batch_size`` (to generate)."""
+    if x is not None:
+        return x.shape[0]
+    if y is not None:
+        return y.shape[0]
+    if batch_size is not None:
+        return batch_size
+    raise ValueError("model() needs data x, labels y or a batch_size")
+
+
 def _scaled(beta: float):
     return nullcontext() if beta == 1 else _ScaleLatent(beta)
 
@@ -167,14 +179,7 @@ class VAE(PyroModule):
         """p(z | y) p(x | z, y). With ``x=None`` it generates ``batch_size`` (or ``len(y)``) data.
 
         :param beta: scale of the latent site's density (default ``self.beta``)."""
-        if x is not None:
-            n = x.shape[0]
-        elif y is not None:
-            n = y.shape[0]  # labels or conditioning tensors: one datum per row
-        elif batch_size is not None:
-            n = batch_size
-        else:
-            raise ValueError("model() needs data x, labels y or a batch_size")
+        n = _num_data(x, y, batch_size)
         like = x if x is not None else self._reference()
         y1 = self.one_hot(y, like)
         # The device saves Pyro a lookup per plate and puts the plate's indices with the data.

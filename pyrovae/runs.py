@@ -119,22 +119,24 @@ def _open_run_dir(out: Path, cfg: Config, resume: bool, overwrite: bool) -> bool
             f"{out} already holds files; resume that run or overwrite it (--resume / --overwrite)", "out"
         )
     out.mkdir(parents=True, exist_ok=True)
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-    for events in out.glob("events.out.tfevents.*"):  # an overwritten run's TensorBoard history
-        events.unlink()
+    _remove_run_files(out)
     checkpoint.write_text(out / "config.json", cfg.to_json())
     return True
+
+
+def _remove_run_files(out: Path) -> None:
+    """The files a run writes, TensorBoard's event files included; nothing else of the folder."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for events in out.glob("events.out.tfevents.*"):
+        events.unlink()
 
 
 def _clean_failed_start(out: Path) -> None:
     """Remove what a run that never finished an epoch wrote, so it can simply be started again."""
     if (out / "checkpoint.pt").exists():
         return
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-    for events in out.glob("events.out.tfevents.*"):
-        events.unlink()
+    _remove_run_files(out)
     if out.exists() and not any(out.iterdir()):
         out.rmdir()
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .config import ConfigError
-from .data import DataError, _read, binarize, check_values, is_binary
+from .data import DataError, binarize, check_values, is_binary, read_rows
 from .evaluate import cached_prior, is_point_estimate
 from .posterior import anomaly_scores, embed, posterior_samples, reconstruct
 from .runs import EVAL_BINARIZE_SEED, Run
@@ -55,14 +55,7 @@ def open_rows(run: Run, data_file: str | Path | None = None, labels_file: str | 
         part = getattr(run.data, split)
         return Rows(part.x, part.y, f"the run's {split} split")
     path = Path(data_file)
-    y = None
-    x = np.load(path, mmap_mode="r") if path.suffix == ".npy" and path.exists() else _read(path)
-    if isinstance(x, dict):
-        if "x" not in x:
-            raise DataError(f"{path} holds a dict without the key 'x'; save {{'x': data, 'y': labels}}")
-        x, y = x["x"], x.get("y")
-    if labels_file is not None:
-        y = _read(Path(labels_file))
+    x, y = read_rows(path, labels_file, mmap=True)  # .npy rows stay on disk until scored
     if x.ndim < 2:
         raise DataError(f"{path} holds an array of shape {tuple(x.shape)}; expected (N, ...) rows")
     if y is not None:

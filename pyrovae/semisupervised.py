@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
 from .data import Split
-from .models import VAE, _scaled
+from .models import VAE, _num_data, _scaled
 from .nets import MLPEncoder
 
 #: label of an image whose label is hidden from training
@@ -134,14 +134,7 @@ class SSVAE(VAE):
     ) -> Tensor:
         """p(y) p(z) p(x | y, z); ``y`` observed where given. With ``x=None`` it generates
         ``batch_size`` (or ``len(y)``) data."""
-        if x is not None:
-            n = x.shape[0]
-        elif y is not None:
-            n = y.shape[0]
-        elif batch_size is not None:
-            n = batch_size
-        else:
-            raise ValueError("model() needs data x, labels y or a batch_size")
+        n = _num_data(x, y, batch_size)
         like = x if x is not None else self._reference()
         with pyro.plate("data", n, device=like.device):
             y = pyro.sample("y", self.label_prior(like), obs=y)  # enumerated: (K, 1)
