@@ -1,6 +1,7 @@
-"""Distributions pyrovae adds to Pyro's: a :class:`ContinuousBernoulli` that stays normalized at
-any logit in float32, and :class:`DiagonalNormalMixture`, a mixture of
-diagonal Normals scored by matrix products (the VampPrior at evaluation).
+"""Distributions pyrovae adds to Pyro's: a :class:`Bernoulli` whose log-density is faster on a
+CPU, a :class:`ContinuousBernoulli` that stays normalized at any logit in float32, and
+:class:`DiagonalNormalMixture`, a mixture of diagonal Normals scored by matrix products (the
+VampPrior at evaluation).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
+
+from .functional import softplus
 
 
 def _series(t: Tensor, coeffs: tuple[float, ...]) -> Tensor:
@@ -27,6 +30,26 @@ def _series(t: Tensor, coeffs: tuple[float, ...]) -> Tensor:
 _LOG_C = (math.log(2.0), 1 / 12, -7 / 1440, 31 / 90720, -127 / 4838400)  # log(eta / tanh(eta / 2))
 _MEAN = (1 / 12, -1 / 720, 1 / 30240, -1 / 1209600, 1 / 47900160)  # (mean - 1/2) / eta
 _VAR = (1 / 12, -1 / 240, 1 / 6048, -1 / 172800, 1 / 5322240, -691 / 118879488000)
+
+
+class Bernoulli(dist.Bernoulli):
+    """Pyro's Bernoulli, its log-density ``x * logits - softplus(logits)`` computed by
+    :func:`pyrovae.functional.softplus` instead of torch's ``binary_cross_entropy_with_logits``
+    (whose CPU kernel is several times slower); on other devices, torch's. Same values, support
+    and validation.
+
+    >>> x = torch.tensor([0.0, 1.0, 1.0])
+    >>> Bernoulli(logits=torch.tensor([-2.0, 0.0, 3.0])).log_prob(x)
+    tensor([-0.1269, -0.6931, -0.0486])
+    """
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self.logits.device.type != "cpu":  # torch's one fused kernel is the faster there
+            return super().log_prob(value)
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, value = broadcast_all(self.logits, value)
+        return value * logits - softplus(logits)
 
 
 class ContinuousBernoulli(dist.ContinuousBernoulli):
@@ -62,6 +85,8 @@ class ContinuousBernoulli(dist.ContinuousBernoulli):
         return torch.where(small, _series(eta * eta, _LOG_C), closed)
 
     def log_prob(self, value: Tensor) -> Tensor:
+        if self.logits.device.type != "cpu":  # torch's one fused kernel is the faster there
+            return super().log_prob(value)
         if self._validate_args:
             self._validate_sample(value)
         logits, value = broadcast_all(self.logits, value)

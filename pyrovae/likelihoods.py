@@ -50,7 +50,7 @@ class Bernoulli(Likelihood):
     needs_binary = True
 
     def forward(self, out: Tensor) -> dist.Distribution:
-        return dist.Bernoulli(logits=out).to_event(len(self.x_shape))
+        return pvdist.Bernoulli(logits=out).to_event(len(self.x_shape))
 
     def bias_from_mean(self, mean: Tensor) -> Tensor:
         return torch.logit(mean.clamp(_EPS, 1 - _EPS))

@@ -29,8 +29,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .functional import Softplus
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "softplus": nn.Softplus,
+    "softplus": Softplus,  # torch's nn.Softplus, faster on a CPU
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
     "elu": nn.ELU,
