@@ -14,16 +14,17 @@ from collections.abc import Sequence
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
-import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import Tensor, nn
+
+from .functional import softplus
 
 _MIN_SCALE = 1e-5
 
 
 def _positive(raw: Tensor, how: str) -> Tensor:
     # exp is what Pyro's tutorial uses; softplus cannot overflow, hence the default.
-    return raw.exp() if how == "exp" else F.softplus(raw) + _MIN_SCALE
+    return raw.exp() if how == "exp" else softplus(raw) + _MIN_SCALE
 
 
 class DiagonalNormal(PyroModule):
