@@ -32,6 +32,14 @@ _MEAN = (1 / 12, -1 / 720, 1 / 30240, -1 / 1209600, 1 / 47900160)  # (mean - 1/2
 _VAR = (1 / 12, -1 / 240, 1 / 6048, -1 / 172800, 1 / 5322240, -691 / 118879488000)
 
 
+def _cross_entropy_term(d: dist.Distribution, value: Tensor) -> Tensor:
+    """``value * logits - softplus(logits)`` of a Bernoulli-like ``d``, after its validation."""
+    if d._validate_args:
+        d._validate_sample(value)
+    logits, value = broadcast_all(d.logits, value)
+    return value * logits - softplus(logits)
+
+
 class Bernoulli(dist.Bernoulli):
     """Pyro's Bernoulli, its log-density ``x * logits - softplus(logits)`` computed by
     :func:`pyrovae.functional.softplus` instead of torch's ``binary_cross_entropy_with_logits``
@@ -46,10 +54,7 @@ class Bernoulli(dist.Bernoulli):
     def log_prob(self, value: Tensor) -> Tensor:
         if self.logits.device.type != "cpu":  # torch's one fused kernel is the faster there
             return super().log_prob(value)
-        if self._validate_args:
-            self._validate_sample(value)
-        logits, value = broadcast_all(self.logits, value)
-        return value * logits - softplus(logits)
+        return _cross_entropy_term(self, value)
 
 
 class ContinuousBernoulli(dist.ContinuousBernoulli):
@@ -85,12 +90,7 @@ class ContinuousBernoulli(dist.ContinuousBernoulli):
         return torch.where(small, _series(eta * eta, _LOG_C), closed)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        if self.logits.device.type != "cpu":  # torch's one fused kernel is the faster there
-            return super().log_prob(value)
-        if self._validate_args:
-            self._validate_sample(value)
-        logits, value = broadcast_all(self.logits, value)
-        return self._log_norm() - F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+        return self._log_norm() + _cross_entropy_term(self, value)
 
     @property
     def mean(self) -> Tensor:
