@@ -178,7 +178,8 @@ def fit(
     # 2. objective and optimizer
     supervision = None
     if is_semisupervised(vae):
-        supervision = SemiSupervision(data.train.y != UNLABELED, data.val, data.test, cfg.aux_weight)
+        supervision = SemiSupervision(data.train.y != UNLABELED, data.val, data.test, cfg.aux_weight,
+                                      cfg.labeled_batches)  # fmt: skip
     if supervision is None:
         elbo = make_elbo(cfg.elbo, cfg.num_particles, free_bits=cfg.free_bits, **_capacity_options(cfg))
         loss = ELBOLoss(vae, elbo, ctx.world)
