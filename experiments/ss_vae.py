@@ -35,7 +35,7 @@ def _run(args: argparse.Namespace, n: int, epochs: int) -> dict:
     cfg = Config(semi_supervised=True, labeled=n, z_dim=50, hidden=[500], batch_size=200, lr=args.lr,
                  epochs=epochs, monitor="accuracy", train_size=args.train_size, seed=args.seed,
                  data_dir=args.data_dir, eval_k=args.k, eval_n_test=args.n_test, aux_weight=args.aux_weight,
-                 label_layers=args.label_layers)  # fmt: skip
+                 label_layers=args.label_layers, labeled_batches=args.labeled_batches)  # fmt: skip
     out = args.runs_dir / f"ss_vae-{n}{_suffix(args).replace('_', '-')}-seed{args.seed}"
     resume = (out / "checkpoint.pt").exists()
     cpu = time.process_time()
@@ -121,8 +121,7 @@ Hardware and load: {platform.processor() or platform.machine()}, {args.threads} 
 Protocol: {cfg["train_size"] or 50000} training images (10,000 held out for validation, split_seed 0),
 `labeled` of them keep their label (balanced by class), the rest are unlabelled; dynamically binarized,
 Bernoulli likelihood; MLPs 784-500-50 (softplus) for q(z|x,y), p(x|y,z) and q(y|x), the label entering
-{_label_text(args)}; batch 200
-unlabelled images plus an even share of the labelled ones; Adam lr {cfg["lr"]}; classification weight
+{_label_text(args)}; {_batches_text(args)}; Adam lr {cfg["lr"]}; classification weight
 alpha {_alpha_text(args)};
 TraceEnum_ELBO summing over y exactly. Test accuracy of argmax q(y|x) on all 10,000 test images
 (binarized once, seed 0) at the epoch of best validation accuracy (best.pt); ELBO and importance-sampled
@@ -133,8 +132,7 @@ image.
 
 Differences from the anchors' protocols: far fewer epochs (Pyro's script defaults to 50, Kingma et al.
 train to convergence and report mean ± std over several runs; one seed here); Adam lr {cfg["lr"]}
-(Pyro: 4.2e-4); every batch mixes unlabelled images with an even share of the labelled ones (Pyro
-alternates whole labelled and unlabelled batches); dynamically binarized images with a normalized
+(Pyro: 4.2e-4); {_batches_difference(args)}; dynamically binarized images with a normalized
 Bernoulli likelihood (Pyro: Bernoulli on grey values); softplus scale of q(z|x,y) (Pyro: exp), logits
 for q(y|x) (Pyro: clipped softmax), decoder bias initialised at the mean image.
 
@@ -145,10 +143,11 @@ for q(y|x) (Pyro: clipped softmax), decoder bias initialised at the mean image.
 
 
 def _suffix(args: argparse.Namespace) -> str:
-    """Results of a run with a given alpha or label layers go to their own files (ss_vae_alpha46.md,
-    ss_vae_alpha46_every.md, ...)."""
+    """Results of a run with a given alpha, label layers or labelled batches go to their own files
+    (ss_vae_alpha46.md, ss_vae_alpha46_every.md, ss_vae_alpha46_separate.md, ...)."""
     alpha = "" if args.aux_weight is None else f"_alpha{args.aux_weight:g}"
-    return alpha + ("" if args.label_layers == "input" else f"_{args.label_layers}")
+    layers = "" if args.label_layers == "input" else f"_{args.label_layers}"
+    return alpha + layers + ("" if args.labeled_batches == "mixed" else f"_{args.labeled_batches}")
 
 
 def _label_text(args: argparse.Namespace) -> str:
@@ -156,6 +155,23 @@ def _label_text(args: argparse.Namespace) -> str:
         return "at the first layer's input (`--label-layers input`, as Pyro's example does)"
     return ("every layer (`--label-layers every`: a weight matrix per class in the decoder's first layer, "
             "FiLM on the others)")  # fmt: skip
+
+
+def _batches_text(args: argparse.Namespace) -> str:
+    if args.labeled_batches == "mixed":
+        return (
+            "batch 200 unlabelled images plus an even share of the labelled ones (`--labeled-batches mixed`)"
+        )
+    return ("whole batches of 200 unlabelled or up to 200 labelled images, the labelled batches spread evenly "
+            "among the unlabelled ones (`--labeled-batches separate`, Pyro's schedule)")  # fmt: skip
+
+
+def _batches_difference(args: argparse.Namespace) -> str:
+    if args.labeled_batches == "mixed":
+        return ("every batch mixes unlabelled images with an even share of the labelled ones (Pyro alternates "
+                "whole labelled and unlabelled batches)")  # fmt: skip
+    return ("a labelled batch takes one step on its ELBO plus the classification loss (Pyro takes two steps, "
+            "one on each, and a second Adam step on every unlabelled batch, on a zero gradient)")  # fmt: skip
 
 
 def _alpha_text(args: argparse.Namespace) -> str:
@@ -178,6 +194,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--label-layers", choices=["input", "every"], default="input",
                    help="where the label enters encoder and decoder (default: input, as Pyro's example and "
                         "pyrovae's default for a semi-supervised VAE)")  # fmt: skip
+    p.add_argument("--labeled-batches", choices=["mixed", "separate"], default="mixed",
+                   help="mixed: each batch 200 unlabelled images + a share of the labelled ones; separate: whole "
+                        "labelled batches among the unlabelled ones, as Pyro's example (default: mixed)")  # fmt: skip
     p.add_argument("--aux-weight", type=float, default=None,
                    help="alpha per labelled image (default: 0.1*N/labels, Kingma et al.; Pyro's example uses 46)")  # fmt: skip
     return p.parse_args(argv)

@@ -116,6 +116,12 @@ class Config:
     aux_weight: float | None = _opt(
         None, "semi-supervised: weight alpha of each labelled image's -log q(y|x); unset: 0.1*N/labeled"
     )
+    labeled_batches: str = _opt(
+        "mixed", "semi-supervised: 'mixed': every batch holds --batch-size unlabelled images and a share "
+        "of the labelled ones; 'separate': whole batches of labelled images spread among the unlabelled "
+        "ones (Pyro's example's schedule)",
+        ("mixed", "separate"),
+    )  # fmt: skip
     # objective
     elbo: str = _opt(
         "trace", "'trace' (Trace_ELBO), 'meanfield' (analytic KL), 'iwae' (importance-weighted bound)", ELBOS
@@ -281,7 +287,8 @@ class Config:
     def _validate_semi_supervised(self) -> None:
         if not self.semi_supervised:
             for name, bad in [("labeled", self.labeled is not None), ("aux_weight", self.aux_weight is not None),
-                              ("monitor", self.monitor == "accuracy")]:  # fmt: skip
+                              ("monitor", self.monitor == "accuracy"),
+                              ("labeled_batches", self.labeled_batches != "mixed")]:  # fmt: skip
                 if bad:
                     raise ConfigError(f"{name} applies to a semi-supervised run: add semi_supervised", name)
             return

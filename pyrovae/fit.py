@@ -153,7 +153,8 @@ def fit(
     on training batches only.
 
     A semi-supervised VAE (:class:`~pyrovae.semisupervised.SSVAE`, training labels -1 where hidden)
-    trains on its own loss over mixed batches (:class:`~pyrovae.semisupervised.SemiSupervision`),
+    trains on its own loss over batches that mix labelled and unlabelled images or keep them apart
+    (``options.labeled_batches``; :class:`~pyrovae.semisupervised.SemiSupervision`),
     validates its unlabelled ELBO and logs the accuracies of q(y|x) (``val_accuracy``,
     ``test_accuracy`` in ``metrics.csv``); ``monitor="accuracy"`` selects by validation accuracy.
     """
@@ -178,7 +179,8 @@ def fit(
     # 2. objective and optimizer
     supervision = None
     if is_semisupervised(vae):
-        supervision = SemiSupervision(data.train.y != UNLABELED, data.val, data.test, cfg.aux_weight)
+        supervision = SemiSupervision(data.train.y != UNLABELED, data.val, data.test, cfg.aux_weight,
+                                      cfg.labeled_batches)  # fmt: skip
     if supervision is None:
         elbo = make_elbo(cfg.elbo, cfg.num_particles, free_bits=cfg.free_bits, **_capacity_options(cfg))
         loss = ELBOLoss(vae, elbo, ctx.world)

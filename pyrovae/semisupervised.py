@@ -17,7 +17,8 @@ and the labelled images add the classification loss ``-alpha log q(y|x)`` (the c
 otherwise learn only from unlabelled data). Over one epoch the loss is Kingma et al.'s
 ``J^alpha = sum_labelled L(x,y) + sum_unlabelled U(x) + alpha sum_labelled -log q(y|x)``: every
 image, labelled or not, is in exactly one batch, the labelled ones spread evenly over the batches
-(:func:`mixed_batches`).
+(:func:`mixed_batches`), or gathered in whole labelled batches spread among the unlabelled ones
+(:func:`separate_batches`, as Pyro's example does).
 
 References: D. P. Kingma, D. J. Rezende, S. Mohamed, M. Welling, "Semi-Supervised Learning with
 Deep Generative Models", NeurIPS 2014; Pyro's ``examples/vae/ss_vae_M2.py``.
@@ -270,6 +271,30 @@ def mixed_batches(perm: Tensor, labelled: Tensor, batch_size: int) -> list[Tenso
     return [torch.cat([u, l]) for u, l in zip(unl, lab.tensor_split(len(unl)), strict=True)]
 
 
+def separate_batches(perm: Tensor, labelled: Tensor, batch_size: int) -> list[Tensor]:
+    """An epoch's order ``perm`` as whole batches of unlabelled images and whole batches of
+    labelled ones (up to ``batch_size`` each, in ``perm``'s order), the labelled batches spread
+    evenly among the unlabelled ones, the first one first: Pyro's example's schedule, which puts
+    one labelled batch every ``N / labelled`` batches. Every image is in one batch.
+
+    >>> perm, labelled = torch.arange(10), torch.arange(10) % 5 == 0
+    >>> [b.tolist() for b in separate_batches(perm, labelled, 2)]
+    [[0, 5], [1, 2], [3, 4], [6, 7], [8, 9]]
+    """
+    lab, unl = perm[labelled[perm]], perm[~labelled[perm]]
+    lab, unl = (part.split(batch_size) if len(part) else () for part in (lab, unl))  # no empty batch
+    order, done = [], 0
+    for j, batch in enumerate(lab):
+        upto = j * len(unl) // len(lab)  # unlabelled batches before the j-th labelled one
+        order += [*unl[done:upto], batch]
+        done = upto
+    return order + list(unl[done:])
+
+
+#: how :class:`SemiSupervision` batches the labelled images (``Config.labeled_batches``)
+BATCHINGS = {"mixed": mixed_batches, "separate": separate_batches}
+
+
 @torch.no_grad()
 def accuracy(vae: SSVAE, data: Split, batch_size: int = 1000) -> float:
     """Fraction of ``data`` whose most probable class under q(y | x) is its label."""
@@ -287,19 +312,26 @@ class SemiSupervision:
     :param labelled: mask of the training images whose label is kept.
     :param val: validation split (labelled, for accuracy); :param test: likewise.
     :param alpha: classification weight per labelled image; default :func:`default_alpha`.
+    :param batches: ``"mixed"``: each unlabelled batch with a share of the labelled images
+        (:func:`mixed_batches`); ``"separate"``: whole labelled batches among the unlabelled ones
+        (:func:`separate_batches`, Pyro's example's schedule).
     """
 
     validation_labels = False  # validate the unlabelled ELBO, a bound on log p(x)
 
-    def __init__(self, labelled: Tensor, val: Split, test: Split, alpha: float | None = None) -> None:
-        self.labelled, self.val, self.test = labelled, val, test
+    def __init__(
+        self, labelled: Tensor, val: Split, test: Split, alpha: float | None = None, batches: str = "mixed"
+    ) -> None:
+        if batches not in BATCHINGS:
+            raise ValueError(f"batches must be one of {sorted(BATCHINGS)}, got {batches!r}")
+        self.labelled, self.val, self.test, self.batches = labelled, val, test, BATCHINGS[batches]
         self.alpha = default_alpha(len(labelled), int(labelled.sum())) if alpha is None else alpha
 
     def loss(self, vae: SSVAE, num_particles: int, world: int = 1) -> SemiSupervisedLoss:
         return SemiSupervisedLoss(vae, self.alpha, num_particles, world)
 
     def split(self, perm: Tensor, batch_size: int) -> list[Tensor]:
-        return mixed_batches(perm, self.labelled.to(perm.device), batch_size)
+        return self.batches(perm, self.labelled.to(perm.device), batch_size)
 
     def scores(self, vae: SSVAE) -> dict[str, float]:
         device = vae._reference().device
@@ -321,6 +353,7 @@ __all__ = [
     "balanced_labels",
     "default_alpha",
     "mixed_batches",
+    "separate_batches",
     "UNLABELED",
     "style_and_content",
 ]

@@ -56,6 +56,7 @@ MATRIX: dict[str, list[list[str]]] = {
     ],  # fmt: skip
     "labeled": [["--semi-supervised", "--labeled", "42"]],
     "aux_weight": [["--semi-supervised", "--labeled", "9", "--aux-weight", "0"]],
+    "labeled_batches": [["--semi-supervised", "--labeled", "12", "--labeled-batches", "separate"]],
     "monitor": [["--semi-supervised", "--labeled", "6", "--monitor", "accuracy", "--patience", "1"]],
     "elbo": [["--elbo", "meanfield"], ["--elbo", "iwae", "--num-particles", "3"]],
     "num_particles": [["--num-particles", "3"], ["--elbo", "meanfield", "--num-particles", "2"]],
