@@ -33,6 +33,7 @@ SMOKE = {
     "anomaly_mnist.py": [*TINY, "--digits", "1", "--z-dim", "4", "--n-pca", "300", "--quiet"],
     "embedding.py": [*TINY, "--z-dims", "2", "3", "--n-probe", "300", "--n-map", "60", "--quiet"],
     "ss_vae.py": [*TINY, "--labels", "100", "--quiet"],
+    "ss_vae_pyro_protocol.py": [*TINY, "--labels", "100", "--quiet"],
     "custom_components.py": ["--epochs", "1", "--train-size", "600", "--k", "50", "--n-test", "50"],
     "conditional_samples.py": [
         *TINY,
@@ -132,6 +133,12 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
         text = (tmp_path / "results" / "ss_vae.md").read_text()
         assert f"| 100 | 1 | {result[0]['test']:.2f} (epoch 1) |" in text
         assert (tmp_path / "results" / "ss_vae_style.png").exists()
+    elif name == "ss_vae_pyro_protocol.py":
+        (r,) = result
+        assert r["per_class"] == [10] * 10  # 100 labels, balanced
+        assert len(r["rows"]) == 1 and 0 <= r["test"] <= 100 and r["rows"][0]["cpu_min"] > 0
+        text = (tmp_path / "results" / "ss_vae_pyro_protocol.md").read_text()
+        assert f"| 100 | 1 | {r['test']:.2f} (epoch 1) |" in text and "Command: `" in text
     else:  # the user-written prior and guide trained: far above the untrained ~ -540 nats
         assert -450 < result["elbo"] < result["log_likelihood"] + 2 and result["log_likelihood"] < 0
 
