@@ -146,9 +146,14 @@ def run(args, n_labels: int) -> tuple[list[dict], list[int]]:
         labelled += list(idx[: n_labels // 10])
     mask = torch.zeros(len(xtr), dtype=torch.bool)
     mask[torch.tensor(labelled)] = True
-    xs, ys, xu = xtr[mask], F.one_hot(ytr[mask], 10).float(), xtr[~mask]
+    dev = torch.device(args.device)
+    xs, ys, xu = xtr[mask].to(dev), F.one_hot(ytr[mask], 10).float().to(dev), xtr[~mask].to(dev)
+    xva, yva, xte, yte = xva.to(dev), yva.to(dev), xte.to(dev), yte.to(dev)
 
-    m = SSVAE(alpha=args.aux_weight)
+    def pixels(x):  # grey, as the example; or a fresh binarization per batch
+        return torch.bernoulli(x) if args.binarize else x
+
+    m = SSVAE(alpha=args.aux_weight).to(dev)
     opt = Adam({"lr": args.lr, "betas": (args.beta1, 0.999)})
     svi = SVI(m.model, config_enumerate(m.guide, "parallel"), opt, loss=TraceEnum_ELBO(max_plate_nesting=1))
     aux = SVI(m.model_classify, m.guide_classify, opt, loss=Trace_ELBO())
@@ -156,17 +161,17 @@ def run(args, n_labels: int) -> tuple[list[dict], list[int]]:
     rows, cpu0 = [], time.process_time()
     for epoch in range(1, args.epochs + 1):
         t0 = time.time()
-        sb = torch.randperm(len(xs)).split(args.batch_size)
-        ub = torch.randperm(len(xu)).split(args.batch_size)
+        sb = torch.randperm(len(xs), device=dev).split(args.batch_size)
+        ub = torch.randperm(len(xu), device=dev).split(args.batch_size)
         n_sup = 0
         for i in range(len(sb) + len(ub)):  # the example's schedule
             if i % period == 1 and n_sup < len(sb):
-                x, y = xs[sb[n_sup]], ys[sb[n_sup]]
+                x, y = pixels(xs[sb[n_sup]]), ys[sb[n_sup]]
                 n_sup += 1
                 svi.step(x, y)
                 aux.step(x, y)
             else:
-                x = xu[ub[i - n_sup]]
+                x = pixels(xu[ub[i - n_sup]])
                 svi.step(x)
                 aux.step(x)  # no aux term without labels; Adam still moves by its momentum, as in the example
         rows.append(dict(epoch=epoch, val=100 * accuracy(m, xva, yva), test=100 * accuracy(m, xte, yte),
@@ -200,7 +205,8 @@ def main(args: argparse.Namespace) -> list[dict]:
 
 Command: `{command_line()}`
 
-Hardware: {platform.processor() or platform.machine()}, {args.threads} torch thread(s); seed {args.seed};
+Hardware: {platform.processor() or platform.machine()}, {args.threads} torch thread(s), device {args.device};
+seed {args.seed}; {"binarized" if args.binarize else "grey"} pixels;
 batch {args.batch_size}, alpha {args.aux_weight}, Adam lr {args.lr}, beta1 {args.beta1}. Plain Pyro and
 torch, no pyrovae (protocol in the script's docstring). Test accuracy of argmax q(y|x) on the 10,000
 test images (grey), at the epoch of best accuracy on the 10,000 validation images.
@@ -219,6 +225,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=4.2e-4, help="Adam learning rate (default: 4.2e-4)")
     p.add_argument("--beta1", type=float, default=0.95, help="Adam beta1 (default: 0.95)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
+    p.add_argument(
+        "--binarize", action="store_true", help="binarize each batch afresh (default: grey pixels)"
+    )
     return p.parse_args(argv)
 
 
