@@ -65,6 +65,32 @@ def tiny_config():
 
 
 @pytest.fixture(scope="session")
+def component_config():
+    """``component_config(prior, guide, likelihood, net, **options) -> Config``: the smallest model
+    of a component combination (z 2, one hidden layer of 8, 3 components, 4 pseudo-inputs)."""
+    from pyrovae.config import Config
+
+    def make(prior="normal", guide="diag", likelihood="bernoulli", net="mlp", **kw):
+        return Config(prior=prior, guide=guide, likelihood=likelihood, net=net, z_dim=2, hidden=[8],
+                      components=3, pseudo_inputs=4, **kw)  # fmt: skip
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def component_data():
+    """``component_data(likelihood, shape, n=6) -> x``: random data a likelihood accepts (binarized
+    for those normalized only on {0, 1})."""
+    from pyrovae.likelihoods import LIKELIHOODS
+
+    def make(likelihood, shape, n=6):
+        x = torch.rand(n, *shape)
+        return torch.bernoulli(x) if LIKELIHOODS[likelihood].needs_binary else x
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A model trained on a tiny three-class data set (15 epochs), loaded as a user would."""
     from pyrovae import train

@@ -38,16 +38,6 @@ def tiny_file(tmp_path_factory, tiny_data_file):
     return tiny_data_file(tmp_path_factory.mktemp("data"), n=60, shape=(1, 8, 8))
 
 
-def _cfg(prior="normal", guide="diag", likelihood="bernoulli", net="mlp", **kw):
-    return Config(prior=prior, guide=guide, likelihood=likelihood, net=net, z_dim=2, hidden=[8],
-                  components=3, pseudo_inputs=4, **kw)  # fmt: skip
-
-
-def _data(likelihood, shape, n=6):
-    x = torch.rand(n, *shape)
-    return torch.bernoulli(x) if LIKELIHOODS[likelihood].needs_binary else x
-
-
 COMBOS = [
     (p, g, lik, net, shape)
     for p, g, lik in itertools.product(UNCONDITIONAL_PRIORS, ALL_GUIDES, LIKELIHOODS)
@@ -57,15 +47,17 @@ COMBOS = [
 
 
 @pytest.mark.parametrize("prior,guide,likelihood,net,shape", COMBOS)
-def test_every_combination_traces_and_gets_gradients(prior, guide, likelihood, net, shape):
+def test_every_combination_traces_and_gets_gradients(
+    prior, guide, likelihood, net, shape, component_config, component_data
+):
     try:
-        vae = build_model(_cfg(prior, guide, likelihood, net), shape)
+        vae = build_model(component_config(prior, guide, likelihood, net), shape)
     except ConfigError as e:
         assert (prior, guide) in REFUSED, f"refused unexpectedly: {e}"
         assert "use --guide" in str(e)
         return
     assert (prior, guide) not in REFUSED
-    x = _data(likelihood, shape)
+    x = component_data(likelihood, shape)
     guide_tr = poutine.trace(vae.guide).get_trace(x)
     model_tr = poutine.trace(poutine.replay(vae.model, guide_tr)).get_trace(x)
     assert guide_tr.nodes["z"]["value"].shape == (6, 2)
@@ -83,9 +75,9 @@ def test_every_combination_traces_and_gets_gradients(prior, guide, likelihood, n
     "prior,guide,likelihood",
     [(p, g, lk) for p in UNCONDITIONAL_PRIORS for g in ALL_GUIDES for lk in LIKELIHOODS][::5],
 )
-def test_save_load_gives_identical_elbo(tmp_path, prior, guide, likelihood):
+def test_save_load_gives_identical_elbo(tmp_path, prior, guide, likelihood, component_config, component_data):
     shape = (1, 4, 4)
-    cfg = _cfg(prior, guide, likelihood)
+    cfg = component_config(prior, guide, likelihood)
     try:
         vae = build_model(cfg, shape)
     except ConfigError:
@@ -97,7 +89,7 @@ def test_save_load_gives_identical_elbo(tmp_path, prior, guide, likelihood):
     checkpoint.save({"model": vae.state_dict()}, tmp_path / "m.pt")
     other = build_model(cfg, shape)
     other.load_state_dict(checkpoint.load(tmp_path / "m.pt")["model"])
-    x = _data(likelihood, shape)
+    x = component_data(likelihood, shape)
     losses = []
     for m in (vae, other):
         pyro.set_rng_seed(5)
@@ -106,9 +98,9 @@ def test_save_load_gives_identical_elbo(tmp_path, prior, guide, likelihood):
 
 
 @pytest.mark.parametrize("net,shape", [("conv", (12,)), ("conv", (1, 6, 6))])
-def test_nonsense_combinations_are_refused(net, shape):
+def test_nonsense_combinations_are_refused(net, shape, component_config):
     with pytest.raises(ConfigError, match="--net mlp"):
-        build_model(_cfg(net=net), shape)
+        build_model(component_config(net=net), shape)
 
 
 @pytest.mark.parametrize(

@@ -5,19 +5,7 @@ import torch
 from pyro import poutine
 
 from pyrovae.build import build_model
-from pyrovae.config import Config
 from pyrovae.guides import GUIDES
-from pyrovae.likelihoods import LIKELIHOODS
-
-
-def _cfg(prior="normal", guide="diag", likelihood="bernoulli", net="mlp", **kw):
-    return Config(prior=prior, guide=guide, likelihood=likelihood, net=net, z_dim=2, hidden=[8],
-                  components=3, pseudo_inputs=4, **kw)  # fmt: skip
-
-
-def _data(likelihood, shape, n=6):
-    x = torch.rand(n, *shape)
-    return torch.bernoulli(x) if LIKELIHOODS[likelihood].needs_binary else x
 
 
 @pytest.mark.parametrize(
@@ -25,8 +13,10 @@ def _data(likelihood, shape, n=6):
     [g for g, G in GUIDES.items() if not getattr(G, "point_estimate", False)]
     + ["lowrank"],  # a user's guide, from conftest
 )
-def test_guide_density_normalized_and_matches_its_samples(guide, check_density, user_components):
-    vae = build_model(_cfg(guide=guide), (1, 4, 4)).double()
+def test_guide_density_normalized_and_matches_its_samples(
+    guide, check_density, user_components, component_config
+):
+    vae = build_model(component_config(guide=guide), (1, 4, 4)).double()
     with torch.no_grad():
         for p in vae.guide_net.parameters():
             p.add_(0.2 * torch.randn_like(p))
@@ -35,9 +25,9 @@ def test_guide_density_normalized_and_matches_its_samples(guide, check_density, 
     check_density(lambda zz: vae.encode(x.expand(len(zz), 1, 4, 4)).log_prob(zz), samples)  # one q per point
 
 
-def test_delta_guide_is_a_regularized_autoencoder():
-    vae = build_model(_cfg(guide="delta"), (1, 4, 4))
-    x = _data("bernoulli", (1, 4, 4))
+def test_delta_guide_is_a_regularized_autoencoder(component_config, component_data):
+    vae = build_model(component_config(guide="delta"), (1, 4, 4))
+    x = component_data("bernoulli", (1, 4, 4))
     tr = poutine.trace(vae.guide).get_trace(x)
     tr.compute_log_prob()
     assert torch.all(tr.nodes["z"]["log_prob"] == 0)  # log q = 0: loss is -log p(x|z) - log p(z)

@@ -134,20 +134,15 @@ def test_trained_model_elbo_in_float32_matches_float64(tmp_path, tiny_data_file)
     assert recon64.mean().item() - res["kl"] == pytest.approx(res["elbo"], abs=0.05)
 
 
-def _data(likelihood, shape, n=6):
-    x = torch.rand(n, *shape)
-    return torch.bernoulli(x) if LIKELIHOODS[likelihood].needs_binary else x
-
-
 @pytest.mark.parametrize("likelihood", [*LIKELIHOODS, "masked"])
-def test_likelihood_log_prob_and_gradient_are_pyros_to_event(likelihood):
+def test_likelihood_log_prob_and_gradient_are_pyros_to_event(likelihood, component_data):
     shape = (1, 4, 4)
     if likelihood == "masked":
         lik = Masked(LIKELIHOODS["bernoulli"](shape), torch.rand(shape) < 0.5)
     else:
         lik = LIKELIHOODS[likelihood](shape).double()
     out = torch.randn(3, 5, *shape, dtype=torch.float64, requires_grad=True)  # particles lead
-    x = _data("bernoulli" if likelihood == "masked" else likelihood, shape, n=5).double()
+    x = component_data("bernoulli" if likelihood == "masked" else likelihood, shape, n=5).double()
     ours = lik(out)
     pyros = lik(out).base_dist.to_event(len(shape))  # Pyro's own Independent over the same pixels
     lp, ref = ours.log_prob(x), pyros.log_prob(x)

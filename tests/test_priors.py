@@ -16,11 +16,6 @@ from pyrovae.priors import PRIORS
 UNCONDITIONAL_PRIORS = [p for p, P in PRIORS.items() if not getattr(P, "needs_labels", False)]
 
 
-def _cfg(prior="normal", guide="diag", likelihood="bernoulli", net="mlp", **kw):
-    return Config(prior=prior, guide=guide, likelihood=likelihood, net=net, z_dim=2, hidden=[8],
-                  components=3, pseudo_inputs=4, **kw)  # fmt: skip
-
-
 def _run_cfg(path, **kw):
     base = dict(
         dataset="file", data_file=str(path), z_dim=4, hidden=[32], batch_size=16, val_size=12, seed=0, lr=3e-3
@@ -29,8 +24,8 @@ def _run_cfg(path, **kw):
 
 
 @pytest.mark.parametrize("prior", [p for p in UNCONDITIONAL_PRIORS if not hasattr(PRIORS[p], "bind")])
-def test_prior_density_normalized_and_matches_its_samples(prior, check_density):
-    vae = build_model(_cfg(prior), (1, 4, 4)).double()
+def test_prior_density_normalized_and_matches_its_samples(prior, check_density, component_config):
+    vae = build_model(component_config(prior), (1, 4, 4)).double()
     with torch.no_grad():
         for p in vae.prior.parameters():
             p.add_(0.1 * torch.randn_like(p))  # a non-trivial prior that stays on the grid
@@ -38,20 +33,23 @@ def test_prior_density_normalized_and_matches_its_samples(prior, check_density):
     check_density(d.log_prob, d.sample((20000,)))
 
 
-def test_vamp_prior_is_the_guide_at_pseudo_inputs():
-    vae = build_model(_cfg("vamp"), (1, 4, 4))
+def test_vamp_prior_is_the_guide_at_pseudo_inputs(component_config):
+    vae = build_model(component_config("vamp"), (1, 4, 4))
     z = torch.randn(5, 2)
     q = vae.guide_net(vae.prior.pseudo_inputs)  # batch (K,)
     by_hand = torch.logsumexp(q.log_prob(z[:, None]), -1) - math.log(4)
     assert torch.allclose(vae.prior_dist().log_prob(z), by_hand, atol=1e-5)
 
 
-def test_vamp_prior_takes_labels():  # p(z|y) per class: tests/test_conditional.py
-    _cfg("vamp", conditional=True).validate()
-    assert build_model(_cfg("vamp", conditional=True), (1, 4, 4), num_classes=2).prior.num_classes == 2
+def test_vamp_prior_takes_labels(component_config):  # p(z|y) per class: tests/test_conditional.py
+    component_config("vamp", conditional=True).validate()
+    assert (
+        build_model(component_config("vamp", conditional=True), (1, 4, 4), num_classes=2).prior.num_classes
+        == 2
+    )
 
 
-def test_a_prior_that_needs_labels_is_refused_without_them():
+def test_a_prior_that_needs_labels_is_refused_without_them(component_config):
     class LabelPrior(PyroModule):  # a user's p(z|y), as the conditional prior
         needs_labels = True
 
@@ -65,8 +63,8 @@ def test_a_prior_that_needs_labels_is_refused_without_them():
     PRIORS["labelled"] = LabelPrior
     try:
         with pytest.raises(ConfigError, match="prior labelled is p\\(z\\|y\\): set conditional"):
-            _cfg("labelled").validate()
-        _cfg("labelled", conditional=True).validate()
+            component_config("labelled").validate()
+        component_config("labelled", conditional=True).validate()
     finally:
         del PRIORS["labelled"]
     assert PRIORS["conditional"].needs_labels and not getattr(PRIORS["normal"], "needs_labels", False)
