@@ -18,6 +18,7 @@ from .likelihoods import LIKELIHOODS
 from .nets import ACTIVATIONS, LABEL_LAYERS, NETS
 from .objectives import ELBOS
 from .priors import PRIORS
+from .semisupervised import BATCHINGS
 
 
 class ConfigError(ValueError):
@@ -120,7 +121,7 @@ class Config:
         "mixed", "semi-supervised: 'mixed': every batch holds --batch-size unlabelled images and a share "
         "of the labelled ones; 'separate': whole batches of labelled images spread among the unlabelled "
         "ones (Pyro's example's schedule)",
-        ("mixed", "separate"),
+        BATCHINGS,
     )  # fmt: skip
     # objective
     elbo: str = _opt(
