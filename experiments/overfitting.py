@@ -24,7 +24,7 @@ from pyrovae import checkpoint
 from pyrovae.build import build_model
 from pyrovae.config import Config
 from pyrovae.data import binarize
-from pyrovae.fit import validate
+from pyrovae.evaluate import validate
 from pyrovae.runs import load_data
 
 try:

@@ -8,7 +8,7 @@ guide or likelihood that follows the protocol is evaluated the same way.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
 import pyro
@@ -161,6 +161,44 @@ def active_units(means: Tensor, threshold: float = 0.01, noise: Tensor | None = 
     if noise is not None:
         var = var - noise.mean(0)
     return int((var > threshold).sum())
+
+
+#: A hook ``(x, y) -> y`` that makes each batch's condition from the batch (e.g. a structured
+#: CVAE's visible pixels); :func:`~pyrovae.fit.fit` applies it to training batches after
+#: binarization and to validation.
+Prepare = Callable[[Tensor, "Tensor | None"], "Tensor | None"]
+
+
+@torch.no_grad()
+def validate(
+    vae: VAE, data: Split, prepare: Prepare | None = None, batch_size: int = 1000
+) -> tuple[float, float]:
+    """Mean reconstruction and KL per datum (β = 1, eval mode: no dropout) over a split: what
+    :func:`~pyrovae.fit.fit` logs as ``val_recon`` and ``val_kl``. ``prepare`` makes each batch's
+    condition from ``(x, y)`` (see :data:`Prepare`)."""
+    recon, kl = 0.0, 0.0
+    with eval_mode(vae):
+        for x, y in _batches(data, prepare, batch_size):
+            r, k = elbo_terms(vae, x, y)
+            recon += r.sum().item()
+            kl += k.sum().item()
+    return recon / len(data), kl / len(data)
+
+
+def _batches(data: Split, prepare: Prepare | None, batch_size: int):
+    """``(x, y)`` of consecutive batches of a split, ``y`` made by ``prepare`` where given."""
+    for i in range(0, len(data), batch_size):
+        part = data.subset(slice(i, i + batch_size))
+        yield part.x, prepare(part.x, part.y) if prepare else part.y
+
+
+@torch.no_grad()
+def split_active_units(vae: VAE, data: Split, prepare: Prepare | None = None, batch_size: int = 1000) -> int:
+    """:func:`active_units` of the posterior means over a split (eval mode: no dropout)."""
+    with eval_mode(vae):
+        parts = [posterior_mean_and_noise(vae, x, y) for x, y in _batches(data, prepare, batch_size)]
+    means, noise = zip(*parts, strict=True)
+    return active_units(torch.cat(means), noise=torch.cat(noise))
 
 
 @torch.no_grad()

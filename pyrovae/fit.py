@@ -25,7 +25,7 @@ from tqdm import tqdm  # plain: tqdm.auto warns and falls back badly in a notebo
 from . import checkpoint, distributed
 from .config import Config
 from .data import DataError, Dataset, Split, is_binary
-from .evaluate import active_units, elbo_terms, eval_mode, posterior_mean_and_noise
+from .evaluate import Prepare, split_active_units, validate
 from .models import VAE
 from .objectives import CapacityELBO, ELBOLoss, beta_at, capacity_at, make_elbo
 from .semisupervised import UNLABELED, SemiSupervision, is_semisupervised
@@ -45,10 +45,6 @@ parameters weight decay shrinks."""
 EpochHook = Callable[[dict], None]
 #: A hook called after every optimizer step with the step count and that step's loss.
 StepHook = Callable[[int, float], None]
-
-#: A hook ``(x, y) -> y`` that makes each batch's condition from the batch (e.g. a structured
-#: CVAE's visible pixels); applied to training batches after binarization and to validation.
-Prepare = Callable[[torch.Tensor, "torch.Tensor | None"], "torch.Tensor | None"]
 
 
 class TrainingError(RuntimeError):
@@ -269,7 +265,7 @@ def fit(
 
             # 4c. validate at beta = 1, record, checkpoint, early stopping
             recon, kl, units = ctx.broadcast(
-                [*validate(vae, val, val_prepare), _active_units(vae, val, val_prepare)]
+                [*validate(vae, val, val_prepare), split_active_units(vae, val, val_prepare)]
             )
             scores = supervision.scores(vae) if supervision else {}
             c.rows.append({
@@ -337,33 +333,6 @@ def _describe(failed: tuple, epoch: int) -> str:
     s, loss, norm = failed
     what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
     return f"non-finite {what} at epoch {epoch + 1}, step {s + 1}"
-
-
-@torch.no_grad()
-def validate(vae: VAE, data: Split, prepare: Prepare | None = None, batch_size: int = 1000):
-    """Mean reconstruction and KL per datum (β = 1, eval mode: no dropout) over a split."""
-    recon, kl = 0.0, 0.0
-    with eval_mode(vae):
-        for x, y in _batches(data, prepare, batch_size):
-            r, k = elbo_terms(vae, x, y)
-            recon += r.sum().item()
-            kl += k.sum().item()
-    return recon / len(data), kl / len(data)
-
-
-def _batches(data: Split, prepare: Prepare | None, batch_size: int):
-    """``(x, y)`` of consecutive batches of a split, ``y`` made by ``prepare`` where given."""
-    for i in range(0, len(data), batch_size):
-        part = data.subset(slice(i, i + batch_size))
-        yield part.x, prepare(part.x, part.y) if prepare else part.y
-
-
-@torch.no_grad()
-def _active_units(vae: VAE, data: Split, prepare: Prepare | None, batch_size: int = 1000) -> int:
-    with eval_mode(vae):
-        parts = [posterior_mean_and_noise(vae, x, y) for x, y in _batches(data, prepare, batch_size)]
-    means, noise = zip(*parts, strict=True)
-    return active_units(torch.cat(means), noise=torch.cat(noise))
 
 
 def _check_binary_validation(vae: VAE, data: Dataset) -> None:

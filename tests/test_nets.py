@@ -10,8 +10,7 @@ from torch import nn
 
 from pyrovae import load_run
 from pyrovae.cli import main
-from pyrovae.evaluate import evaluate
-from pyrovae.fit import validate
+from pyrovae.evaluate import evaluate, validate
 from pyrovae.nets import NETS
 from pyrovae.posterior import reconstruct, sample_prior
 

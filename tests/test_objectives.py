@@ -11,7 +11,7 @@ from pyro.infer import RenyiELBO, Trace_ELBO
 from pyrovae import VAE, train
 from pyrovae.build import build_model
 from pyrovae.config import Config, ConfigError
-from pyrovae.fit import validate
+from pyrovae.evaluate import validate
 from pyrovae.objectives import IWAE, CapacityELBO, beta_at, capacity_at, cyclical, linear_warmup, make_elbo
 from pyrovae.runs import load_run
 
