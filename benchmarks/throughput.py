@@ -10,7 +10,10 @@ same loop with ``fused=True`` Adam is shown as the limit. The contestants:
   of loss and gradients, fused Adam; Pyro's validation off, as ``fit`` runs after its first
   step), on ``TraceMeanField_ELBO`` (analytic KL, the baseline's objective) and ``Trace_ELBO``;
 - a user's script: ``pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
-  Trace_ELBO())`` (and with ``TraceMeanField_ELBO``), ``svi.step(x)``, Pyro's defaults otherwise.
+  Trace_ELBO())`` (and with ``TraceMeanField_ELBO``), ``svi.step(x)``, Pyro's defaults otherwise;
+- the same script on the lean loop's network written directly in Pyro, without pyrovae (after Pyro's
+  VAE tutorial: ``pyro.module``, ``dist.Normal``, ``dist.Bernoulli`` on logits): what a Pyro user's
+  script costs without pyrovae.
 
 With ``--decompose``, variants of the user's script that each remove one cost say where its time
 goes beyond the lean loop: Pyro's validation off; ``Trace_ELBO.loss_and_grads`` stepped by one ``torch.optim.Adam`` instead of ``pyro.optim.Adam``
@@ -23,7 +26,9 @@ Adam, written without Pyro (no traces, no parameter store).
 networks' activation and the Bernoulli log-density) is worth: pyrovae's step and the user's
 script on torch's softplus kernel (pyrovae before it; its Bernoulli term on ``F.softplus`` costs what torch's
 cross-entropy kernel does), and the lean loop on
-pyrovae's softplus (what remains of Pyro's cost when both sides use the same kernels).
+pyrovae's softplus (what remains of Pyro's cost when both sides use the same kernels), and the
+plain Pyro program on pyrovae's kernels (what Pyro itself costs on this network: pyrovae's model and
+guide add what the user's script loses beyond it).
 
 All train the same initial weights on the same binarized batches. Steps alternate between the
 contestants in rounds, so drift in machine load hits all equally.
@@ -40,10 +45,12 @@ import sys
 import time
 
 import pyro
+import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyrovae import distributions as pvdist
 from pyrovae import functional
 from pyrovae.build import build_model
 from pyrovae.config import PRESETS, Config
@@ -85,6 +92,39 @@ class LeanVAE(nn.Module):
             mine.weight.copy_(theirs.weight)
             mine.bias.copy_(theirs.bias)
         return self
+
+
+class PlainPyroVAE(nn.Module):
+    """The lean loop's network as the Pyro program a user writes without pyrovae, after Pyro's VAE
+    tutorial: ``pyro.module`` for the encoder and decoder, ``dist.Normal`` prior and guide,
+    ``dist.Bernoulli`` on the decoder's logits. With pyrovae's kernels (``fast=True``: its softplus
+    and :class:`pyrovae.distributions.Bernoulli`) it is what Pyro itself costs on this network."""
+
+    _count = 0
+
+    def __init__(self, lean: LeanVAE, fast: bool = False) -> None:
+        super().__init__()
+        self.lean, self.bernoulli = lean, pvdist.Bernoulli if fast else dist.Bernoulli
+        self.encoder = nn.ModuleList([lean.enc, lean.loc, lean.log_scale])
+        self.decoder = nn.ModuleList([lean.dec1, lean.dec2])
+        PlainPyroVAE._count += 1
+        self.name = f"plain{PlainPyroVAE._count}"  # its own entries in Pyro's parameter store
+
+    def model(self, x: torch.Tensor) -> None:
+        pyro.module(f"{self.name}_decoder", self.decoder)
+        x, lean = x.flatten(1), self.lean
+        with pyro.plate("data", x.shape[0]):
+            z_loc = x.new_zeros(x.shape[0], lean.loc.out_features)
+            z = pyro.sample("z", dist.Normal(z_loc, torch.ones_like(z_loc)).to_event(1))
+            logits = lean.dec2(lean.softplus(lean.dec1(z)))
+            pyro.sample("x", self.bernoulli(logits=logits).to_event(1), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        pyro.module(f"{self.name}_encoder", self.encoder)
+        x, lean = x.flatten(1), self.lean
+        with pyro.plate("data", x.shape[0]):
+            h = lean.softplus(lean.enc(x))
+            pyro.sample("z", dist.Normal(lean.loc(h), lean.log_scale(h).exp()).to_event(1))
 
 
 def _torch_softplus(step):
@@ -151,6 +191,13 @@ def main(args: argparse.Namespace) -> None:
 
         return step
 
+    def plain_pyro(fast: bool = False):
+        plain = PlainPyroVAE(
+            LeanVAE(softplus=fast_softplus if fast else F.softplus).copy_from(_fresh(cfg)), fast
+        )
+        svi = pyro.infer.SVI(plain.model, plain.guide, pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO())
+        return svi.step
+
     def torch_adam_script():
         # The user's script without pyro.optim: Pyro's loss_and_grads, one torch Adam.
         pyro.clear_param_store()
@@ -209,10 +256,12 @@ def main(args: argparse.Namespace) -> None:
         "pyrovae step (trace)": pyrovae_step("trace"),
         "user's SVI script (Trace_ELBO)": user_script(pyro.infer.Trace_ELBO()),
         "user's SVI script (TraceMeanField)": user_script(pyro.infer.TraceMeanField_ELBO()),
+        "plain Pyro VAE, no pyrovae (Trace_ELBO)": plain_pyro(),
     }
     if args.decompose:
         contestants |= {
             "lean hand loop, pyrovae's softplus": hand_loop(fused=False, softplus=fast_softplus),
+            "plain Pyro VAE on pyrovae's kernels": plain_pyro(fast=True),
             "pyrovae step (meanfield), torch softplus": _torch_softplus(pyrovae_step("meanfield")),
             "user's script (Trace_ELBO), torch softplus": _torch_softplus(
                 user_script(pyro.infer.Trace_ELBO())
