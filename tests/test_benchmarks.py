@@ -69,3 +69,40 @@ def test_plain_pyro_vae_is_pyrovaes_program():
         assert abs(got - expected) < 1e-3 * abs(expected), (fast, got, expected)
     pyro.set_rng_seed(4)  # other noise, another loss: the comparison above is not vacuous
     assert abs(elbo.loss(plain.model, plain.guide, x) - expected) > 1e-3
+
+
+def test_only_races_the_named_rows_against_the_lean_loops(capsys):
+    T = _throughput()
+    argv = ["--threads", "1", "--steps", "2", "--rounds", "2", "--batch-size", "8", "--decompose"]
+    T.main(T.parse_args([*argv, "--only", "user's SVI script (Trace_ELBO),plain Pyro"]))
+    rows = [line.split("  ")[0] for line in capsys.readouterr().out.splitlines() if "x (" in line]
+    assert rows == ["lean hand loop (torch Adam)", "lean hand loop, fused Adam", "user's SVI script (Trace_ELBO)",
+                    "plain Pyro VAE, no pyrovae (Trace_ELBO)", "plain Pyro VAE on pyrovae's kernels"]  # fmt: skip
+
+
+def test_users_svi_step_issues_no_more_tensor_ops_than_plain_pyro():
+    """A user's ``SVI.step`` on pyrovae's VAE runs no more tensor operations than the same VAE
+    written directly in Pyro on the same kernels: pyrovae's model and guide add Python, not work."""
+    import collections
+
+    import pyro
+    from torch.profiler import ProfilerActivity, profile
+
+    T = _throughput()
+    x = torch.bernoulli(torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
+
+    def aten_ops(model, guide):
+        step = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO()).step
+        step(x)  # the first step creates the optimizers
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(x)
+        return collections.Counter(
+            {e.key: e.count for e in prof.key_averages() if e.key.startswith("aten::")}
+        )
+
+    vae = T._fresh(T.Config(**T.PRESETS["tutorial"]))
+    plain = T.PlainPyroVAE(T.LeanVAE(softplus=T.fast_softplus).copy_from(vae), fast=True)
+    ours, theirs = aten_ops(vae.model, vae.guide), aten_ops(plain.model, plain.guide)
+    for op in ("aten::mm", "aten::addmm", "aten::exp_", "aten::log_", "aten::sigmoid"):
+        assert ours[op] == theirs[op] > 0, op
+    assert sum(ours.values()) <= sum(theirs.values()), (ours - theirs, theirs - ours)
