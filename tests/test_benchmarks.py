@@ -106,3 +106,24 @@ def test_users_svi_step_issues_no_more_tensor_ops_than_plain_pyro():
     for op in ("aten::mm", "aten::addmm", "aten::exp_", "aten::log_", "aten::sigmoid"):
         assert ours[op] == theirs[op] > 0, op
     assert sum(ours.values()) <= sum(theirs.values()), (ours - theirs, theirs - ours)
+
+
+def _kernels():
+    spec = importlib.util.spec_from_file_location("kernels", ROOT / "benchmarks" / "kernels.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_kernel_races_compare_equal_functions(capsys):
+    """Each race in ``benchmarks/kernels.py`` times two versions of the same function."""
+    K = _kernels()
+    eta = torch.cat([torch.linspace(-40, 40, 801), torch.tensor([0.0, 0.4999, -0.5001, 0.05])])[:, None]
+    x = torch.tensor([0.0, 0.2, 0.5, 1.0])
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+        before = K._CBBefore(logits=eta.to(dtype)).log_prob(x.to(dtype))
+        now = K.pvdist.ContinuousBernoulli(logits=eta.to(dtype)).log_prob(x.to(dtype))
+        torch.testing.assert_close(now, before, rtol=tol, atol=tol)
+    K.main(K.parse_args(["--batch", "4", "--steps", "2", "--repeats", "2", "--threads", "1"]))
+    rows = [line for line in capsys.readouterr().out.splitlines() if "x (" in line]
+    assert len(rows) == 4 and all(float(r.split()[-2].rstrip("x")) > 0 for r in rows), rows
