@@ -42,6 +42,11 @@ class _CBBefore(pvdist.ContinuousBernoulli):
         return torch.where(small, _series(eta * eta, _LOG_C), closed)
 
 
+def _threads() -> str:
+    n = torch.get_num_threads()
+    return f"{n} thread{'s' if n != 1 else ''}"
+
+
 def _time(fn, x: torch.Tensor, steps: int) -> float:
     """Seconds per call of ``fn(x).sum().backward()``."""
     for _ in range(5):
@@ -74,7 +79,7 @@ def main(args: argparse.Namespace) -> None:
         ),
     }
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, ({args.batch}, 784) float32, forward + backward, "
+          f"{_threads()}, ({args.batch}, 784) float32, forward + backward, "
           f"{args.steps} calls x {args.repeats} repeats")  # fmt: skip
     print(f"{'kernel':44s} {'torch µs':>9s} {'pyrovae µs':>11s} {'speed-up (range)':>20s}")
     for name, (theirs, ours) in races.items():

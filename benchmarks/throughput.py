@@ -15,20 +15,24 @@ same loop with ``fused=True`` Adam is shown as the limit. The contestants:
   VAE tutorial: ``pyro.module``, ``dist.Normal``, ``dist.Bernoulli`` on logits): what a Pyro user's
   script costs without pyrovae.
 
-With ``--decompose``, variants of the user's script that each remove one cost say where its time
-goes beyond the lean loop: Pyro's validation off; ``Trace_ELBO.loss_and_grads`` stepped by one ``torch.optim.Adam`` instead of ``pyro.optim.Adam``
-(one torch optimizer per parameter, and Pyro zeroing gradients by allocating new ones); Pyro's
-``ELBOModule`` recipe with ``pyro.settings.set(module_local_params=True)`` and torch's Adam; and
-the same prior, guide, decoder and likelihood distributions with the Monte Carlo KL and torch's
-Adam, written without Pyro (no traces, no parameter store).
+With ``--decompose``, variants of the user's script that each remove one cost say where its
+time goes beyond the lean loop: Pyro's validation off; ``Trace_ELBO.loss_and_grads`` stepped by
+one ``torch.optim.Adam`` instead of ``pyro.optim.Adam`` (one torch optimizer per parameter, and
+Pyro zeroing gradients by allocating new ones); Pyro's ``ELBOModule`` recipe with
+``pyro.settings.set(module_local_params=True)`` and torch's Adam; and the same prior, guide,
+decoder and likelihood distributions with the Monte Carlo KL and torch's Adam, written without
+Pyro (no traces, no parameter store).
 
 ``--decompose`` also shows what pyrovae's own softplus (:mod:`pyrovae.functional`, used by the
-networks' activation and the Bernoulli log-density) is worth: pyrovae's step and the user's
-script on torch's softplus kernel (pyrovae before it; its Bernoulli term on ``F.softplus`` costs what torch's
-cross-entropy kernel does), and the lean loop on
-pyrovae's softplus (what remains of Pyro's cost when both sides use the same kernels), and the
-plain Pyro program on pyrovae's kernels (what Pyro itself costs on this network: pyrovae's model and
-guide add what the user's script loses beyond it).
+networks' activation and the Bernoulli log-density) is worth: pyrovae's step and the user's script
+on torch's softplus kernel (pyrovae before it; its Bernoulli term on ``F.softplus`` costs what
+torch's cross-entropy kernel does); the lean loop on pyrovae's softplus (what remains of Pyro's
+cost when both sides use the same kernels); and the plain Pyro program on pyrovae's kernels (what
+Pyro itself costs on this network, so that the user's script differs from it only by what
+pyrovae's model and guide add).
+
+``--only`` races a few contestants (with the two lean loops, the ratios' references) over more
+rounds in the same time.
 
 All train the same initial weights on the same binarized batches. Steps alternate between the
 contestants in rounds, so drift in machine load hits all equally.
@@ -139,6 +143,11 @@ def _torch_softplus(step):
             del functional._Softplus.apply  # back to torch.autograd.Function.apply
 
     return wrapped
+
+
+def _threads() -> str:
+    n = torch.get_num_threads()
+    return f"{n} thread{'s' if n != 1 else ''}"
 
 
 def _fresh(cfg: Config):
@@ -274,6 +283,10 @@ def main(args: argparse.Namespace) -> None:
 
     if args.only:  # a closer race between a few rows: more rounds in the same time
         wanted = [w.strip() for w in args.only.split(",")]
+        unknown = [w for w in wanted if not any(w in n for n in contestants)]
+        if unknown:
+            sys.exit(f"--only {', '.join(unknown)}: no contestant's name contains it; the names are:\n  "
+                     + "\n  ".join(contestants) + "\n(add --decompose for the variants)")  # fmt: skip
         baselines = ("lean hand loop (torch Adam)", "lean hand loop, fused Adam")  # the ratios' references
         contestants = {n: s for n, s in contestants.items() if n in baselines or any(w in n for w in wanted)}
     times = {name: [] for name in contestants}
@@ -296,7 +309,7 @@ def main(args: argparse.Namespace) -> None:
     n = args.steps * args.batch_size
     hand, fused = times["lean hand loop (torch Adam)"], times["lean hand loop, fused Adam"]
     print(f"pyro {pyro.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, device {device}, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds")  # fmt: skip
+          f"{_threads()}, device {device}, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds")  # fmt: skip
     print(
         "speed ratios: median over rounds of (reference time / contestant time) in the same round, with their range"
     )

@@ -3,6 +3,7 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 from torch.distributions import kl_divergence
 
@@ -78,6 +79,10 @@ def test_only_races_the_named_rows_against_the_lean_loops(capsys):
     rows = [line.split("  ")[0] for line in capsys.readouterr().out.splitlines() if "x (" in line]
     assert rows == ["lean hand loop (torch Adam)", "lean hand loop, fused Adam", "user's SVI script (Trace_ELBO)",
                     "plain Pyro VAE, no pyrovae (Trace_ELBO)", "plain Pyro VAE on pyrovae's kernels"]  # fmt: skip
+    with pytest.raises(SystemExit, match="--only plain pyro: no contestant's name contains it"):
+        T.main(
+            T.parse_args([*argv, "--only", "plain pyro"])
+        )  # a part no name contains (here: wrong case) is refused
 
 
 def test_users_svi_step_issues_no_more_tensor_ops_than_plain_pyro():
