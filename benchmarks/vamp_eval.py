@@ -45,7 +45,7 @@ def time_eval(vae, x: torch.Tensor, k: int, batch: int) -> tuple[float, float]:
     return time.perf_counter() - t0, ll.mean().item()
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     x, what = images(args.n)
     models = {}
@@ -70,9 +70,10 @@ def main(args: argparse.Namespace) -> None:
     med = {p: statistics.median(t) for p, t in times.items()}
     print(f"median of {args.repeats}: normal {med['normal']:.2f} s, vamp {med['vamp']:.2f} s, "
           f"ratio vamp/normal {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f})")  # fmt: skip
+    return {"seconds": med, "ratio": statistics.median(ratios), "log_px": {p: got[p][1] for p in got}}
 
 
-if __name__ == "__main__":
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--k", type=int, default=1000, help="importance samples per image (default: 1000)")
     p.add_argument("--n", type=int, default=1000, help="test images (default: 1000)")
@@ -80,4 +81,8 @@ if __name__ == "__main__":
     p.add_argument("--pseudo-inputs", type=int, default=500, help="VampPrior pseudo-inputs (default: 500)")
     p.add_argument("--repeats", type=int, default=3, help="repeats; the median is reported (default: 3)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    main(p.parse_args())
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse_args())
