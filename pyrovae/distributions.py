@@ -147,9 +147,9 @@ class DiagonalNormalMixture(dist.TorchDistribution):
     are given: batch shape ``logits.shape[:-1]`` (``()`` without), event ``(D,)``.
 
     The same density as ``MixtureSameFamily(Categorical(logits), Normal(loc, scale).to_event(1))``,
-    but :meth:`log_prob` scores ``M`` points against all ``K`` components with two ``(M, D) x (D, K)``
-    matrix products (in float64, where expanding the square loses nothing) instead of an
-    ``(M, K, D)`` tensor of differences. A weight of zero (logit ``-inf``) drops a component for
+    but :meth:`log_prob` scores ``M`` points against all ``K`` components with one
+    ``(M, 2D + 1) x (2D + 1, K)`` matrix product (the square expanded, in float64, where that loses
+    nothing) instead of an ``(M, K, D)`` tensor of differences. A weight of zero (logit ``-inf``) drops a component for
     that batch element, as the class-wise VampPrior does with other classes' components.
 
     :param loc: component means, shape ``(K, D)``.
@@ -170,23 +170,26 @@ class DiagonalNormalMixture(dist.TorchDistribution):
                 f"logits must end with the K = {loc.shape[0]} components, got {tuple(logits.shape)}"
             )
         self.loc, self.scale, self.logits = loc, scale, logits
-        prec = scale.double() ** -2  # (K, D)
-        self._prec, self._loc_prec = prec, loc.double() * prec
-        self._const = (-0.5 * (loc.double() * self._loc_prec).sum(-1) - scale.double().log().sum(-1)
-                       - 0.5 * loc.shape[1] * math.log(2 * math.pi))  # fmt: skip
+        loc64, prec = loc.double(), scale.double() ** -2  # (K, D)
+        const = (-0.5 * (loc64 * loc64 * prec).sum(-1) - scale.double().log().sum(-1)
+                 - 0.5 * loc.shape[1] * math.log(2 * math.pi))  # (K,)  # fmt: skip
         if logits is None:
             self._log_w = loc.new_full((loc.shape[0],), -math.log(loc.shape[0]), dtype=torch.float64)
-            batch_shape = torch.Size()
+            const, batch_shape = const + self._log_w, torch.Size()  # equal weights: a constant per component
         else:
             self._log_w = logits.double().log_softmax(-1)  # (*batch, K)
             batch_shape = logits.shape[:-1]
+        # log N(z; loc_k, scale_k) = const_k + z . (loc_k prec_k) - z^2 . prec_k / 2: one matrix
+        # product of the features [z, z^2, 1] with these (2D + 1, K) weights, and no (M, K) temporaries
+        self._weights = torch.cat([loc64 * prec, -0.5 * prec, const[:, None]], 1).T
         super().__init__(batch_shape, loc.shape[1:], validate_args=validate_args)
 
     def component_log_prob(self, value: Tensor) -> Tensor:
         """``log w_k + log N(value; loc_k, scale_k)`` for every component: shape ``(..., K)``."""
         z = value.double().reshape(-1, value.shape[-1])  # (M, D)
-        out = self._const + z @ self._loc_prec.T - 0.5 * (z * z) @ self._prec.T  # (M, K)
-        return out.reshape(*value.shape[:-1], -1) + self._log_w
+        out = torch.cat([z, z * z, z.new_ones(len(z), 1)], 1) @ self._weights  # (M, K)
+        out = out.reshape(*value.shape[:-1], -1)
+        return out if self.logits is None else out + self._log_w
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:

@@ -11,6 +11,7 @@ from torch import nn
 from pyrovae import train
 from pyrovae.build import build_model
 from pyrovae.config import Config, ConfigError
+from pyrovae.distributions import DiagonalNormalMixture
 from pyrovae.priors import PRIORS
 
 UNCONDITIONAL_PRIORS = [p for p, P in PRIORS.items() if not getattr(P, "needs_labels", False)]
@@ -81,3 +82,25 @@ def test_conditional_prior_p_z_given_y_trains(tmp_path, tiny_data_file):
     y = torch.arange(3)
     p = vae.prior_dist(y, like=torch.zeros(1))
     assert p.batch_shape == (3,) and not torch.allclose(p.mean[0], p.mean[1])
+
+
+@pytest.mark.parametrize("with_logits", [False, True])
+def test_diagonal_normal_mixture_is_mixture_same_family(with_logits):
+    """The VampPrior's mixture, scored by one matrix product, equals Pyro's ``MixtureSameFamily``
+    in float64 and float32, with a zero weight (logit -inf) dropping a component."""
+    g = torch.Generator().manual_seed(0)
+    loc, scale = 3 * torch.randn(7, 4, generator=g), 0.2 + torch.rand(7, 4, generator=g)
+    logits = torch.randn(5, 7, generator=g) if with_logits else None
+    if with_logits:
+        logits[:, 2] = -math.inf
+    z = 3 * torch.randn(6, 5, 4, generator=g)  # (sample, batch, D)
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        args = [t.to(dtype) for t in (loc, scale)]
+        mix = DiagonalNormalMixture(*args, None if logits is None else logits.to(dtype))
+        ref = dist.MixtureSameFamily(
+            dist.Categorical(logits=torch.zeros(7, dtype=dtype) if logits is None else logits.to(dtype)),
+            dist.Normal(*args).to_event(1),
+        )
+        got = mix.log_prob(z.to(dtype))
+        assert got.dtype == dtype and got.shape == (6, 5)
+        torch.testing.assert_close(got, ref.log_prob(z.to(dtype)), rtol=tol, atol=tol)
