@@ -74,7 +74,7 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--k", type=int, default=1000, help="importance samples per image (default: 1000)")
     p.add_argument("--n", type=int, default=1000, help="test images (default: 1000)")
     p.add_argument("--batch", type=int, default=100, help="images per log_likelihood call (default: 100)")
