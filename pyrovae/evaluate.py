@@ -228,17 +228,16 @@ def evaluate(
 def _evaluate(vae: VAE, data: Split, k: int, n_ll: int | None, batch_size: int, ll_batch_size: int,
               progress: bool) -> dict:  # fmt: skip
     recon, kl, means, noise, kls = [], [], [], [], []
-    for i in range(0, len(data), batch_size):
-        part = data.subset(slice(i, i + batch_size))
-        r, c = elbo_terms(vae, part.x, part.y)
+    for x, y in _batches(data, None, batch_size):
+        r, c = elbo_terms(vae, x, y)
         recon.append(r)
         kl.append(c)
-        m, v = posterior_mean_and_noise(vae, part.x, part.y)
+        m, v = posterior_mean_and_noise(vae, x, y)
         means.append(m)
         noise.append(v)
-        d = kl_per_dim(vae, part.x, part.y)
+        d = kl_per_dim(vae, x, y)
         if d is not None:
-            kls.append(d * len(part))
+            kls.append(d * len(x))
     recon, kl = torch.cat(recon), torch.cat(kl)
     common = {
         "n_images": len(data),

@@ -18,13 +18,9 @@ def _script(name: str):
     return mod
 
 
-def _throughput():
-    return _script("throughput")
-
-
 def test_lean_loop_is_pyrovaes_network_and_objective():
     """At z = the guide's mean, the lean loop's reconstruction and analytic KL equal pyrovae's."""
-    T = _throughput()
+    T = _script("throughput")
     vae = T._fresh(T.Config(**T.PRESETS["tutorial"]))
     x = torch.bernoulli(torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(1)))
     for softplus in (torch.nn.functional.softplus, T.fast_softplus):
@@ -42,7 +38,7 @@ def test_lean_loop_is_pyrovaes_network_and_objective():
 
 
 def test_throughput_script_runs_every_contestant(capsys):
-    T = _throughput()
+    T = _script("throughput")
     T.main(
         T.parse_args(["--threads", "1", "--steps", "2", "--rounds", "2", "--batch-size", "8", "--decompose"])
     )
@@ -61,7 +57,7 @@ def test_plain_pyro_vae_is_pyrovaes_program():
     same noise, same Trace_ELBO loss (on torch's kernels and on pyrovae's)."""
     import pyro
 
-    T = _throughput()
+    T = _script("throughput")
     vae = T._fresh(T.Config(**T.PRESETS["tutorial"]))
     x = torch.bernoulli(torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(2)))
     elbo = pyro.infer.Trace_ELBO()
@@ -78,7 +74,7 @@ def test_plain_pyro_vae_is_pyrovaes_program():
 
 
 def test_only_races_the_named_rows_against_the_lean_loops(capsys):
-    T = _throughput()
+    T = _script("throughput")
     argv = ["--threads", "1", "--steps", "2", "--rounds", "2", "--batch-size", "8", "--decompose"]
     T.main(T.parse_args([*argv, "--only", "user's SVI script (Trace_ELBO),plain Pyro"]))
     rows = [line.split("  ")[0] for line in capsys.readouterr().out.splitlines() if "x (" in line]
@@ -98,7 +94,7 @@ def test_users_svi_step_issues_no_more_tensor_ops_than_plain_pyro():
     import pyro
     from torch.profiler import ProfilerActivity, profile
 
-    T = _throughput()
+    T = _script("throughput")
     x = torch.bernoulli(torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
 
     def aten_ops(model, guide):
