@@ -29,12 +29,13 @@ from .priors import PRIORS
 from .runs import Run, load_run, train
 from .semisupervised import SSVAE, SemiSupervisedLoss
 from .sweep import sweep
+from .variants import MODELS
 
 __version__ = "0.1.0"
 
 __all__ = [
     "VAE", "SSVAE", "SemiSupervisedLoss", "Config", "ConfigError", "DataError", "Dataset", "Split", "Run", "TrainingError",
-    "PRESETS", "PRIORS", "GUIDES", "LIKELIHOODS", "NETS", "CapacityELBO", "IWAE", "ELBOLoss",
+    "MODELS", "PRESETS", "PRIORS", "GUIDES", "LIKELIHOODS", "NETS", "CapacityELBO", "IWAE", "ELBOLoss",
     "build_model", "load_dataset", "fit", "train", "load_run", "make_elbo", "sweep",
     "evaluate", "elbo_terms", "log_likelihood", "kl_per_dim", "active_units",
 ]  # fmt: skip

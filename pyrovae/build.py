@@ -17,9 +17,7 @@ import torch
 from .config import Config, ConfigError
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
-from .models import VAE
 from .nets import NETS
-from .semisupervised import SSVAE, Classifier
 
 
 def construct(cls, *args, **options):
@@ -33,37 +31,47 @@ def construct(cls, *args, **options):
     return cls(*args, **options)
 
 
-def build_model(cfg: Config, x_shape: tuple[int, ...], num_classes: int = 0) -> VAE:
-    """The :class:`~pyrovae.models.VAE` a config describes, for data of shape ``x_shape``.
+def build_model(cfg: Config, x_shape: tuple[int, ...], num_classes: int = 0):
+    """The model a config describes, for data of shape ``x_shape``: the variant
+    ``cfg.model`` names builds it (see :data:`~pyrovae.variants.MODELS`)."""
+    from .variants import MODELS
+
+    try:
+        model = MODELS[cfg.model].build(cfg, tuple(x_shape), num_classes)
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(str(e)) from None
+    model.variant = cfg.model
+    return model
+
+
+def vae_parts(cfg: Config, x_shape: tuple[int, ...], k: int = 0) -> dict:
+    """The parts of a :class:`~pyrovae.models.VAE` a config describes, conditioned on ``k``
+    classes (0: none): ``prior``, ``guide``, ``likelihood``, ``decoder``, ``num_classes``.
 
     Options offered to the components (each takes those its constructor names): networks get
-    ``label_layers`` and ``dropout`` (when it is not 0, which a user's network must then accept); guides ``scale`` (``cfg.guide_scale``) and ``layers``; priors ``x_shape``,
-    ``components``, ``pseudo_inputs``, ``layers`` and ``num_classes``; likelihoods ``scale``
+    ``label_layers`` and ``dropout`` (when it is not 0, which a user's network must then accept);
+    guides ``scale`` (``cfg.guide_scale``) and ``layers``; priors ``x_shape``, ``components``,
+    ``pseudo_inputs``, ``layers`` and ``num_classes``; likelihoods ``scale``
     (``cfg.likelihood_scale``). Every one also gets ``cfg``. The prior is ``cfg.prior_family``
-    (what ``prior="auto"`` stands for). With ``semi_supervised`` the model
-    is an :class:`~pyrovae.semisupervised.SSVAE` whose classifier q(y|x) has the encoder's body.
+    (what ``prior="auto"`` stands for).
     """
-    k = num_classes if cfg.conditional or cfg.semi_supervised else 0
-    for flag in ("conditional", "semi_supervised"):
-        if getattr(cfg, flag) and not num_classes:
-            raise ConfigError(f"{flag} needs labelled data (MNIST, or a labels file)", flag)
     Encoder, Decoder = NETS[cfg.net]
-    try:
-        nets = dict(label_layers=cfg.label_layers_used, **_net_options(cfg, Encoder, Decoder))
-        encoder = construct(Encoder, x_shape, cfg.hidden, cfg.activation, k, **nets)
-        decoder = construct(Decoder, x_shape, cfg.z_dim, cfg.hidden, cfg.activation, k, **nets)
-        guide = construct(GUIDES[cfg.guide], encoder, cfg.z_dim, cfg=cfg, scale=cfg.guide_scale,
-                          layers=cfg.flow_layers)  # fmt: skip
-        prior = construct(cfg.prior_cls(), cfg.z_dim, cfg=cfg, x_shape=x_shape, components=cfg.components,
-                          pseudo_inputs=cfg.pseudo_inputs, layers=cfg.flow_layers, num_classes=k)  # fmt: skip
-        likelihood = construct(LIKELIHOODS[cfg.likelihood], x_shape, cfg=cfg, scale=cfg.likelihood_scale)
-        parts = dict(prior=prior, guide=guide, likelihood=likelihood, decoder=decoder, num_classes=k)
-        if cfg.semi_supervised:
-            classifier = Classifier(construct(Encoder, x_shape, cfg.hidden, cfg.activation, 0, **nets), k)
-            return SSVAE(x_shape, cfg.z_dim, classifier=classifier, **parts)
-        return VAE(x_shape, cfg.z_dim, **parts)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    nets = net_options(cfg)
+    encoder = construct(Encoder, x_shape, cfg.hidden, cfg.activation, k, **nets)
+    decoder = construct(Decoder, x_shape, cfg.z_dim, cfg.hidden, cfg.activation, k, **nets)
+    guide = construct(GUIDES[cfg.guide], encoder, cfg.z_dim, cfg=cfg, scale=cfg.guide_scale,
+                      layers=cfg.flow_layers)  # fmt: skip
+    prior = construct(cfg.prior_cls(), cfg.z_dim, cfg=cfg, x_shape=x_shape, components=cfg.components,
+                      pseudo_inputs=cfg.pseudo_inputs, layers=cfg.flow_layers, num_classes=k)  # fmt: skip
+    likelihood = construct(LIKELIHOODS[cfg.likelihood], x_shape, cfg=cfg, scale=cfg.likelihood_scale)
+    return dict(prior=prior, guide=guide, likelihood=likelihood, decoder=decoder, num_classes=k)
+
+
+def net_options(cfg: Config) -> dict:
+    """The options every network of ``cfg.net`` gets: ``label_layers``, and ``dropout`` when set."""
+    return dict(label_layers=cfg.label_layers_used, **_net_options(cfg, *NETS[cfg.net]))
 
 
 def _net_options(cfg: Config, *nets) -> dict:

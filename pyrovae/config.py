@@ -40,6 +40,22 @@ def _opt(default, help: str, choices=None):
     return field(default=default, metadata=meta)
 
 
+class _Models:
+    """The live names of :data:`~pyrovae.variants.MODELS` (imported when first asked: the
+    variants import this module)."""
+
+    def _names(self):
+        from .variants import MODELS
+
+        return MODELS
+
+    def __iter__(self):
+        yield from self._names()
+
+    def __contains__(self, value) -> bool:
+        return value in self._names()
+
+
 class _WithAuto:
     """The live choices of a registry, with ``"auto"`` first (a registered component is a choice)."""
 
@@ -77,6 +93,10 @@ class Config:
         None, "leave these classes out of training and validation, e.g. 7 (the test set keeps all)"
     )
     # model
+    model: str = _opt(
+        "vae", "model variant (docs/adding-a-model.md); --conditional and --semi-supervised choose theirs",
+        _Models(),
+    )  # fmt: skip
     z_dim: int = _opt(50, "latent dimensions")
     hidden: list[int] = _opt([400], "hidden layer sizes of encoder and decoder")
     activation: str = _opt("softplus", "activation of the networks", ACTIVATIONS)
@@ -164,6 +184,14 @@ class Config:
     eval_k: int = _opt(1000, "importance samples per test image for log p(x)")
     eval_n_test: int | None = _opt(1000, "test images for the importance-sampled log p(x) (None: all)")
 
+    def __post_init__(self) -> None:
+        # --conditional and --semi-supervised are spellings of --model conditional / semisupervised
+        flags = {"semisupervised": "semi_supervised", "conditional": "conditional"}
+        if self.model == "vae":
+            self.model = next((m for m, flag in flags.items() if getattr(self, flag)), "vae")
+        if self.model in flags:
+            setattr(self, flags[self.model], True)
+
     # -- (de)serialization ----------------------------------------------------------------
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -249,19 +277,14 @@ class Config:
                 )  # fmt: skip
             if self.num_particles < 2:
                 raise ConfigError("elbo iwae needs num_particles K >= 2 (K = 1 is the plain ELBO)", "elbo")
-        self._validate_semi_supervised()
         if self.dataset == "mnist" and (self.data_file or self.labels_file):
             raise ConfigError(
                 "data_file was given but dataset is 'mnist': set dataset 'file' to train on the file",
                 "dataset",
             )
-        if getattr(self.prior_cls(), "needs_labels", False) and not self.conditional:
-            raise ConfigError(f"prior {self.prior} is p(z|y): set conditional to train on labels", "prior")
-        if self.conditional and not getattr(self.prior_cls(), "conditionable", True):
-            raise ConfigError(
-                f"prior {self.prior} cannot be conditioned on a label; use prior auto, normal, vamp or "
-                "conditional", "prior",
-            )  # fmt: skip
+        from .variants import MODELS
+
+        MODELS[self.model].check(self)  # the options the model variant owns, and what it refuses
         return self
 
     @property
@@ -284,49 +307,6 @@ class Config:
         if not self.conditional:
             return "normal"
         return "vamp" if getattr(GUIDES.get(self.guide), "scores_any_z", True) else "conditional"
-
-    def _validate_semi_supervised(self) -> None:
-        if not self.semi_supervised:
-            for name, bad in [("labeled", self.labeled is not None), ("aux_weight", self.aux_weight is not None),
-                              ("monitor", self.monitor == "accuracy"),
-                              ("labeled_batches", self.labeled_batches != "mixed")]:  # fmt: skip
-                if bad:
-                    raise ConfigError(f"{name} applies to a semi-supervised run: add semi_supervised", name)
-            return
-        if self.labeled is None or self.labeled < 1:
-            raise ConfigError(
-                "semi_supervised needs labeled N, the number of labelled training images", "labeled"
-            )
-        if self.aux_weight is not None and self.aux_weight < 0:
-            raise ConfigError(f"aux_weight must be >= 0, got {self.aux_weight}", "aux_weight")
-        if self.conditional:
-            raise ConfigError(
-                "semi_supervised already conditions the decoder and q(z|x,y) on the label, which it "
-                "infers where it is missing; drop conditional", "conditional",
-            )  # fmt: skip
-        prior = self.prior_cls()
-        if getattr(prior, "needs_labels", False) or hasattr(prior, "bind"):
-            why = ("it is p(z|y), and M2's prior p(z) does not depend on y" if getattr(prior, "needs_labels", False)
-                   else "its pseudo-inputs pass through the guide, which here needs a label too: q(z|x,y)")  # fmt: skip
-            raise ConfigError(
-                f"semi_supervised cannot use prior {self.prior}: {why}; use prior normal, learned, mixture or flow",
-                "prior",
-            )
-        # The unlabelled ELBO sums over y with TraceEnum_ELBO: objectives that are not that sum
-        # (or that Pyro cannot enumerate) are refused.
-        why = {
-            "meanfield": "TraceEnum_ELBO has no analytic-KL variant; use elbo trace",
-            "iwae": "Pyro's importance-weighted bound (RenyiELBO) cannot enumerate the discrete label; "
-            "use elbo trace",
-        }
-        if self.elbo in why:
-            raise ConfigError(f"semi_supervised cannot use elbo {self.elbo}: {why[self.elbo]}", "elbo")
-        for name in ("capacity", "free_bits"):
-            if getattr(self, name) is not None:
-                raise ConfigError(
-                    f"semi_supervised cannot use {name}: it reshapes Trace_ELBO's KL term, which the "
-                    "enumerated sum over labels (TraceEnum_ELBO) does not expose", name,
-                )  # fmt: skip
 
     def prior_cls(self):
         return PRIORS[self.prior_family]

@@ -21,6 +21,7 @@ from torch.distributions import kl_divergence
 
 from .data import Split
 from .models import VAE
+from .sites import latent_sites, site_kl_per_dim, site_log_prob, site_means, traced_kl_terms, traces
 
 #: Decoder outputs (particles × batch × pixels) held at once by :func:`log_likelihood`.
 MAX_ELEMENTS = 2**23
@@ -30,7 +31,7 @@ MAX_ELEMENTS = 2**23
 def cached_prior(vae: VAE) -> Iterator[None]:
     """The prior's ``cached()`` context where it has one (the VampPrior: its pseudo-inputs'
     posteriors computed once for all the calls inside, which must be made without gradients)."""
-    cached = getattr(vae.prior, "cached", None)
+    cached = getattr(getattr(vae, "prior", None), "cached", None)
     with cached() if cached is not None else nullcontext():
         yield
 
@@ -46,22 +47,10 @@ def eval_mode(module: torch.nn.Module) -> Iterator[None]:
         module.train(was)
 
 
-def _traces(vae: VAE, x: Tensor, y: Tensor | None):
-    guide_tr = poutine.trace(vae.guide).get_trace(x, y)
-    model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x, y)
-    return model_tr, guide_tr
-
-
-def _site_log_prob(site) -> Tensor:
-    return site["fn"].log_prob(site["value"])  # unscaled: β does not enter evaluation
-
-
 @torch.no_grad()
 def elbo_terms(vae: VAE, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Per-datum reconstruction ``log p(x|z)`` (one z ~ q) and ``KL(q(z|x) || p(z))``.
-
-    The KL is analytic where torch knows it for the guide/prior pair, otherwise the one-sample
-    estimate ``log q(z|x) - log p(z)`` at the same z. ELBO = reconstruction - KL.
+    """Per-datum reconstruction ``log p(x|z)`` (z ~ q, one draw) and ``KL(q(z|x) || p(z))``
+    summed over every latent site (see :func:`~pyrovae.sites.kl_terms`). ELBO = reconstruction - KL.
 
     :returns: two tensors of shape ``(batch,)``.
 
@@ -70,14 +59,8 @@ def elbo_terms(vae: VAE, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Te
     """
     if hasattr(vae, "elbo_terms"):
         return vae.elbo_terms(x, y)
-    model_tr, guide_tr = _traces(vae, x, y)
-    recon = _site_log_prob(model_tr.nodes["x"])
-    q, p = guide_tr.nodes["z"]["fn"], model_tr.nodes["z"]["fn"]
-    try:
-        kl = kl_divergence(q, p)
-    except NotImplementedError:
-        kl = _site_log_prob(guide_tr.nodes["z"]) - _site_log_prob(model_tr.nodes["z"])
-    return recon, kl.expand_as(recon)
+    recon, kls = traced_kl_terms(*traces(vae, x, y))
+    return recon, sum(kls.values())
 
 
 @torch.no_grad()
@@ -100,7 +83,7 @@ def _log_likelihood(vae: VAE, x: Tensor, y: Tensor | None, k: int) -> Tensor:
         guide_tr = poutine.trace(vae.guide).get_trace(x, y)
     latent = {n: s for n, s in guide_tr.nodes.items()
               if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}  # fmt: skip
-    log_q = sum(_site_log_prob(s) for s in latent.values())  # (k, batch)
+    log_q = sum(site_log_prob(s) for s in latent.values())  # (k, batch)
     chunk = max(1, min(k, MAX_ELEMENTS // (x.shape[0] * math.prod(vae.x_shape))))
     log_p = []
     for i in range(0, k, chunk):
@@ -108,7 +91,7 @@ def _log_likelihood(vae: VAE, x: Tensor, y: Tensor | None, k: int) -> Tensor:
         with pyro.plate("particles", min(chunk, k - i), dim=-2):
             model_tr = poutine.trace(poutine.condition(vae.model, data=values)).get_trace(x, y)
         sites = [s for s in model_tr.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
-        log_p.append(sum(_site_log_prob(s) for s in sites))
+        log_p.append(sum(site_log_prob(s) for s in sites))
     return torch.logsumexp(torch.cat(log_p) - log_q, dim=0) - math.log(k)
 
 
@@ -138,6 +121,8 @@ def posterior_mean_and_noise(
 def kl_per_dim(vae: VAE, x: Tensor, y: Tensor | None = None) -> Tensor | None:
     """Mean analytic KL of each latent dimension over ``x``, shape ``(z_dim,)``; ``None`` unless
     both q and p factorize into univariate Normals (otherwise a per-dimension KL is undefined)."""
+    if not hasattr(vae, "prior_dist"):  # a model of several latent sites: its first
+        return next(iter(site_kl_per_dim(vae, x, y).values()))
     q, p = vae.encode(x, y), vae.prior_dist(y, like=x)
     if not (isinstance(q, Independent) and isinstance(p, Independent)):
         return None
@@ -227,24 +212,11 @@ def evaluate(
 
 def _evaluate(vae: VAE, data: Split, k: int, n_ll: int | None, batch_size: int, ll_batch_size: int,
               progress: bool) -> dict:  # fmt: skip
-    recon, kl, means, noise, kls = [], [], [], [], []
-    for x, y in _batches(data, None, batch_size):
-        r, c = elbo_terms(vae, x, y)
-        recon.append(r)
-        kl.append(c)
-        m, v = posterior_mean_and_noise(vae, x, y)
-        means.append(m)
-        noise.append(v)
-        d = kl_per_dim(vae, x, y)
-        if d is not None:
-            kls.append(d * len(x))
-    recon, kl = torch.cat(recon), torch.cat(kl)
-    common = {
-        "n_images": len(data),
-        "active_units": active_units(torch.cat(means), noise=torch.cat(noise)),
-        "z_dim": vae.z_dim,
-        "kl_per_dim": (torch.stack(kls).sum(0) / len(data)).tolist() if kls else None,
-    }
+    first = data.subset(slice(0, batch_size))
+    if not hasattr(vae, "elbo_terms") and len(latent_sites(vae, first.x, first.y)) > 1:
+        recon, kl, common = _layers(vae, data, batch_size)
+    else:
+        recon, kl, common = _one_layer(vae, data, batch_size)
     if is_point_estimate(vae):
         # q is a point mass at z*: "recon - kl" is log p(x, z*), neither a bound on log p(x) nor an
         # ELBO, and importance sampling with a point mass is undefined. Report what there is.
@@ -276,15 +248,74 @@ def _evaluate(vae: VAE, data: Split, k: int, n_ll: int | None, batch_size: int, 
     }
 
 
+def _one_layer(vae: VAE, data: Split, batch_size: int) -> tuple[Tensor, Tensor, dict]:
+    recon, kl, means, noise, kls = [], [], [], [], []
+    for x, y in _batches(data, None, batch_size):
+        r, c = elbo_terms(vae, x, y)
+        recon.append(r)
+        kl.append(c)
+        m, v = posterior_mean_and_noise(vae, x, y)
+        means.append(m)
+        noise.append(v)
+        d = kl_per_dim(vae, x, y)
+        if d is not None:
+            kls.append(d * len(x))
+    common = {
+        "n_images": len(data),
+        "active_units": active_units(torch.cat(means), noise=torch.cat(noise)),
+        "z_dim": vae.z_dim,
+        "kl_per_dim": (torch.stack(kls).sum(0) / len(data)).tolist() if kls else None,
+    }
+    return torch.cat(recon), torch.cat(kl), common
+
+
+def _layers(vae: VAE, data: Split, batch_size: int) -> tuple[Tensor, Tensor, dict]:
+    """ELBO terms, and KL, KL per dimension and active units of each latent site (``layers``);
+    ``active_units`` and ``z_dim`` are their totals."""
+    recon, kls, means, per_dim = [], {}, {}, {}
+    for x, y in _batches(data, None, batch_size):
+        r, terms = traced_kl_terms(*traces(vae, x, y))
+        recon.append(r)
+        for name, v in terms.items():
+            kls.setdefault(name, []).append(v)
+        for name, mv in site_means(vae, x, y).items():
+            means.setdefault(name, []).append(mv)
+        for name, d in site_kl_per_dim(vae, x, y).items():
+            per_dim.setdefault(name, []).append(None if d is None else d * len(x))
+    layers = {}
+    for name, parts in means.items():
+        m, v = (torch.cat(t) for t in zip(*parts, strict=True))
+        d = per_dim[name]
+        layers[name] = {
+            "z_dim": m.shape[-1], "active_units": active_units(m, noise=v),
+            "kl": torch.cat(kls[name]).mean().item(),
+            "kl_per_dim": None if d[0] is None else (torch.stack(d).sum(0) / len(data)).tolist(),
+        }  # fmt: skip
+    common = {
+        "n_images": len(data),
+        "active_units": sum(lay["active_units"] for lay in layers.values()),
+        "z_dim": sum(lay["z_dim"] for lay in layers.values()),
+        "kl_per_dim": None,
+        "layers": layers,
+    }
+    return torch.cat(recon), sum(torch.cat(v) for v in kls.values()), common
+
+
 def is_point_estimate(vae: VAE) -> bool:
     """Whether the guide is a point mass (``point_estimate = True``, as :class:`~pyrovae.guides.Delta`):
     then the model is an autoencoder with no ELBO or importance-sampled log p(x)."""
-    return bool(getattr(vae.guide_net, "point_estimate", False))
+    return bool(getattr(getattr(vae, "guide_net", None), "point_estimate", False))
 
 
 def summary(res: dict) -> str:
     """One line of an :func:`evaluate` result, in nats per image, naming each figure."""
     units = f"active units {res['active_units']}/{res['z_dim']}"
+    if res.get("layers"):
+        units += (
+            " ("
+            + ", ".join(f"{n} {lay['active_units']}/{lay['z_dim']}" for n, lay in res["layers"].items())
+            + ")"
+        )
     binarized = f"; binarized: {res['binarized']}" if "binarized" in res else ""
     if "elbo" not in res:
         return (

@@ -27,9 +27,8 @@ from .config import Config
 from .data import DataError, Dataset, Split, is_binary
 from .evaluate import Prepare, split_active_units, validate
 from .models import VAE
-from .objectives import CapacityELBO, ELBOLoss, beta_at, capacity_at, make_elbo
-from .semisupervised import UNLABELED, SemiSupervision, is_semisupervised
 from .step import decay_groups, make_optimizer, svi_step
+from .variants import variant_of
 
 METRICS = ["epoch", "train_loss", "val_elbo", "val_recon", "val_kl", "val_active_units", "beta", "capacity",
            "lr", "weight_norm", "seconds"]  # fmt: skip
@@ -146,19 +145,15 @@ def fit(
         in eval mode (dropout off).
 
     The model is in training mode for the steps and in eval mode for validation, so dropout acts
-    on training batches only.
-
-    A semi-supervised VAE (:class:`~pyrovae.semisupervised.SSVAE`, training labels -1 where hidden)
-    trains on its own loss over batches that mix labelled and unlabelled images or keep them apart
-    (``options.labeled_batches``; :class:`~pyrovae.semisupervised.SemiSupervision`),
-    validates its unlabelled ELBO and logs the accuracies of q(y|x) (``val_accuracy``,
-    ``test_accuracy`` in ``metrics.csv``); ``monitor="accuracy"`` selects by validation accuracy.
+    on training batches only. The loss, the batches, the schedule of β and C and any extra
+    per-epoch figures come from the model's variant (:meth:`~pyrovae.variants.Variant.training`):
+    the semi-supervised VAE, say, trains on its own loss over batches mixing labelled and
+    unlabelled images and logs the accuracies of q(y|x) (``val_accuracy``, ``test_accuracy``).
     """
     cfg, out = options, Path(out)
     from .build import resolve_device
 
     _check_binary_validation(vae, data)
-
     ctx = distributed.init(resolve_device(cfg.device))
     progress = progress and ctx.main
 
@@ -167,23 +162,15 @@ def fit(
         out.mkdir(parents=True, exist_ok=True)
     pyro.set_rng_seed(cfg.seed + 1000 * ctx.rank)  # each rank its own z draws
     vae.to(ctx.device)
-    train = data.train.to(ctx.device)
-    val = data.val.to(ctx.device)
-    labels = bool(vae.num_classes or vae.condition_shape)
+    train, val = data.train.to(ctx.device), data.val.to(ctx.device)
+    labels = bool(getattr(vae, "num_classes", 0) or getattr(vae, "condition_shape", None))
     prepare = prepare or (lambda x, y: y if labels else None)
 
-    # 2. objective and optimizer
-    supervision = None
-    if is_semisupervised(vae):
-        supervision = SemiSupervision(data.train.y != UNLABELED, data.val, data.test, cfg.aux_weight,
-                                      cfg.labeled_batches)  # fmt: skip
-    if supervision is None:
-        elbo = make_elbo(cfg.elbo, cfg.num_particles, free_bits=cfg.free_bits, **_capacity_options(cfg))
-        loss = ELBOLoss(vae, elbo, ctx.world)
-    else:
-        elbo, loss = None, supervision.loss(vae, cfg.num_particles, ctx.world)
+    # 2. the variant's objective, and the optimizer
+    training = variant_of(vae).training(vae, data, cfg, ctx.world)
+    val_prepare = prepare if training.validation_labels else (lambda x, y: None)
     params = [p for p in vae.parameters() if p.requires_grad]
-    loss_fn = distributed.wrap(loss, ctx)
+    loss_fn = distributed.wrap(training.loss, ctx)
     groups = decay_groups(vae, cfg.weight_decay) if cfg.weight_decay else params
     loop = Loop(vae, make_optimizer(groups, cfg.lr, cfg.weight_decay), ctx.device, cfg.seed, ctx.rank,
                 {"config": cfg.to_json(), "x_shape": list(data.x_shape), "num_classes": data.num_classes,
@@ -196,36 +183,27 @@ def fit(
     good = _clone(loop.state_dict())  # what a NaN rollback returns to
 
     # 4. epochs
-    c, first, binarize = loop.c, True, cfg.resolve_binarize()
-    # a semi-supervised model validates its unlabelled ELBO, the bound on log p(x)
-    val_prepare = prepare if supervision is None else (lambda x, y: None)
+    first, binarize = True, cfg.resolve_binarize()
     with _Signals() as signals:
-        while c.epoch < cfg.epochs and not (cfg.patience and c.bad_epochs >= cfg.patience):
-            epoch, lr = c.epoch, _lr(cfg, c.epoch, c.lr_factor)
-            for group in loop.opt.param_groups:
-                group["lr"] = lr
-            if c.perm is None:
-                c.perm = torch.randperm(len(train), generator=loop.data_rng, device=ctx.device)
-                c.step_in_epoch, c.loss_sum, c.seen = 0, 0.0, 0
-            batches = (
-                supervision.split(c.perm, cfg.batch_size) if supervision else c.perm.split(cfg.batch_size)
-            )
+        while loop.c.epoch < cfg.epochs and not (cfg.patience and loop.c.bad_epochs >= cfg.patience):
+            c, epoch = loop.c, loop.c.epoch
+            lr = _start_epoch(loop, cfg, train)
+            batches = training.batches(c.perm, cfg.batch_size)
             bar = tqdm(total=len(batches), initial=c.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not progress, leave=False, unit="step")  # fmt: skip
             t0, failed = time.perf_counter(), None
+            coefs = training.schedule(epoch + max(c.step_in_epoch - 1, 0) / len(batches))
 
             # 4a. steps
             vae.train()
             for s in range(c.step_in_epoch, len(batches)):
-                t = epoch + s / len(batches)  # fractional epoch, for the schedules
-                if isinstance(elbo, CapacityELBO):
-                    elbo.capacity = capacity_at(t, cfg.capacity, cfg.capacity_epochs)
+                coefs = training.schedule(epoch + s / len(batches))  # at the fractional epoch
                 x, y = _batch(train, ctx.shard(batches[s]), binarize, loop.noise_rng)
                 # Pyro's argument checks run on a run's first step only; svi_step checks loss and
                 # gradients for NaN and inf at every step, at a fraction of the cost.
                 with pyro.validation_enabled(first and is_validation_enabled()):
                     loss, norm = svi_step(loss_fn, loop.opt, params, x, prepare(x, y), cfg.clip_norm,
-                                          beta=_beta(cfg, t))  # fmt: skip
+                                          beta=coefs["beta"])  # fmt: skip
                 first = False
                 if not (math.isfinite(loss) and math.isfinite(norm)):
                     failed = (s, loss, norm)
@@ -238,63 +216,23 @@ def fit(
                 bar.set_postfix(loss=f"{c.loss_sum / c.seen:.2f}", refresh=False)
                 if signals.caught is not None:
                     bar.close()
-                    if ctx.main:
-                        checkpoint.save(loop.state_dict(), ckpt_path)
-                    raise Interrupted(
-                        f"stopped by signal {signals.caught} at epoch {epoch + 1}, step {s + 1}; "
-                        f"checkpoint written to {ckpt_path}: continue with resume"
-                    )
+                    _interrupt(loop, ctx, ckpt_path, signals.caught, epoch, s)
             bar.close()
 
             # 4b. a non-finite loss or gradient: stop, or roll back with half the learning rate
             if failed is not None:
-                if cfg.on_nan == "rollback" and c.rollbacks < 5:
-                    loop.load_state_dict(_clone(good), keep_lr=True)
-                    c = loop.c
-                    c.rollbacks, c.lr_factor = c.rollbacks + 1, c.lr_factor * 0.5
-                    if ctx.main:
-                        tqdm.write(f"{_describe(failed, epoch)}: rolled back to the last good state, "
-                                   f"lr x{c.lr_factor}")  # fmt: skip
-                    continue
-                raise TrainingError(
-                    f"{_describe(failed, epoch)}; parameters were not updated and the last good checkpoint "
-                    f"({ckpt_path if ckpt_path.exists() else 'none yet'}) is intact. Lower the learning "
-                    "rate, clip the gradient norm, or roll back on NaN (on_nan='rollback')"
-                )
+                _roll_back(loop, good, cfg, failed, epoch, ckpt_path, ctx.main)
+                continue
             seconds = time.perf_counter() - t0
 
             # 4c. validate at beta = 1, record, checkpoint, early stopping
-            recon, kl, units = ctx.broadcast(
-                [*validate(vae, val, val_prepare), split_active_units(vae, val, val_prepare)]
-            )
-            scores = supervision.scores(vae) if supervision else {}
-            c.rows.append({
-                "epoch": epoch + 1, "train_loss": c.loss_sum / max(c.seen, 1), "val_elbo": recon - kl,
-                "val_recon": recon, "val_kl": kl, "val_active_units": int(units),
-                "beta": _beta(cfg, epoch + 1 - 1e-9),
-                "capacity": elbo.capacity if isinstance(elbo, CapacityELBO) else "", "lr": lr,
-                "weight_norm": _weight_norm(vae), "seconds": round(seconds, 3), **scores,
-            })  # fmt: skip
-            c.epoch, c.perm = epoch + 1, None
-            score = scores["val_accuracy"] if cfg.monitor == "accuracy" else recon - kl
-            improved = score > c.best
-            c.best, c.bad_epochs = (score, 0) if improved else (c.best, c.bad_epochs + 1)
-            snap = loop.state_dict()
-            if ctx.main:  # one writer; every rank holds the same parameters
-                if improved:
-                    checkpoint.save(snap, best_path)
-                checkpoint.save(snap, ckpt_path)
-                checkpoint.write_text(out / "metrics.csv", metrics_csv(c.rows))
-            good = _clone(snap)
+            row = _validate(vae, val, val_prepare, training, ctx, epoch, lr, coefs["capacity"], seconds)
+            good = _end_epoch(loop, row, cfg, out, ctx.main)
             if on_epoch is not None and ctx.main:
-                on_epoch(dict(c.rows[-1]))
+                on_epoch(dict(loop.c.rows[-1]))
             if progress:
-                acc = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in scores.items())
-                tqdm.write(f"epoch {epoch + 1}: train loss {c.rows[-1]['train_loss']:.2f}, "
-                           f"val ELBO {recon - kl:.2f} nats/image{acc} ({seconds:.1f}s)")  # fmt: skip
-            if cfg.patience and c.bad_epochs >= cfg.patience:
-                if progress:
-                    tqdm.write(f"early stop: no better validation {cfg.monitor} for {cfg.patience} epochs")
+                _report(loop.c.rows[-1], cfg, loop.c)
+            if cfg.patience and loop.c.bad_epochs >= cfg.patience:
                 break
 
     # 5. the best parameters
@@ -305,15 +243,89 @@ def fit(
     return vae.eval()
 
 
+# -- the epoch's parts ------------------------------------------------------------------------
+def _start_epoch(loop: Loop, cfg: Config, train: Split) -> float:
+    """Set this epoch's learning rate, and draw its order unless resuming mid-epoch; returns the rate."""
+    c = loop.c
+    lr = _lr(cfg, c.epoch, c.lr_factor)
+    for group in loop.opt.param_groups:
+        group["lr"] = lr
+    if c.perm is None:
+        c.perm = torch.randperm(len(train), generator=loop.data_rng, device=loop.device)
+        c.step_in_epoch, c.loss_sum, c.seen = 0, 0.0, 0
+    return lr
+
+
+def _interrupt(loop: Loop, ctx, ckpt_path: Path, signum: int, epoch: int, s: int):
+    """Write a checkpoint and stop: a signal arrived between steps."""
+    if ctx.main:
+        checkpoint.save(loop.state_dict(), ckpt_path)
+    raise Interrupted(
+        f"stopped by signal {signum} at epoch {epoch + 1}, step {s + 1}; "
+        f"checkpoint written to {ckpt_path}: continue with resume"
+    )
+
+
+def _roll_back(loop: Loop, good: dict, cfg: Config, failed: tuple, epoch: int, ckpt_path: Path,
+               main: bool) -> None:  # fmt: skip
+    """After a non-finite step: restore the last good state with half the learning rate
+    (``on_nan="rollback"``, at most 5 times), else stop with a :class:`TrainingError`."""
+    if cfg.on_nan == "rollback" and loop.c.rollbacks < 5:
+        loop.load_state_dict(_clone(good), keep_lr=True)
+        c = loop.c
+        c.rollbacks, c.lr_factor = c.rollbacks + 1, c.lr_factor * 0.5
+        if main:
+            tqdm.write(f"{_describe(failed, epoch)}: rolled back to the last good state, lr x{c.lr_factor}")
+        return
+    raise TrainingError(
+        f"{_describe(failed, epoch)}; parameters were not updated and the last good checkpoint "
+        f"({ckpt_path if ckpt_path.exists() else 'none yet'}) is intact. Lower the learning "
+        "rate, clip the gradient norm, or roll back on NaN (on_nan='rollback')"
+    )
+
+
+def _validate(vae, val: Split, prepare, training, ctx, epoch: int, lr: float, capacity,
+              seconds: float) -> dict:  # fmt: skip
+    """The epoch's ``metrics.csv`` row: validation ELBO terms and active units at β = 1, and the
+    variant's own scores."""
+    recon, kl, units = ctx.broadcast([*validate(vae, val, prepare), split_active_units(vae, val, prepare)])
+    beta = training.schedule(epoch + 1 - 1e-9)["beta"]  # the epoch's last beta
+    return {
+        "epoch": epoch + 1, "val_elbo": recon - kl, "val_recon": recon, "val_kl": kl,
+        "val_active_units": int(units), "beta": beta, "capacity": capacity, "lr": lr,
+        "weight_norm": _weight_norm(vae), "seconds": round(seconds, 3), **training.scores(vae),
+    }  # fmt: skip
+
+
+def _end_epoch(loop: Loop, row: dict, cfg: Config, out: Path, main: bool) -> dict:
+    """Record the row, count the epoch, write ``best.pt`` when it improved, ``checkpoint.pt`` and
+    ``metrics.csv``; returns the state a NaN rollback would return to."""
+    c = loop.c
+    row = {"epoch": row["epoch"], "train_loss": c.loss_sum / max(c.seen, 1), **row}
+    c.rows.append(row)
+    c.epoch, c.perm = row["epoch"], None
+    score = row[f"val_{cfg.monitor}"] if cfg.monitor != "elbo" else row["val_elbo"]
+    improved = score > c.best
+    c.best, c.bad_epochs = (score, 0) if improved else (c.best, c.bad_epochs + 1)
+    snap = loop.state_dict()
+    if main:  # one writer; every rank holds the same parameters
+        if improved:
+            checkpoint.save(snap, out / "best.pt")
+        checkpoint.save(snap, out / "checkpoint.pt")
+        checkpoint.write_text(out / "metrics.csv", metrics_csv(c.rows))
+    return _clone(snap)
+
+
+def _report(row: dict, cfg: Config, c: Counters) -> None:
+    extra = {k: v for k, v in row.items() if k not in METRICS}
+    acc = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in extra.items())
+    tqdm.write(f"epoch {row['epoch']}: train loss {c.rows[-1]['train_loss']:.2f}, "
+               f"val ELBO {row['val_elbo']:.2f} nats/image{acc} ({row['seconds']:.1f}s)")  # fmt: skip
+    if cfg.patience and c.bad_epochs >= cfg.patience:
+        tqdm.write(f"early stop: no better validation {cfg.monitor} for {cfg.patience} epochs")
+
+
 # -- helpers --------------------------------------------------------------------------------
-def _capacity_options(cfg: Config) -> dict:
-    return dict(gamma=cfg.gamma, capacity=0.0) if cfg.capacity is not None else {}
-
-
-def _beta(cfg: Config, t: float) -> float:
-    return beta_at(cfg.beta_schedule, cfg.beta, cfg.warmup_epochs, t)
-
-
 def _lr(cfg: Config, epoch: int, factor: float) -> float:
     if cfg.lr_schedule == "cosine":
         return cfg.lr * factor * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))

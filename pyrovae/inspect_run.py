@@ -20,7 +20,7 @@ from .posterior import (
     traverse,
 )
 from .runs import Run
-from .semisupervised import is_semisupervised, style_and_content
+from .variants import variant_of
 
 
 def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
@@ -58,14 +58,7 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
             "Mean of p(x|z) for z ~ p(z): what the model has learned to generate.",
         )
 
-    if is_semisupervised(vae):
-        x8 = test.x[:8]
-        grid = torch.cat([x8[:, None], style_and_content(vae, x8)], 1)  # (8, 1 + K, ...)
-        plots.image_grid(grid.flatten(0, 1), out / "style_content.png",
-                         "A test image, then its style z with each class y", nrow=grid.shape[1])  # fmt: skip
-        add("style_content.png", "Style and content",
-            "Semi-supervised model: each row keeps the style z of a test image (mean of q(z|x,y) at "
-            "the most probable class of q(y|x)) and decodes it with every class y in turn.")  # fmt: skip
+    variant_of(vae).figures(vae, test, out, add)  # the variant's own figures
 
     # 2. reconstructions and posterior predictive
     x8, y8 = test.x[:16], None if y is None else y[:16]

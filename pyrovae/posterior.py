@@ -1,7 +1,11 @@
 """Posterior inspection: the functions behind ``pyrovae inspect`` and the notebooks.
 
-Each takes a :class:`~pyrovae.models.VAE` and tensors and returns tensors or distributions on the
-input's device and dtype; nothing here draws pictures (see :mod:`pyrovae.plots`).
+Each takes a model and tensors and returns tensors or distributions on the input's device and
+dtype; nothing here draws pictures (see :mod:`pyrovae.plots`). Data are generated and decoded
+through the model's Pyro program (``poutine.trace`` / ``condition``, :class:`~pyro.infer.Predictive`),
+never by calling its decoder: a hierarchical prior is sampled ancestrally, and a latent code is
+decoded by conditioning the program on it. The code of a datum is its guide's first latent
+site (``encode``), e.g. ``z`` of a VAE or ``z1`` of a two-layer VAE.
 """
 
 from __future__ import annotations
@@ -14,6 +18,26 @@ from torch import Tensor
 
 from .evaluate import elbo_terms, is_point_estimate, log_likelihood, posterior_mean
 from .models import VAE
+
+
+def _first_latent(vae: VAE, x: Tensor, y: Tensor | None) -> str:
+    """The guide's first latent site: the one ``vae.encode`` describes."""
+    from .sites import latent_sites
+
+    return latent_sites(vae, x, y)[0]
+
+
+def _program_mean(vae: VAE, n: int, y: Tensor | None = None, values: dict | None = None,
+                  mean: bool = True) -> Tensor:  # fmt: skip
+    """Run the model for ``n`` data (latents ``values`` given, the others drawn from their priors in
+    the program's order) and return the mean of p(x | ...) (or a draw of it, ``mean=False``).
+
+    The ``"x"`` site is observed at a placeholder, so reading its distribution draws nothing."""
+    ref = vae._reference()
+    program = poutine.condition(vae.model, data=values) if values else vae.model
+    placeholder = ref.new_zeros(n, *vae.x_shape)
+    px = poutine.trace(program).get_trace(placeholder, y).nodes["x"]["fn"]
+    return px.mean if mean else px.sample()
 
 
 def encode(vae: VAE, x: Tensor, y: Tensor | None = None) -> pyro.distributions.Distribution:
@@ -31,15 +55,15 @@ def posterior_samples(vae: VAE, x: Tensor, y: Tensor | None = None, num_samples:
 def reconstruct(vae: VAE, x: Tensor, y: Tensor | None = None, sample: bool = False) -> Tensor:
     """The mean of p(x | z) at the posterior mean of z, or at one posterior sample (``sample``);
     with ``sample`` the pixels are drawn from p(x | z) too."""
-    if sample:
-        z = vae.encode(x, y).sample()
-        return vae.decode(z, y).sample()
-    return vae.likelihood.mean(vae.decoder(posterior_mean(vae, x, y), vae.one_hot(y, x)))
+    site = _first_latent(vae, x, y)
+    z = vae.encode(x, y).sample() if sample else posterior_mean(vae, x, y)
+    return _program_mean(vae, len(x), y, {site: z}, mean=not sample)
 
 
 @torch.no_grad()
 def sample_prior(vae: VAE, n: int | None = None, y: Tensor | None = None, mean: bool = True) -> Tensor:
-    """New data from the model: z ~ p(z | y), then the mean of p(x | z, y) (or a draw of it).
+    """New data from the model: z ~ p(z | y), then the mean of p(x | z, y) (or a draw of it),
+    by running the Pyro program forward, so a hierarchical prior samples ancestrally.
 
     Every datum gets its own z, whether the prior ignores ``y`` (batch shape ``()``, as N(0, I)
     in a conditional VAE) or uses it (batch shape ``(n,)``).
@@ -47,18 +71,13 @@ def sample_prior(vae: VAE, n: int | None = None, y: Tensor | None = None, mean: 
     :param n: number of data; default ``len(y)``, or 64 for an unconditional model.
     :param y: class labels (or conditioning tensors) for a conditional model, one per datum.
     """
-    ref = vae._reference()
     if y is not None:
         if n is not None and n != y.shape[0]:
             raise ValueError(f"sample_prior: n={n} but {y.shape[0]} labels y were given")
         n = y.shape[0]
     elif n is None:
         n = 64
-    p = vae.prior_dist(y, like=ref)
-    # one independent draw per datum: a batch-() prior is sampled n times, a batch-(n,) prior once
-    z = p.sample(() if tuple(p.batch_shape) == (n,) else (n,)).reshape(n, vae.z_dim)
-    out = vae.decoder(z, vae.one_hot(y, ref))
-    return vae.likelihood.mean(out) if mean else vae.likelihood(out).sample()
+    return _program_mean(vae, n, y, mean=mean)
 
 
 def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
@@ -91,7 +110,7 @@ def interpolate(
     else:
         raise ValueError(f"unknown interpolation {method!r}; use 'linear' or 'spherical'")
     ys = None if y is None else y.reshape(1).expand(steps)
-    return path, vae.likelihood.mean(vae.decoder(path, vae.one_hot(ys, pair)))
+    return path, _program_mean(vae, steps, ys, {_first_latent(vae, pair, yy): path})
 
 
 @torch.no_grad()
@@ -109,8 +128,11 @@ def traverse(
     z = z0.expand(len(dims), len(values), -1).clone()
     for i, d in enumerate(dims):
         z[i, :, d] = values
-    ys = None if y is None else y.reshape(1, 1).expand(len(dims), len(values))
-    return z, vae.likelihood.mean(vae.decoder(z, vae.one_hot(ys, x)))
+    n = len(dims) * len(values)
+    ys = None if y is None else y.reshape(1).expand(n)
+    site = _first_latent(vae, x[None], None if y is None else y.reshape(1))
+    out = _program_mean(vae, n, ys, {site: z.reshape(n, -1)})  # (n, *x_shape)
+    return z, out.reshape(len(dims), len(values), *out.shape[1:])
 
 
 @torch.no_grad()
@@ -119,10 +141,14 @@ def posterior_predictive(
 ) -> dict[str, Tensor]:
     """Replicated data x_rep ~ p(x | z), z ~ q(z | x), through :class:`pyro.infer.Predictive`.
 
-    :returns: ``{"z": (num_samples, batch, z_dim), "x": (num_samples, batch, *x_shape)}``.
+    :returns: ``{"z": (num_samples, batch, z_dim), "x": (num_samples, batch, *x_shape)}``, and
+        every other latent site of the guide likewise.
     """
+    from .sites import latent_sites
+
     model = poutine.uncondition(vae.model)  # sample "x" instead of clamping it to the data
-    predictive = Predictive(model, guide=vae.guide, num_samples=num_samples, return_sites=("z", "x"))
+    sites = (*latent_sites(vae, x, y), "x")
+    predictive = Predictive(model, guide=vae.guide, num_samples=num_samples, return_sites=sites)
     return predictive(x, y)
 
 
@@ -131,7 +157,7 @@ def embed(vae: VAE, x: Tensor, y: Tensor | None = None, batch_size: int = 1000) 
     """Posterior means of a whole data set, shape ``(N, z_dim)``."""
     parts = []
     for i in range(0, x.shape[0], batch_size):
-        yy = None if y is None or not vae.num_classes else y[i : i + batch_size]
+        yy = None if y is None or not getattr(vae, "num_classes", 0) else y[i : i + batch_size]
         parts.append(posterior_mean(vae, x[i : i + batch_size], yy))
     return torch.cat(parts)
 
@@ -150,7 +176,7 @@ def anomaly_scores(
     first, second = [], []
     for i in range(0, x.shape[0], batch_size):
         xb = x[i : i + batch_size]
-        yb = None if y is None or not vae.num_classes else y[i : i + batch_size]
+        yb = None if y is None or not getattr(vae, "num_classes", 0) else y[i : i + batch_size]
         recon, kl = elbo_terms(vae, xb, yb)
         if point:
             first.append(-recon)

@@ -23,7 +23,7 @@ from .evaluate import evaluate, summary
 from .fit import EpochHook, fit
 from .likelihoods import LIKELIHOODS
 from .models import VAE
-from .semisupervised import UNLABELED, accuracy, balanced_labels, is_semisupervised
+from .variants import MODELS, variant_of
 
 #: Options that may change when a run is resumed; every other option must match the saved one.
 RESUMABLE = {"epochs", "patience", "device", "eval_k", "eval_n_test", "data_dir", "data_file",
@@ -45,8 +45,7 @@ def load_data(cfg: Config) -> Dataset:
         data.train = data.train.subset(slice(0, cfg.train_size))
         data.notes.append(f"training on the first {cfg.train_size} (train_size)")
     check_values(data.train.x, "training data")
-    if cfg.semi_supervised:
-        _hide_labels(data, cfg)
+    MODELS[cfg.model].prepare_data(data, cfg)  # e.g. hide labels
     needs_binary = LIKELIHOODS[cfg.likelihood].needs_binary
     if needs_binary and not cfg.resolve_binarize() and not is_binary(data.train.x):
         raise DataError(
@@ -65,25 +64,6 @@ def load_data(cfg: Config) -> Dataset:
         data.test.x = binarize(data.test.x, g)
         data.notes.append("binarized: training data afresh every epoch, validation and test once (seed 0)")
     return data
-
-
-def _hide_labels(data: Dataset, cfg: Config) -> None:
-    """Keep the labels of ``cfg.labeled`` training images, balanced by class (fixed by
-    ``split_seed``); the others become :data:`~pyrovae.semisupervised.UNLABELED`."""
-    if not data.num_classes:
-        raise ConfigError("semi_supervised needs labelled data (MNIST, or a labels file)", "semi_supervised")
-    if cfg.labeled > len(data.train) or cfg.labeled < data.num_classes:
-        raise ConfigError(
-            f"labeled must be between {data.num_classes} (one per class) and the {len(data.train)} training "
-            f"images, got {cfg.labeled}", "labeled",
-        )  # fmt: skip
-    try:
-        keep = balanced_labels(data.train.y, cfg.labeled, data.num_classes, cfg.split_seed)
-    except ValueError as e:
-        raise ConfigError(f"{e}; lower labeled", "labeled") from None
-    data.train.y = torch.where(keep, data.train.y, UNLABELED)
-    data.notes.append(f"semi-supervised: {cfg.labeled} training images keep their label (balanced by class, "
-                      f"split_seed {cfg.split_seed}), {len(data.train) - cfg.labeled} are unlabelled")  # fmt: skip
 
 
 # -- the run directory ----------------------------------------------------------------------
@@ -295,14 +275,11 @@ def evaluate_run(run: Run, k: int | None = None, n_test: int | None = None, seed
     n_test = n_test if n_test is not None else cfg.eval_n_test
     if k < 1 or (n_test is not None and n_test < 1):
         raise ConfigError("k and n_test must be positive", "k")
-    test = run.data.test.to(run.device)
-    labels, semi = test.y, is_semisupervised(run.model)
-    if not run.model.num_classes or semi:  # the semi-supervised ELBO and log p(x) sum over y
-        test.y = None
+    test, variant = run.data.test.to(run.device), variant_of(run.model)
     pyro.set_rng_seed(seed)
-    res = evaluate(run.model, test, k=k, n_ll=n_test, progress=progress)
-    if semi:
-        res["test_accuracy"] = accuracy(run.model, Split(test.x, labels))
+    res = evaluate(run.model, Split(test.x, variant.test_labels(run.model, test.y)), k=k, n_ll=n_test,
+                   progress=progress)  # fmt: skip
+    res.update(variant.test_scores(run.model, test))
     res["seed"] = seed
     res["binarized"] = (
         "dynamic (test set binarized once, seed 0)" if cfg.resolve_binarize() else "no (grey values)"
@@ -371,7 +348,8 @@ def _check_registered(cfg: Config, path: Path) -> None:
     from .priors import PRIORS
 
     for family, registry, name in [("prior", PRIORS, "PRIORS"), ("guide", GUIDES, "GUIDES"),
-                                   ("likelihood", LIKELIHOODS, "LIKELIHOODS"), ("net", NETS, "NETS")]:  # fmt: skip
+                                   ("likelihood", LIKELIHOODS, "LIKELIHOODS"), ("net", NETS, "NETS"),
+                                   ("model", MODELS, "MODELS")]:  # fmt: skip
         value = cfg.prior_family if family == "prior" else getattr(cfg, family)
         if value not in registry:
             raise ConfigError(

@@ -1,0 +1,147 @@
+"""The protocol of a model variant, and the training every variant starts from.
+
+A variant is a class of classmethods registered in :data:`~pyrovae.variants.MODELS` under the
+name ``Config.model`` takes. The run layer, :func:`~pyrovae.fit.fit`, evaluation, inspection and
+the command line call only these hooks, so a new model is one module and one registry line:
+
+- :meth:`Variant.check`: refuse options it cannot honour (its own options are checked here, once);
+- :meth:`Variant.build`: the model (a :class:`~pyro.nn.PyroModule` with ``model(x, y, beta=)``
+  and ``guide(x, y, beta=)``, the ``"data"`` plate, an observed site ``"x"``);
+- :meth:`Variant.prepare_data`: change the data before training (hide labels, say);
+- :meth:`Variant.training`: the loss, batches, schedule and per-epoch metrics (:class:`Training`);
+- :meth:`Variant.test_labels`, :meth:`Variant.test_scores`: what evaluation gives the model and
+  the figures it adds to ``eval.json``;
+- :meth:`Variant.figures`: the variant's own inspection figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar
+
+from torch import Tensor, nn
+
+from ..objectives import CapacityELBO, ELBOLoss, beta_at, capacity_at, make_elbo
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..data import Dataset, Split
+
+#: An inspection figure: ``(file name, title, explanation)``.
+Figure = tuple[str, str, str]
+
+
+class Training:
+    """How :func:`~pyrovae.fit.fit` trains a model: the ELBO of ``cfg.elbo`` (with capacity or
+    free bits), batches of ``perm``, and β and C from one :meth:`schedule`.
+
+    A variant with another loss subclasses it and overrides :meth:`objective` (the Pyro ELBO) or
+    :meth:`make_loss` (the whole loss module); one that logs more per epoch overrides :meth:`scores`.
+    """
+
+    #: whether validation passes the batch's labels (a semi-supervised model validates without)
+    validation_labels: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module, data: Dataset, cfg: Config, world: int = 1) -> None:
+        self.cfg = cfg
+        self.elbo = self.objective(cfg)
+        self.loss = self.make_loss(model, world)
+
+    def objective(self, cfg: Config):
+        capacity = dict(gamma=cfg.gamma, capacity=0.0) if cfg.capacity is not None else {}
+        return make_elbo(cfg.elbo, cfg.num_particles, free_bits=cfg.free_bits, **capacity)
+
+    def make_loss(self, model: nn.Module, world: int) -> nn.Module:
+        """``(x, y, beta) -> loss`` as a module."""
+        return ELBOLoss(model, self.elbo, world)
+
+    def batches(self, perm: Tensor, batch_size: int) -> list[Tensor]:
+        """An epoch's order as batches of indices."""
+        return list(perm.split(batch_size))
+
+    def schedule(self, t: float) -> dict:
+        """The scheduled coefficients at fractional epoch ``t``: ``beta`` (passed to the loss)
+        and ``capacity`` (set on a :class:`~pyrovae.objectives.CapacityELBO`; ``""`` without)."""
+        cfg = self.cfg
+        beta = beta_at(cfg.beta_schedule, cfg.beta, cfg.warmup_epochs, t)
+        if not isinstance(self.elbo, CapacityELBO):
+            return {"beta": beta, "capacity": ""}
+        self.elbo.capacity = capacity_at(t, cfg.capacity, cfg.capacity_epochs)
+        return {"beta": beta, "capacity": self.elbo.capacity}
+
+    def scores(self, model: nn.Module) -> dict[str, float]:
+        """Figures logged to ``metrics.csv`` after each epoch beyond the ELBO's."""
+        return {}
+
+
+class Variant:
+    """A model variant: the default is the VAE of :class:`~pyrovae.models.VAE`."""
+
+    #: its name in :data:`~pyrovae.variants.MODELS` (``Config.model``)
+    name: ClassVar[str] = "vae"
+    #: Config fields only this variant uses, refused (at a non-default value) by the others
+    options: ClassVar[tuple[str, ...]] = ()
+    #: how the others say where an option of this variant belongs
+    owner: ClassVar[str] = ""
+    training_cls: ClassVar[type[Training]] = Training
+
+    @classmethod
+    def check(cls, cfg: Config) -> None:
+        """Refuse options this variant cannot use; by default the options other variants own."""
+        from . import MODELS
+
+        defaults = type(cfg)()
+        for other in MODELS.values():
+            if other is cls:
+                continue
+            for name in other.options:
+                if getattr(cfg, name) == getattr(defaults, name):
+                    continue
+                if cls.name == "vae":
+                    _refuse(f"{name} applies to {other.owner}", name)
+                _refuse(f"{name} belongs to model {other.name}, not to model {cls.name}: drop it", name)
+
+    @classmethod
+    def build(cls, cfg: Config, x_shape: tuple[int, ...], num_classes: int = 0) -> nn.Module:
+        from ..build import vae_parts
+        from ..models import VAE
+
+        return VAE(x_shape, cfg.z_dim, **vae_parts(cfg, x_shape, 0))
+
+    @classmethod
+    def prepare_data(cls, data: Dataset, cfg: Config) -> None:
+        """Change ``data`` in place before training; by default nothing."""
+
+    @classmethod
+    def training(cls, model: nn.Module, data: Dataset, cfg: Config, world: int = 1) -> Training:
+        return cls.training_cls(model, data, cfg, world)
+
+    @classmethod
+    def test_labels(cls, model: nn.Module, y: Tensor | None) -> Tensor | None:
+        """The labels evaluation passes to the model: a conditional model's, else none."""
+        return y if getattr(model, "num_classes", 0) else None
+
+    @classmethod
+    def test_scores(cls, model: nn.Module, test: Split) -> dict:
+        """Figures of the test set added to ``eval.json``; by default none."""
+        return {}
+
+    @classmethod
+    def figures(cls, model: nn.Module, test: Split, out, add: Callable[[str, str, str], None]) -> None:
+        """Write the variant's own inspection figures to the folder ``out`` and ``add`` each."""
+
+
+def _refuse(message: str, option: str):
+    from ..config import ConfigError
+
+    raise ConfigError(message, option)
+
+
+def variant_of(model: nn.Module) -> type[Variant]:
+    """The variant a model belongs to (its ``variant`` attribute; the VAE's otherwise)."""
+    from . import MODELS
+
+    return MODELS[getattr(model, "variant", "vae")]
+
+
+__all__ = ["Variant", "Training", "Figure", "variant_of"]

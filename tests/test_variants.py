@@ -1,0 +1,79 @@
+"""The model registry: a variant registered from outside the package trains, evaluates and is
+inspected through it, with its own loss, per-epoch figure, test figure and inspection figure."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from pyrovae import MODELS, Config, ConfigError, train
+from pyrovae.inspect_run import inspect_run
+from pyrovae.objectives import ELBOLoss
+from pyrovae.variants import Training
+from pyrovae.variants.vae import Plain
+
+
+class _Doubled(ELBOLoss):
+    """Twice the ELBO loss: a variant's own loss, visible in train_loss."""
+
+    def forward(self, x, y=None, beta=1.0):
+        return 2 * super().forward(x, y, beta)
+
+
+class _CustomTraining(Training):
+    def make_loss(self, model, world):
+        return _Doubled(model, self.elbo, world)
+
+    def scores(self, model):
+        return {"val_bias_mean": model.decoder.out.bias.mean().item()}
+
+
+class _Custom(Plain):
+    name = "custom"
+    options = ("clip_norm",)  # an option only it uses, refused by the others
+    owner = "a custom run: add model custom"
+    training_cls = _CustomTraining
+
+    @classmethod
+    def test_scores(cls, model, test):
+        return {"test_mean_pixel": test.x.mean().item()}
+
+    @classmethod
+    def figures(cls, model, test, out, add):
+        from pyrovae import plots
+
+        plots.image_grid(test.x[:4], out / "custom.png", "Four test images")
+        add("custom.png", "Custom", "The variant's own figure.")
+
+
+@pytest.fixture
+def custom(monkeypatch):
+    monkeypatch.setitem(MODELS, "custom", _Custom)
+
+
+def test_flags_and_model_name_agree():
+    assert Config(conditional=True).model == "conditional"
+    assert Config(model="conditional").conditional
+    assert Config(semi_supervised=True, labeled=10).validate().model == "semisupervised"
+    assert Config(model="semisupervised", labeled=10).validate().semi_supervised
+
+
+def test_a_registered_variant_trains_evaluates_and_inspects_through_its_hooks(tmp_path, custom, tiny_data_file,
+                                                                            tiny_config):  # fmt: skip
+    data = tiny_data_file(tmp_path)
+    with pytest.raises(ConfigError, match="clip_norm applies to a custom run"):
+        tiny_config(data, clip_norm=5.0).validate()
+    run = train(tiny_config(data, model="custom", epochs=2, eval_k=5, clip_norm=5.0), tmp_path / "c",
+                progress=False)  # fmt: skip
+    assert run.model.variant == "custom"
+    rows = list(csv.DictReader(open(tmp_path / "c" / "metrics.csv")))
+    bias = run.model.decoder.out.bias.mean().item()  # best.pt is the last epoch's or an earlier one
+    assert any(float(r["val_bias_mean"]) == pytest.approx(bias, abs=1e-6) for r in rows)
+    # the doubled loss: train loss per image is about twice the negative ELBO, not once
+    assert float(rows[-1]["train_loss"]) > 1.5 * -float(rows[-1]["val_elbo"])
+    res = json.loads((tmp_path / "c" / "eval.json").read_text())
+    assert res["test_mean_pixel"] == pytest.approx(run.data.test.x.mean().item())
+    index = inspect_run(run, k=3, n=20).read_text()
+    assert "(custom.png)" in index and (tmp_path / "c" / "figures" / "custom.png").exists()
+    assert torch.isfinite(torch.tensor(res["elbo"]))
