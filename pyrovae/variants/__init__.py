@@ -8,6 +8,7 @@ checklist for a new one.
 """
 
 from .base import Training, Variant, variant_of
+from .hierarchical import Hierarchical
 from .semisupervised import SemiSupervised
 from .vae import Conditional, Plain
 
@@ -15,6 +16,7 @@ MODELS: dict[str, type[Variant]] = {
     "vae": Plain,
     "conditional": Conditional,
     "semisupervised": SemiSupervised,
+    "hierarchical": Hierarchical,
 }
 """Registry of model variants by command-line name."""
 
