@@ -1,6 +1,7 @@
 """The scripts in ``benchmarks/`` run as the README and RESULTS.md say, and race like against like."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,32 @@ def test_gpu_benchmark_races_every_contestant_and_its_estimators_agree():
     assert all(v > 0 for v in res["train"][16].values())
     (_, ours), (_, bare) = res["eval"]["pyrovae log_likelihood"], res["eval"]["bare forward pass"]
     assert abs(ours - bare) < 1e-3 and ours < 0
+
+
+def test_nll_table_trains_every_row_at_one_budget(mnist_dir, tmp_path, capsys):
+    import pyro
+
+    from pyrovae import Split, evaluate, load_run
+
+    N = _script("nll")
+    out = tmp_path / "nll"
+    res = N.main(N.parse_args(["--epochs", "1", "--train-size", "60", "--k", "5", "--n-test", "10",
+                               "--pseudo-inputs", "6", "--device", "cpu", "--data-dir", str(mnist_dir),
+                               "--out", str(out)]))  # fmt: skip
+    assert json.loads((out / "nll.json").read_text()) == res
+    assert [r["row"] for r in res] == [name for name, _, _ in N.ROWS]
+    table = capsys.readouterr().out
+    assert "| IWAE k=50, 2 layers |" in table and "K=5, first 10 test images" in table
+    for r, (name, options, published) in zip(res, N.ROWS, strict=True):
+        assert r["published"] == published and r["k"] == 5 and r["n_test"] == 10
+        run = out / N.run_dir(name)
+        trained = load_run(run)  # its best parameters, evaluated as the script says: seed 0, first 10 images
+        pyro.set_rng_seed(0)
+        again = evaluate(trained.model, Split(trained.data.test.x[:10], None), k=5, ll_batch_size=20)
+        assert r["nll"] == pytest.approx(-again["log_likelihood"]) and r["neg_elbo"] == pytest.approx(
+            -again["elbo"]
+        )
+        cfg = json.loads((run / "config.json").read_text())
+        assert cfg["epochs"] == 1 and cfg["train_size"] == 60 and all(cfg[k] == v for k, v in options.items())
+        assert r["nll"] <= r["neg_elbo"] + 1.0  # K = 5 bounds log p(x) at least as tightly as the ELBO
+    assert (res[3]["z_dim"], res[0]["z_dim"]) == (150, 50)  # two layers: z1 100 + z2 50
