@@ -136,13 +136,6 @@ def mnist_sample(tmp_path_factory) -> Path:
     return path
 
 
-def test_every_page_has_examples():
-    assert (ROOT / "docs" / "index.md").exists()
-    for page in PAGES:
-        if page.name not in ("index.md", "reference.md", "contributing.md", "experiments.md"):
-            assert blocks(page), f"{page.name} has no python or bash example"
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("page", RUNNABLE, ids=[p.relative_to(ROOT).as_posix() for p in RUNNABLE])
 def test_examples_run(page, mnist_sample, pyrovae_server, tmp_path, monkeypatch):
