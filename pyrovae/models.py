@@ -64,7 +64,9 @@ def _num_data(x: Tensor | None, y: Tensor | None, batch_size: int | None) -> int
     raise ValueError("model() needs data x, labels y or a batch_size")
 
 
-def _scaled(beta: float):
+def _scaled(beta: float | Tensor):
+    if isinstance(beta, Tensor):  # a device tensor (a graphed step's schedule): no host read of its value
+        return _ScaleLatent(beta)
     return nullcontext() if beta == 1 else _ScaleLatent(beta)
 
 
