@@ -1,4 +1,4 @@
-"""The scripts in ``benchmarks/`` run as the README and RESULTS.md say, and race like against like."""
+"""The scripts in ``benchmarks/`` run as docs/experiments.md and RESULTS.md say, and race like against like."""
 
 import importlib.util
 import json
