@@ -30,6 +30,7 @@ MATRIX: dict[str, list[list[str]]] = {
         ["--classes", "1", "--conditional", "--prior", "conditional", "--batch-size", "8"],
     ],
     "exclude_classes": [["--exclude-classes", "1"]],
+    "model": [["--model", "hierarchical"], ["--model", "hierarchical", "--elbo", "meanfield", "--beta", "2"]],
     "z_dim": [["--z-dim", "3"]],
     "hidden": [["--hidden", "8", "6"]],
     "activation": [["--activation", "tanh"]],

@@ -77,7 +77,7 @@ class HierarchicalVAE(PyroModule):
         name: str | None = None,
     ) -> None:
         super().__init__(name=name or f"hvae{next(_instances)}")
-        self.x_shape = tuple(x_shape)
+        self.x_shape, self.beta = tuple(x_shape), 1.0
         z1, upper = 2 * z_dim, [max(1, h // 2) for h in hidden]
         self.z_dim, self.z_dims = z1, {"z1": z1, "z2": z_dim}  # z_dim: the code encode() gives
         self.top = StandardNormal(z_dim)  # p(z2)
@@ -89,22 +89,24 @@ class HierarchicalVAE(PyroModule):
 
     @pyro_method
     def model(self, x: Tensor | None = None, y: Tensor | None = None, *, batch_size: int | None = None,
-              beta: float = 1.0) -> Tensor:  # fmt: skip
-        """p(z2) p(z1 | z2) p(x | z1); with ``x=None`` it generates ``batch_size`` data."""
+              beta: float | None = None) -> Tensor:  # fmt: skip
+        """p(z2) p(z1 | z2) p(x | z1); with ``x=None`` it generates ``batch_size`` data.
+
+        :param beta: scale of both latent sites' densities (default ``self.beta``, 1)."""
         n = _num_data(x, None, batch_size)
         like = x if x is not None else self._reference()
         with pyro.plate("data", n, device=like.device):
-            with _scaled(beta):
+            with _scaled(self.beta if beta is None else beta):
                 z2 = pyro.sample("z2", self.top())  # (*lead, batch, z_dim)
                 z1 = pyro.sample("z1", self.middle(z2))  # (*lead, batch, 2 z_dim)
             return pyro.sample("x", self.likelihood(self.decoder(z1)), obs=x)
 
     @pyro_method
     def guide(self, x: Tensor, y: Tensor | None = None, *, batch_size: int | None = None,
-              beta: float = 1.0) -> Tensor:  # fmt: skip
-        """q(z1 | x) q(z2 | z1)."""
+              beta: float | None = None) -> Tensor:  # fmt: skip
+        """q(z1 | x) q(z2 | z1); ``beta`` as in :meth:`model`."""
         with pyro.plate("data", x.shape[0], device=x.device):
-            with _scaled(beta):
+            with _scaled(self.beta if beta is None else beta):
                 z1 = pyro.sample("z1", self.q_z1(x))
                 return pyro.sample("z2", self.q_z2(z1))
 
