@@ -59,10 +59,14 @@ class Config:
     """Everything that defines a run."""
 
     # data
-    dataset: str = _opt("mnist", "data set; 'file' reads --data-file", ("mnist", "file"))
+    dataset: str = _opt(
+        "mnist", "data set; 'file' reads --data-file; 'dsprites' is rendered (or DeepMind's .npz as --data-file)",
+        ("mnist", "file", "dsprites"),
+    )  # fmt: skip
     data_dir: str | None = _opt(None, "folder holding MNIST/raw/ (else $PYROVAE_DATA, else ~/.cache/pyrovae)")
     data_file: str | None = _opt(None, "a .pt or .npy array (N, ...) in [0, 1] for --dataset file")
     labels_file: str | None = _opt(None, "labels for --data-file (.pt or .npy, one class index per row)")
+    image_size: int = _opt(64, "dsprites: image side in pixels (64 as published; 32 for CPU budgets)")
     binarize: str = _opt(
         "auto", "'dynamic': a fresh Bernoulli draw every epoch; 'auto': dynamic for Bernoulli",
         ("auto", "dynamic", "none"),
@@ -250,6 +254,11 @@ class Config:
             if self.num_particles < 2:
                 raise ConfigError("elbo iwae needs num_particles K >= 2 (K = 1 is the plain ELBO)", "elbo")
         self._validate_semi_supervised()
+        if self.image_size != 64 and self.dataset != "dsprites":
+            raise ConfigError("image_size applies to dataset dsprites; drop it or set dataset dsprites",
+                              "image_size")  # fmt: skip
+        if self.dataset == "dsprites" and self.labels_file:
+            raise ConfigError("dsprites has its own labels (the shape); drop labels_file", "labels_file")
         if self.dataset == "mnist" and (self.data_file or self.labels_file):
             raise ConfigError(
                 "data_file was given but dataset is 'mnist': set dataset 'file' to train on the file",
