@@ -319,7 +319,7 @@ def load_dsprites(
     from . import dsprites
 
     try:
-        source = dsprites.from_npz(data_file, image_size) if data_file else dsprites.DSprites(image_size)
+        source = dsprites.ground_truth(data_file, image_size)
     except ValueError as e:
         raise DataError(str(e), "image_size") from None
     n = len(source)

@@ -210,3 +210,52 @@ def vae_code(vae, data, batch_size: int = 2048) -> Code:
         return torch.cat(out).double().numpy()
 
     return code
+
+
+def disentangle_run(run, seed: int = 0, scale: float = 1.0, n_kl: int = 2000) -> dict:
+    """The four scores of a run trained on dSprites (see :func:`scores`), written to
+    ``run.path / "disentanglement.json"`` with, for each latent dimension, its mean KL over
+    ``n_kl`` random images and the factor it tells most about (mutual information over the
+    factor's entropy); and ``traversal.png``: one row per dimension, by decreasing KL, each
+    changing that dimension of an image's posterior mean from -2.5 to 2.5.
+    """
+    from . import plots
+    from .config import ConfigError
+    from .dsprites import ground_truth
+    from .evaluate import kl_per_dim, posterior_mean
+    from .posterior import traverse
+    from .runs import write_json
+
+    cfg, vae = run.config, run.model
+    if cfg.dataset != "dsprites":
+        raise ConfigError(f"{run.path} trained on {cfg.dataset}; the disentanglement scores need data with known "
+                          "factors: train with --dataset dsprites")  # fmt: skip
+    if vae.num_classes:
+        raise ConfigError("the disentanglement scores encode images without labels; this run is conditional")
+    data = ground_truth(cfg.data_file, cfg.image_size)
+    code = vae_code(vae, data)
+    res = scores(data, code, seed, scale)
+    p = next(vae.parameters())
+    x = data.images(data.sample(n_kl, np.random.RandomState(seed))).to(p.device, p.dtype)
+    kl = kl_per_dim(vae, x)
+    if kl is None:  # no per-dimension KL for this guide/prior: rank by the spread of the means
+        kl = posterior_mean(vae, x).var(0)
+    kl = kl.cpu()
+    informs = np.array(res["mutual_info"]) / np.maximum(np.array(res["entropy"]), 1e-12)  # (D, F)
+    order = kl.argsort(descending=True).tolist()
+    res["latents"] = [{"dim": d, "kl": float(kl[d]), "factor": data.factor_names[int(informs[d].argmax())],
+                       "mi_over_entropy": float(informs[d].max())} for d in order]  # fmt: skip
+    _, images = traverse(vae, x[0], order, torch.linspace(-2.5, 2.5, 10))
+    labels = [f"z{r['dim']}  KL {r['kl']:.2f}: {r['factor']} ({r['mi_over_entropy']:.2f})" for r in res["latents"]]
+    plots.labelled_rows(images, labels, run.path / "traversal.png",
+                        f"Traversals, one latent per row by decreasing KL, with the factor it tells most "
+                        f"about (MI / H); MIG {res['mig']:.2f}")  # fmt: skip
+    write_json(run.path / "disentanglement.json", res)
+    return res
+
+
+def summary(res: dict) -> str:
+    """One line: the four scores."""
+    return (f"BetaVAE {res['beta_vae']:.3f}, FactorVAE {res['factor_vae']:.3f}, MIG {res['mig']:.3f}, DCI "
+            f"disentanglement {res['dci_disentanglement']:.3f} (completeness {res['dci_completeness']:.3f}, "
+            f"informativeness {res['dci_informativeness']:.3f})")  # fmt: skip

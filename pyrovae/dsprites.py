@@ -216,6 +216,12 @@ class ArraySprites(GroundTruth):
         return torch.as_tensor(self._values[self.rows[self.index(torch.as_tensor(classes))].numpy()])
 
 
+def ground_truth(data_file: str | os.PathLike | None = None, image_size: int = 64) -> GroundTruth:
+    """DeepMind's file ``data_file`` (see :func:`from_npz`) where given, else the rendered
+    :class:`DSprites`."""
+    return from_npz(data_file, image_size) if data_file else DSprites(image_size)
+
+
 def from_npz(path: str | os.PathLike, image_size: int = 64) -> ArraySprites:
     """DeepMind's ``dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz``: ``imgs`` (N, 64, 64),
     ``latents_classes`` and ``latents_values`` (N, 6) whose first column, colour, has one value
