@@ -273,7 +273,7 @@ class Config:
                 raise ConfigError("elbo iwae needs num_particles K >= 2 (K = 1 is the plain ELBO)", "elbo")
         self._validate_semi_supervised()
         if self.image_size != 64 and self.dataset != "dsprites":
-            raise ConfigError("image_size applies to dataset dsprites; drop it or set dataset dsprites",
+            raise ConfigError("image_size applies only to dataset dsprites; drop it or set dataset dsprites",
                               "image_size")  # fmt: skip
         if self.dataset == "dsprites" and self.labels_file:
             raise ConfigError("dsprites has its own labels (the shape); drop labels_file", "labels_file")

@@ -147,7 +147,9 @@ def dci(data, code: Code, seed: int = 0, num_train: int = 10000, num_test: int =
     importance = np.zeros((z_train.shape[1], f_train.shape[1]))
     acc_train, acc_test = [], []
     for j in range(f_train.shape[1]):
-        model = GradientBoostingClassifier(random_state=seed).fit(z_train, f_train[:, j])
+        with warnings.catch_warnings():  # "more classes than half the samples", in small quick looks
+            warnings.simplefilter("ignore", UserWarning)
+            model = GradientBoostingClassifier(random_state=seed).fit(z_train, f_train[:, j])
         importance[:, j] = np.abs(model.feature_importances_)
         acc_train.append(np.mean(model.predict(z_train) == f_train[:, j]))
         acc_test.append(np.mean(model.predict(z_test) == f_test[:, j]))
@@ -246,7 +248,9 @@ def disentangle_run(run, seed: int = 0, scale: float = 1.0, n_kl: int = 2000) ->
     res["latents"] = [{"dim": d, "kl": float(kl[d]), "factor": data.factor_names[int(informs[d].argmax())],
                        "mi_over_entropy": float(informs[d].max())} for d in order]  # fmt: skip
     _, images = traverse(vae, x[0], order, torch.linspace(-2.5, 2.5, 10))
-    labels = [f"z{r['dim']}  KL {r['kl']:.2f}: {r['factor']} ({r['mi_over_entropy']:.2f})" for r in res["latents"]]
+    labels = [
+        f"z{r['dim']}  KL {r['kl']:.2f}: {r['factor']} ({r['mi_over_entropy']:.2f})" for r in res["latents"]
+    ]
     plots.labelled_rows(images, labels, run.path / "traversal.png",
                         f"Traversals, one latent per row by decreasing KL, with the factor it tells most "
                         f"about (MI / H); MIG {res['mig']:.2f}")  # fmt: skip

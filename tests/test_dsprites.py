@@ -149,5 +149,5 @@ def test_npz_errors(tmp_path):
         from_npz(part)
     with pytest.raises(DataError, match="does not exist"):
         from_npz(tmp_path / "missing.npz")
-    with pytest.raises(ConfigError, match="image_size applies to dataset dsprites"):
+    with pytest.raises(ConfigError, match="image_size applies only to dataset dsprites"):
         Config(image_size=32).validate()
