@@ -132,9 +132,12 @@ def _mi(a: np.ndarray, b: np.ndarray) -> float:
     return float(mutual_info_score(a, b))
 
 
-def dci(data, code: Code, seed: int = 0, num_train: int = 10000, num_test: int = 5000) -> dict:
+def dci(
+    data, code: Code, seed: int = 0, num_train: int = 10000, num_test: int = 5000, n_estimators: int = 100
+) -> dict:
     """Disentanglement, completeness and informativeness (Eastwood & Williams 2018) from
-    gradient-boosted trees (scikit-learn's defaults) predicting each factor from the code.
+    gradient-boosted trees (scikit-learn's defaults, ``n_estimators`` boosting stages) predicting
+    each factor from the code.
 
     :returns: ``{"disentanglement", "completeness", "informativeness_train",
         "informativeness_test", "importance" (D, F)}``.
@@ -149,7 +152,9 @@ def dci(data, code: Code, seed: int = 0, num_train: int = 10000, num_test: int =
     for j in range(f_train.shape[1]):
         with warnings.catch_warnings():  # "more classes than half the samples", in small quick looks
             warnings.simplefilter("ignore", UserWarning)
-            model = GradientBoostingClassifier(random_state=seed).fit(z_train, f_train[:, j])
+            model = GradientBoostingClassifier(n_estimators=n_estimators, random_state=seed).fit(
+                z_train, f_train[:, j]
+            )
         importance[:, j] = np.abs(model.feature_importances_)
         acc_train.append(np.mean(model.predict(z_train) == f_train[:, j]))
         acc_test.append(np.mean(model.predict(z_test) == f_test[:, j]))
@@ -172,20 +177,26 @@ SETTINGS = {
     "beta_vae": dict(batch_size=64, num_train=10000, num_eval=5000),
     "factor_vae": dict(batch_size=64, num_train=10000, num_eval=5000, num_variance_estimate=10000),
     "mig": dict(num_train=10000, num_bins=20),
-    "dci": dict(num_train=10000, num_test=5000),
+    "dci": dict(num_train=10000, num_test=5000, n_estimators=100),
 }
 """disentanglement_lib's sample sizes, the defaults of :func:`scores`."""
 
 
-def scores(data, code: Code, seed: int = 0, scale: float = 1.0) -> dict:
+def scores(
+    data, code: Code, seed: int = 0, scale: float | dict[str, float] = 1.0, dci_trees: int = 100
+) -> dict:
     """All four scores: ``beta_vae``, ``factor_vae``, ``mig``, ``dci_disentanglement``,
     ``dci_completeness``, ``dci_informativeness``, plus ``mutual_info`` (D, F) and the settings.
 
     :param scale: fraction of :data:`SETTINGS`' sample sizes (batch sizes and bins kept), for
-        quick looks; 1 is disentanglement_lib's protocol.
+        quick looks; 1 is disentanglement_lib's protocol. A dict gives one per metric (by the
+        names of :data:`SETTINGS`; those it omits keep 1).
+    :param dci_trees: boosting stages of DCI's trees (100, scikit-learn's default, as there).
     """
-    s = {m: {k: (v if k in ("batch_size", "num_bins") else max(2, round(v * scale))) for k, v in o.items()}
+    frac = scale if isinstance(scale, dict) else dict.fromkeys(SETTINGS, scale)
+    s = {m: {k: (v if k in ("batch_size", "num_bins", "n_estimators") else max(2, round(v * frac.get(m, 1.0)))) for k, v in o.items()}
          for m, o in SETTINGS.items()}  # fmt: skip
+    s["dci"]["n_estimators"] = dci_trees
     b, f = (
         beta_vae_score(data, code, seed, **s["beta_vae"]),
         factor_vae_score(data, code, seed, **s["factor_vae"]),
@@ -214,7 +225,8 @@ def vae_code(vae, data, batch_size: int = 2048) -> Code:
     return code
 
 
-def disentangle_run(run, seed: int = 0, scale: float = 1.0, n_kl: int = 2000) -> dict:
+def disentangle_run(run, seed: int = 0, scale: float | dict[str, float] = 1.0, n_kl: int = 2000,
+                    dci_trees: int = 100) -> dict:  # fmt: skip
     """The four scores of a run trained on dSprites (see :func:`scores`), written to
     ``run.path / "disentanglement.json"`` with, for each latent dimension, its mean KL over
     ``n_kl`` random images and the factor it tells most about (mutual information over the
@@ -236,7 +248,7 @@ def disentangle_run(run, seed: int = 0, scale: float = 1.0, n_kl: int = 2000) ->
         raise ConfigError("the disentanglement scores encode images without labels; this run is conditional")
     data = ground_truth(cfg.data_file, cfg.image_size)
     code = vae_code(vae, data)
-    res = scores(data, code, seed, scale)
+    res = scores(data, code, seed, scale, dci_trees)
     p = next(vae.parameters())
     x = data.images(data.sample(n_kl, np.random.RandomState(seed))).to(p.device, p.dtype)
     kl = kl_per_dim(vae, x)
