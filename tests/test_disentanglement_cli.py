@@ -100,3 +100,18 @@ def test_npz_run_and_refusals(tmp_path, tiny_data_file, capsys):
     assert main(["train", "--dataset", "mnist", "--image-size", "32", "--out", str(tmp_path / "x")]) == 2
     assert "--image-size applies only to dataset dsprites" in capsys.readouterr().err
     assert torch.is_tensor(load_run(out).data.train.factors)
+
+
+def test_the_docs_python_snippets_run():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "disentanglement.md").read_text()
+    blocks = [b.split("```")[0] for b in text.split("```python\n")[1:]]
+    assert len(blocks) == 2
+    first: dict = {}
+    exec(blocks[0], first)
+    assert first["x"].shape == (1, 1, 64, 64) and first["x"].sum() > 50
+    assert first["factor_values"](first["classes"])[0].tolist() == pytest.approx([3, 1.0, np.pi / 2, 0, 1])
+    second: dict = {}
+    exec(blocks[1].replace("print(", "value = ("), second)
+    assert 0.85 < second["value"] < 0.95  # "about 0.9"

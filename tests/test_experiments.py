@@ -166,18 +166,24 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
 
 
 def _check_disentanglement(result: list[dict], tmp_path: Path) -> None:
-    assert [(r["model"], r["seed"]) for r in result] == [("beta1", 0), ("beta16", 0), ("tcvae", 0)]
+    from pyrovae.config import Config
+
+    assert [(r["model"], r["seed"]) for r in result] == [("beta16", 0), ("tcvae", 0)]
     for r in result:
         assert all(0 <= r[m] <= 1 for m in ("beta_vae", "factor_vae", "mig", "dci_disentanglement"))
-        saved = json.loads(
-            (tmp_path / "runs" / f"dis-{r['model']}-seed0" / "disentanglement.json").read_text()
-        )
+        run = tmp_path / "runs" / f"dis-{r['model']}-seed0"
+        saved = json.loads((run / "disentanglement.json").read_text())
         assert saved["mig"] == r["mig"] and saved["settings"]["mig"]["num_train"] == 500
+        assert saved["settings"]["dci"] == {"num_train": 50, "num_test": 25, "n_estimators": 5}
+        assert r["kl"] == pytest.approx(json.loads((run / "eval.json").read_text())["kl"])
         assert (tmp_path / "results" / f"disentanglement_{r['model']}.png").exists()
-    by = {r["model"]: r for r in result}
-    assert by["beta16"]["kl"] < by["beta1"]["kl"]  # sixteen times the weight on the KL buys a lower rate
+    beta16, tcvae = (
+        Config.load(tmp_path / "runs" / f"dis-{m}-seed0" / "config.json") for m in ("beta16", "tcvae")
+    )
+    assert (beta16.beta, beta16.tc_beta, tcvae.beta, tcvae.tc_beta) == (16.0, None, 1.0, 4.0)
+    assert beta16.net == tcvae.net == "burgess" and beta16.image_size == 16
     text = (tmp_path / "results" / "disentanglement.md").read_text()
-    assert "Command: `" in text and f"| beta16 | beta 16 | {by['beta16']['beta_vae']:.3f} |" in text
+    assert "Command: `" in text and f"| beta16 | beta 16 | {result[0]['beta_vae']:.3f} |" in text
     assert (tmp_path / "results" / "disentanglement.png").exists()
 
 
