@@ -39,7 +39,6 @@ SMOKE = {
         "--image-size",
         "16",
         "--models",
-        "beta1",
         "beta16",
         "tcvae",
         "--seeds",
@@ -52,6 +51,8 @@ SMOKE = {
         "0.005",
         "--mig-scale",
         "0.05",
+        "--dci-trees",
+        "5",
         "--quiet",
     ],  # fmt: skip
     "custom_components.py": ["--epochs", "1", "--train-size", "600", "--k", "50", "--n-test", "50"],
