@@ -2,29 +2,30 @@
 
 The five ground-truth factors and their values are those of DeepMind's data set:
 
-========== ===== ==========================================
-factor     size  values
-========== ===== ==========================================
-shape      3     square, ellipse, heart (values 1, 2, 3)
-scale      6     linspace(0.5, 1, 6)
-orientation 40   2πk/40, k = 0..39, in [0, 2π)
-pos_x      32    linspace(0, 1, 32)
-pos_y      32    linspace(0, 1, 32)
-========== ===== ==========================================
+=========== ===== ==========================================
+factor      size  values
+=========== ===== ==========================================
+shape       3     square, ellipse, heart (values 1, 2, 3)
+scale       6     linspace(0.5, 1, 6)
+orientation 40    2πk/40, k = 0..39, in [0, 2π)
+pos_x       32    linspace(0, 1, 32)
+pos_y       32    linspace(0, 1, 32)
+=========== ===== ==========================================
 
 3 · 6 · 40 · 32 · 32 = 737,280 binary images. Nothing is stored: an image is computed from its
-factors by testing every pixel centre against the shape's implicit equation, for a whole batch
-at once (about as fast as reading the images from memory), so any subset can be drawn by
-factor. The images are not pixel-identical to DeepMind's file (whose sprites were drawn by
-hand), but have its factors and geometry; where a user has that file,
-:func:`from_npz` reads it with the same interface.
+factors by testing every pixel centre against the shape's implicit equation, vectorized over a
+batch, so any subset can be drawn by factor. The images are not pixel-identical to DeepMind's
+file, whose sprites were drawn by other code, but have its factors, their order and the
+geometry below; where a user has that file, :func:`from_npz` reads it with the same interface.
 
 Geometry, in units of the image side: a shape of scale ``s`` has half-size ``R·s`` with
 ``R = 0.14``; its centre is at ``MARGIN + pos·(1 - 2·MARGIN)`` with ``MARGIN = 0.22`` (columns
-for ``pos_x``, rows, downwards, for ``pos_y``), so no shape at any orientation touches the image's border pixels.
-The square's side is ``2R·s``; the ellipse's semi-axes are ``R·s`` and ``R·s/2``; the heart is
-``(u² + v² - 1)³ ≤ u² v³`` at ``(u, v) = 1.2·(x, -y)/(R·s)``, pointing down. Orientation turns the
-shape counter-clockwise about its centre (in the image as shown).
+for ``pos_x``, rows, downwards, for ``pos_y``), so no shape at any orientation touches the
+image's border pixels. With ``(x, y)`` a pixel centre's offset from the shape's centre, turned
+back by the orientation and divided by ``R·s`` (``y`` downwards): the square is
+``|x|, |y| ≤ 1`` (side ``2R·s``), the ellipse ``x² + 4y² ≤ 1`` (semi-axes ``R·s`` and
+``R·s/2``), the heart ``(u² + v² - 1)³ ≤ u² v³`` with ``(u, v) = 1.2·(x, -y)``, its tip down.
+Orientation turns the shape counter-clockwise about its centre (in the image as shown).
 """
 
 from __future__ import annotations
