@@ -176,6 +176,12 @@ metrics):
         )
     }
 
+Published figures come from about 300,000 steps of batch 64 at 64 × 64 (Locatello et al. 2019), some
+100 times this budget or more; Chen et al. (2018) plot MIG against β, with β-TCVAE above β-VAE at
+each β and near 0.5 at its best (the figure the issue cites). They are not tabulated here: this
+machine has no network to check the papers' exact values, and the budgets differ too much for a
+like-for-like comparison.
+
 Traversals of seed {args.seeds[0]}: {", ".join(f"[{n}](disentanglement_{n}.png)" for n in args.models)}.
 
 {_verdict(by_model)}
