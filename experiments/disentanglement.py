@@ -114,7 +114,7 @@ def _write(args, rows: list[dict], options: dict, scale: dict) -> None:
         "FactorVAE",
         "MIG",
         "DCI dis.",
-        "recon −log p(x|z)",
+        "recon: −E log p(x∣z)",
         "KL",
         "active",
     ]
@@ -126,55 +126,35 @@ def _write(args, rows: list[dict], options: dict, scale: dict) -> None:
                  for r in rows]  # fmt: skip
     sizes = {m: {k: v for k, v in o.items() if k != "batch_size"} for m, o in SETTINGS.items()}
     used = {m: {k: v for k, v in o.items() if k != "batch_size"} for m, o in rows[0]["settings"].items()}
+    reused = ("; the runs were made by earlier invocations with the same options, one process per seed, and are "
+              "read back here (--reuse)") if getattr(args, "reused", False) else ""  # fmt: skip
+    steps = -(-(args.train_size or 737_280 - 2 * args.val_size) // args.batch_size) * args.epochs
+    links = ", ".join(f"[{n}](disentanglement_{n}.png)" for n in args.models)
+    per_run_header = ["model", "seed", "BetaVAE", "FactorVAE", "MIG", "DCI dis.", "recon", "KL", "active",
+                      "factors", "CPU min"]  # fmt: skip
+    # fmt: off
     text = f"""# The β family on dSprites: disentanglement against reconstruction
 
 Command: `{command_line()}`
 
-Budget: {len(rows)} runs ({len(args.models)} models × seeds {", ".join(map(str, args.seeds))}), each
-{args.epochs} epochs of {args.train_size or "all the"} training images of dSprites rendered at
-{args.image_size}×{args.image_size} (pyrovae's procedural dSprites, not DeepMind's file), batch {
-        args.batch_size
-    },
-Adam {args.lr:g}, {
-        args.z_dim
-    } latents, the Burgess et al. conv networks (`--net burgess`, dense 256), diagonal
-Normal guide, Bernoulli likelihood, {args.threads} torch thread(s). {cpu:.1f} CPU-minutes in all ({
-        wall:.1f} wall-minutes on a shared 2-core
-machine{
-        "; the runs were made by earlier invocations with the same options, each seed its own process, and are read back here (--reuse)"
-        if getattr(args, "reused", False)
-        else ""
-    }). Reconstruction and KL: test ELBO terms in nats per image over {args.val_size} test images
-(binary images: the dynamic binarization is the identity). Metrics (seed 0) with the sample sizes
-{used}, DCI with {args.dci_trees} boosting stages (disentanglement_lib: {
-        sizes
-    }, 100 stages; batch 64 as there).
+Budget: {len(rows)} runs ({len(args.models)} models × seeds {", ".join(map(str, args.seeds))}), each {args.epochs} epochs of
+{args.train_size or "all the"} training images ({steps} steps of batch {args.batch_size}) of dSprites rendered at
+{args.image_size}×{args.image_size} (pyrovae's procedural dSprites, not DeepMind's file), Adam {args.lr:g},
+{args.z_dim} latents, the Burgess et al. conv networks (`--net burgess`, dense 256), diagonal Normal guide,
+Bernoulli likelihood, {args.threads} torch thread(s). {cpu:.1f} CPU-minutes in all, {wall:.1f} wall-minutes summed
+over the runs on a shared 2-core machine{reused}. Reconstruction and KL: test ELBO terms in nats per image over
+{args.val_size} test images (the images are binary: dynamic binarization is the identity). Active: latents whose
+posterior mean varies (variance > 0.01). Metrics (seed 0) with the sample sizes {used}; disentanglement_lib's are
+{sizes}, with batches of 64 as here.
 
 Means over the seeds:
 
 {markdown_table(header, mean_rows)}
 
-Per run (factors: best factor of each latent with KL > 0.01 nats, by decreasing KL; CPU-minutes training +
-metrics):
+Per run (factors: the factor each latent with KL > 0.01 nats tells most about, by decreasing KL; CPU-minutes
+training + metrics):
 
-{
-        markdown_table(
-            [
-                "model",
-                "seed",
-                "BetaVAE",
-                "FactorVAE",
-                "MIG",
-                "DCI dis.",
-                "recon",
-                "KL",
-                "active",
-                "factors",
-                "CPU min",
-            ],
-            seed_rows,
-        )
-    }
+{markdown_table(per_run_header, seed_rows)}
 
 Published figures come from about 300,000 steps of batch 64 at 64 × 64 (Locatello et al. 2019), some
 100 times this budget or more; Chen et al. (2018) plot MIG against β, with β-TCVAE above β-VAE at
@@ -182,10 +162,11 @@ each β and near 0.5 at its best (the figure the issue cites). They are not tabu
 machine has no network to check the papers' exact values, and the budgets differ too much for a
 like-for-like comparison.
 
-Traversals of seed {args.seeds[0]}: {", ".join(f"[{n}](disentanglement_{n}.png)" for n in args.models)}.
+Traversals of seed {args.seeds[0]}: {links}. MIG against reconstruction: [disentanglement.png](disentanglement.png).
 
 {_verdict(by_model)}
 """
+    # fmt: on
     (args.results_dir / "disentanglement.md").write_text(text)
     from pyrovae import plots
 
@@ -214,6 +195,11 @@ def _verdict(by_model: dict[str, list[dict]]) -> str:
         t, b = _mean(by_model["tcvae"], "mig"), _mean(by_model["beta4"], "mig")
         lines.append(f"- β-TCVAE against β-VAE at β = 4: MIG {t:.3f} against {b:.3f}: "
                      f"{'higher' if t > b else 'not higher'}.")  # fmt: skip
+    dead = [n for n, rs in by_model.items() if all(r["au"] == 0 for r in rs)]
+    if dead:
+        lines.append(f"- No active latent in {', '.join(dead)}: the posterior means do not depend on the image, so "
+                     "their scores are at chance (BetaVAE about 1/5; FactorVAE 0 when every latent is pruned); any KL "
+                     "left is spent narrowing q around a constant mean.")  # fmt: skip
     best = max((r for rs in by_model.values() for r in rs), key=lambda r: r["mig"])
     lines.append(f"- Best MIG: {best['mig']:.3f} ({best['model']}, seed {best['seed']}); the goal was ≥ 0.3.")
     return "\n".join(lines)
