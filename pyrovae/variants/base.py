@@ -32,8 +32,8 @@ Figure = tuple[str, str, str]
 
 
 class Training:
-    """How :func:`~pyrovae.fit.fit` trains a model: the ELBO of ``cfg.elbo`` (with capacity or
-    free bits), batches of ``perm``, and β and C from one :meth:`schedule`.
+    """How :func:`~pyrovae.fit.fit` trains a model: the ELBO of ``cfg.elbo`` (with capacity, free
+    bits or β-TCVAE's total correlation), batches of ``perm``, and β and C from one :meth:`schedule`.
 
     A variant with another loss subclasses it and overrides :meth:`objective` (the Pyro ELBO) or
     :meth:`make_loss` (the whole loss module); one that logs more per epoch overrides :meth:`scores`.
@@ -43,13 +43,17 @@ class Training:
     validation_labels: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, data: Dataset, cfg: Config, world: int = 1) -> None:
-        self.cfg = cfg
+        self.cfg, self.dataset_size = cfg, len(data.train)
         self.elbo = self.objective(cfg)
         self.loss = self.make_loss(model, world)
 
     def objective(self, cfg: Config):
-        capacity = dict(gamma=cfg.gamma, capacity=0.0) if cfg.capacity is not None else {}
-        return make_elbo(cfg.elbo, cfg.num_particles, free_bits=cfg.free_bits, **capacity)
+        """The Pyro ELBO of ``cfg.elbo``, or the capacity, free-bits or β-TCVAE objective."""
+        if cfg.tc_beta is not None:
+            extra = dict(tc_beta=cfg.tc_beta, dataset_size=self.dataset_size)
+        else:
+            extra = dict(gamma=cfg.gamma, capacity=0.0) if cfg.capacity is not None else {}
+        return make_elbo(cfg.elbo, cfg.num_particles, free_bits=cfg.free_bits, **extra)
 
     def make_loss(self, model: nn.Module, world: int) -> nn.Module:
         """``(x, y, beta) -> loss`` as a module."""

@@ -147,7 +147,7 @@ class HierarchicalTraining(Training):
     """The package's objectives, with :class:`LayerwiseMeanField_ELBO` for ``--elbo meanfield``."""
 
     def objective(self, cfg: Config):
-        if cfg.elbo == "meanfield" and cfg.capacity is None and cfg.free_bits is None:
+        if cfg.elbo == "meanfield" and cfg.capacity is None and cfg.free_bits is None and cfg.tc_beta is None:
             n = cfg.num_particles
             return LayerwiseMeanField_ELBO(num_particles=n, vectorize_particles=n > 1, max_plate_nesting=1)
         return super().objective(cfg)

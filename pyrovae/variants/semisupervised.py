@@ -75,7 +75,7 @@ class SemiSupervised(Variant):
         }
         if cfg.elbo in why:
             _refuse(f"semi_supervised cannot use elbo {cfg.elbo}: {why[cfg.elbo]}", "elbo")
-        for name in ("capacity", "free_bits"):
+        for name in ("capacity", "free_bits", "tc_beta"):
             if getattr(cfg, name) is not None:
                 _refuse(
                     f"semi_supervised cannot use {name}: it reshapes Trace_ELBO's KL term, which the "
