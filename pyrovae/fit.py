@@ -36,7 +36,7 @@ METRICS = ["epoch", "train_loss", "val_elbo", "val_recon", "val_kl", "val_active
 """Columns of ``metrics.csv``, one row per epoch. ``train_loss`` is the training objective (with
 β, free bits, capacity and dropout as trained); the ``val_`` figures are at β = 1 with dropout
 off; ``val_active_units`` counts latent dimensions whose posterior mean varies over the validation
-set (variance > 0.01); ``weight_norm`` is the 2-norm of the networks' weight matrices, the
+set (variance > 0.01); ``beta`` is the mean β of the epoch's steps; ``weight_norm`` is the 2-norm of the networks' weight matrices, the
 parameters weight decay shrinks."""
 
 #: A hook called after every epoch with its ``metrics.csv`` row (a dict keyed by :data:`METRICS`),
@@ -131,7 +131,8 @@ def fit(
 ) -> VAE:
     """Train ``vae`` on ``data.train`` by SVI, validating on ``data.val`` at β = 1 every epoch.
 
-    ``out`` receives ``metrics.csv``, ``checkpoint.pt`` (every epoch and on SIGINT/SIGTERM,
+    ``out`` receives ``config.json`` (``options``, unless there is one: so :func:`~pyrovae.runs.load_run`
+    opens the run), ``metrics.csv``, ``checkpoint.pt`` (every epoch and on SIGINT/SIGTERM,
     atomically) and ``best.pt`` (best validation ELBO). With ``resume`` the run continues from
     ``checkpoint.pt``; on CPU it then ends with exactly the parameters of an uninterrupted run.
 
@@ -165,6 +166,8 @@ def fit(
     # 1. the run directory; model, data and random streams on the device
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
+        if not (out / "config.json").exists():  # so load_run and `pyrovae evaluate` open a fit() run too
+            checkpoint.write_text(out / "config.json", options.to_json())
     pyro.set_rng_seed(cfg.seed + 1000 * ctx.rank)  # each rank its own z draws
     vae.to(ctx.device)
     train = data.train.to(ctx.device)
@@ -210,8 +213,14 @@ def fit(
             batches = (
                 supervision.split(c.perm, cfg.batch_size) if supervision else c.perm.split(cfg.batch_size)
             )
-            bar = tqdm(total=len(batches), initial=c.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       disable=not progress, leave=False, unit="step")  # fmt: skip
+            bar = tqdm(
+                total=len(batches),
+                initial=c.step_in_epoch,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                disable=None if progress else True,
+                leave=False,
+                unit="step",
+            )  # None: off when no tty
             t0, failed = time.perf_counter(), None
 
             # 4a. steps
@@ -256,10 +265,12 @@ def fit(
                         tqdm.write(f"{_describe(failed, epoch)}: rolled back to the last good state, "
                                    f"lr x{c.lr_factor}")  # fmt: skip
                     continue
+                remedy = ("after 5 rollbacks, each halving the learning rate: lower lr or clip the gradient norm "
+                          "(clip_norm)" if cfg.on_nan == "rollback" else "lower lr, clip the gradient norm "
+                          "(clip_norm), or roll back on NaN (on_nan rollback)")  # fmt: skip
                 raise TrainingError(
                     f"{_describe(failed, epoch)}; parameters were not updated and the last good checkpoint "
-                    f"({ckpt_path if ckpt_path.exists() else 'none yet'}) is intact. Lower the learning "
-                    "rate, clip the gradient norm, or roll back on NaN (on_nan='rollback')"
+                    f"({ckpt_path if ckpt_path.exists() else 'none yet'}) is intact. {remedy[0].upper()}{remedy[1:]}"
                 )
             seconds = time.perf_counter() - t0
 
@@ -271,7 +282,7 @@ def fit(
             c.rows.append({
                 "epoch": epoch + 1, "train_loss": c.loss_sum / max(c.seen, 1), "val_elbo": recon - kl,
                 "val_recon": recon, "val_kl": kl, "val_active_units": int(units),
-                "beta": _beta(cfg, epoch + 1 - 1e-9),
+                "beta": _epoch_beta(cfg, epoch, len(batches)),
                 "capacity": elbo.capacity if isinstance(elbo, CapacityELBO) else "", "lr": lr,
                 "weight_norm": _weight_norm(vae), "seconds": round(seconds, 3), **scores,
             })  # fmt: skip
@@ -312,6 +323,13 @@ def _capacity_options(cfg: Config) -> dict:
 
 def _beta(cfg: Config, t: float) -> float:
     return beta_at(cfg.beta_schedule, cfg.beta, cfg.warmup_epochs, t)
+
+
+def _epoch_beta(cfg: Config, epoch: int, steps: int) -> float:
+    """The mean β of an epoch's steps, the weight its ``train_loss`` was trained with on average
+    (a cyclical schedule may rise and fall within one epoch), to six significant digits."""
+    mean = sum(_beta(cfg, epoch + s / steps) for s in range(steps)) / steps
+    return float(f"{mean:.6g}")
 
 
 def _lr(cfg: Config, epoch: int, factor: float) -> float:
