@@ -72,15 +72,15 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
             ) from None
         raise CheckpointError(
             f"{path} could not be read: it is truncated or corrupted, or not a checkpoint "
-            f"({_first_line(msg)}). {_other_checkpoint(path)}"
+            f"({load_error_cause(msg)}). {_other_checkpoint(path)}"
         ) from None
     if not isinstance(obj, dict) or "model" not in obj:
         raise CheckpointError(f"{path} is not a pyrovae checkpoint (no 'model' entry)")
     return obj
 
 
-def _first_line(msg: str) -> str:
-    """The cause in torch's message, without its advice to load unsafely."""
+def load_error_cause(msg: str) -> str:
+    """The cause in a ``torch.load`` error message, on one line, without its advice to load unsafely."""
     lines = [line.strip() for line in msg.splitlines() if line.strip()]
     cause = next((lines[i + 1] for i, line in enumerate(lines[:-1]) if line.endswith("error:")), lines[0])
     return cause[:120]

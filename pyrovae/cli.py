@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         return _train(args) if args.command == "train" else _command(args)
     except USER_ERRORS + (TrainingError,) as e:
         if _speaks():
-            print(f"error: {_message(e)}", file=sys.stderr)
+            print(f"error: {' '.join(_message(e).splitlines())}", file=sys.stderr)  # one line, always
         return 2
     except (Interrupted, KeyboardInterrupt) as e:
         if _speaks():

@@ -198,8 +198,10 @@ def _read(path: Path, mmap: bool = False):
         if path.suffix == ".pt":
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        from .checkpoint import load_error_cause
+
         raise DataError(
-            f"could not read {path} ({type(e).__name__}: {e}); is it truncated or corrupted?"
+            f"could not read {path} ({type(e).__name__}: {load_error_cause(str(e))}); is it truncated or corrupted?"
         ) from None
     raise DataError(f"unsupported data file {path}: use a .pt tensor or a .npy array")
 

@@ -151,23 +151,28 @@ def _resume_interrupted(study) -> None:
 
 
 class _quiet_interruptions:
-    """Optuna logs a failed trial's traceback; an interruption is no failure of the code, and the
-    command line says what happened in one line."""
+    """Optuna logs a failed trial's traceback, then its value; an interruption is no failure of
+    the code, and the command line says what happened in one line. (A filter on Optuna's
+    handlers: records of its child loggers pass no logger's filter but their own.)"""
 
     def __enter__(self):
         import logging
 
-        self.logger = logging.getLogger("optuna")
-        self.logger.addFilter(self._drop)
+        self.handlers, self.dropped = list(logging.getLogger("optuna").handlers), False
+        for h in self.handlers:
+            h.addFilter(self._keep)
         return self
 
-    @staticmethod
-    def _drop(record) -> bool:
+    def _keep(self, record) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, Interrupted | KeyboardInterrupt)
+        if isinstance(exc, Interrupted | KeyboardInterrupt):
+            self.dropped = True
+            return False
+        return not (self.dropped and "failed with value" in record.getMessage())
 
     def __exit__(self, *exc) -> None:
-        self.logger.removeFilter(self._drop)
+        for h in self.handlers:
+            h.removeFilter(self._keep)
 
 
 def _open_sweep(out: Path, setup: dict, resume: bool, shared: bool) -> None:
@@ -180,9 +185,10 @@ def _open_sweep(out: Path, setup: dict, resume: bool, shared: bool) -> None:
             )
         old, new = json.loads(saved.read_text()), json.loads(json.dumps(setup))
         if old != new:
+            changed = [k for k in new["base"] if old.get("base", {}).get(k) != new["base"][k]]
             raise ConfigError(
                 f"{_differences(old, new)} differ from the sweep saved in {saved}; give the same ones "
-                "to continue it, or start a new sweep in another --out", "space",
+                "to continue it, or start a new sweep in another --out", changed[0] if changed else "space",
             )  # fmt: skip
         return
     if resume:
