@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import pyrovae
+from pyrovae.build import resolve_device
 from pyrovae.config import PRESETS, Config
 from pyrovae.data import binarize, load_dataset
 from pyrovae.evaluate import MAX_ELEMENTS, log_likelihood
@@ -75,7 +76,7 @@ def pyro_example(train_x, test_x, args) -> tuple[float, float]:
     """Seconds per epoch and test ELBO of the Pyro-example loop."""
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
-    vae = ExampleVAE()
+    vae = ExampleVAE().to(train_x.device)
     svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO())
     loader = DataLoader(
         TensorDataset(train_x.reshape(len(train_x), -1)), batch_size=args.batch_size, shuffle=True
@@ -98,7 +99,7 @@ def pyro_example(train_x, test_x, args) -> tuple[float, float]:
 def pyrovae_train(args) -> tuple[float, float, pyrovae.VAE]:
     """Seconds per epoch (training steps only, as the example's figure) and test ELBO of pyrovae."""
     cfg = Config(**{**PRESETS["tutorial"], "batch_size": args.batch_size, "epochs": args.epochs, "seed": args.seed,
-                    "data_dir": args.data_dir, "train_size": args.train_size})  # fmt: skip
+                    "data_dir": args.data_dir, "train_size": args.train_size, "device": args.device})  # fmt: skip
     with tempfile.TemporaryDirectory() as out:
         run = pyrovae.train(cfg, out, progress=False, evaluate=False)  # the test ELBO alone, below
         with open(Path(out) / "metrics.csv") as f:
@@ -114,7 +115,7 @@ def bare_log_likelihood(vae: pyrovae.VAE, x: torch.Tensor, k: int, chunk: int) -
     loc, scale = q.base_dist.loc, q.base_dist.scale
     lws = []
     for i in range(0, k, chunk):
-        eps = torch.randn(min(chunk, k - i), *loc.shape, dtype=loc.dtype)
+        eps = torch.randn(min(chunk, k - i), *loc.shape, dtype=loc.dtype, device=loc.device)
         z = loc + scale * eps
         logits = vae.decoder(z)
         log_px = (
@@ -130,9 +131,10 @@ def bare_log_likelihood(vae: pyrovae.VAE, x: torch.Tensor, k: int, chunk: int) -
 
 def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or torch.get_num_threads())
+    device = resolve_device(args.device)  # both loops and both estimators on the same device
     data = load_dataset("mnist", args.data_dir)
-    test_x = binarize(data.test.x, torch.Generator().manual_seed(EVAL_BINARIZE_SEED))
-    train_x = data.train.x[: args.train_size]  # pyrovae's train_size takes the same first images
+    test_x = binarize(data.test.x, torch.Generator().manual_seed(EVAL_BINARIZE_SEED)).to(device)
+    train_x = data.train.x[: args.train_size].to(device)  # pyrovae's train_size takes the same first images
     ex_s, ex_elbo = pyro_example(train_x, test_x, args)
     pv_s, pv_elbo, vae = pyrovae_train(args)
 
@@ -153,7 +155,7 @@ def main(args: argparse.Namespace) -> dict:
     timings = {name: (statistics.median(seconds[name]), lls[name]) for name in estimators}
 
     n = len(train_x)
-    print(f"pyro {pyro.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+    print(f"pyro {pyro.__version__}, torch {torch.__version__}, {_processor(device)}, "
           f"{torch.get_num_threads()} threads, batch {args.batch_size}, {args.epochs} epochs, {n} images/epoch")  # fmt: skip
     print(f"{'training':34s} {'s/epoch':>8s} {'images/s':>9s} {'speed-up':>9s} {'test ELBO':>10s}")
     for name, (s, e) in {
@@ -185,7 +187,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (default: $PYROVAE_DATA)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N, for both loops (default: auto)"
+    )
     return p.parse_args(argv)
+
+
+def _processor(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -67,13 +67,13 @@ def leave_out(args: argparse.Namespace, digit: int) -> dict:
         cfg = Config.from_preset("tutorial", guide=guide, **common)
         run = pyrovae.train(cfg, args.runs_dir / f"anomaly-{name}-without-{digit}", overwrite=True,
                             evaluate=False, progress=not args.quiet)  # fmt: skip
-        test = run.data.test.subset(slice(0, args.n_test))
+        test = run.data.test.subset(slice(0, args.n_test)).to("cpu")  # run.data is on the run's device
         res = score(run, Rows(test.x, test.y, "test"), None, k=args.k, seed=args.seed, keep=True,
                     progress=not args.quiet)  # fmt: skip
         for column, values in res["scores"].items():
             out[f"{name}_{column}"] = values.numpy()
         cpu += time.process_time() - start
-    train = run.data.train  # the nine digits
+    train = run.data.train.to("cpu")  # the nine digits
     x_pca = binarize(train.x[: args.n_pca], torch.Generator().manual_seed(0))
     out["pca_recon_error"] = pca_recon_error(x_pca, test.x, args.z_dim)
     out["is_digit"] = (test.y == digit).numpy()

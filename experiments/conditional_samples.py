@@ -178,11 +178,13 @@ def diagnostics(run: pyrovae.Run, clf: nn.Module, seed: int, n: int | None = Non
     z = torch.cat(
         [posterior_mean(vae, test.x[i : i + 1000], test.y[i : i + 1000]) for i in range(0, len(test), 1000)]
     )
-    other = (test.y + torch.randint(1, 10, test.y.shape, generator=gen)) % 10
-    recon = vae.likelihood.mean(vae.decoder(z, vae.one_hot(test.y, z)))
-    recon = (predict(clf, recon) == test.y).float().mean().item()
-    swapped = vae.likelihood.mean(vae.decoder(z, vae.one_hot(other, z)))
+    y = test.y.cpu()  # the model runs on the run's device, the judge and the probe on the CPU
+    other = (y + torch.randint(1, 10, y.shape, generator=gen)) % 10
+    recon = vae.likelihood.mean(vae.decoder(z, vae.one_hot(test.y, z))).cpu()
+    recon = (predict(clf, recon) == y).float().mean().item()
+    swapped = vae.likelihood.mean(vae.decoder(z, vae.one_hot(other.to(z.device), z))).cpu()
     swap = (predict(clf, swapped) == other).float().mean().item()
+    z = z.cpu()
     half = len(z) // 2
     mu, sd = z[:half].mean(0), z[:half].std(0) + 1e-6
     feats = (z - mu) / sd
@@ -192,12 +194,12 @@ def diagnostics(run: pyrovae.Run, clf: nn.Module, seed: int, n: int | None = Non
 
         def closure():
             opt.zero_grad()
-            loss = F.cross_entropy(probe(feats[:half]), test.y[:half]) + 1e-3 * probe.weight.pow(2).sum()
+            loss = F.cross_entropy(probe(feats[:half]), y[:half]) + 1e-3 * probe.weight.pow(2).sum()
             loss.backward()
             return loss
 
         opt.step(closure)
-    probe_acc = (probe(feats[half:]).argmax(-1) == test.y[half:]).float().mean().item()
+    probe_acc = (probe(feats[half:]).argmax(-1) == y[half:]).float().mean().item()
     return dict(recon=recon, swap=swap, probe=probe_acc)
 
 
@@ -233,7 +235,7 @@ def _measure(args: argparse.Namespace, clf: nn.Module) -> dict:
         res = run.results
         per_class, grid = {}, []
         for d in range(10):
-            x = class_samples(run, d, args.per_class, args.seed)
+            x = class_samples(run, d, args.per_class, args.seed).cpu()
             per_class[d] = (predict(clf, x) == d).float().mean().item()
             grid.append(x[:10])
         acc = sum(per_class.values()) / 10

@@ -60,11 +60,11 @@ def main(args: argparse.Namespace) -> list[dict]:
         run = pyrovae.train(cfg, args.runs_dir / f"embedding-z{z_dim}", overwrite=True, evaluate=False,
                             progress=not args.quiet)  # fmt: skip
         train_s = time.process_time() - start
-        data = run.data
+        data = run.data  # on the run's device; the probes and PCA work on the CPU
         n = min(args.n_probe, len(data.train))
         g = torch.Generator().manual_seed(0)
-        x_train, y_train = binarize(data.train.x[:n], g), data.train.y[:n].numpy()
-        x_test, y_test = data.test.x, data.test.y.numpy()
+        x_train, y_train = binarize(data.train.x[:n].cpu(), g), data.train.y[:n].cpu().numpy()
+        x_test, y_test = data.test.x.cpu(), data.test.y.cpu().numpy()
         codes = {"VAE": (embed(run.model, x_train).numpy(), embed(run.model, x_test).numpy())}
         pca = PCA(n_components=z_dim, random_state=0).fit(x_train.flatten(1).numpy())
         codes["PCA"] = (pca.transform(x_train.flatten(1).numpy()), pca.transform(x_test.flatten(1).numpy()))

@@ -100,3 +100,16 @@ def resolve_device(name: str) -> torch.device:
     elif device.type != "cpu":
         raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N", "device")
     return device
+
+
+def run_device(name: str) -> torch.device:
+    """The device ``train`` would use for a run saved with device option ``name``, on this machine:
+    that device where it exists, else the CPU (a run trained on a GPU opens on a laptop), so the
+    commands that use a trained run (``evaluate``, ``sample``, ``score``, ...) compute where
+    training did and repeat its figures."""
+    try:
+        return resolve_device(name)
+    except ConfigError:
+        if name == "cpu" or not name.startswith("cuda"):
+            raise
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")

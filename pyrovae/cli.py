@@ -219,6 +219,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+RUN_DEVICE_HELP = (
+    "device to run on (default: the one `train` would use for this run here: its --device, "
+    "auto meaning CUDA when available; the CPU where the run's GPU is absent)"
+)
+
+
 def _data_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``score`` and ``embed``: which run, and which data to put through it."""
     p.add_argument("run", type=Path, help="run directory")
@@ -230,7 +236,7 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint", default="best", help="'best', 'last' or a file name in RUN (default: best)"
     )
-    p.add_argument("--device", default="cpu", help="device to run on (default: cpu)")
+    p.add_argument("--device", default=None, help=RUN_DEVICE_HELP)
     p.add_argument("--data-dir", default=None, help="MNIST folder, if it moved since training")
     p.add_argument("--run-data-file", default=None,
                    help="the run's own data file, if it moved since training (for --split and --threshold-from val)")  # fmt: skip
@@ -240,7 +246,7 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
 
 def _run_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run directory")
-    p.add_argument("--device", default="cpu", help="device to run on (default: cpu)")
+    p.add_argument("--device", default=None, help=RUN_DEVICE_HELP)
     p.add_argument(
         "--data-dir", default=None, help="MNIST folder, if it moved since training (default: the run's)"
     )

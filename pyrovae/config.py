@@ -159,6 +159,10 @@ class Config:
     )  # fmt: skip
     seed: int = _opt(0, "seeds torch, Pyro and the batch order")
     device: str = _opt("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
+    deterministic: bool = _opt(
+        False, "bit-exact resume on CUDA: deterministic kernels and a fixed cuBLAS workspace (slower on a "
+        "GPU; CPU runs are deterministic already)",
+    )  # fmt: skip
     tensorboard: bool = _opt(False, "write TensorBoard event files to the run directory (needs tensorboard)")
     # evaluation at the end of training
     eval_k: int = _opt(1000, "importance samples per test image for log p(x)")

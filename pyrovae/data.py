@@ -91,6 +91,11 @@ def _missing_mnist(root: Path) -> list[str]:
     return [f for f in MNIST_FILES if not (raw / f).exists() and not (raw / f"{f}.gz").exists()]
 
 
+def holds_mnist(root: str | os.PathLike) -> bool:
+    """Whether ``root`` holds the four MNIST files under ``MNIST/raw/``."""
+    return not _missing_mnist(Path(root))
+
+
 def load_mnist(data_dir: str | os.PathLike | None = None) -> tuple[Split, Split, int]:
     """MNIST train (60k) and test (10k) as float tensors in [0, 1] of shape (N, 1, 28, 28)."""
     import torchvision

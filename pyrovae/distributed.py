@@ -50,6 +50,21 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def check_devices(device: torch.device) -> torch.device:
+    """Refuse, before any work, more processes on this node than GPUs when training on CUDA."""
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if device.type == "cuda" and local_world > torch.cuda.device_count():
+        from .config import ConfigError
+
+        # NCCL refuses two ranks on one GPU, and sharing one would not be faster than one process
+        raise ConfigError(
+            f"torchrun started {local_world} processes on this node but only {torch.cuda.device_count()} "
+            f"CUDA device(s) are visible: start one process per GPU (--nproc_per_node="
+            f"{torch.cuda.device_count()}), or train on the CPU (--device cpu)", "device",
+        )  # fmt: skip
+    return device
+
+
 def init(device: torch.device) -> Context:
     """Join the process group torchrun describes, if any (NCCL on CUDA, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -57,6 +72,7 @@ def init(device: torch.device) -> Context:
         return Context(device=device)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
+        check_devices(device)
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():

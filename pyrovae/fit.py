@@ -8,9 +8,11 @@ nothing is stored on the model. Everything a resumed run needs is in one place, 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -103,11 +105,14 @@ class Loop:
         count (a NaN rollback restores the parameters, not the decision to lower the rate)."""
         self.vae.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["optimizer"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        self.data_rng.set_state(ck["rng"]["data"].to(self.data_rng.get_state().device))
-        self.noise_rng.set_state(ck["rng"]["noise"].to(self.noise_rng.get_state().device))
-        if self.device.type == "cuda" and ck["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ck["rng"]["cuda"], self.device)
+        # generator states are CPU byte tensors whatever the generator's device, while a checkpoint
+        # loaded with map_location=cuda puts every tensor on the GPU
+        rng = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in ck["rng"].items()}
+        torch.set_rng_state(rng["torch"])
+        self.data_rng.set_state(rng["data"])
+        self.noise_rng.set_state(rng["noise"])
+        if self.device.type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
         keep = self.c.lr_factor, self.c.rollbacks
         self.c = Counters(**ck["state"])
         if self.c.perm is not None:
@@ -202,7 +207,7 @@ def fit(
     c, first, binarize = loop.c, True, cfg.resolve_binarize()
     # a semi-supervised model validates its unlabelled ELBO, the bound on log p(x)
     val_prepare = prepare if supervision is None else (lambda x, y: None)
-    with _Signals() as signals:
+    with _Signals() as signals, _deterministic(cfg.deterministic and ctx.device.type == "cuda"):
         while c.epoch < cfg.epochs and not (cfg.patience and c.bad_epochs >= cfg.patience):
             epoch, lr = c.epoch, _lr(cfg, c.epoch, c.lr_factor)
             for group in loop.opt.param_groups:
@@ -402,6 +407,22 @@ class _Signals:
     def __exit__(self, *exc) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _deterministic(on: bool):
+    """PyTorch's deterministic algorithms for the duration of a fit (restored after it), with the
+    cuBLAS workspace setting they require on CUDA; what ``deterministic`` asks for."""
+    if not on:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 def _clone(obj):

@@ -1,7 +1,9 @@
 """Posterior inspection: the functions behind ``pyrovae inspect`` and the notebooks.
 
-Each takes a :class:`~pyrovae.models.VAE` and tensors and returns tensors or distributions on the
-input's device and dtype; nothing here draws pictures (see :mod:`pyrovae.plots`).
+Each takes a :class:`~pyrovae.models.VAE` and tensors on the model's device and returns tensors or
+distributions there; :func:`embed` and :func:`anomaly_scores`, which go through whole data sets a
+batch at a time, take data anywhere and return results on the data's device. Nothing here draws
+pictures (see :mod:`pyrovae.plots`).
 """
 
 from __future__ import annotations
@@ -128,12 +130,17 @@ def posterior_predictive(
 
 @torch.no_grad()
 def embed(vae: VAE, x: Tensor, y: Tensor | None = None, batch_size: int = 1000) -> Tensor:
-    """Posterior means of a whole data set, shape ``(N, z_dim)``."""
-    parts = []
+    """Posterior means of a whole data set, shape ``(N, z_dim)``, on ``x``'s device: each batch is
+    encoded on the model's device, so a data set larger than GPU memory can stay on the CPU."""
+    device, parts = _device(vae), []
     for i in range(0, x.shape[0], batch_size):
-        yy = None if y is None or not vae.num_classes else y[i : i + batch_size]
-        parts.append(posterior_mean(vae, x[i : i + batch_size], yy))
+        yy = None if y is None or not vae.num_classes else y[i : i + batch_size].to(device)
+        parts.append(posterior_mean(vae, x[i : i + batch_size].to(device), yy).to(x.device))
     return torch.cat(parts)
+
+
+def _device(vae: VAE) -> torch.device:
+    return next(vae.parameters()).device
 
 
 @torch.no_grad()
@@ -146,17 +153,17 @@ def anomaly_scores(
     A point-estimate guide (an autoencoder) has neither: its scores are ``neg_recon``
     (-log p(x|z*)) and ``neg_log_joint`` (-log p(x, z*)).
     """
-    point = is_point_estimate(vae)
+    point, device = is_point_estimate(vae), _device(vae)
     first, second = [], []
-    for i in range(0, x.shape[0], batch_size):
-        xb = x[i : i + batch_size]
-        yb = None if y is None or not vae.num_classes else y[i : i + batch_size]
+    for i in range(0, x.shape[0], batch_size):  # batches on the model's device, scores on x's
+        xb = x[i : i + batch_size].to(device)
+        yb = None if y is None or not vae.num_classes else y[i : i + batch_size].to(device)
         recon, kl = elbo_terms(vae, xb, yb)
         if point:
-            first.append(-recon)
-            second.append(kl - recon)
+            first.append((-recon).to(x.device))
+            second.append((kl - recon).to(x.device))
         else:
-            first.append(kl - recon)
-            second.append(-log_likelihood(vae, xb, yb, k))
+            first.append((kl - recon).to(x.device))
+            second.append(-log_likelihood(vae, xb, yb, k).to(x.device))
     names = ("neg_recon", "neg_log_joint") if point else ("neg_elbo", "neg_log_likelihood")
     return {names[0]: torch.cat(first), names[1]: torch.cat(second)}

@@ -17,18 +17,18 @@ import pyro
 import torch
 
 from . import checkpoint, distributed
-from .build import build_model, resolve_device
+from .build import build_model, resolve_device, run_device
 from .config import Config, ConfigError
 from .data import (
     DataError,
     Dataset,
     Split,
-    _missing_mnist,
     binarize,
     check_values,
     data_root,
+    holds_mnist,
     is_binary,
-    load_dataset,  # fmt: skip
+    load_dataset,
     select_classes,
 )
 from .evaluate import evaluate, summary
@@ -38,7 +38,7 @@ from .models import VAE
 from .semisupervised import UNLABELED, accuracy, balanced_labels, is_semisupervised
 
 #: Options that may change when a run is resumed; every other option must match the saved one.
-RESUMABLE = {"epochs", "patience", "device", "eval_k", "eval_n_test", "data_dir", "data_file",
+RESUMABLE = {"epochs", "patience", "device", "deterministic", "eval_k", "eval_n_test", "data_dir", "data_file",
              "labels_file", "on_nan", "tensorboard"}  # fmt: skip
 EVAL_BINARIZE_SEED = 0  # validation and test sets are binarized once, identically in every run
 #: Options :func:`load_data` reads: runs that agree on them train and validate on the same data.
@@ -198,7 +198,7 @@ def train(
     if cfg.dataset == "mnist" and not cfg.data_dir and os.environ.get("PYROVAE_DATA"):
         cfg.data_dir = str(data_root()[0].resolve())  # stored, so a shell without the variable finds it
     rank0 = distributed.rank() == 0  # under torchrun only rank 0 writes files
-    resolve_device(cfg.device)
+    distributed.check_devices(resolve_device(cfg.device))
     data = data if data is not None else load_data(cfg)
     if progress and rank0:
         print(data.describe())
@@ -350,9 +350,14 @@ class Run:
 
     @property
     def data(self) -> Dataset:
-        """The run's data set, loaded on first use (validation/test binarized as in training)."""
+        """The run's data set, loaded on first use (validation/test binarized as in training), on
+        the model's device, so ``run.model`` takes ``run.data``'s tensors as they are."""
         if self._data is None:
             self._data = load_data(self.config)
+        d, device = self._data, self.device
+        if any(s.x.device != device for s in (d.train, d.val, d.test)):  # a copy: data given to train stays
+            self._data = dataclasses.replace(d, train=d.train.to(device), val=d.val.to(device),
+                                             test=d.test.to(device))  # fmt: skip
         return self._data
 
     @property
@@ -360,10 +365,13 @@ class Run:
         return next(self.model.parameters()).device
 
 
-def load_run(path: str | Path, which: str = "best", device: str = "cpu", data_dir: str | None = None,
+def load_run(path: str | Path, which: str = "best", device: str | None = None, data_dir: str | None = None,
              data_file: str | None = None) -> Run:  # fmt: skip
     """Load ``path/best.pt`` (or ``checkpoint.pt`` with ``which="last"``) into its model.
 
+    :param device: where to put the model and, when used, the data; default the device ``train``
+        would use for this run here (:func:`~pyrovae.build.run_device`): the run's own ``device``
+        option, where the GPU it names is absent the CPU.
     :param data_dir: where MNIST is now, if it moved since training.
     :param data_file: where the run's data file is now, if it moved since training.
     """
@@ -389,7 +397,7 @@ def load_run(path: str | Path, which: str = "best", device: str = "cpu", data_di
             f"{path / name} does not fit the model {path / 'config.json'} describes "
             f"({str(e).splitlines()[0]}); was config.json edited, or the run made by another model?"
         ) from None
-    model.to(resolve_device(device)).eval()
+    model.to(run_device(cfg.device) if device is None else resolve_device(device)).eval()
     return Run(path, cfg, model)
 
 
@@ -397,9 +405,8 @@ def _moved_mnist(cfg: Config) -> str | None:
     """The run's MNIST folder, or ``$PYROVAE_DATA`` where the saved folder no longer holds MNIST
     and that one does (a run copied to another machine)."""
     env = os.environ.get("PYROVAE_DATA")
-    if cfg.dataset == "mnist" and cfg.data_dir and env and _missing_mnist(Path(cfg.data_dir)):
-        if not _missing_mnist(Path(env)):
-            return env
+    if cfg.dataset == "mnist" and cfg.data_dir and env and not holds_mnist(cfg.data_dir) and holds_mnist(env):
+        return env
     return cfg.data_dir
 
 

@@ -207,7 +207,7 @@ def test_conditional_run_trains_resumes_evaluates_and_samples_its_label(
         == 0
     )
     pyro.set_rng_seed(4)
-    expected = sample_prior(vae, y=torch.full((12,), 2))
+    expected = sample_prior(vae, y=torch.full((12,), 2, device=loaded.device))  # where `sample` drew them
     assert torch.equal(drawn[0], expected) and _distinct_rows(drawn[0])
     assert main(["sample", str(run), "--label", "3", "-o", str(tmp_path / "s.png")]) == 2
     assert "label 3 is not a class" in capsys.readouterr().err

@@ -13,7 +13,8 @@ from pyrovae import checkpoint
 def _args(data, out, epochs=2):
     # A point-mass guide and no binarization make every step deterministic, so one process and
     # two can be compared parameter by parameter.
-    return ["train", "--dataset", "file", "--data-file", str(data), "--z-dim", "2", "--hidden", "16",
+    # gloo on the CPU, also where a GPU is present (tests/test_cuda.py covers CUDA)
+    return ["train", "--device", "cpu", "--dataset", "file", "--data-file", str(data), "--z-dim", "2", "--hidden", "16",
             "--guide", "delta", "--binarize", "none", "--batch-size", "16", "--val-size", "10",
             "--epochs", str(epochs), "--lr", "0.01", "--out", str(out), "--no-eval", "--quiet"]  # fmt: skip
 
@@ -61,3 +62,23 @@ def test_under_torchrun_only_rank_0_reports_an_error(tmp_path, tiny_data_file):
     assert bad.returncode != 0
     assert bad.stderr.count("error: --batch-size must be a positive integer") == 1, bad.stderr[-3000:]
     assert not bad.stdout.strip()  # (torchrun itself then reports the failed ranks, with its own traceback)
+
+
+def test_more_processes_than_gpus_is_refused_before_any_work(monkeypatch):
+    """torchrun with 2 processes on a node with 1 GPU: NCCL cannot put two ranks on one GPU, so
+    training on CUDA stops at once with the two ways out; on the CPU it goes ahead."""
+    from pyrovae.config import ConfigError
+    from pyrovae.distributed import check_devices
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    try:
+        check_devices(torch.device("cuda"))
+    except ConfigError as e:
+        assert "2 processes" in str(e) and "--nproc_per_node=1" in str(e) and "--device cpu" in str(e)
+        assert e.option == "device"
+    else:
+        raise AssertionError("two processes on one GPU were not refused")
+    assert check_devices(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert check_devices(torch.device("cuda")) == torch.device("cuda")
