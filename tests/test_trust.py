@@ -102,6 +102,14 @@ def test_sample_draws_n_images_of_the_trained_classes_in_the_format_asked(
     assert drawn[-1] == (3, [1, 1, 1])
     assert (tmp_path / "x.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG, not PNG bytes
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    # the run's own samples.png and inspect's figures draw the trained classes too
+    R.finish(load_run(conditional_run), progress=False)
+    assert drawn[-1] == (64, [0] * 32 + [1] * 32)
+    drawn.clear()
+    spy = P.sample_prior
+    monkeypatch.setattr(importlib.import_module("pyrovae.inspect_run"), "sample_prior", spy)
+    assert main(["inspect", str(conditional_run), "--n", "20", "--k", "2"]) == 0
+    assert drawn[0] == (16, [0] * 8 + [1] * 8)
 
 
 def test_evaluate_refuses_k_0_instead_of_using_the_runs_k(conditional_run):
