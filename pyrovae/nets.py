@@ -256,7 +256,9 @@ def _conv_plan(x_shape: Sequence[int]) -> tuple[int, int, int]:
         )
     c, h, w = x_shape
     if h % 4 or w % 4:
-        raise ValueError(f"the conv network needs height and width divisible by 4, got {h}x{w}; use net mlp")
+        raise ValueError(
+            f"the conv network needs height and width divisible by 4, got {h}x{w}; use --net mlp"
+        )
     return c, h // 4, w // 4
 
 

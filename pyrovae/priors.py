@@ -232,7 +232,7 @@ class ConditionalNormal(PyroModule):
     ) -> None:
         super().__init__()
         if num_classes < 1:
-            raise ValueError("the conditional prior needs labels: train with conditional")
+            raise ValueError("the conditional prior needs labels: train with --conditional")
         self.body = mlp([num_classes, *hidden], activation) if hidden else nn.Identity()
         width = hidden[-1] if hidden else num_classes
         # A per-class Gaussian needs no bias (one-hot rows select a column); a network does.
