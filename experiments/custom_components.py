@@ -1,4 +1,4 @@
-"""A prior and a guide written outside pyrovae, following only the protocol in the README.
+"""A prior and a guide written outside pyrovae, following only the protocol in docs/python-api.md.
 
     python experiments/custom_components.py --epochs 1
 

@@ -44,6 +44,7 @@ import pyro
 import torch
 from torch import nn
 
+from pyrovae.build import resolve_device
 from pyrovae.config import Config
 from pyrovae.data import Dataset, Split, binarize, load_dataset
 from pyrovae.evaluate import log_likelihood
@@ -113,7 +114,7 @@ def _options(args) -> Config:
     return Config(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
         seed=args.seed, elbo="trace", binarize="none" if args.protocol == "pyro" else "dynamic",
-        device="cpu",
+        device=args.device,
     )  # fmt: skip
 
 
@@ -128,8 +129,9 @@ def _train(vae: VAE, data: Dataset, out: Path, prepare, args) -> tuple[int, floa
 
 def run_setting(n_given: int, data: Dataset, args) -> dict:
     """Train the baseline, then the CVAE, for ``n_given`` quadrants; score them on ``data.test``."""
-    x_shape, test_x = data.x_shape, data.test.x
-    given = quadrant_mask(n_given)
+    device = resolve_device(args.device)  # where fit trains: the mask and the scored images go there too
+    x_shape, test_x = data.x_shape, data.test.x.to(device)
+    given = quadrant_mask(n_given).to(device)
     pyro_protocol = args.protocol == "pyro"
     out = args.runs_dir / "cvae_quadrants" / f"{args.protocol}_q{n_given}"
     # The baseline is a VAE without latent dimensions, whose ELBO is its log-likelihood.
@@ -183,7 +185,7 @@ def run_setting(n_given: int, data: Dataset, args) -> dict:
 def _neg_elbo(elbo, vae, x, c) -> torch.Tensor:
     """−ELBO per datum (the batch's sum divided by its size), repeated for each datum."""
     loss = elbo.loss(vae.model, vae.guide, x, c)
-    return torch.full((len(x),), loss / len(x))
+    return torch.full((len(x),), loss / len(x), device=x.device)
 
 
 def _chunks(n: int, size: int):
@@ -404,6 +406,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
     p.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs (default: 3)")
     p.add_argument("--particles", type=int, default=10, help="particles of the reported −ELBO (default: 10)")
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)"
+    )
     return p.parse_args(argv)
 
 

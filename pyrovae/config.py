@@ -275,10 +275,10 @@ class Config:
 
     @property
     def label_layers_used(self) -> str:
-        """What ``label_layers`` builds: ``"auto"`` is ``"every"`` for a conditional VAE (97 % of its
-        samples show their label against 39 %, ``experiments/results/conditional_samples.md``) and
-        ``"input"`` for the semi-supervised VAE (the classifier learned nothing, 16 % after 3 epochs
-        against 66 % with ``"input"``, ``experiments/results/ss_vae_alpha46.md``)."""
+        """What ``label_layers`` builds: ``"auto"`` is ``"every"`` for a conditional VAE (its
+        samples then show their label, where with ``"input"`` the decoder learns to ignore it) and
+        ``"input"`` for the semi-supervised VAE (with ``"every"`` its classifier q(y|x) does not
+        learn); the measurements are in ``experiments/results/README.md``."""
         if self.label_layers != "auto":
             return self.label_layers
         return "input" if self.semi_supervised else "every"
@@ -362,3 +362,5 @@ PRESETS: dict[str, dict] = {
     # Burda et al. (2015), one stochastic layer: 784-200-200-50 tanh MLPs.
     "iwae": dict(z_dim=50, hidden=[200, 200], activation="tanh", guide_scale="exp", lr=1e-3, batch_size=20),
 }
+"""Published networks and optimizers by name (``--preset``, :meth:`Config.from_preset`): the
+options each sets; any option given with it goes on top."""

@@ -80,8 +80,8 @@ class ContinuousBernoulli(dist.ContinuousBernoulli):
 
         The closed forms take ``expm1(-a)`` as ``e - 1``: they only see ``a`` of at least 0.05
         (0.5 in float32), where that subtraction loses under 5 bits in float64 (1 in float32),
-        and torch's CPU ``expm1`` kernel, like ``log1p``, evaluates one element at a time (10
-        times slower than ``exp`` on 128 x 784 floats).
+        and torch's CPU ``expm1`` kernel, like ``log1p``, evaluates one element at a time
+        (``benchmarks/RESULTS.md`` measures it against ``exp``).
         """
         eta = self.logits
         small = eta.abs() < (0.05 if eta.dtype == torch.float64 else 0.5)

@@ -2,11 +2,10 @@
 
 torch's CPU kernels for ``softplus``, ``log1p`` and ``logsigmoid`` (the last is what
 ``binary_cross_entropy_with_logits`` and Bernoulli's ``log_prob`` call) evaluate one element at a
-time, while ``exp`` and ``log`` are vectorized: with torch 2.14.1 on an AVX-512 CPU, one thread,
-softplus of 128 x 784 floats takes 1.02 ms as :func:`torch.nn.functional.softplus` and 0.18 ms
-here. A VAE's step calls softplus three times on activation- and image-sized tensors (two
-hidden layers and the Bernoulli log-density); with torch's kernels those calls take about a quarter of a CPU training step
-(``benchmarks/throughput.py``). On other devices torch's own kernel is used.
+time, while ``exp`` and ``log`` are vectorized. A VAE's step calls softplus three times on
+activation- and image-sized tensors (two hidden layers and the Bernoulli log-density), so the
+kernel matters for a CPU training step; ``benchmarks/kernels.py`` and ``benchmarks/throughput.py``
+measure by how much (``benchmarks/RESULTS.md``). On other devices torch's own kernel is used.
 
 ``softplus(x) = max(x, 0) + log(1 + exp(-|x|))``: ``1 + exp(-|x|)`` lies in (1, 2], so ``log``
 loses nothing that matters against ``log1p``; the absolute error is below one unit in the last

@@ -64,12 +64,19 @@ def _num_data(x: Tensor | None, y: Tensor | None, batch_size: int | None) -> int
     raise ValueError("model() needs data x, labels y or a batch_size")
 
 
-def _scaled(beta: float):
+def _scaled(beta: float | Tensor):
+    if isinstance(beta, Tensor):  # a device tensor (a graphed step's schedule): no host read of its value
+        return _ScaleLatent(beta)
     return nullcontext() if beta == 1 else _ScaleLatent(beta)
 
 
 class VAE(PyroModule):
     """A VAE with pluggable prior, guide, likelihood and decoder.
+
+    ``model(x, y=None, beta=None)``: in the plate ``"data"``, ``z ~ prior(y)`` at site ``"z"``
+    (scaled by ``beta``), then ``x ~ likelihood(decoder(z, y))`` at site ``"x"``, observed.
+    ``guide(x, y=None, beta=None)``: ``z ~ guide(x, y)`` at site ``"z"``, scaled alike, so any
+    Pyro ELBO of the pair is ``E_q[log p(x|z)] - beta * KL(q || p)``.
 
     :param x_shape: shape of one datum, e.g. ``(1, 28, 28)``.
     :param z_dim: number of latent dimensions.
@@ -82,6 +89,8 @@ class VAE(PyroModule):
         part of an image, for structured-output prediction); exclusive with ``num_classes``.
     :param beta: default weight of the KL term when ``model``/``guide`` are called without one;
         a training loop passes ``beta=`` each step instead (a warm-up schedule, say).
+    :param hidden: hidden layer sizes of the default encoder and decoder MLPs.
+    :param activation: their activation (a name of :data:`pyrovae.nets.ACTIVATIONS`).
     :param name: prefix of the model's names in Pyro's parameter store; unique by default.
 
     Works unchanged with plain Pyro inference:

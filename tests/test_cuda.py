@@ -4,6 +4,7 @@ more processes than GPUs. Skipped without CUDA; ``benchmarks/device_check.sh`` r
 machine. "cuda" below is the device ``--device auto`` picks there; comparisons with the CPU say so.
 """
 
+import copy
 import csv
 import json
 import os
@@ -194,3 +195,32 @@ def test_torchrun_with_more_processes_than_gpus(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.count(f"torchrun started {n} processes") == 1, proc.stderr[-3000:]
     assert not (tmp_path / "ddp").exists()  # refused before the run directory was made
+
+
+def test_a_replayed_graph_step_equals_the_eager_step_for_the_same_noise():
+    """pyrovae.graphs.GraphedStep captured as a CUDA graph, against the same step run eagerly, on
+    the tutorial network at batch 128: the same losses, gradients and parameters over five steps."""
+    from pyrovae.graphs import GraphedStep, fused_adam
+    from pyrovae.objectives import ELBOLoss
+
+    pyro.set_rng_seed(0)
+    a = VAE((1, 28, 28), z_dim=50, hidden=(400,)).to(CUDA)
+    b = copy.deepcopy(a)
+    xs = [torch.rand(128, 1, 28, 28, device=CUDA) for _ in range(5)]
+    pa, pb = list(a.parameters()), list(b.parameters())
+    eager = GraphedStep(ELBOLoss(a, pyro.infer.Trace_ELBO()), pa, fused_adam(pa, 1e-3), xs[0], binarize=True,
+                        graph=False)  # fmt: skip
+    graphed = GraphedStep(
+        ELBOLoss(b, pyro.infer.Trace_ELBO()), pb, fused_adam(pb, 1e-3), xs[0], binarize=True
+    )
+    assert graphed.graphed and not eager.graphed
+    for x in xs:
+        torch.manual_seed(11)
+        le = eager(x).item()
+        torch.manual_seed(11)
+        lg = graphed(x).item()
+        assert lg == pytest.approx(le, rel=1e-5)
+    for p, q in zip(pa, pb, strict=True):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-5)
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-6)
+    assert graphed.read()[1] == 0

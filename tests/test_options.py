@@ -97,6 +97,8 @@ ELSEWHERE = {
     "likelihood": "test_components.py grid",
     "epochs": "every case here (1, then resumed to 2)",
     "tensorboard": "test_tracking.py::test_tensorboard_events_match_metrics",
+    "deterministic": "test_devices.py::test_deterministic_is_a_resumable_option_and_restores_torchs_setting; "
+    "test_cuda.py::test_resume_on_cuda (bit-exact on a GPU)",
 }
 
 CASES = [(name, case) for name, cases in MATRIX.items() for case in cases]

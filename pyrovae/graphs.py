@@ -1,0 +1,198 @@
+"""An SVI step that never waits for the host, captured once as a CUDA graph and replayed.
+
+The eager step (:func:`pyrovae.step.svi_step`) reads the loss and gradient norm back every step to
+skip a non-finite update, and Pyro's ELBO checks the loss for NaN on the host as well: on a GPU the
+step is then bound by Python and by that synchronisation, not by arithmetic. :class:`GraphedStep`
+keeps the decision on the device instead: whether the loss and the gradient norm are finite becomes
+a flag that fused Adam reads (as :class:`torch.amp.GradScaler`'s ``found_inf`` does), so a bad
+step leaves parameters, moments and step count untouched, and the running loss and the number of
+skipped steps accumulate on the device for the loop to read when it chooses.
+
+On CUDA the whole step — Pyro's differentiable loss, ``backward``, the gradient norm (and
+clipping), the optimizer — is captured once with :func:`torch.cuda.graph` and replayed, so Pyro's
+Python runs during capture only. Shapes are fixed by capture: each step copies its batch into the
+captured input, and a batch of another size (an epoch's last) needs the eager step. On the CPU the
+same step runs eagerly, so its logic is tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from unittest import mock
+
+import pyro
+import torch
+from torch import Tensor, nn
+
+from .step import grad_norm
+
+#: Pyro's ELBO modules whose ``warn_if_nan`` reads a device tensor on the host (forward and backward)
+_NAN_WARNERS = ("trace_elbo", "trace_mean_field_elbo", "tracegraph_elbo", "renyi_elbo")
+
+
+@contextlib.contextmanager
+def _no_host_reads():
+    """Pyro's validation off and its NaN warnings silenced, for warm-up and capture: both read
+    device values on the host, which a graph cannot contain (the flag below replaces them)."""
+    import importlib
+
+    patches = []
+    for name in _NAN_WARNERS:
+        module = importlib.import_module(f"pyro.infer.{name}")
+        if hasattr(module, "warn_if_nan"):
+            patches.append(mock.patch.object(module, "warn_if_nan", lambda value, *a, **k: value))
+    with contextlib.ExitStack() as stack, pyro.validation_enabled(False):
+        for p in patches:
+            stack.enter_context(p)
+        yield
+
+
+def fused_adam(params: list[Tensor], lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam (AdamW with ``weight_decay``) as :class:`GraphedStep` needs it: fused, so it honours a
+    device-side ``found_inf``, with the learning rate a device tensor, so a schedule can change it
+    between replays (``opt.param_groups[0]["lr"].fill_(new)``)."""
+    params = list(params)
+    lr_t = torch.tensor(float(lr), device=params[0].device)
+    cls = torch.optim.AdamW if weight_decay else torch.optim.Adam
+    return cls(params, lr=lr_t, weight_decay=weight_decay, fused=True)
+
+
+class GraphedStep:
+    """One SVI step of ``loss_fn`` (an :class:`~pyrovae.objectives.ELBOLoss`) on batches shaped
+    like ``x``, without host synchronisation; a CUDA graph on CUDA (unless ``graph=False``).
+
+    :param loss_fn: ``loss_fn(x, y, beta)`` → the scalar loss of a batch.
+    :param params: the parameters ``opt`` updates.
+    :param opt: a fused Adam/AdamW (see :func:`fused_adam`).
+    :param x: an example batch; its shape, dtype and device are the step's.
+    :param y: an example condition batch, or ``None``.
+    :param beta: the KL weight: a float fixed at capture, or a 0-d device tensor the loop fills.
+    :param binarize: draw each pixel's value from Bernoulli(x) inside the step (dynamic
+        binarization), from the default generator of ``x``'s device.
+    :param clip_norm: clip the gradient norm to this value.
+    :param warmup: eager steps before capture (CUDA needs some); parameters, optimizer state and
+        the random stream are restored after them, so they leave no trace in training.
+
+    After each call, ``loss`` holds the step's loss (a device tensor, ``nan``/``inf`` when the
+    step was skipped); ``total`` and ``skipped`` accumulate the finite losses' sum and the skipped
+    steps until :meth:`read` returns and resets them (one host read).
+    """
+
+    def __init__(
+        self,
+        loss_fn: nn.Module,
+        params: list[Tensor],
+        opt: torch.optim.Optimizer,
+        x: Tensor,
+        y: Tensor | None = None,
+        *,
+        beta: float | Tensor = 1.0,
+        binarize: bool = False,
+        clip_norm: float | None = None,
+        graph: bool | None = None,
+        warmup: int = 3,
+    ) -> None:
+        if not opt.defaults.get("fused"):
+            raise ValueError("GraphedStep needs a fused optimizer (pyrovae.graphs.fused_adam), which skips "
+                             "non-finite steps on the device")  # fmt: skip
+        self.loss_fn, self.params, self.opt = loss_fn, params, opt
+        self.beta, self.binarize, self.clip_norm = beta, binarize, clip_norm
+        device = x.device
+        self.x = x.detach().clone()  # the captured inputs, filled before each replay
+        self.y = None if y is None else y.detach().clone()
+        self.found_inf = torch.zeros((), device=device, dtype=torch.float32)
+        self.total = torch.zeros((), device=device, dtype=torch.float64)
+        self.skipped = torch.zeros((), device=device, dtype=torch.int64)
+        self.loss = torch.zeros((), device=device, dtype=x.dtype)
+        opt.found_inf = self.found_inf  # read by the fused kernels at every step
+        self.graphed = (device.type == "cuda") if graph is None else graph
+        self._graph = None
+        if self.graphed:
+            self._capture(warmup)
+
+    # -- the step ---------------------------------------------------------------------------
+    def _step(self) -> None:
+        x = torch.bernoulli(self.x) if self.binarize else self.x
+        loss = self.loss_fn(x, self.y, self.beta)
+        loss.backward()
+        if self.clip_norm:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm, foreach=True)
+        else:
+            norm = grad_norm(self.params)
+        bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+        self.found_inf.copy_(bad)
+        self.opt.step()
+        self.loss.copy_(loss.detach())
+        self.total.add_(torch.where(bad, 0.0, loss.detach().double()))
+        self.skipped.add_(bad.long())
+
+    def __call__(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """One step on batch ``x`` (and ``y``); returns the step's loss as a device tensor."""
+        if x.shape != self.x.shape:
+            raise ValueError(f"GraphedStep was built for batches of shape {tuple(self.x.shape)}, got "
+                             f"{tuple(x.shape)}: take the eager step for this one")  # fmt: skip
+        self.x.copy_(x)
+        if y is not None:
+            self.y.copy_(y)
+        if self._graph is not None:
+            self._graph.replay()
+        else:
+            self.opt.zero_grad(set_to_none=False)  # gradients accumulate into the same tensors
+            with _no_host_reads():
+                self._step()
+        return self.loss
+
+    def read(self) -> tuple[float, int]:
+        """The sum of the finite losses and the number of skipped steps since the last read, in one
+        host synchronisation; both are reset."""
+        total, skipped = self.total.item(), int(self.skipped.item())
+        self.total.zero_()
+        self.skipped.zero_()
+        return total, skipped
+
+    # -- capture ----------------------------------------------------------------------------
+    def _capture(self, warmup: int) -> None:
+        saved = self._snapshot()
+        side = torch.cuda.Stream(self.x.device)
+        side.wait_stream(torch.cuda.current_stream(self.x.device))
+        with torch.cuda.stream(side), _no_host_reads():
+            for _ in range(max(1, warmup)):
+                self.opt.zero_grad(set_to_none=True)
+                self._step()
+        torch.cuda.current_stream(self.x.device).wait_stream(side)
+        self.opt.zero_grad(set_to_none=True)  # the graph allocates the gradients it writes
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph), _no_host_reads():
+            self._step()
+        self._restore(saved)
+
+    def _snapshot(self) -> dict:
+        return {
+            "params": [p.detach().clone() for p in self.params],
+            "state": {
+                id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+                for p, s in self.opt.state.items()
+            },  # fmt: skip
+            "rng": torch.cuda.get_rng_state(self.x.device) if self.x.is_cuda else torch.get_rng_state(),
+        }
+
+    @torch.no_grad()
+    def _restore(self, saved: dict) -> None:
+        """Undo the warm-up steps in place (the graph holds these tensors' addresses)."""
+        for p, v in zip(self.params, saved["params"], strict=True):
+            p.copy_(v)
+        for p, state in self.opt.state.items():
+            before = saved["state"].get(id(p))
+            for k, v in state.items():
+                if torch.is_tensor(v):
+                    v.copy_(before[k]) if before is not None else v.zero_()
+        if self.x.is_cuda:
+            torch.cuda.set_rng_state(saved["rng"], self.x.device)
+        else:
+            torch.set_rng_state(saved["rng"])
+        self.total.zero_()
+        self.skipped.zero_()
+        self.found_inf.zero_()
+
+
+__all__ = ["GraphedStep", "fused_adam"]
