@@ -24,7 +24,7 @@ from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .models import VAE
 from .nets import NETS
-from .objectives import IWAE, CapacityELBO, ELBOLoss, make_elbo
+from .objectives import IWAE, TCVAE, CapacityELBO, ELBOLoss, make_elbo
 from .priors import PRIORS
 from .runs import Run, load_run, train
 from .semisupervised import SSVAE, SemiSupervisedLoss
@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "VAE", "SSVAE", "SemiSupervisedLoss", "Config", "ConfigError", "DataError", "Dataset", "Split", "Run", "TrainingError",
-    "PRESETS", "PRIORS", "GUIDES", "LIKELIHOODS", "NETS", "CapacityELBO", "IWAE", "ELBOLoss",
+    "PRESETS", "PRIORS", "GUIDES", "LIKELIHOODS", "NETS", "CapacityELBO", "IWAE", "TCVAE", "ELBOLoss",
     "build_model", "load_dataset", "fit", "train", "load_run", "make_elbo", "sweep",
     "evaluate", "elbo_terms", "log_likelihood", "kl_per_dim", "active_units",
 ]  # fmt: skip

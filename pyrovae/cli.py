@@ -1,5 +1,5 @@
 """The ``pyrovae`` command line: ``train``, ``evaluate``, ``sample``, ``reconstruct``, ``inspect``,
-``sweep``, ``score``, ``embed`` and ``runs``.
+``sweep``, ``score``, ``embed``, ``disentanglement`` and ``runs``.
 
 It only parses options and calls the run layer (:mod:`pyrovae.runs`). User errors (bad options,
 data or checkpoints) print one ``error:`` line saying what to do and exit with status 2; an
@@ -186,6 +186,13 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--n", type=_positive, default=2000,
                    help="test images for the latent map and anomalies (default: 2000)")  # fmt: skip
 
+    dg = sub.add_parser("disentanglement", help="BetaVAE, FactorVAE, MIG and DCI scores of a dsprites run, "
+                        "and a labelled traversal -> RUN/disentanglement.json, RUN/traversal.png")  # fmt: skip
+    _run_argument(dg)
+    dg.add_argument("--seed", type=int, default=0, help="seed of the metrics' samples (default: 0)")
+    dg.add_argument("--scale", type=float, default=1.0,
+                    help="fraction of disentanglement_lib's sample sizes (default: 1, its protocol)")  # fmt: skip
+
     sc = sub.add_parser("score", help="anomaly scores of every datum of a file or split -> CSV")
     _data_arguments(sc)
     sc.add_argument("-o", "--output", type=Path, required=True, help="CSV file to write, one row per datum")
@@ -352,7 +359,7 @@ def _command(args: argparse.Namespace) -> int:
 
     if hasattr(args, "output"):
         output_file(args.output, IMAGE_FORMATS)
-    else:  # evaluate and inspect write into the run
+    else:  # evaluate, inspect and disentanglement write into the run
         writable_folder(args.run, "results")
     which = getattr(args, "checkpoint", "best")
     run = load_run(args.run, which, args.device, args.data_dir, args.data_file)
@@ -371,6 +378,14 @@ def _command(args: argparse.Namespace) -> int:
     elif args.command == "reconstruct":
         test = run.data.test.subset(slice(0, args.n))
         plots.reconstruction_grid(run.model, test.x, test.y, args.output)
+    elif args.command == "disentanglement":
+        from .disentanglement import disentangle_run, summary
+
+        if not args.scale > 0:
+            raise ConfigError(f"--scale must be positive, got {args.scale}")
+        print(summary(disentangle_run(run, args.seed, args.scale)))
+        print(f"wrote {run.path / 'disentanglement.json'} and {run.path / 'traversal.png'}")
+        return 0
     elif args.command == "inspect":
         from .inspect_run import inspect_run
 

@@ -40,16 +40,18 @@ class Split:
 
     x: Tensor
     y: Tensor | None = None
+    factors: Tensor | None = None  # (N, F) ground-truth factor classes, where known (dSprites)
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Split:
         y = None if self.y is None else self.y.to(device)
-        return Split(self.x.to(device, dtype), y)
+        return Split(self.x.to(device, dtype), y, self.factors)
 
     def subset(self, index: Tensor | slice) -> Split:
-        return Split(self.x[index], None if self.y is None else self.y[index])
+        factors = None if self.factors is None else self.factors[index]
+        return Split(self.x[index], None if self.y is None else self.y[index], factors)
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Dataset:
     num_classes: int = 0
     name: str = "data"
     notes: list[str] = field(default_factory=list)  # what loading did to the data, for the run's output
+    ground_truth: object | None = None  # a :class:`~pyrovae.dsprites.GroundTruth` drawing any image
 
     @property
     def x_shape(self) -> tuple[int, ...]:
@@ -286,11 +289,16 @@ def load_dataset(
     labels_file: str | None = None,
     val_size: int = 10000,
     split_seed: int = 0,
+    image_size: int = 64,
+    train_size: int | None = None,
 ) -> Dataset:
-    """Load a data set and split it. ``name`` is ``"mnist"``, or ``"file"`` with ``data_file``.
+    """Load a data set and split it. ``name`` is ``"mnist"``, ``"file"`` with ``data_file``, or
+    ``"dsprites"`` (rendered, or DeepMind's ``.npz`` as ``data_file``; see :func:`load_dsprites`).
 
     A user's file is split into train / validation / test (80 / 10 / 10 unless ``val_size`` fits).
     """
+    if name == "dsprites":
+        return load_dsprites(data_file, image_size, val_size, split_seed, train_size)
     if name == "mnist":
         train, test, k = load_mnist(data_dir)
         train, val = split_train_val(train, val_size, split_seed)
@@ -308,7 +316,51 @@ def load_dataset(
         split = "80/10/10" if n_hold == max(1, n // 10) else f"with val_size {n_hold} for validation and test"
         notes.append(f"{n} rows split {split} at random (split_seed {split_seed})")
         return Dataset(train, val, test, k, Path(data_file).stem, notes)
-    raise DataError(f"unknown dataset {name!r}; choose 'mnist' or 'file'")
+    raise DataError(f"unknown dataset {name!r}; choose 'mnist', 'file' or 'dsprites'")
+
+
+def load_dsprites(
+    data_file: str | None = None,
+    image_size: int = 64,
+    val_size: int = 10000,
+    split_seed: int = 0,
+    train_size: int | None = None,
+) -> Dataset:
+    """dSprites split at random (``split_seed``) into validation and test sets of ``val_size``
+    images (at most a tenth each) and a training set of the rest, or of its first ``train_size``.
+
+    Only the images of the splits are made: rendered (:class:`~pyrovae.dsprites.DSprites`) or
+    read from DeepMind's ``.npz`` (``data_file``). Each split holds the factor classes
+    (``factors``, ``(N, 5)``) and the shape as label ``y``; ``ground_truth`` draws any image.
+    Float32 images take 4 bytes a pixel: all 737,280 at 64 × 64 would be 12 GB, at 32 × 32 3 GB.
+    """
+    from . import dsprites
+
+    try:
+        source = dsprites.ground_truth(data_file, image_size)
+    except ValueError as e:
+        raise DataError(str(e), "image_size") from None
+    n = len(source)
+    n_hold = max(1, min(val_size, n // 10))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    parts = [perm[:n_hold], perm[n_hold : 2 * n_hold], perm[2 * n_hold :][:train_size]]
+    splits = []
+    for index in parts:
+        classes = source.classes(index)  # (N, F)
+        splits.append(Split(source.images(classes), classes[:, 0].clone(), classes))
+    origin = f"read from {Path(data_file).name}" if data_file else "rendered"
+    notes = [f"{origin} at {image_size}x{image_size}, factors {dict(zip(source.factor_names, source.factor_sizes, strict=True))}",
+             f"{n} images split at random (split_seed {split_seed})"]  # fmt: skip
+    val, test, train = splits
+    return Dataset(
+        train,
+        val,
+        test,
+        num_classes=source.factor_sizes[0],
+        name=source.name,
+        notes=notes,
+        ground_truth=source,
+    )
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None = None, device=None):

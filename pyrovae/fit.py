@@ -186,7 +186,9 @@ def fit(
         supervision = SemiSupervision(data.train.y != UNLABELED, data.val, data.test, cfg.aux_weight,
                                       cfg.labeled_batches)  # fmt: skip
     if supervision is None:
-        elbo = make_elbo(cfg.elbo, cfg.num_particles, free_bits=cfg.free_bits, **_capacity_options(cfg))
+        elbo = make_elbo(
+            cfg.elbo, cfg.num_particles, free_bits=cfg.free_bits, **_objective_options(cfg, len(train))
+        )
         loss = ELBOLoss(vae, elbo, ctx.world)
     else:
         elbo, loss = None, supervision.loss(vae, cfg.num_particles, ctx.world)
@@ -322,7 +324,9 @@ def fit(
 
 
 # -- helpers --------------------------------------------------------------------------------
-def _capacity_options(cfg: Config) -> dict:
+def _objective_options(cfg: Config, n: int) -> dict:
+    if cfg.tc_beta is not None:
+        return dict(tc_beta=cfg.tc_beta, dataset_size=n)
     return dict(gamma=cfg.gamma, capacity=0.0) if cfg.capacity is not None else {}
 
 

@@ -373,3 +373,7 @@ NETS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
 }
 """Registry of encoder/decoder pairs; each takes ``(x_shape, [z_dim,] hidden, activation, num_classes)``
 and, if it names them, ``label_layers`` and ``dropout`` (see the module docstring)."""
+
+from .burgess import BurgessDecoder, BurgessEncoder  # noqa: E402  (it builds on the helpers above)
+
+NETS["burgess"] = (BurgessEncoder, BurgessDecoder)

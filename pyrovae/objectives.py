@@ -2,9 +2,9 @@
 
 β is an argument, not a loss: ``vae.model(x, y, beta=b)`` and ``vae.guide(x, y, beta=b)`` scale
 the latent site by ``b``, so Pyro's own ELBOs give ``reconstruction - β·KL`` (β = 0 included).
-The schedules below say which β to pass at a point of training. Two objectives are not plain
-ELBOs and are small subclasses of Pyro's: the capacity objective of Burgess et al. (2018), and
-the importance-weighted bound, which Pyro's :class:`~pyro.infer.RenyiELBO` computes but does not
+The schedules below say which β to pass at a point of training. Some objectives are not plain
+ELBOs and are small subclasses of Pyro's: the capacity objective of Burgess et al. (2018),
+β-TCVAE (Chen et al. 2018), free bits, and the importance-weighted bound, which Pyro's :class:`~pyro.infer.RenyiELBO` computes but does not
 offer as a differentiable loss.
 """
 
@@ -114,6 +114,60 @@ class CapacityELBO(_ReshapedELBO):
         return surrogate.item(), surrogate
 
 
+class TCVAE(_ReshapedELBO):
+    """β-TCVAE (Chen et al. 2018): the ELBO with the total correlation of the aggregate posterior
+    weighted by ``tc_beta`` instead of 1. For a batch of M data from a set of N, with one
+    ``z_i ~ q(z|x_i)`` per datum, the loss is
+
+    ``Σ_i -log p(x_i|z_i) + [log q(z_i|x_i) - log p(z_i)] + (tc_beta - 1)·TC_i``,
+    ``TC_i = log q(z_i) - Σ_d log q(z_id)``,
+
+    with the marginals estimated by minibatch-weighted sampling (Chen et al.'s MWS):
+    ``log q(z_i) ≈ logsumexp_j log q(z_i|x_j) - log(N·M)`` and likewise per dimension
+    ``d``. ``tc_beta = 1`` is :class:`~pyro.infer.Trace_ELBO`. The mutual-information and
+    dimension-wise KL terms keep weight 1 (α = γ = 1 in the paper); latent sites must be
+    reparameterized with a factorized guide (an ``Independent`` over univariate distributions).
+
+    :param dataset_size: N, the number of training data.
+    """
+
+    def __init__(self, tc_beta: float, dataset_size: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.tc_beta, self.dataset_size = tc_beta, dataset_size
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        recon, kl, tc = 0.0, 0.0, 0.0
+        for site in model_trace.nodes.values():
+            if site["type"] == "sample" and site["is_observed"]:
+                recon = recon + site["log_prob_sum"]
+        for model_site, guide_site in _latent_sites(model_trace, guide_trace):
+            kl = kl + guide_site["log_prob_sum"] - model_site["log_prob_sum"]
+            tc = tc + total_correlation(guide_site["fn"], guide_site["value"], self.dataset_size).sum()
+        surrogate = -recon + kl + (self.tc_beta - 1) * tc
+        return surrogate.item(), surrogate
+
+
+def total_correlation(q, z: Tensor, dataset_size: int) -> Tensor:
+    """Minibatch-weighted estimate of ``log q(z_i) - Σ_d log q(z_id)`` at each ``z_i`` of a batch
+    (Chen et al. 2018), ``q`` the guide's distribution for the batch: batch shape
+    ``(*lead, M)``, event ``(D,)``, an ``Independent`` over a univariate family.
+
+    :returns: shape ``(*lead, M)``.
+    """
+    if not (isinstance(q, Independent) and q.reinterpreted_batch_ndims == 1):
+        raise NotImplementedError(
+            f"the total correlation needs a factorized guide (Independent over its dimensions), got {type(q).__name__}"
+        )
+    m = z.shape[-2]
+    # z_i against every q(.|x_j): z_i moves to a new leading dim, so (*lead, M_j) broadcasts
+    zi = z.movedim(-2, 0).unsqueeze(-2)  # (M_i, *lead, 1, D)
+    log_q = q.base_dist.log_prob(zi)  # (M_i, *lead, M_j, D)
+    const = math.log(dataset_size * m)
+    log_joint = torch.logsumexp(log_q.sum(-1), dim=-1) - const  # (M_i, *lead)
+    log_marginals = (torch.logsumexp(log_q, dim=-2) - const).sum(-1)  # (M_i, *lead)
+    return (log_joint - log_marginals).movedim(0, -1)  # (*lead, M_i)
+
+
 class FreeBitsELBO(_ReshapedELBO):
     """The ELBO with free bits (Kingma et al. 2016): for a batch of N data, the KL term of each
     latent dimension is ``N · max(λ, KL_d)`` with ``KL_d`` its average over the batch, so no
@@ -197,13 +251,15 @@ def make_elbo(
     num_particles: int = 1,
     max_plate_nesting: int = 1,
     free_bits: float | None = None,
+    tc_beta: float | None = None,
+    dataset_size: int | None = None,
     **capacity,
 ):
     """The Pyro loss for ``Config.elbo`` (``trace``, ``meanfield`` or ``iwae``), particles vectorized.
 
     ``iwae`` is :class:`IWAE` with ``num_particles`` samples. ``capacity`` options (``gamma``,
     ``capacity``) give a :class:`CapacityELBO`; ``free_bits`` λ a :class:`FreeBitsELBO` (with
-    the analytic KL for ``meanfield``). The model's plate nesting is passed so Pyro need not
+    the analytic KL for ``meanfield``); ``tc_beta`` with ``dataset_size`` a :class:`TCVAE`. The model's plate nesting is passed so Pyro need not
     guess it (the ``"data"`` plate, plus one for vectorized particles).
     """
     opts = dict(
@@ -213,6 +269,10 @@ def make_elbo(
     )
     if capacity:
         return CapacityELBO(**capacity, **opts)
+    if tc_beta is not None:
+        if dataset_size is None:
+            raise ValueError("the TCVAE objective needs dataset_size, the number of training data")
+        return TCVAE(tc_beta, dataset_size, **opts)
     if free_bits is not None:
         if kind == "iwae":
             raise ValueError("free bits floor the KL term of an ELBO; the IWAE bound has none")
@@ -251,6 +311,7 @@ __all__ = [
     "ELBOLoss",
     "FreeBitsELBO",
     "IWAE",
+    "TCVAE",
     "make_elbo",
     "beta_at",
     "linear_warmup",

@@ -205,3 +205,17 @@ def kl_bars(kl: list[float] | torch.Tensor, path: str | Path, threshold: float =
     ax.set_ylabel("KL per image (nats)")
     ax.set_title(f"KL per latent dimension: total {kl.sum():.1f} nats")
     return save(fig, path)
+
+
+def labelled_rows(images: torch.Tensor, labels: list[str], path: str | Path, title: str) -> Path:
+    """Rows of images ``(rows, cols, C, H, W)`` in [0, 1], each row named by its label at its left."""
+    rows, cols = images.shape[:2]
+    grid = make_grid(_as_images(images.flatten(0, 1)), nrow=cols, padding=2, pad_value=1.0)  # (C, H, W)
+    h, w = grid.shape[1:]
+    fig, ax = plt.subplots(figsize=(max(3.0, w / 40) + 2.5, max(3.0, h / 40) + 0.5))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray" if grid.shape[0] == 1 else None, vmin=0, vmax=1)
+    step = (h - 2) / rows
+    ax.set_yticks([2 + step * (i + 0.5) for i in range(rows)], labels, fontsize=8)
+    ax.set_xticks([])
+    ax.set_title(_wrap(title, max(3.0, w / 40) + 2.5), fontsize=10)
+    return save(fig, path)

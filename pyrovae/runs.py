@@ -54,9 +54,8 @@ RUN_FILES = ["config.json", "metrics.csv", "checkpoint.pt", "best.pt", "eval.jso
 def load_data(cfg: Config) -> Dataset:
     """The config's data set, checked against the likelihood; validation and test are binarized
     once with a fixed seed when training binarizes, so figures compare across runs."""
-    data = load_dataset(
-        cfg.dataset, cfg.data_dir, cfg.data_file, cfg.labels_file, cfg.val_size, cfg.split_seed
-    )
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.data_file, cfg.labels_file, cfg.val_size, cfg.split_seed,
+                        cfg.image_size, cfg.train_size if cfg.dataset == "dsprites" else None)  # fmt: skip
     data = select_classes(data, cfg.classes, cfg.exclude_classes)
     if cfg.train_size is not None and cfg.train_size < len(data.train):
         data.train = data.train.subset(slice(0, cfg.train_size))

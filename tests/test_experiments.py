@@ -34,6 +34,27 @@ SMOKE = {
     "embedding.py": [*TINY, "--z-dims", "2", "3", "--n-probe", "300", "--n-map", "60", "--quiet"],
     "ss_vae.py": [*TINY, "--labels", "100", "--quiet"],
     "ss_vae_pyro_protocol.py": [*TINY, "--labels", "100", "--quiet"],
+    "disentanglement.py": [
+        *TINY,
+        "--image-size",
+        "16",
+        "--models",
+        "beta16",
+        "tcvae",
+        "--seeds",
+        "0",
+        "--z-dim",
+        "3",
+        "--val-size",
+        "64",
+        "--metric-scale",
+        "0.005",
+        "--mig-scale",
+        "0.05",
+        "--dci-trees",
+        "5",
+        "--quiet",
+    ],  # fmt: skip
     "custom_components.py": ["--epochs", "1", "--train-size", "600", "--k", "50", "--n-test", "50"],
     "conditional_samples.py": [
         *TINY,
@@ -81,6 +102,8 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
         assert [r["beta"] for r in result] == [0.5, 4.0]
         assert result[1]["rate"] < result[0]["rate"]  # a larger beta buys a lower rate
         assert (tmp_path / "results" / "beta_sweep.png").exists()
+    elif name == "disentanglement.py":
+        _check_disentanglement(result, tmp_path)
     elif name == "cvae_quadrants.py":
         assert [r["n_given"] for r in result] == [1, 3]
         for r in result:  # nats over the hidden pixels: positive and finite
@@ -141,6 +164,28 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
         assert f"| 100 | 1 | {r['test']:.2f} (epoch 1) |" in text and "Command: `" in text
     else:  # the user-written prior and guide trained: far above the untrained ~ -540 nats
         assert -450 < result["elbo"] < result["log_likelihood"] + 2 and result["log_likelihood"] < 0
+
+
+def _check_disentanglement(result: list[dict], tmp_path: Path) -> None:
+    from pyrovae.config import Config
+
+    assert [(r["model"], r["seed"]) for r in result] == [("beta16", 0), ("tcvae", 0)]
+    for r in result:
+        assert all(0 <= r[m] <= 1 for m in ("beta_vae", "factor_vae", "mig", "dci_disentanglement"))
+        run = tmp_path / "runs" / f"dis-{r['model']}-seed0"
+        saved = json.loads((run / "disentanglement.json").read_text())
+        assert saved["mig"] == r["mig"] and saved["settings"]["mig"]["num_train"] == 500
+        assert saved["settings"]["dci"] == {"num_train": 50, "num_test": 25, "n_estimators": 5}
+        assert r["kl"] == pytest.approx(json.loads((run / "eval.json").read_text())["kl"])
+        assert (tmp_path / "results" / f"disentanglement_{r['model']}.png").exists()
+    beta16, tcvae = (
+        Config.load(tmp_path / "runs" / f"dis-{m}-seed0" / "config.json") for m in ("beta16", "tcvae")
+    )
+    assert (beta16.beta, beta16.tc_beta, tcvae.beta, tcvae.tc_beta) == (16.0, None, 1.0, 4.0)
+    assert beta16.net == tcvae.net == "burgess" and beta16.image_size == 16
+    text = (tmp_path / "results" / "disentanglement.md").read_text()
+    assert "Command: `" in text and f"| beta16 | beta 16 | {result[0]['beta_vae']:.3f} |" in text
+    assert (tmp_path / "results" / "disentanglement.png").exists()
 
 
 def _check_conditional_samples(result: dict, results_dir: Path) -> None:

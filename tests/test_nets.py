@@ -26,10 +26,10 @@ def test_dropout_acts_only_in_training_mode(net):
     Encoder, Decoder = NETS[net]
     torch.manual_seed(0)
     enc, dec = (
-        Encoder((1, 8, 8), (16,), "relu", 0, dropout=0.5),
-        Decoder((1, 8, 8), 3, (16,), "relu", 0, dropout=0.5),
+        Encoder((1, 16, 16), (16,), "relu", 0, dropout=0.5),
+        Decoder((1, 16, 16), 3, (16,), "relu", 0, dropout=0.5),
     )
-    x, z = torch.rand(5, 1, 8, 8, dtype=torch.float64), torch.randn(2, 5, 3, dtype=torch.float64)
+    x, z = torch.rand(5, 1, 16, 16, dtype=torch.float64), torch.randn(2, 5, 3, dtype=torch.float64)
     enc.double(), dec.double()
     for f, a in ((enc, x), (dec, z)):
         assert sum(isinstance(m, nn.Dropout) for m in f.modules()) >= 1
@@ -42,9 +42,9 @@ def test_dropout_acts_only_in_training_mode(net):
         f.train()
         assert torch.equal(f(a), out)  # eval mode is the network without dropout
     # without dropout no layer is made: parameter names (checkpoints) are unchanged
-    plain = Encoder((1, 8, 8), (16,), "relu", 0)
+    plain = Encoder((1, 16, 16), (16,), "relu", 0)
     assert [n for n, _ in plain.named_parameters()] == [
-        n for n, _ in Encoder((1, 8, 8), (16,), "relu", 0, dropout=0.0).named_parameters()
+        n for n, _ in Encoder((1, 16, 16), (16,), "relu", 0, dropout=0.0).named_parameters()
     ]
     assert not any(isinstance(m, nn.Dropout) for m in plain.modules())
 

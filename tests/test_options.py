@@ -69,6 +69,7 @@ MATRIX: dict[str, list[list[str]]] = {
     "capacity": [["--capacity", "5", "--capacity-epochs", "1", "--gamma", "10"]],
     "capacity_epochs": [["--capacity", "2", "--capacity-epochs", "3"]],
     "gamma": [["--capacity", "2", "--gamma", "3"]],
+    "tc_beta": [["--tc-beta", "4"]],
     "free_bits": [["--free-bits", "0.5"], ["--elbo", "meanfield", "--free-bits", "0.5", "--guide", "iaf"]],
     "weight_decay": [["--weight-decay", "0.1"], ["--weight-decay", "0.1", "--prior", "learned"]],
     "batch_size": [["--batch-size", "7"]],
@@ -86,12 +87,14 @@ MATRIX: dict[str, list[list[str]]] = {
 
 #: options not in the matrix, and the test that exercises each end to end
 ELSEWHERE = {
-    "dataset": "every case here (--dataset file); MNIST in test_cli and test_experiments",
+    "dataset": "every case here (--dataset file); MNIST in test_cli and test_experiments; dsprites in "
+    "test_disentanglement_cli",
+    "image_size": "test_disentanglement_cli.py (dsprites at 16 and 32 pixels; refused with --dataset mnist)",
     "data_file": "every case here",
     "labels_file": "test_data.py::test_labels_file",
     "data_dir": "test_cli.py (real MNIST)",
     "val_size": "every case here (--val-size 6)",
-    "net": "test_components.py grid (mlp, conv)",
+    "net": "test_components.py grid (mlp, conv); burgess in test_disentanglement_cli",
     "prior": "test_components.py grid",
     "guide": "test_components.py grid",
     "likelihood": "test_components.py grid",
@@ -155,6 +158,8 @@ def _check_option(name, cfg, rows, res):
     if name == "capacity":
         caps = [float(r["capacity"]) for r in rows]  # C(t) at each epoch's last step
         assert 0 < caps[0] < caps[1] == 5.0
+    if name == "tc_beta":  # the total correlation's extra weight is in the training loss, not in evaluation
+        assert cfg.tc_beta == 4 and float(rows[0]["train_loss"]) > -float(rows[0]["val_elbo"])
     if name == "lr_schedule" and cfg.lr_schedule == "exponential":
         assert [float(r["lr"]) for r in rows] == pytest.approx([1e-3, 5e-4])
     if name == "lr_schedule" and cfg.lr_schedule == "cosine":
