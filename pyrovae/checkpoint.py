@@ -24,6 +24,7 @@ def atomic_write(path: str | Path, write) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it: a temporary file is owner-only
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -37,6 +38,12 @@ def atomic_write(path: str | Path, write) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def save(obj: dict[str, Any], path: str | Path) -> None:
@@ -57,16 +64,35 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        msg = str(e) or type(e).__name__
+        if "GLOBAL" in str(e) or "Unsupported global" in str(e):  # a pickle of objects, not tensors
             raise CheckpointError(
                 f"{path} holds pickled Python objects, which pyrovae refuses to load (they could run "
                 "code). Only load checkpoints written by pyrovae, or re-save the weights as tensors."
             ) from None
         raise CheckpointError(
-            f"{path} could not be read ({msg}); it is truncated or corrupted. Delete it, or resume "
-            "from another checkpoint of the run (best.pt)."
+            f"{path} could not be read: it is truncated or corrupted, or not a checkpoint "
+            f"({load_error_cause(msg)}). {_other_checkpoint(path)}"
         ) from None
     if not isinstance(obj, dict) or "model" not in obj:
         raise CheckpointError(f"{path} is not a pyrovae checkpoint (no 'model' entry)")
     return obj
+
+
+def load_error_cause(msg: str) -> str:
+    """The cause in a ``torch.load`` error message, on one line, without its advice to load unsafely."""
+    lines = [line.strip() for line in msg.splitlines() if line.strip()]
+    cause = next((lines[i + 1] for i, line in enumerate(lines[:-1]) if line.endswith("error:")), lines[0])
+    return cause[:120]
+
+
+def _other_checkpoint(path: Path) -> str:
+    """What to do without this file: the run's other checkpoint, where it has one."""
+    if path.name == "best.pt" and (path.parent / "checkpoint.pt").exists():
+        return "The run's last checkpoint may be whole: use it (--checkpoint last), or train the run again."
+    if path.name == "checkpoint.pt" and (path.parent / "best.pt").exists():
+        return (
+            "The run's best.pt may be whole: evaluate or sample from it (--checkpoint best); the run "
+            "cannot be resumed without checkpoint.pt, so train it again (--overwrite) to go on."
+        )
+    return "Train the run again, or copy the file anew if it came from elsewhere."

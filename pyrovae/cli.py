@@ -1,5 +1,5 @@
 """The ``pyrovae`` command line: ``train``, ``evaluate``, ``sample``, ``reconstruct``, ``inspect``,
-``sweep``, ``score``, ``embed`` and ``disentanglement``.
+``sweep``, ``score``, ``embed``, ``disentanglement`` and ``runs``.
 
 It only parses options and calls the run layer (:mod:`pyrovae.runs`). User errors (bad options,
 data or checkpoints) print one ``error:`` line saying what to do and exit with status 2; an
@@ -20,7 +20,8 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError
 from .config import PRESETS, Config, ConfigError
-from .data import DataError
+from .data import DataError, trained_classes
+from .outputs import IMAGE_FORMATS, output_file, writable_folder
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
@@ -62,6 +63,17 @@ class _Concatenate(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, [v for word in values for v in word])
+
+
+def _positive(value: str) -> int:
+    """A count that must be at least 1 (images, samples, trials)."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
 
 
 def _flag(name: str) -> str:
@@ -107,7 +119,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="run directory (default: runs/<preset or vae>-seed<seed>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    t.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation at the end")
+    t.add_argument("--eval", action=argparse.BooleanOptionalAction, default=None,
+                   help="evaluate on the test set at the end (default: yes; a resumed run as it was started)")  # fmt: skip
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_options(t)
 
@@ -116,9 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _run_argument(e)
     e.add_argument(
-        "--k", type=int, default=None, help="importance samples per image (default: the run's eval_k)"
+        "--k", type=_positive, default=None, help="importance samples per image (default: the run's eval_k)"
     )
-    e.add_argument("--n-test", type=int, default=None,
+    e.add_argument("--n-test", type=_positive, default=None,
                    help="test images for log p(x) (default: the run's eval_n_test)")  # fmt: skip
     e.add_argument(
         "--checkpoint", default="best", help="'best', 'last' or a file name in RUN (default: best)"
@@ -128,20 +141,27 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="a grid of images generated from the prior")
     _run_argument(s)
-    s.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
-    s.add_argument("-n", type=int, default=64, help="number of images (default: 64)")
+    s.add_argument(
+        "-o", "--output", type=Path, required=True, help="picture to write (.png, .jpg, .pdf, .svg)"
+    )
+    s.add_argument("-n", type=_positive, default=None,
+                   help="number of images (default: 64, or about 64 in rows of one class for a conditional run)")  # fmt: skip
     s.add_argument("--label", type=int, default=None,
                    help="class to generate, for a conditional run (default: one row per class)")  # fmt: skip
     s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
     r = sub.add_parser("reconstruct", help="test images next to their reconstructions")
     _run_argument(r)
-    r.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
-    r.add_argument("-n", type=int, default=32, help="number of test images (default: 32)")
+    r.add_argument(
+        "-o", "--output", type=Path, required=True, help="picture to write (.png, .jpg, .pdf, .svg)"
+    )
+    r.add_argument("-n", type=_positive, default=32, help="number of test images (default: 32)")
 
     w = sub.add_parser("sweep", help="search options with Optuna; each trial a run, the best tested")
     w.add_argument("--space", required=True, type=Path, help="TOML file: one table per option to search")
-    w.add_argument("--trials", type=int, required=True, help="trials the study runs in all (all workers)")
+    w.add_argument(
+        "--trials", type=_positive, required=True, help="trials the study runs in all (all workers)"
+    )
     w.add_argument("--out", required=True, type=Path, help="sweep folder (trials/, study.db, results)")
     w.add_argument("--objective", type=_choice_type("objective", ["elbo", "ll"]), default="elbo", metavar="NAME",
                    help="'elbo': best validation ELBO; 'll': validation log p(x) with --eval-k samples on "
@@ -160,8 +180,10 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="write every inspection figure to RUN/figures/ with an index.md")
     _run_argument(i)
-    i.add_argument("--k", type=int, default=100, help="importance samples for anomaly scores (default: 100)")
-    i.add_argument("--n", type=int, default=2000,
+    i.add_argument(
+        "--k", type=_positive, default=100, help="importance samples for anomaly scores (default: 100)"
+    )
+    i.add_argument("--n", type=_positive, default=2000,
                    help="test images for the latent map and anomalies (default: 2000)")  # fmt: skip
 
     dg = sub.add_parser("disentanglement", help="BetaVAE, FactorVAE, MIG and DCI scores of a dsprites run, "
@@ -175,9 +197,9 @@ def _parser() -> argparse.ArgumentParser:
     _data_arguments(sc)
     sc.add_argument("-o", "--output", type=Path, required=True, help="CSV file to write, one row per datum")
     sc.add_argument(
-        "--k", type=int, default=100, help="importance samples per datum for log p(x) (default: 100)"
+        "--k", type=_positive, default=100, help="importance samples per datum for log p(x) (default: 100)"
     )
-    sc.add_argument("--batch-size", type=int, default=100, help="data scored at once (default: 100)")
+    sc.add_argument("--batch-size", type=_positive, default=100, help="data scored at once (default: 100)")
     sc.add_argument("--threshold-from", default=None, metavar="val|FILE",
                     help="add an 'anomalous' column, thresholded on the run's validation split (val) or "
                          "on a file of normal data")  # fmt: skip
@@ -190,9 +212,17 @@ def _parser() -> argparse.ArgumentParser:
     _data_arguments(em)
     em.add_argument("-o", "--output", type=Path, required=True, help=".npy or .csv file to write")
     em.add_argument(
-        "--samples", type=int, default=None, help="draws z ~ q(z|x) per datum instead of the mean"
+        "--samples", type=_positive, default=None, help="draws z ~ q(z|x) per datum instead of the mean"
     )
-    em.add_argument("--batch-size", type=int, default=1000, help="data encoded at once (default: 1000)")
+    em.add_argument("--batch-size", type=_positive, default=1000, help="data encoded at once (default: 1000)")
+
+    ls = sub.add_parser("runs", help="list the runs in a folder (and below) with their key figures")
+    ls.add_argument(
+        "folder", type=Path, nargs="?", default=Path("runs"), help="folder to search (default: runs)"
+    )
+    ls.add_argument("--sort", type=_choice_type("sort", ["path", "elbo", "ll", "val"]), default="path", metavar="KEY",
+                    help="order by path, test ELBO (elbo), log p(x) (ll) or best validation ELBO (val), "
+                         "best first (default: path)")  # fmt: skip
     return p
 
 
@@ -236,10 +266,13 @@ def _train(args: argparse.Namespace) -> int:
     from .runs import resumed_config, train
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
-    out = Path(args.out or f"runs/{args.preset or 'vae'}-seed{given.get('seed', 0)}")
+    out = _train_out(args)
+    if args.resume and args.preset:  # a preset's options are checked against the saved run like any
+        given = {**PRESETS[args.preset], **given}
     cfg = resumed_config(out, given) if args.resume else Config.from_preset(args.preset, **given)
+    writable_folder(out, "the run")
     run = train(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
-                evaluate=not args.no_eval)  # fmt: skip
+                evaluate=args.eval)  # fmt: skip
     if not _speaks():
         return 0
     if run.complete:
@@ -255,9 +288,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_out(args: argparse.Namespace) -> Path:
+    return Path(args.out or f"runs/{args.preset or 'vae'}-seed{getattr(args, 'seed', 0)}")
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from .sweep import sweep
 
+    writable_folder(args.out, "the sweep")
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
     res = sweep(args.space, args.trials, args.out, Config.from_preset(args.preset, **given),
                 objective=args.objective, resume=args.resume, storage=args.storage,
@@ -279,6 +317,7 @@ def _score_or_embed(args: argparse.Namespace) -> int:
     from . import score as S
     from .runs import load_run
 
+    output_file(args.output, (".npy", ".csv") if args.command == "embed" else (".csv",))
     run = load_run(args.run, args.checkpoint, args.device, args.data_dir, args.run_data_file)
     rows = S.open_rows(run, args.data_file, args.labels_file, args.split)
     if args.command == "embed":
@@ -312,7 +351,16 @@ def _command(args: argparse.Namespace) -> int:
 
     if args.command in ("score", "embed"):
         return _score_or_embed(args)
+    if args.command == "runs":
+        from .listing import list_runs, table
 
+        print(table(list_runs(args.folder), args.folder, args.sort))
+        return 0
+
+    if hasattr(args, "output"):
+        output_file(args.output, IMAGE_FORMATS)
+    else:  # evaluate, inspect and disentanglement write into the run
+        writable_folder(args.run, "results")
     which = getattr(args, "checkpoint", "best")
     run = load_run(args.run, which, args.device, args.data_dir, args.data_file)
     if args.command == "evaluate":
@@ -321,8 +369,10 @@ def _command(args: argparse.Namespace) -> int:
         print(summary(evaluate_run(run, args.k, args.n_test, args.seed, not args.quiet, which)))
         return 0
     if args.command == "sample":
+        cfg = run.config
+        classes = trained_classes(run.model.num_classes, cfg.classes, cfg.exclude_classes)
         try:
-            plots.sample_grid(run.model, args.output, args.n, args.label, args.seed)
+            plots.sample_grid(run.model, args.output, args.n, args.label, args.seed, classes)
         except ValueError as e:
             raise ConfigError(str(e), "label") from None
     elif args.command == "reconstruct":
@@ -365,19 +415,37 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pyrovae`` console script."""
     from .fit import Interrupted, TrainingError
 
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # a usage error (status 2) or --help (0): returned, as every other outcome
+        return e.code if isinstance(e.code, int) else 2
     try:
         if args.command == "sweep":
             return _sweep(args)
         return _train(args) if args.command == "train" else _command(args)
     except USER_ERRORS + (TrainingError,) as e:
         if _speaks():
-            print(f"error: {_message(e)}", file=sys.stderr)
+            print(f"error: {' '.join(_message(e).splitlines())}", file=sys.stderr)  # one line, always
         return 2
-    except Interrupted as e:
+    except (Interrupted, KeyboardInterrupt) as e:
         if _speaks():
-            print(f"interrupted: {e} (pyrovae train --resume)", file=sys.stderr)
+            print(f"interrupted: {str(e) or 'stopped by Ctrl-C'}{_resume_hint(args)}", file=sys.stderr)
         return 130
+    except OSError as e:  # a file system refusing a write the checks before could not foresee
+        if _speaks():
+            print(f"error: cannot use {e.filename or 'a file'}: {e.strerror or e}; free space, fix the "
+                  "permissions or choose another path", file=sys.stderr)  # fmt: skip
+        return 2
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """The command that continues what was interrupted, to follow literally."""
+    if args.command == "train":
+        return f" (continue with: pyrovae train --resume --out {_train_out(args)})"
+    if args.command == "sweep":
+        return (f" (continue with: pyrovae sweep --resume --out {args.out} --space {args.space} "
+                f"--trials {args.trials} and the options given before)")  # fmt: skip
+    return ""
 
 
 if __name__ == "__main__":

@@ -217,7 +217,12 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
-        d = json.loads(Path(path).read_text())
+        try:
+            d = json.loads(Path(path).read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}); restore it from a copy of the run") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path} holds no options (expected a JSON object); restore it from a copy")
         if (d.get("conditional") or d.get("semi_supervised")) and "label_layers" not in d:
             d["label_layers"] = "input"  # runs saved before the option existed fed the label to the input
         return cls.from_dict(d)

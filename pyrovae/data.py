@@ -94,6 +94,11 @@ def _missing_mnist(root: Path) -> list[str]:
     return [f for f in MNIST_FILES if not (raw / f).exists() and not (raw / f"{f}.gz").exists()]
 
 
+def holds_mnist(root: str | os.PathLike) -> bool:
+    """Whether ``root`` holds the four MNIST files under ``MNIST/raw/``."""
+    return not _missing_mnist(Path(root))
+
+
 def load_mnist(data_dir: str | os.PathLike | None = None) -> tuple[Split, Split, int]:
     """MNIST train (60k) and test (10k) as float tensors in [0, 1] of shape (N, 1, 28, 28)."""
     import torchvision
@@ -184,22 +189,27 @@ def read_rows(path: Path, labels: str | os.PathLike | None = None, mmap: bool = 
         x, y = x["x"], x.get("y")
     if labels is not None:
         y = _read(Path(labels))
+    for what, a in (("data", x), ("labels", y)):
+        kind = getattr(getattr(a, "dtype", None), "kind", None)  # numpy's; torch dtypes have none
+        if a is not None and not isinstance(a, torch.Tensor) and kind not in tuple("biuf"):
+            raise DataError(f"{labels if what == 'labels' else path} holds {getattr(a, 'dtype', type(a).__name__)} "
+                            f"{what}, not numbers; save a numeric array")  # fmt: skip
     return x, y
 
 
 def _read(path: Path, mmap: bool = False):
     if not path.exists():
-        raise DataError(
-            f"data file {path} does not exist; if it moved, give its new path (data_file, --data-file)"
-        )
+        raise DataError(f"data file {path} does not exist; if it moved, give its new path (data_file)")
     try:
         if path.suffix == ".npy":
             return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
         if path.suffix == ".pt":
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        from .checkpoint import load_error_cause
+
         raise DataError(
-            f"could not read {path} ({type(e).__name__}: {e}); is it truncated or corrupted?"
+            f"could not read {path} ({type(e).__name__}: {load_error_cause(str(e))}); is it truncated or corrupted?"
         ) from None
     raise DataError(f"unsupported data file {path}: use a .pt tensor or a .npy array")
 
@@ -233,9 +243,7 @@ def select_classes(data: Dataset, keep: list[int] | None = None, drop: list[int]
         return data
     option = "classes" if keep is not None else "exclude_classes"
     if data.train.y is None:
-        raise DataError(
-            f"{option} needs labelled data; give labels_file (--labels-file) with the data", option
-        )
+        raise DataError(f"{option} needs labelled data; give labels_file with the data", option)
     present = sorted(set(data.train.y.unique().tolist()))
     unknown = sorted(set(keep if keep is not None else drop) - set(present))
     if unknown:
@@ -254,6 +262,16 @@ def select_classes(data: Dataset, keep: list[int] | None = None, drop: list[int]
         "the test set keeps every class"
     )
     return data
+
+
+def trained_classes(
+    num_classes: int, keep: list[int] | None = None, drop: list[int] | None = None
+) -> list[int]:
+    """The classes a model saw in training, out of ``num_classes``: ``keep``, or all but ``drop``
+    (see :func:`select_classes`)."""
+    if keep is not None:
+        return sorted(keep)
+    return [c for c in range(num_classes) if c not in (drop or [])]
 
 
 def split_train_val(train: Split, val_size: int, seed: int = 0) -> tuple[Split, Split]:
@@ -287,7 +305,7 @@ def load_dataset(
         return Dataset(train, val, test, k, "mnist")
     if name == "file":
         if not data_file:
-            raise DataError("--dataset file needs --data-file PATH (a .pt or .npy array)")
+            raise DataError("dataset 'file' needs data_file, the path of a .pt or .npy array", "data_file")
         full, notes = _load_array(data_file, labels_file)
         n = len(full)
         n_hold = max(1, min(val_size, n // 10))

@@ -232,7 +232,7 @@ def _evaluate(vae: VAE, data: Split, k: int, n_ll: int | None, batch_size: int, 
     if progress:
         from tqdm import tqdm  # not tqdm.auto: see fit.py
 
-        rng = tqdm(rng, desc=f"log p(x), K={k}", unit="batch")
+        rng = tqdm(rng, desc=f"log p(x), K={k}", unit="batch", disable=None)  # None: off when no tty
     for i in rng:
         part = data.subset(slice(i, min(i + ll_batch_size, n_ll)))
         ll.append(log_likelihood(vae, part.x, part.y, k))

@@ -37,7 +37,7 @@ METRICS = ["epoch", "train_loss", "val_elbo", "val_recon", "val_kl", "val_active
 """Columns of ``metrics.csv``, one row per epoch. ``train_loss`` is the training objective (with
 β, free bits, capacity and dropout as trained); the ``val_`` figures are at β = 1 with dropout
 off; ``val_active_units`` counts latent dimensions whose posterior mean varies over the validation
-set (variance > 0.01); ``weight_norm`` is the 2-norm of the networks' weight matrices, the
+set (variance > 0.01); ``beta`` is the mean β of the epoch's steps; ``weight_norm`` is the 2-norm of the networks' weight matrices, the
 parameters weight decay shrinks."""
 
 #: A hook called after every epoch with its ``metrics.csv`` row (a dict keyed by :data:`METRICS`),
@@ -135,7 +135,8 @@ def fit(
 ) -> VAE:
     """Train ``vae`` on ``data.train`` by SVI, validating on ``data.val`` at β = 1 every epoch.
 
-    ``out`` receives ``metrics.csv``, ``checkpoint.pt`` (every epoch and on SIGINT/SIGTERM,
+    ``out`` receives ``config.json`` (``options``, unless there is one: so :func:`~pyrovae.runs.load_run`
+    opens the run), ``metrics.csv``, ``checkpoint.pt`` (every epoch and on SIGINT/SIGTERM,
     atomically) and ``best.pt`` (best validation ELBO). With ``resume`` the run continues from
     ``checkpoint.pt``; on CPU it then ends with exactly the parameters of an uninterrupted run.
 
@@ -165,6 +166,8 @@ def fit(
     # 1. the run directory; model, data and random streams on the device
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
+        if not (out / "config.json").exists():  # so load_run and `pyrovae evaluate` open a fit() run too
+            checkpoint.write_text(out / "config.json", options.to_json())
     pyro.set_rng_seed(cfg.seed + 1000 * ctx.rank)  # each rank its own z draws
     vae.to(ctx.device)
     train, val = data.train.to(ctx.device), data.val.to(ctx.device)
@@ -194,8 +197,14 @@ def fit(
             c, epoch = loop.c, loop.c.epoch
             lr = _start_epoch(loop, cfg, train)
             batches = training.batches(c.perm, cfg.batch_size)
-            bar = tqdm(total=len(batches), initial=c.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       disable=not progress, leave=False, unit="step")  # fmt: skip
+            bar = tqdm(
+                total=len(batches),
+                initial=c.step_in_epoch,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                disable=None if progress else True,
+                leave=False,
+                unit="step",
+            )  # fmt: skip  (None: off when no tty)
             t0, failed = time.perf_counter(), None
             coefs = training.schedule(epoch + max(c.step_in_epoch - 1, 0) / len(batches))
 
@@ -231,7 +240,8 @@ def fit(
             seconds = time.perf_counter() - t0
 
             # 4c. validate at beta = 1, record, checkpoint, early stopping
-            row = _validate(vae, val, val_prepare, training, ctx, epoch, lr, coefs["capacity"], seconds)
+            row = _validate(vae, val, val_prepare, training, ctx, epoch, len(batches), lr, coefs["capacity"],
+                            seconds)  # fmt: skip
             good = _end_epoch(loop, row, cfg, out, ctx.main)
             if on_epoch is not None and ctx.main:
                 on_epoch(dict(loop.c.rows[-1]))
@@ -282,19 +292,21 @@ def _roll_back(loop: Loop, good: dict, cfg: Config, failed: tuple, epoch: int, c
         if main:
             tqdm.write(f"{_describe(failed, epoch)}: rolled back to the last good state, lr x{c.lr_factor}")
         return
+    remedy = ("after 5 rollbacks, each halving the learning rate: lower lr or clip the gradient norm "
+              "(clip_norm)" if cfg.on_nan == "rollback" else "lower lr, clip the gradient norm "
+              "(clip_norm), or roll back on NaN (on_nan rollback)")  # fmt: skip
     raise TrainingError(
         f"{_describe(failed, epoch)}; parameters were not updated and the last good checkpoint "
-        f"({ckpt_path if ckpt_path.exists() else 'none yet'}) is intact. Lower the learning "
-        "rate, clip the gradient norm, or roll back on NaN (on_nan='rollback')"
+        f"({ckpt_path if ckpt_path.exists() else 'none yet'}) is intact. {remedy[0].upper()}{remedy[1:]}"
     )
 
 
-def _validate(vae, val: Split, prepare, training, ctx, epoch: int, lr: float, capacity,
+def _validate(vae, val: Split, prepare, training, ctx, epoch: int, steps: int, lr: float, capacity,
               seconds: float) -> dict:  # fmt: skip
     """The epoch's ``metrics.csv`` row: validation ELBO terms and active units at β = 1, and the
     variant's own scores."""
     recon, kl, units = ctx.broadcast([*validate(vae, val, prepare), split_active_units(vae, val, prepare)])
-    beta = training.schedule(epoch + 1 - 1e-9)["beta"]  # the epoch's last beta
+    beta = _epoch_beta(training, epoch, steps)
     return {
         "epoch": epoch + 1, "val_elbo": recon - kl, "val_recon": recon, "val_kl": kl,
         "val_active_units": int(units), "beta": beta, "capacity": capacity, "lr": lr,
@@ -331,6 +343,13 @@ def _report(row: dict, cfg: Config, c: Counters) -> None:
 
 
 # -- helpers --------------------------------------------------------------------------------
+def _epoch_beta(training, epoch: int, steps: int) -> float:
+    """The mean β of an epoch's steps, the weight its ``train_loss`` was trained with on average
+    (a cyclical schedule may rise and fall within one epoch), to six significant digits."""
+    mean = sum(training.schedule(epoch + s / steps)["beta"] for s in range(steps)) / steps
+    return float(f"{mean:.6g}")
+
+
 def _lr(cfg: Config, epoch: int, factor: float) -> float:
     if cfg.lr_schedule == "cosine":
         return cfg.lr * factor * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))

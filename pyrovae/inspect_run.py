@@ -9,6 +9,7 @@ import pyro
 import torch
 
 from . import plots
+from .data import trained_classes
 from .evaluate import active_units, kl_per_dim, posterior_mean_and_noise
 from .posterior import (
     anomaly_scores,
@@ -41,7 +42,9 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
 
     # 1. samples from the model
     if vae.num_classes:
-        labels = torch.arange(vae.num_classes, device=run.device).repeat_interleave(8)
+        cfg = run.config  # the classes it was trained on: it never learned the others
+        classes = trained_classes(vae.num_classes, cfg.classes, cfg.exclude_classes)
+        labels = torch.tensor(classes, device=run.device).repeat_interleave(8)
         plots.image_grid(
             sample_prior(vae, len(labels), labels), out / "samples.png", "Samples, one row per class", nrow=8
         )

@@ -54,28 +54,43 @@ def image_grid(
     return save(fig, path)
 
 
-def sample_grid(vae, path: str | Path, n: int = 64, label: int | None = None, seed: int = 0) -> Path:
-    """Images generated from the model (mean of p(x|z), z ~ p(z)); for a conditional model one
-    row per class, or ``n`` images of class ``label``."""
+def sample_grid(vae, path: str | Path, n: int | None = None, label: int | None = None, seed: int = 0,
+                classes: list[int] | None = None) -> Path:  # fmt: skip
+    """``n`` images generated from the model (mean of p(x|z), z ~ p(z)): 64 by default; for a
+    conditional model one row per class, or images of class ``label``.
+
+    :param classes: the classes the model was trained on (default: all its classes); a label
+        outside them is refused, since the model never learned what it looks like.
+    """
     import pyro
 
     from .posterior import sample_prior
 
+    if n is not None and n < 1:
+        raise ValueError(f"n must be a positive number of images, got {n}")
     pyro.set_rng_seed(seed)
     device = next(vae.parameters()).device
     if vae.num_classes:
+        classes = list(range(vae.num_classes)) if classes is None else classes
         if label is None:
-            per = max(1, n // vae.num_classes)
-            y = torch.arange(vae.num_classes, device=device).repeat_interleave(per)
+            # one row per class: about 64 images by default, else exactly n (the last rows shorter)
+            per = max(1, 64 // len(classes)) if n is None else -(-n // len(classes))
+            y = torch.tensor(classes, device=device).repeat_interleave(per)[:n]
             title, nrow = "Samples, one row per class", per
         else:
-            if not 0 <= label < vae.num_classes:
-                raise ValueError(f"label {label} is not a class of this model (0..{vae.num_classes - 1})")
-            y, title, nrow = torch.full((n,), label, device=device), f"Samples of class {label}", 8
+            if label not in classes:
+                raise ValueError(
+                    f"label {label} is not a class this model was trained on ({_ranges(classes)})"
+                )
+            y, title, nrow = torch.full((n or 64,), label, device=device), f"Samples of class {label}", 8
         return image_grid(sample_prior(vae, len(y), y), path, title, nrow=nrow)
     if label is not None:
-        raise ValueError("a label needs a conditional model (trained with --conditional)")
-    return image_grid(sample_prior(vae, n), path, "Samples from the model (mean of p(x|z), z ~ p(z))")
+        raise ValueError("a label needs a conditional model (trained with conditional)")
+    return image_grid(sample_prior(vae, n or 64), path, "Samples from the model (mean of p(x|z), z ~ p(z))")
+
+
+def _ranges(classes: list[int]) -> str:
+    return ", ".join(map(str, classes))
 
 
 def reconstruction_grid(vae, x: torch.Tensor, y: torch.Tensor | None, path: str | Path) -> Path:
@@ -90,12 +105,15 @@ def reconstruction_grid(vae, x: torch.Tensor, y: torch.Tensor | None, path: str 
 
 
 def save(fig, path: str | Path) -> Path:
-    """Write ``fig`` to ``path`` as PNG and close it."""
+    """Write ``fig`` to ``path`` in the format its suffix names (PNG, JPEG, PDF, SVG) and close it."""
+    from .outputs import image_format
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
     try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+        fmt = image_format(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=120))
     finally:
         plt.close(fig)
     return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,19 @@ import torch
 from . import checkpoint, distributed
 from .build import build_model, resolve_device, run_device
 from .config import Config, ConfigError
-from .data import DataError, Dataset, Split, binarize, check_values, is_binary, load_dataset, select_classes
+from .data import (
+    DataError,
+    Dataset,
+    Split,
+    binarize,
+    check_values,
+    data_root,
+    holds_mnist,
+    is_binary,
+    load_dataset,
+    select_classes,
+    trained_classes,
+)
 from .evaluate import evaluate, summary
 from .fit import EpochHook, fit
 from .likelihoods import LIKELIHOODS
@@ -29,6 +42,10 @@ from .variants import MODELS, variant_of
 RESUMABLE = {"epochs", "patience", "device", "deterministic", "eval_k", "eval_n_test", "data_dir", "data_file",
              "labels_file", "on_nan", "tensorboard"}  # fmt: skip
 EVAL_BINARIZE_SEED = 0  # validation and test sets are binarized once, identically in every run
+#: Options :func:`load_data` reads: runs that agree on them train and validate on the same data.
+DATA_OPTIONS = ("dataset", "data_dir", "data_file", "labels_file", "val_size", "train_size", "split_seed",
+                "classes", "exclude_classes", "semi_supervised", "labeled", "binarize", "likelihood",
+                "batch_size")  # fmt: skip
 RUN_FILES = ["config.json", "metrics.csv", "checkpoint.pt", "best.pt", "eval.json", "samples.png",
              "reconstructions.png"]  # fmt: skip
 
@@ -58,9 +75,9 @@ def load_data(cfg: Config) -> Dataset:
             "batch_size",
         )
     if cfg.resolve_binarize():
-        g = torch.Generator().manual_seed(EVAL_BINARIZE_SEED)
-        data.val.x = binarize(data.val.x, g)
-        data.test.x = binarize(data.test.x, g)
+        # each split its own generator: the test set is the same tensor whatever val_size or classes
+        data.val.x = binarize(data.val.x, torch.Generator().manual_seed(EVAL_BINARIZE_SEED))
+        data.test.x = binarize(data.test.x, torch.Generator().manual_seed(EVAL_BINARIZE_SEED))
         data.notes.append("binarized: training data afresh every epoch, validation and test once (seed 0)")
     return data
 
@@ -95,7 +112,8 @@ def _open_run_dir(out: Path, cfg: Config, resume: bool, overwrite: bool) -> bool
         return False
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(
-            f"{out} already holds files; resume that run or overwrite it (--resume / --overwrite)", "out"
+            f"{out} already holds files; resume that run or overwrite it (resume / overwrite: --resume / --overwrite)",
+            "out",
         )
     out.mkdir(parents=True, exist_ok=True)
     _remove_run_files(out)
@@ -128,13 +146,14 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    evaluate: bool = True,
+    evaluate: bool | None = None,
     data: Dataset | None = None,
     on_epoch: EpochHook | None = None,
 ) -> Run:
     """Train the VAE ``cfg`` describes and write its run directory ``out``: the same files as
     ``pyrovae train`` (config, metrics, checkpoints, then ``eval.json`` and the sample and
-    reconstruction figures unless ``evaluate`` is false).
+    reconstruction figures unless ``evaluate`` is false; by default a new run is evaluated and a
+    resumed one as it was started).
 
     Everything is checked before ``out`` is touched, and a run that fails before its first
     checkpoint leaves nothing behind. With ``resume`` the run continues from its checkpoint; a
@@ -156,6 +175,8 @@ def train(
     for name in ("data_dir", "data_file", "labels_file"):  # so the run can be used from any folder
         if getattr(cfg, name):
             setattr(cfg, name, str(Path(getattr(cfg, name)).resolve()))
+    if cfg.dataset == "mnist" and not cfg.data_dir and os.environ.get("PYROVAE_DATA"):
+        cfg.data_dir = str(data_root()[0].resolve())  # stored, so a shell without the variable finds it
     rank0 = distributed.rank() == 0  # under torchrun only rank 0 writes files
     distributed.check_devices(resolve_device(cfg.device))
     data = data if data is not None else load_data(cfg)
@@ -172,6 +193,9 @@ def train(
         require_tensorboard()  # before out is touched
     fresh = _open_run_dir(out, cfg, resume, overwrite) if rank0 else False
     complete = _trained_epochs(out, cfg) if resume else None
+    if evaluate is None:  # a resumed run keeps the choice it was started with (--no-eval)
+        saved = resume and (out / "checkpoint.pt").exists() and checkpoint.load(out / "checkpoint.pt")
+        evaluate = saved.get("evaluate", True) if saved else True
     hooks = [on_epoch]
     if cfg.tensorboard and rank0:
         from .tracking import TensorBoard
@@ -180,7 +204,7 @@ def train(
         hooks.append(board.on_epoch)
     try:
         vae = fit(vae, data, out, cfg, resume=resume, progress=progress, on_epoch=_chain(hooks),
-                  on_step=board.on_step if board else None)  # fmt: skip
+                  on_step=board.on_step if board else None, meta={"evaluate": evaluate})  # fmt: skip
     except Exception:
         if fresh:
             _clean_failed_start(out)
@@ -258,7 +282,9 @@ def finish(run: Run, k: int | None = None, n_test: int | None = None, seed: int 
     from . import plots
 
     res = evaluate_run(run, k, n_test, seed, progress, which)
-    plots.sample_grid(run.model, run.path / "samples.png", seed=seed)
+    cfg = run.config  # a conditional run draws the classes it was trained on
+    classes = trained_classes(run.model.num_classes, cfg.classes, cfg.exclude_classes)
+    plots.sample_grid(run.model, run.path / "samples.png", seed=seed, classes=classes)
     test = run.data.test
     plots.reconstruction_grid(run.model, test.x[:32], test.y[:32] if test.y is not None else None,
                               run.path / "reconstructions.png")  # fmt: skip
@@ -270,7 +296,7 @@ def evaluate_run(run: Run, k: int | None = None, n_test: int | None = None, seed
     """Test-set figures of a run (see :func:`pyrovae.evaluate.evaluate`), written to
     ``eval.json``; ``k`` and ``n_test`` default to the run's ``eval_k`` and ``eval_n_test``."""
     cfg = run.config
-    k = k or cfg.eval_k
+    k = cfg.eval_k if k is None else k
     n_test = n_test if n_test is not None else cfg.eval_n_test
     if k < 1 or (n_test is not None and n_test < 1):
         raise ConfigError("k and n_test must be positive", "k")
@@ -335,7 +361,7 @@ def load_run(path: str | Path, which: str = "best", device: str | None = None, d
         )
     cfg = Config.load(path / "config.json")
     _check_registered(cfg, path)
-    cfg.data_dir = data_dir or cfg.data_dir
+    cfg.data_dir = data_dir or _moved_mnist(cfg)
     cfg.data_file = data_file or cfg.data_file
     name = {"best": "best.pt", "last": "checkpoint.pt"}.get(which, which)
     ckpt = checkpoint.load(path / name)
@@ -343,9 +369,24 @@ def load_run(path: str | Path, which: str = "best", device: str | None = None, d
     if shape is None:
         raise checkpoint.CheckpointError(f"{path / name} does not record the data shape")
     model = build_model(cfg, tuple(shape), int(ckpt.get("num_classes", 0)))
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise checkpoint.CheckpointError(
+            f"{path / name} does not fit the model {path / 'config.json'} describes "
+            f"({str(e).splitlines()[0]}); was config.json edited, or the run made by another model?"
+        ) from None
     model.to(run_device(cfg.device) if device is None else resolve_device(device)).eval()
     return Run(path, cfg, model)
+
+
+def _moved_mnist(cfg: Config) -> str | None:
+    """The run's MNIST folder, or ``$PYROVAE_DATA`` where the saved folder no longer holds MNIST
+    and that one does (a run copied to another machine)."""
+    env = os.environ.get("PYROVAE_DATA")
+    if cfg.dataset == "mnist" and cfg.data_dir and env and not holds_mnist(cfg.data_dir) and holds_mnist(env):
+        return env
+    return cfg.data_dir
 
 
 def _check_registered(cfg: Config, path: Path) -> None:

@@ -47,7 +47,7 @@ def open_rows(run: Run, data_file: str | Path | None = None, labels_file: str | 
     the run's splits (``"train"``, ``"val"``, ``"test"``; validation and test binarized as in
     training). Exactly one of ``data_file`` and ``split`` must be given."""
     if (data_file is None) == (split is None):
-        raise ConfigError("give either a data file (--data-file X.npy) or one of the run's splits (--split test)",
+        raise ConfigError("give either a data file (data_file) or one of the run's splits (split: test, say)",
                           "data_file")  # fmt: skip
     if split is not None:
         if split not in SPLITS:
@@ -56,8 +56,8 @@ def open_rows(run: Run, data_file: str | Path | None = None, labels_file: str | 
         return Rows(part.x, part.y, f"the run's {split} split")
     path = Path(data_file)
     x, y = read_rows(path, labels_file, mmap=True)  # .npy rows stay on disk until scored
-    if x.ndim < 2:
-        raise DataError(f"{path} holds an array of shape {tuple(x.shape)}; expected (N, ...) rows")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise DataError(f"{path} holds an array of shape {tuple(x.shape)}; expected (N, ...) rows, N >= 1")
     if y is not None:
         y = torch.as_tensor(np.asarray(y)).long().reshape(-1)
         if y.shape[0] != x.shape[0]:
@@ -77,7 +77,7 @@ def batches(run: Run, rows: Rows, batch_size: int) -> Iterator[tuple[int, Tensor
     g = torch.Generator().manual_seed(EVAL_BINARIZE_SEED)
     if vae.num_classes and rows.y is None:
         raise ConfigError(
-            f"the run is conditional on labels but {rows.name} has none; give --labels-file", "labels_file"
+            f"the run is conditional on labels but {rows.name} has none; give labels_file", "labels_file"
         )
     for start in range(0, len(rows), batch_size):
         stop = min(start + batch_size, len(rows))
@@ -212,6 +212,7 @@ def embed_rows(run: Run, rows: Rows, output: str | Path, samples: int | None = N
     shape = (n, vae.z_dim) if samples is None else (n, samples, vae.z_dim)
     pyro.set_rng_seed(seed)
     bar = _bar(progress, n, "embedding")
+    output.parent.mkdir(parents=True, exist_ok=True)
     array = np.lib.format.open_memmap(output, "w+", np.float32, shape) if output.suffix == ".npy" else None
     with _writer(None if array is not None else output, output) as write:
         labelled = rows.y is not None
@@ -249,6 +250,7 @@ class _writer:
     def __enter__(self):
         if self.path is None:
             return lambda row: None
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)  # as figures do
         self.file = open(self.path, "w", newline="")
         return csv.writer(self.file).writerow
 
@@ -264,4 +266,6 @@ class _writer:
 def _bar(progress: bool, total: int, desc: str):
     from tqdm import tqdm  # not tqdm.auto: see fit.py
 
-    return tqdm(total=total, desc=desc, unit="row", disable=not progress)
+    return tqdm(
+        total=total, desc=desc, unit="row", disable=None if progress else True
+    )  # None: off when no tty

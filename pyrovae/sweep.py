@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import checkpoint
 from .config import Config, ConfigError
+from .fit import Interrupted
 from .space import OBJECTIVES, load_space, suggest
 
 
@@ -99,22 +100,79 @@ def sweep(
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=study_name or out.resolve().name, storage=_storage(url), direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=sampler_seed),
         pruner=optuna.pruners.MedianPruner() if prune else optuna.pruners.NopPruner(),
         load_if_exists=True,
     )  # fmt: skip
-    finished = (
-        optuna.trial.TrialState.COMPLETE,
-        optuna.trial.TrialState.PRUNED,
-        optuna.trial.TrialState.FAIL,
+    # a resumed study's sampler starts afresh: offset its seed so it does not repeat trial 0's draw
+    study.sampler = optuna.samplers.TPESampler(
+        seed=None if sampler_seed is None else sampler_seed + len(study.get_trials(deepcopy=False))
     )
-    left = trials - len(study.get_trials(deepcopy=False, states=finished))
+    _resume_interrupted(study)
+    left = trials - _finished(study)
     if left > 0:
-        study.optimize(
-            _Objective(space, base, out, objective, progress), n_trials=left, catch=(ConfigError,),
-            callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)],
-        )  # fmt: skip
+        with _quiet_interruptions():
+            try:
+                study.optimize(
+                    _Objective(space, base, out, objective, progress), n_trials=left, catch=(ConfigError,),
+                    callbacks=[lambda study, _: _finished(study) >= trials and study.stop()],
+                )  # fmt: skip
+            except (Interrupted, KeyboardInterrupt):
+                raise Interrupted(
+                    f"sweep in {out} stopped by a signal; the trial it was training keeps its checkpoint "
+                    "and is continued first when the sweep is resumed"
+                ) from None
     return report(study, out, objective, progress)
+
+
+def _finished(study) -> int:
+    """Trials that count towards the study's total: complete, pruned, or failed other than by an
+    interruption (an interrupted trial is continued, see :func:`_resume_interrupted`)."""
+    import optuna
+
+    S = optuna.trial.TrialState
+    return sum(t.state in (S.COMPLETE, S.PRUNED) or (t.state == S.FAIL and not t.user_attrs.get("interrupted"))
+               for t in study.get_trials(deepcopy=False))  # fmt: skip
+
+
+def _resume_interrupted(study) -> None:
+    """Queue each interrupted trial not yet continued, with its options and run folder, so the
+    next trial taken continues its run from its checkpoint."""
+    import optuna
+
+    trials = study.get_trials(deepcopy=False)
+    taken = {t.user_attrs.get("resumes") for t in trials}
+    for t in trials:
+        if (
+            t.state == optuna.trial.TrialState.FAIL
+            and t.user_attrs.get("interrupted")
+            and t.number not in taken
+        ):
+            study.enqueue_trial(t.params, user_attrs={"resumes": t.number, "run": t.user_attrs["run"]})
+
+
+class _quiet_interruptions:
+    """Optuna logs a failed trial's traceback, then its value; an interruption is no failure of
+    the code, and the command line says what happened in one line. (A filter on Optuna's
+    handlers: records of its child loggers pass no logger's filter but their own.)"""
+
+    def __enter__(self):
+        import logging
+
+        self.handlers, self.dropped = list(logging.getLogger("optuna").handlers), False
+        for h in self.handlers:
+            h.addFilter(self._keep)
+        return self
+
+    def _keep(self, record) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, Interrupted | KeyboardInterrupt):
+            self.dropped = True
+            return False
+        return not (self.dropped and "failed with value" in record.getMessage())
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handlers:
+            h.removeFilter(self._keep)
 
 
 def _open_sweep(out: Path, setup: dict, resume: bool, shared: bool) -> None:
@@ -125,10 +183,12 @@ def _open_sweep(out: Path, setup: dict, resume: bool, shared: bool) -> None:
             raise ConfigError(
                 f"{out} already holds a sweep; continue it with --resume, or choose another --out", "out"
             )
-        if json.loads(saved.read_text()) != json.loads(json.dumps(setup)):
+        old, new = json.loads(saved.read_text()), json.loads(json.dumps(setup))
+        if old != new:
+            changed = [k for k in new["base"] if old.get("base", {}).get(k) != new["base"][k]]
             raise ConfigError(
-                f"the space, options or objective differ from the sweep saved in {saved}; give the same "
-                "ones to continue it, or start a new sweep in another --out", "space",
+                f"{_differences(old, new)} differ from the sweep saved in {saved}; give the same ones "
+                "to continue it, or start a new sweep in another --out", changed[0] if changed else "space",
             )  # fmt: skip
         return
     if resume:
@@ -137,6 +197,24 @@ def _open_sweep(out: Path, setup: dict, resume: bool, shared: bool) -> None:
         )
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.write_text(saved, json.dumps(setup, indent=2) + "\n")
+
+
+def _differences(old: dict, new: dict) -> str:
+    """What changed between two sweep setups, named: ``options (z_dim: saved 2, given 3)``."""
+    parts = []
+    if old.get("objective") != new["objective"]:
+        parts.append(f"the objective (saved {old.get('objective')!r}, given {new['objective']!r})")
+    base, given = old.get("base", {}), new["base"]
+    changed = [
+        f"{k}: saved {base.get(k)!r}, given {given.get(k)!r}" for k in given if base.get(k) != given.get(k)
+    ]
+    if changed:
+        parts.append(f"the options ({'; '.join(changed)})")
+    space, now = old.get("space", {}), new["space"]
+    names = sorted(k for k in set(space) | set(now) if space.get(k) != now.get(k))
+    if names:
+        parts.append(f"the space's {', '.join(names)}")
+    return " and ".join(parts) or "the setup"
 
 
 class _Objective:
@@ -149,19 +227,31 @@ class _Objective:
     def __call__(self, trial) -> float:
         import optuna
 
-        from .runs import load_data, train
+        from .runs import DATA_OPTIONS, load_data, train
 
         params = suggest(trial, self.space)
         cfg = Config.from_dict({**dataclasses.asdict(self.base), **params}).validate()
-        name = f"trials/{trial.number:04d}"
+        same = _same_options(trial)
+        if same is not None:  # the same options train the same run: reuse it, do not train it again
+            trial.set_user_attr("run", same.user_attrs["run"])
+            trial.set_user_attr("same_as", same.number)
+            if self.progress:
+                print(f"trial {trial.number}: {params} as trial {same.number}: its run reused")
+            if same.state == optuna.trial.TrialState.PRUNED:
+                raise optuna.TrialPruned(f"the same options as trial {same.number}, which was pruned")
+            return same.value
+        name = trial.user_attrs.get("run", f"trials/{trial.number:04d}")  # an interrupted trial's own
         run_dir = self.out / name
         trial.set_user_attr("run", name)  # relative to the sweep folder, so it can move
-        key = tuple(getattr(cfg, f) for f in ("dataset", "data_dir", "data_file", "labels_file", "val_size",
-                                              "train_size", "split_seed", "binarize", "likelihood", "batch_size"))  # fmt: skip
+        key = json.dumps({f: getattr(cfg, f) for f in DATA_OPTIONS})
         if key not in self._data:  # the data set once per sweep, unless the space changes it
             self._data = {key: load_data(cfg)}
 
         curve: list[float] = []
+        resume = "resumes" in trial.user_attrs and (run_dir / "checkpoint.pt").exists()
+        for row in _metrics(run_dir) if resume else []:  # the epochs trained before the interruption
+            curve.append(float(row["val_elbo"]))
+            trial.report(float(row["val_elbo"]), int(row["epoch"]))
 
         def report(row: dict) -> None:
             curve.append(float(row["val_elbo"]))
@@ -172,12 +262,38 @@ class _Objective:
                 )
 
         if self.progress:
-            print(f"trial {trial.number}: {params}")
-        run = train(cfg, run_dir, overwrite=True, progress=False, evaluate=False, data=self._data[key],
-                    on_epoch=report)  # fmt: skip
+            again = (
+                f", continuing trial {trial.user_attrs['resumes']}" if "resumes" in trial.user_attrs else ""
+            )
+            print(f"trial {trial.number}: {params}{again}")
+        try:
+            run = train(cfg, run_dir, resume=resume, overwrite=not resume, progress=False, evaluate=False,
+                        data=self._data[key], on_epoch=report)  # fmt: skip
+        except (Interrupted, KeyboardInterrupt):
+            trial.set_user_attr("interrupted", True)  # its run is resumable: the next resume continues it
+            raise
         if self.objective == "elbo":
             return max(curve)
         return _validation_ll(run)
+
+
+def _same_options(trial):
+    """An earlier complete or pruned trial with ``trial``'s options, if any: the same options and
+    seed would train the same run again."""
+    import optuna
+
+    S = optuna.trial.TrialState
+    for t in trial.study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED)):
+        if t.number != trial.number and t.params == trial.params and "run" in t.user_attrs:
+            return t
+    return None
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    if not (run_dir / "metrics.csv").exists():
+        return []
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _validation_ll(run) -> float:
@@ -244,7 +360,8 @@ def trials_csv(trials) -> str:
         value = (
             t.value if t.state == optuna.trial.TrialState.COMPLETE else ""
         )  # Optuna gives pruned ones their last report
-        w.writerow([t.number, t.state.name, value, len(curve),
+        state = "INTERRUPTED" if t.state.name == "FAIL" and t.user_attrs.get("interrupted") else t.state.name
+        w.writerow([t.number, state, value, len(curve),
                     max(curve.values()) if curve else "", *[t.params.get(n, "") for n in names],
                     t.user_attrs.get("run", ""), seconds])  # fmt: skip
     return buf.getvalue()

@@ -128,10 +128,7 @@ def test_a_data_file_without_dataset_file_is_refused(tmp_path, capsys, tiny_data
 
 
 def test_help_lists_each_options_choices_once_with_one_default(capsys):
-    import pytest as _pytest
-
-    with _pytest.raises(SystemExit):
-        main(["train", "--help"])
+    assert main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for option, choice in [("--prior", "vamp"), ("--guide", "iaf"), ("--likelihood", "cbernoulli"),
                            ("--net", "conv"), ("--elbo", "iwae"), ("--beta-schedule", "cyclical"),

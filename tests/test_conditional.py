@@ -184,7 +184,13 @@ def test_conditional_run_trains_resumes_evaluates_and_samples_its_label(
         main(["train", "--out", str(run), "--resume", "--epochs", "2", "--prior", "normal", "--quiet"]) == 2
     )
     assert "prior: saved 'auto', given 'normal'" in capsys.readouterr().err
-    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--prior", "vamp", "--quiet"]) == 0
+    # started with --no-eval, which a resume keeps: --eval asks for the evaluation
+    assert (
+        main(
+            ["train", "--out", str(run), "--resume", "--epochs", "2", "--prior", "vamp", "--eval", "--quiet"]
+        )
+        == 0
+    )
     assert Config.load(run / "config.json").prior == "auto"
     after = checkpoint.load(run / "checkpoint.pt")
     assert after["state"]["epoch"] == 2 and not torch.equal(

@@ -212,7 +212,7 @@ def test_cli_trains_resumes_evaluates_and_reports_accuracy(tmp_path, capsys):
             "--monitor", "accuracy", "--eval-k", "10", "--quiet"]  # fmt: skip
     out = tmp_path / "run"
     assert main(["train", *base, "--epochs", "4", "--out", str(out), "--no-eval"]) == 0
-    assert main(["train", "--out", str(out), "--resume", "--epochs", "8", "--quiet"]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "8", "--eval", "--quiet"]) == 0
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert len(rows) == 8 and {"val_accuracy", "test_accuracy"} <= set(rows[0])
     res = json.loads((out / "eval.json").read_text())

@@ -1,0 +1,126 @@
+"""``pyrovae runs DIR``: the runs in a folder (and below it, sweeps' trials included), each with
+its key figures, read from the files a run writes (``config.json``, ``metrics.csv``,
+``checkpoint.pt``, ``eval.json``) without loading a model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from .config import Config, ConfigError
+
+#: Columns of :func:`table`, with their headers.
+COLUMNS = {
+    "run": "run",
+    "status": "status",
+    "epochs": "epochs",
+    "val_elbo": "best val ELBO",
+    "elbo": "test ELBO",
+    "log_likelihood": "log p(x)",
+    "k": "K",
+    "model": "model",
+}
+SORT_KEYS = {"path": None, "elbo": "elbo", "ll": "log_likelihood", "val": "val_elbo"}
+
+
+def list_runs(folder: str | Path) -> list[dict]:
+    """One dict per run directory under ``folder`` (a folder holding ``config.json``), sorted by
+    path: ``run`` (its path relative to ``folder``), ``status``, ``epochs`` ("done/asked"),
+    ``val_elbo`` (best validation ELBO), ``elbo`` and ``log_likelihood`` (test, nats per image,
+    from ``eval.json``), ``k`` (importance samples of that log p(x)), ``n_ll_images`` and
+    ``model``. Figures a run does not have yet are ``None``.
+
+    ``status`` is ``complete`` (all its epochs), ``stopped early`` (patience), ``incomplete``
+    (a checkpoint short of its epochs: interrupted, or training now), ``not started`` (no
+    checkpoint) or ``unreadable: ...`` (a damaged ``config.json``).
+
+    :raises ConfigError: when ``folder`` is not a folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"{folder} is not a folder; give the folder that holds your runs")
+    paths = sorted(p.parent for p in folder.rglob("config.json"))
+    return [_describe(p, folder) for p in paths]
+
+
+def _describe(path: Path, folder: Path) -> dict:
+    row = dict.fromkeys(COLUMNS)
+    row["run"] = str(path.relative_to(folder)) if path != folder else "."
+    try:
+        cfg = Config.load(path / "config.json")
+    except (ConfigError, OSError, TypeError) as e:
+        row["status"] = f"unreadable: {str(e).split(';')[0][:60]}"
+        return row
+    rows = _metrics(path / "metrics.csv")
+    done = len(rows)
+    vals = [float(r["val_elbo"]) for r in rows if r.get("val_elbo") not in (None, "")]
+    row["val_elbo"] = max(vals) if vals else None
+    row["epochs"] = f"{done}/{cfg.epochs}"
+    row["model"] = f"{cfg.prior_family}/{cfg.guide}/{cfg.likelihood} z{cfg.z_dim}" + (
+        f" beta {cfg.beta:g}" if cfg.beta != 1 else ""
+    )
+    if not (path / "checkpoint.pt").exists():
+        row["status"] = "not started"
+    elif done >= cfg.epochs:
+        row["status"] = "complete"
+    elif cfg.patience and _stopped_early(vals, cfg.patience):
+        row["status"] = "stopped early"
+    else:
+        row["status"] = "incomplete"
+    res = _eval(path / "eval.json")
+    if res is not None:
+        for key in ("elbo", "log_likelihood", "k", "n_ll_images"):
+            row[key] = res.get(key)
+    return row
+
+
+def _stopped_early(vals: list[float], patience: int) -> bool:
+    best = max(range(len(vals)), key=vals.__getitem__) if vals else 0
+    return len(vals) - 1 - best >= patience
+
+
+def _metrics(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, csv.Error):
+        return []
+
+
+def _eval(path: Path) -> dict | None:
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return res if isinstance(res, dict) else None
+
+
+def table(runs: list[dict], folder: str | Path, sort: str = "path") -> str:
+    """``runs`` as an aligned text table, best first when sorted by a figure (runs without that
+    figure last), with a line saying what the figures are."""
+    if not runs:
+        return f"no runs in {folder} (a run is a folder holding config.json)"
+    key = SORT_KEYS[sort]
+    if key is not None:
+        runs = sorted(runs, key=lambda r: -r[key] if _number(r[key]) else math.inf)
+    cells = [list(COLUMNS.values())] + [[_cell(r[c]) for c in COLUMNS] for r in runs]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    note = ("figures in nats per image: best validation ELBO from metrics.csv; test ELBO and importance-"
+            "sampled log p(x) with K samples from eval.json (- : not evaluated)")  # fmt: skip
+    return "\n".join([*lines, "", f"{len(runs)} runs in {folder}; {note}"])
+
+
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return str(v)
