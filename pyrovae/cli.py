@@ -405,6 +405,8 @@ def _message(e: Exception) -> str:
         text = re.sub(rf"(?<![\w-]){re.escape(option)}\b", "--" + _flag(option), text, count=1)
     if option == "space":
         return text  # a search space names options as its TOML keys do: z_dim
+    for name in getattr(e, "options", []):  # a list of options, each named (resume's contradictions)
+        text = re.sub(rf"(?<![\w-]){re.escape(name)}(?=: )", "--" + _flag(name), text)
     fields = {f.name for f in dataclasses.fields(Config) if "_" in f.name}
     return re.sub(
         r"(?<![\w-])([a-z]+(?:_[a-z]+)+)\b", lambda m: "--" + _flag(m[1]) if m[1] in fields else m[1], text

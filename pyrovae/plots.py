@@ -85,7 +85,9 @@ def sample_grid(vae, path: str | Path, n: int | None = None, label: int | None =
             y, title, nrow = torch.full((n or 64,), label, device=device), f"Samples of class {label}", 8
         return image_grid(sample_prior(vae, len(y), y), path, title, nrow=nrow)
     if label is not None:
-        raise ValueError("a label needs a conditional model (trained with conditional)")
+        raise ValueError(
+            "a label needs a conditional model (trained with --conditional; model='conditional' in Python)"
+        )
     return image_grid(sample_prior(vae, n or 64), path, "Samples from the model (mean of p(x|z), z ~ p(z))")
 
 

@@ -96,10 +96,12 @@ def resumed_config(out: Path, given: dict) -> Config:
         given = {k: v for k, v in given.items() if k != "prior"}
     if clash:
         detail = ", ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in clash.items())
-        raise ConfigError(
+        err = ConfigError(
             f"resume with options that contradict the saved run ({detail}); drop them to continue the "
             "run as configured, or start a new run", next(iter(clash)),
         )  # fmt: skip
+        err.options = list(clash)  # each named by its flag on the command line
+        raise err
     return Config.from_dict({**saved, **given})
 
 
@@ -110,15 +112,19 @@ def _open_run_dir(out: Path, cfg: Config, resume: bool, overwrite: bool) -> bool
         resumed_config(out, dataclasses.asdict(cfg))
         checkpoint.write_text(out / "config.json", cfg.to_json())  # resumable options may change
         return False
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(
-            f"{out} already holds files; resume that run or overwrite it (resume / overwrite: --resume / --overwrite)",
-            "out",
-        )
+    _refuse_occupied(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     _remove_run_files(out)
     checkpoint.write_text(out / "config.json", cfg.to_json())
     return True
+
+
+def _refuse_occupied(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"{out} already holds files: continue its run with --resume (resume=True in Python) or "
+            "replace it with --overwrite (overwrite=True)", "out",
+        )  # fmt: skip
 
 
 def _remove_run_files(out: Path) -> None:
@@ -179,6 +185,8 @@ def train(
         cfg.data_dir = str(data_root()[0].resolve())  # stored, so a shell without the variable finds it
     rank0 = distributed.rank() == 0  # under torchrun only rank 0 writes files
     distributed.check_devices(resolve_device(cfg.device))
+    if rank0 and not resume:
+        _refuse_occupied(out, overwrite)  # before the data is loaded
     data = data if data is not None else load_data(cfg)
     if progress and rank0:
         print(data.describe())

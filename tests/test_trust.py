@@ -298,3 +298,27 @@ def test_runs_lists_each_run_with_its_key_figures(data, tmp_path, capsys, interr
     order = [line.split()[0] for line in lines[1:5]]
     assert order[:2] == sorted(ll, key=ll.get, reverse=True)  # best log p(x) first, unevaluated last
     assert lines[-1].startswith("4 runs in") and "nats per image" in lines[-1]
+
+
+def test_an_occupied_run_folder_is_refused_before_the_data_is_read(tmp_path, data, capsys, monkeypatch):
+    assert _train(data, tmp_path / "run", "--epochs", "1", "--no-eval") == 0
+    capsys.readouterr()
+    monkeypatch.setattr(R, "load_data", lambda cfg: pytest.fail("data loaded for a refused run"))
+    assert main(["train", "--dataset", "file", "--data-file", str(data), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "already holds files" in err and "--resume" in err and "--overwrite" in err
+
+
+def test_every_contradicting_option_of_a_resume_is_named_by_its_flag(tmp_path, data, capsys):
+    assert _train(data, tmp_path / "run", "--epochs", "1", "--no-eval") == 0
+    capsys.readouterr()
+    code = main(["train", "--out", str(tmp_path / "run"), "--resume", "--activation", "tanh", "--z-dim", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--activation: saved" in err and "--z-dim: saved" in err, err
+
+
+def test_a_label_for_an_unconditional_run_names_the_flag(tmp_path, data, capsys):
+    assert _train(data, tmp_path / "run", "--epochs", "1") == 0
+    capsys.readouterr()
+    assert main(["sample", str(tmp_path / "run"), "--label", "1", "-o", str(tmp_path / "s.png")]) == 2
+    assert "trained with --conditional" in capsys.readouterr().err
