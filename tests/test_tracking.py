@@ -59,7 +59,8 @@ def test_sweep_trials_log_to_tensorboard(tmp_path, tiny_data_file):
     pytest.importorskip("optuna")
     data = tiny_data_file(tmp_path, n=60)
     space = tmp_path / "space.toml"
-    space.write_text("[z_dim]\nchoices = [2, 3]\n")
+    # a continuous range: two trials never draw the same options (which a sweep would not train twice)
+    space.write_text("[lr]\nlow = 0.001\nhigh = 0.01\n")
     out = tmp_path / "sweep"
     assert main(["sweep", "--space", str(space), "--trials", "2", "--out", str(out), "--dataset", "file",
                  "--data-file", str(data), "--val-size", "6", "--batch-size", "16", "--epochs", "2",
