@@ -158,15 +158,11 @@ def posterior_predictive(
 def embed(vae: VAE, x: Tensor, y: Tensor | None = None, batch_size: int = 1000) -> Tensor:
     """Posterior means of a whole data set, shape ``(N, z_dim)``, on ``x``'s device: each batch is
     encoded on the model's device, so a data set larger than GPU memory can stay on the CPU."""
-    device, parts = _device(vae), []
+    device, parts = vae._reference().device, []
     for i in range(0, x.shape[0], batch_size):
         yy = None if y is None or not getattr(vae, "num_classes", 0) else y[i : i + batch_size].to(device)
         parts.append(posterior_mean(vae, x[i : i + batch_size].to(device), yy).to(x.device))
     return torch.cat(parts)
-
-
-def _device(vae: VAE) -> torch.device:
-    return next(vae.parameters()).device
 
 
 @torch.no_grad()
@@ -179,7 +175,7 @@ def anomaly_scores(
     A point-estimate guide (an autoencoder) has neither: its scores are ``neg_recon``
     (-log p(x|z*)) and ``neg_log_joint`` (-log p(x, z*)).
     """
-    point, device = is_point_estimate(vae), _device(vae)
+    point, device = is_point_estimate(vae), vae._reference().device
     first, second = [], []
     for i in range(0, x.shape[0], batch_size):  # batches on the model's device, scores on x's
         xb = x[i : i + batch_size].to(device)
