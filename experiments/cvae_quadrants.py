@@ -15,12 +15,14 @@ importance-sampled −log p(x_hidden | x_given) with K samples from the same gui
 and CVAE train on dynamically binarized images; Pyro's tutorial trains and scores grey values,
 whose Bernoulli cross-entropy equals the expected score on binarized images for the baseline.
 
-Both networks are trained by the run layer, :func:`pyrovae.fit.fit` (checkpoints and
-``metrics.csv`` under ``runs/cvae_quadrants/<protocol>_q<n>/{baseline,cvae}``), with a ``prepare``
-hook that turns each batch into its condition. The baseline is a VAE without latent dimensions
-(:func:`pyrovae.structured.baseline_model`), whose ELBO is its masked log-likelihood; both keep the
-epoch with the best validation ELBO (one z per image, analytic KL for the CVAE) and stop early
-after ``--patience`` epochs without a better one.
+Both networks are one run of the structured variant (``pyrovae train --model structured
+--quadrants N``: :class:`pyrovae.variants.structured.StructuredCVAE`), trained together by the run
+layer, :func:`pyrovae.fit.fit` (checkpoints and ``metrics.csv`` under
+``runs/cvae_quadrants/<protocol>_q<n>``): the loss is the CVAE's −ELBO plus the baseline's masked
+negative log-likelihood, with the baseline's guess entering the CVAE's condition detached, so each
+network follows the gradient of its own loss. The run keeps the epoch with the best validation
+ELBO of the CVAE (one z per image, analytic KL) and stops early after ``--patience`` epochs
+without a better one.
 
 ``--protocol pyro`` follows the tutorial's protocol instead (``pyro-ppl/pyro``,
 ``examples/cvae``): grey targets scored with the Bernoulli cross-entropy, all 60,000 training
@@ -44,7 +46,7 @@ import pyro
 import torch
 from torch import nn
 
-from pyrovae.build import resolve_device
+from pyrovae.build import build_model, resolve_device
 from pyrovae.config import Config
 from pyrovae.data import Dataset, Split, binarize, load_dataset
 from pyrovae.evaluate import log_likelihood
@@ -54,10 +56,10 @@ from pyrovae.likelihoods import Bernoulli, Masked
 from pyrovae.models import VAE
 from pyrovae.nets import MLPDecoder, MLPEncoder
 from pyrovae.objectives import make_elbo
-from pyrovae.posterior import sample_prior
 from pyrovae.priors import ConditionalNormal
 from pyrovae.runs import EVAL_BINARIZE_SEED
-from pyrovae.structured import baseline_model, condition, hide, quadrant_mask, structured_cvae
+from pyrovae.structured import BaselineNet, quadrant_mask
+from pyrovae.variants.structured import StructuredCVAE, completion_grid
 
 try:
     from _common import budget_options, command_line, markdown_table
@@ -108,58 +110,50 @@ def pyro_cvae(x_shape, given: torch.Tensor, z_dim: int, hidden) -> VAE:
     )
 
 
-def _options(args) -> Config:
-    """The training options of both networks: binarized dynamically, or grey under Pyro's
-    protocol; early stopping on the validation ELBO; the best epoch's parameters kept."""
+def _options(args, n_given: int) -> Config:
+    """The run's options: model structured, binarized dynamically (or grey under Pyro's protocol);
+    early stopping on the CVAE's validation ELBO; the best epoch's parameters kept."""
     return Config(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-        seed=args.seed, elbo="trace", binarize="none" if args.protocol == "pyro" else "dynamic",
-        device=args.device,
-    )  # fmt: skip
+        model="structured", quadrants=n_given, z_dim=args.z_dim, hidden=list(args.hidden), activation="relu",
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience, seed=args.seed,
+        elbo="trace", binarize="none" if args.protocol == "pyro" else "dynamic", device=args.device,
+        init_bias=args.protocol != "pyro",
+    ).validate()  # fmt: skip
 
 
-def _train(vae: VAE, data: Dataset, out: Path, prepare, args) -> tuple[int, float]:
-    """Fit ``vae`` with the run layer; returns the epochs run and the seconds they took."""
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    fit(vae, data, out, _options(args), prepare=prepare, progress=not args.quiet)
-    epochs = len((out / "metrics.csv").read_text().splitlines()) - 1
-    return epochs, time.perf_counter() - t0
+def _model(cfg: Config, data: Dataset, args) -> StructuredCVAE:
+    """The variant's model; under Pyro's protocol with Pyro's wiring of the CVAE and PyTorch's
+    default initialization, else as ``pyrovae train --model structured`` builds it."""
+    x_shape = data.x_shape
+    if args.protocol == "pyro":
+        given = quadrant_mask(cfg.quadrants, *x_shape[-2:])
+        cvae = pyro_cvae(x_shape, given, cfg.z_dim, cfg.hidden)
+        return StructuredCVAE(x_shape, given, cvae=cvae, baseline=BaselineNet(x_shape, cfg.hidden))
+    model = build_model(cfg, x_shape)
+    model.init_output_bias(data.train.x.mean(0))
+    return model
 
 
 def run_setting(n_given: int, data: Dataset, args) -> dict:
-    """Train the baseline, then the CVAE, for ``n_given`` quadrants; score them on ``data.test``."""
-    device = resolve_device(args.device)  # where fit trains: the mask and the scored images go there too
-    x_shape, test_x = data.x_shape, data.test.x.to(device)
-    given = quadrant_mask(n_given).to(device)
-    pyro_protocol = args.protocol == "pyro"
+    """Train the baseline and the CVAE of ``n_given`` quadrants (one run of the structured
+    variant); score them on ``data.test``."""
+    device = resolve_device(args.device)  # where fit trains: the scored images go there too
+    test_x = data.test.x.to(device)
+    cfg = _options(args, n_given)
     out = args.runs_dir / "cvae_quadrants" / f"{args.protocol}_q{n_given}"
-    # The baseline is a VAE without latent dimensions, whose ELBO is its log-likelihood.
-    base_vae = baseline_model(x_shape, given, args.hidden)
-    baseline = base_vae.decoder.net
-    if pyro_protocol:
-        vae = pyro_cvae(x_shape, given, args.z_dim, args.hidden)
-    else:
-        mean_image = data.train.x.mean(0)
-        vae = structured_cvae(x_shape, given, args.z_dim, args.hidden)
-        base_vae.init_output_bias(mean_image)
-        vae.init_output_bias(mean_image)
-    lik = vae.likelihood  # masked Bernoulli: the baseline is scored exactly like the CVAE
-
-    def baseline_nll(x):
-        return -lik(baseline(hide(x, given))).log_prob(x)  # (batch,)
-
-    b_epochs, t_base = _train(base_vae, data, out / "baseline", lambda x, y: hide(x, given), args)
-    baseline.requires_grad_(False)
-    c_epochs, t_cvae = _train(vae, data, out / "cvae", lambda x, y: condition(baseline, x, given), args)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    model = fit(_model(cfg, data, args), data, out, cfg, progress=not args.quiet)
+    seconds = time.perf_counter() - t0
+    epochs = len((out / "metrics.csv").read_text().splitlines()) - 1
 
     def cvae_nll(elbo):
         """−ELBO per image of the CVAE under ``elbo``, for :func:`_batched_mean`."""
-        return lambda x: _neg_elbo(elbo, vae, x, condition(baseline, x, given))
+        return lambda x: _neg_elbo(elbo, model, x)
 
     test_elbo = make_elbo("trace", args.particles)
     with torch.no_grad():
-        b_test = torch.cat([baseline_nll(test_x[i:j]) for i, j in _chunks(len(test_x), 500)])
+        b_test = torch.cat([-model.baseline_log_prob(test_x[i:j]) for i, j in _chunks(len(test_x), 500)])
     res = {
         "n_given": n_given,
         "protocol": args.protocol,
@@ -167,24 +161,21 @@ def run_setting(n_given: int, data: Dataset, args) -> dict:
         "baseline_se": (b_test.std() / math.sqrt(len(b_test))).item(),
         "cvae_elbo": _batched_mean(cvae_nll(test_elbo), test_x),
     }
-    if not pyro_protocol:
-        c_test = condition(baseline, test_x, given)
+    if args.protocol != "pyro":
         res["cvae_elbo_subset"] = _batched_mean(cvae_nll(test_elbo), test_x[: args.n_test])
         res["cvae_is"] = (
-            -torch.cat(
-                [log_likelihood(vae, test_x[i:j], c_test[i:j], args.k) for i, j in _chunks(args.n_test, 100)]
-            )
+            -torch.cat([log_likelihood(model, test_x[i:j], k=args.k) for i, j in _chunks(args.n_test, 100)])
             .mean()
             .item()
         )
-    res |= {"seconds": t_base + t_cvae, "epochs": f"{b_epochs}/{c_epochs}"}
-    _figure(n_given, vae, baseline, given, test_x[:10], args)
+    res |= {"seconds": seconds, "epochs": str(epochs)}
+    completion_grid(model, test_x[:10], args.results_dir / _figure_name(args.protocol, n_given))
     return res
 
 
-def _neg_elbo(elbo, vae, x, c) -> torch.Tensor:
+def _neg_elbo(elbo, model, x) -> torch.Tensor:
     """−ELBO per datum (the batch's sum divided by its size), repeated for each datum."""
-    loss = elbo.loss(vae.model, vae.guide, x, c)
+    loss = elbo.loss(model.model, model.guide, x)
     return torch.full((len(x),), loss / len(x), device=x.device)
 
 
@@ -199,24 +190,6 @@ def _batched_mean(fn, x: torch.Tensor, batch: int = 500) -> float:
 
 def _figure_name(protocol: str, n_given: int) -> str:
     return f"cvae_quadrants{'_pyro' if protocol == 'pyro' else ''}_q{n_given}.png"
-
-
-@torch.no_grad()
-def _figure(n_given: int, vae, baseline, given, x, args) -> None:
-    from pyrovae import plots
-
-    c = condition(baseline, x, given)
-    shown_input = torch.where(given, x, torch.full_like(x, 0.5))  # hidden pixels grey
-    guess = torch.where(given, x, torch.sigmoid(baseline(hide(x, given))))
-    samples = [torch.where(given, x, sample_prior(vae, len(x), y=c)) for _ in range(3)]
-    rows = torch.cat([shown_input, x, guess, *samples])
-    plots.image_grid(
-        rows,
-        args.results_dir / _figure_name(args.protocol, n_given),
-        f"{n_given} given quadrant{'s' if n_given > 1 else ''}: completions of test digits",
-        nrow=len(x),
-        ylabel="CVAE samples ×3 | baseline | truth | input",
-    )
 
 
 def write_section(path: Path, protocol: str, body: str) -> None:
@@ -291,17 +264,17 @@ def _default_section(rows: list[dict], args, n_train: int) -> str:
         *_compared_header(args),
         f"CVAE −ELBO, first {args.n_test}",
         f"CVAE −log p (IS, K={args.k}), first {args.n_test}",
-        "epochs (baseline/CVAE)",
+        "epochs (both networks)",
     ]
     figures = ", ".join(f"`{_figure_name('default', r['n_given'])}`" for r in rows)
     return f"""## Our protocol: binarized targets
 
 Command: `{command_line()}`
 
-Budget: at most {args.epochs} epochs each for the baseline and the CVAE, trained by `pyrovae.fit`
-(early stopping, patience {args.patience}, on the validation ELBO of 2,000 held-out training
-images binarized once; the baseline is a VAE with no latent, whose ELBO is its log-likelihood;
-both minimize the batch's summed loss), batch {args.batch_size}, Adam {args.lr:g},
+Budget: at most {args.epochs} epochs of the baseline and the CVAE trained together as one run of
+`--model structured` (the CVAE's −ELBO plus the baseline's NLL, summed over the batch; the
+baseline's guess enters the condition detached), with early stopping, patience {args.patience},
+on the CVAE's validation ELBO over 2,000 held-out training images binarized once, batch {args.batch_size}, Adam {args.lr:g},
 {n_train} training images, dynamically binarized. Networks as in Pyro's
 tutorial: baseline MLP 784-{"-".join(map(str, args.hidden))}-784 (ReLU); CVAE with z_dim={args.z_dim},
 prior, recognition and generation networks of hidden sizes {args.hidden}; the prior network sees the
@@ -328,13 +301,13 @@ def _pyro_section(rows: list[dict], args, n_train: int) -> str:
     header = [
         *_compared_header(args),
         "s.e. of baseline NLL",
-        "epochs (baseline/CVAE)",
+        "epochs (both networks)",
         "minutes",
     ]
     n_val, n_test = PYRO_VAL_SIZE, 10000 - PYRO_VAL_SIZE
     figures = ", ".join(f"`{_figure_name('pyro', r['n_given'])}`" for r in rows)
     capped = ""
-    if any(str(args.epochs) in r["epochs"].split("/") for r in rows):
+    if any(r["epochs"] == str(args.epochs) for r in rows):
         capped = f"A run whose epochs read {args.epochs} stopped at the budget, not by early stopping.\n\n"
     return f"""## Pyro's protocol: grey targets, all training images
 
@@ -343,9 +316,9 @@ Command: `{command_line()}`
 The protocol of Pyro's tutorial (`examples/cvae` in pyro-ppl/pyro): **grey-valued targets** scored
 with the Bernoulli cross-entropy (not a normalized likelihood on [0, 1]: it includes the targets' own
 entropy, so these numbers are not comparable with the binarized ones above), {n_train} training
-images, at most {args.epochs} epochs each for the baseline and the CVAE, trained by `pyrovae.fit`
-with early stopping (patience {args.patience}) on the validation ELBO (one z per image, analytic
-KL), batch {args.batch_size},
+images, at most {args.epochs} epochs of the baseline and the CVAE trained together as one run of
+`--model structured`, with early stopping (patience {args.patience}) on the CVAE's validation ELBO
+(one z per image, analytic KL), batch {args.batch_size},
 Adam {args.lr:g}, and Pyro's networks: baseline MLP 784-{"-".join(map(str, args.hidden))}-784 (ReLU,
 sigmoid output); CVAE with z_dim={args.z_dim}, three MLPs of hidden sizes {args.hidden}: the prior
 network on the given pixels completed by the baseline's guess, the recognition network on the whole

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError
 from .config import PRESETS, Config, ConfigError
-from .data import DataError, trained_classes
+from .data import DataError
 from .outputs import IMAGE_FORMATS, output_file, writable_folder
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
@@ -369,12 +369,9 @@ def _command(args: argparse.Namespace) -> int:
         print(summary(evaluate_run(run, args.k, args.n_test, args.seed, not args.quiet, which)))
         return 0
     if args.command == "sample":
-        cfg = run.config
-        classes = trained_classes(run.model.num_classes, cfg.classes, cfg.exclude_classes)
-        try:
-            plots.sample_grid(run.model, args.output, args.n, args.label, args.seed, classes)
-        except ValueError as e:
-            raise ConfigError(str(e), "label") from None
+        from .variants import variant_of
+
+        variant_of(run.model).samples(run, args.output, args.n, args.label, args.seed)
     elif args.command == "reconstruct":
         test = run.data.test.subset(slice(0, args.n))
         plots.reconstruction_grid(run.model, test.x, test.y, args.output)

@@ -147,6 +147,10 @@ class Config:
         "ones (Pyro's example's schedule)",
         BATCHINGS,
     )  # fmt: skip
+    quadrants: int | None = _opt(
+        None, "structured: given quadrants of each image, to complete the rest from (1: bottom-left, 2: left "
+        "half, 3: all but bottom-right)",
+    )  # fmt: skip
     # objective
     elbo: str = _opt(
         "trace", "'trace' (Trace_ELBO), 'meanfield' (analytic KL), 'iwae' (importance-weighted bound)", ELBOS

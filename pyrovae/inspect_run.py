@@ -34,7 +34,10 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
     out = run.path / "figures"
     out.mkdir(exist_ok=True)
     vae, test = run.model, run.data.test.subset(slice(0, n)).to(run.device)
-    y = test.y if vae.num_classes else None
+    variant = variant_of(vae)
+    y = variant.inputs(
+        vae, test.x, test.y
+    )  # labels of a conditional model, the images a structured one completes
     entries: list[tuple[str, str, str]] = []
 
     def add(name: str, title: str, text: str) -> None:
@@ -53,7 +56,7 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
             "Class-conditional samples",
             "Each row decodes z ~ p(z|y) for one label y (mean of p(x|z,y)).",
         )
-    else:
+    elif variant.generates:
         plots.image_grid(sample_prior(vae, 64), out / "samples.png", "Samples from the model")
         add(
             "samples.png",
@@ -61,7 +64,7 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
             "Mean of p(x|z) for z ~ p(z): what the model has learned to generate.",
         )
 
-    variant_of(vae).figures(vae, test, out, add)  # the variant's own figures
+    variant.figures(vae, test, out, add)  # the variant's own figures
 
     # 2. reconstructions and posterior predictive
     x8, y8 = test.x[:16], None if y is None else y[:16]
@@ -84,26 +87,37 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
         "Rows: a test image, then seven draws x_rep ~ p(x|z), z ~ q(z|x) (via pyro.infer.Predictive). "
         "Replicates far from their image show what the model cannot explain.")  # fmt: skip
 
-    # 3. interpolation and traversal
-    a, b = 0, next(i for i in range(1, len(test.x)) if y is None or y[i] != y[0]) if len(test.x) > 1 else 0
-    rows = []
-    for method in ("linear", "spherical"):
-        rows.append(
-            interpolate(vae, test.x[a], test.x[b], steps=10, method=method, y=None if y is None else y[a])[1]
-        )
-    plots.image_grid(
-        torch.cat(rows), out / "interpolation.png", "Interpolation: linear (top), spherical (bottom)", nrow=10
-    )
-    add("interpolation.png", "Latent interpolation",
-        "Decoded points on a path between the posterior means of two test images.")  # fmt: skip
+    # 3. interpolation and traversal (a model that only completes given data has no prior to walk)
     kl = kl_per_dim(vae, test.x, y)
-    dims = (kl.argsort(descending=True)[:8] if kl is not None else torch.arange(min(8, vae.z_dim))).tolist()
-    _, trav = traverse(vae, test.x[0], dims, y=None if y is None else y[0])
-    plots.image_grid(trav.flatten(0, 1), out / "traversal.png",
-                     f"Traversal of dimensions {dims} from -3 to 3 (one row each)", nrow=trav.shape[1])  # fmt: skip
-    add("traversal.png", "Latent traversal",
-        "Each row changes one latent dimension of a test image's posterior mean from -3 to 3 "
-        "(the dimensions with the largest KL first).")  # fmt: skip
+    if variant.generates:
+        a, b = (
+            0,
+            next(i for i in range(1, len(test.x)) if y is None or y[i] != y[0]) if len(test.x) > 1 else 0,
+        )
+        rows = []
+        for method in ("linear", "spherical"):
+            rows.append(
+                interpolate(
+                    vae, test.x[a], test.x[b], steps=10, method=method, y=None if y is None else y[a]
+                )[1]
+            )
+        plots.image_grid(
+            torch.cat(rows),
+            out / "interpolation.png",
+            "Interpolation: linear (top), spherical (bottom)",
+            nrow=10,
+        )
+        add("interpolation.png", "Latent interpolation",
+            "Decoded points on a path between the posterior means of two test images.")  # fmt: skip
+        dims = (
+            kl.argsort(descending=True)[:8] if kl is not None else torch.arange(min(8, vae.z_dim))
+        ).tolist()
+        _, trav = traverse(vae, test.x[0], dims, y=None if y is None else y[0])
+        plots.image_grid(trav.flatten(0, 1), out / "traversal.png",
+                         f"Traversal of dimensions {dims} from -3 to 3 (one row each)", nrow=trav.shape[1])  # fmt: skip
+        add("traversal.png", "Latent traversal",
+            "Each row changes one latent dimension of a test image's posterior mean from -3 to 3 "
+            "(the dimensions with the largest KL first).")  # fmt: skip
 
     # 4. latent map, KL per dimension, active units
     z = embed(vae, test.x, y)

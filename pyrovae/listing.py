@@ -31,7 +31,7 @@ def list_runs(folder: str | Path) -> list[dict]:
     path: ``run`` (its path relative to ``folder``), ``status``, ``epochs`` ("done/asked"),
     ``val_elbo`` (best validation ELBO), ``elbo`` and ``log_likelihood`` (test, nats per image,
     from ``eval.json``), ``k`` (importance samples of that log p(x)), ``n_ll_images`` and
-    ``model``. Figures a run does not have yet are ``None``.
+    ``model`` (the model variant, then its prior/guide/likelihood and z for a VAE). Figures a run does not have yet are ``None``.
 
     ``status`` is ``complete`` (all its epochs), ``stopped early`` (patience), ``incomplete``
     (a checkpoint short of its epochs: interrupted, or training now), ``not started`` (no
@@ -59,9 +59,7 @@ def _describe(path: Path, folder: Path) -> dict:
     vals = [float(r["val_elbo"]) for r in rows if r.get("val_elbo") not in (None, "")]
     row["val_elbo"] = max(vals) if vals else None
     row["epochs"] = f"{done}/{cfg.epochs}"
-    row["model"] = f"{cfg.prior_family}/{cfg.guide}/{cfg.likelihood} z{cfg.z_dim}" + (
-        f" beta {cfg.beta:g}" if cfg.beta != 1 else ""
-    )
+    row["model"] = _model(cfg)
     if not (path / "checkpoint.pt").exists():
         row["status"] = "not started"
     elif done >= cfg.epochs:
@@ -75,6 +73,15 @@ def _describe(path: Path, folder: Path) -> dict:
         for key in ("elbo", "log_likelihood", "k", "n_ll_images"):
             row[key] = res.get(key)
     return row
+
+
+def _model(cfg: Config) -> str:
+    """The run's model variant, then what its variant says of it (its prior, guide, likelihood and
+    z for a VAE); a variant not registered in this process is named alone."""
+    from .variants import MODELS
+
+    variant = MODELS.get(cfg.model)
+    return cfg.model if variant is None else f"{cfg.model} {variant.describe(cfg)}"
 
 
 def _stopped_early(vals: list[float], patience: int) -> bool:

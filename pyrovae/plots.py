@@ -98,10 +98,11 @@ def _ranges(classes: list[int]) -> str:
 def reconstruction_grid(vae, x: torch.Tensor, y: torch.Tensor | None, path: str | Path) -> Path:
     """Data next to their reconstructions (mean of p(x|z) at the posterior mean)."""
     from .posterior import reconstruct
+    from .variants import variant_of
 
     device = next(vae.parameters()).device
     x = x.to(device)
-    y = y.to(device) if y is not None and vae.num_classes else None
+    y = variant_of(vae).inputs(vae, x, None if y is None else y.to(device))  # labels, or what it completes
     pairs = torch.stack([x, reconstruct(vae, x, y)], 1).flatten(0, 1)  # alternate data, reconstruction
     return image_grid(pairs, path, "Data (odd columns) and reconstructions (even)", nrow=16)
 

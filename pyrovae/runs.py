@@ -30,7 +30,6 @@ from .data import (
     is_binary,
     load_dataset,
     select_classes,
-    trained_classes,
 )
 from .evaluate import evaluate, summary
 from .fit import EpochHook, fit
@@ -290,9 +289,7 @@ def finish(run: Run, k: int | None = None, n_test: int | None = None, seed: int 
     from . import plots
 
     res = evaluate_run(run, k, n_test, seed, progress, which)
-    cfg = run.config  # a conditional run draws the classes it was trained on
-    classes = trained_classes(run.model.num_classes, cfg.classes, cfg.exclude_classes)
-    plots.sample_grid(run.model, run.path / "samples.png", seed=seed, classes=classes)
+    variant_of(run.model).samples(run, run.path / "samples.png", seed=seed)
     test = run.data.test
     plots.reconstruction_grid(run.model, test.x[:32], test.y[:32] if test.y is not None else None,
                               run.path / "reconstructions.png")  # fmt: skip

@@ -14,6 +14,10 @@ the tensor ``c``: the conditional prior, guide and decoder are the package's own
 makes the first guess (and is the comparison the tutorial draws) is :class:`BaselineNet`;
 :func:`baseline_model` makes it a VAE with a zero-dimensional latent, whose ELBO is exactly
 ``log p(x_hidden | hide(x))``, so :func:`pyrovae.fit.fit` trains both.
+
+These are the parts; the model of ``pyrovae train --model structured`` is
+:class:`pyrovae.variants.structured.StructuredCVAE`, which holds the baseline and the CVAE and
+trains both in one run.
 """
 
 from __future__ import annotations

@@ -58,6 +58,10 @@ MATRIX: dict[str, list[list[str]]] = {
     "labeled": [["--semi-supervised", "--labeled", "42"]],
     "aux_weight": [["--semi-supervised", "--labeled", "9", "--aux-weight", "0"]],
     "labeled_batches": [["--semi-supervised", "--labeled", "12", "--labeled-batches", "separate"]],
+    "quadrants": [
+        ["--model", "structured", "--quadrants", "2"],
+        ["--model", "structured", "--quadrants", "3", "--elbo", "meanfield", "--beta", "2"],
+    ],
     "monitor": [["--semi-supervised", "--labeled", "6", "--monitor", "accuracy", "--patience", "1"]],
     "elbo": [["--elbo", "meanfield"], ["--elbo", "iwae", "--num-particles", "3"]],
     "num_particles": [["--num-particles", "3"], ["--elbo", "meanfield", "--num-particles", "2"]],

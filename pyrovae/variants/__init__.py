@@ -10,6 +10,7 @@ checklist for a new one.
 from .base import Training, Variant, variant_of
 from .hierarchical import Hierarchical
 from .semisupervised import SemiSupervised
+from .structured import Structured
 from .vae import Conditional, Plain
 
 MODELS: dict[str, type[Variant]] = {
@@ -17,6 +18,7 @@ MODELS: dict[str, type[Variant]] = {
     "conditional": Conditional,
     "semisupervised": SemiSupervised,
     "hierarchical": Hierarchical,
+    "structured": Structured,
 }
 """Registry of model variants by command-line name."""
 

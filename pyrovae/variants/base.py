@@ -11,7 +11,10 @@ the command line call only these hooks, so a new model is one module and one reg
 - :meth:`Variant.training`: the loss, batches, schedule and per-epoch metrics (:class:`Training`);
 - :meth:`Variant.test_labels`, :meth:`Variant.test_scores`: what evaluation gives the model and
   the figures it adds to ``eval.json``;
-- :meth:`Variant.figures`: the variant's own inspection figures.
+- :meth:`Variant.inputs`: what the model is given beside the data when inspected (labels, images);
+- :meth:`Variant.samples`: the figure ``pyrovae sample`` and ``samples.png`` draw;
+- :meth:`Variant.figures`: the variant's own inspection figures;
+- :meth:`Variant.describe`: the run's model in a few words, for ``pyrovae runs``.
 """
 
 from __future__ import annotations
@@ -88,6 +91,9 @@ class Variant:
     #: how the others say where an option of this variant belongs
     owner: ClassVar[str] = ""
     training_cls: ClassVar[type[Training]] = Training
+    #: whether the model draws data from its prior alone (inspection then shows prior samples,
+    #: interpolations and traversals); a model that completes given data does not
+    generates: ClassVar[bool] = True
 
     @classmethod
     def check(cls, cfg: Config) -> None:
@@ -131,8 +137,34 @@ class Variant:
         return {}
 
     @classmethod
+    def inputs(cls, model: nn.Module, x: Tensor, y: Tensor | None) -> Tensor | None:
+        """The ``y`` the model is given with data ``x`` (labels ``y``) when its data are
+        reconstructed and inspected: a conditional model's labels, else none."""
+        return y if getattr(model, "num_classes", 0) else None
+
+    @classmethod
+    def samples(cls, run, path, n: int | None = None, label: int | None = None, seed: int = 0):
+        """Write ``pyrovae sample``'s figure of ``run`` to ``path``: ``n`` images from the model, of
+        class ``label`` or one row per trained class for a conditional model."""
+        from .. import plots
+        from ..data import trained_classes
+
+        cfg = run.config  # a conditional run draws the classes it was trained on
+        classes = trained_classes(run.model.num_classes, cfg.classes, cfg.exclude_classes)
+        try:
+            return plots.sample_grid(run.model, path, n, label, seed, classes)
+        except ValueError as e:
+            _refuse(str(e), "label")
+
+    @classmethod
     def figures(cls, model: nn.Module, test: Split, out, add: Callable[[str, str, str], None]) -> None:
         """Write the variant's own inspection figures to the folder ``out`` and ``add`` each."""
+
+    @classmethod
+    def describe(cls, cfg: Config) -> str:
+        """The model of a run in a few words (``pyrovae runs``): its prior, guide, likelihood and z."""
+        beta = f" beta {cfg.beta:g}" if cfg.beta != 1 else ""
+        return f"{cfg.prior_family}/{cfg.guide}/{cfg.likelihood} z{cfg.z_dim}{beta}"
 
 
 def _refuse(message: str, option: str):

@@ -181,3 +181,9 @@ class Hierarchical(Variant):
 
         likelihood = construct(LIKELIHOODS[cfg.likelihood], x_shape, cfg=cfg, scale=cfg.likelihood_scale)
         return HierarchicalVAE(x_shape, cfg.z_dim, cfg.hidden, cfg.activation, likelihood, cfg.guide_scale)
+
+    @classmethod
+    def describe(cls, cfg: Config) -> str:
+        return f"{cfg.likelihood} z1 {2 * cfg.z_dim} z2 {cfg.z_dim}" + (
+            f" beta {cfg.beta:g}" if cfg.beta != 1 else ""
+        )

@@ -1,0 +1,177 @@
+"""``--model structured``: the structured-output CVAE on the model registry. Its joint loss against
+its two parts, every command on a run trained through the CLI with figures recomputed by hand,
+and ``pyrovae runs`` naming each run's model variant."""
+
+import csv
+import json
+
+import numpy as np
+import pyro
+import pytest
+import torch
+import torch.nn.functional as F
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from torch.distributions import Normal, kl_divergence
+
+from pyrovae.cli import main
+from pyrovae.config import Config
+from pyrovae.listing import list_runs
+from pyrovae.posterior import reconstruct, sample_prior
+from pyrovae.runs import load_run
+from pyrovae.structured import quadrant_mask
+from pyrovae.variants.structured import StructuredCVAE, StructuredTraining
+
+SHAPE = (1, 8, 8)
+
+
+@torch.no_grad()
+def _by_hand(model, x):
+    """The condition, the baseline's masked log-likelihood and KL(q(z|x,c) || p(z|c)), from the
+    networks alone: c is x on the given pixels and sigmoid(baseline logits) elsewhere."""
+    given = model.given
+    logits = model.baseline(torch.where(given, x, torch.full_like(x, -1.0)))
+    c = torch.where(given, x, torch.sigmoid(logits))
+    ll = -F.binary_cross_entropy_with_logits(logits, x, reduction="none")[:, ~given].sum(-1)
+    q, p = model.cvae.guide_net(x, c.flatten(1)), model.cvae.prior(c.flatten(1))
+    kl = kl_divergence(Normal(q.base_dist.loc, q.base_dist.scale), Normal(p.base_dist.loc, p.base_dist.scale))
+    return c, ll, kl.sum(-1)
+
+
+def test_joint_loss_is_the_cvae_elbo_plus_the_baseline_nll_and_their_gradients_stay_apart(tmp_path):
+    torch.manual_seed(0)
+    model = StructuredCVAE(SHAPE, quadrant_mask(1, 8, 8), z_dim=2, hidden=(16,), activation="tanh")
+    x = torch.bernoulli(torch.full((6, *SHAPE), 0.4))
+    c, ll, kl = _by_hand(model, x)
+    assert torch.allclose(model.condition(x), c, atol=1e-6) and torch.allclose(
+        model.baseline_log_prob(x), ll, atol=1e-5
+    )
+    from pyrovae.data import Dataset, Split
+
+    data = Dataset(Split(x), Split(x), Split(x))
+    training = StructuredTraining(model, data, Config(elbo="meanfield"))
+    pyro.set_rng_seed(3)
+    loss = training.loss(x)
+    pyro.set_rng_seed(3)
+    neg_elbo = TraceMeanField_ELBO().loss(model.cvae.model, model.cvae.guide, x, c)  # the CVAE alone, on c
+    assert loss.item() == pytest.approx(neg_elbo - ll.sum().item(), rel=1e-5)
+    # with the analytic KL, the ELBO is log p(x_hidden | z, c) - KL(q || p(z|c)) by hand
+    pyro.set_rng_seed(3)
+    z = model.cvae.guide_net(x, c.flatten(1)).rsample()
+    recon = model.cvae.decode(z, c).log_prob(x)
+    assert neg_elbo == pytest.approx(-(recon - kl).sum().item(), rel=1e-5)
+    # the condition is detached: the CVAE's loss moves no baseline weight, the baseline's no CVAE weight
+    model.zero_grad()
+    Trace_ELBO().differentiable_loss(model.model, model.guide, x).backward()
+    assert all(p.grad is None for p in model.baseline.parameters())
+    model.zero_grad()
+    (-model.baseline_log_prob(x).sum()).backward()
+    assert all(p.grad is None for p in model.cvae.parameters())
+
+
+def test_trains_through_the_cli_and_every_command_works(tmp_path, capsys, tiny_data_file):
+    data = tiny_data_file(tmp_path, n=96, shape=SHAPE)
+    out = tmp_path / "run"
+    base = ["--dataset", "file", "--data-file", str(data), "--z-dim", "2", "--hidden", "16", "--batch-size", "16",
+            "--val-size", "16", "--eval-k", "20", "--quiet"]  # fmt: skip
+    assert (
+        main(
+            ["train", "--model", "structured", "--quadrants", "2", "--epochs", "2", *base, "--out", str(out)]
+        )
+        == 0
+    )
+    run = load_run(out)
+    model, test = run.model, run.data.test
+    assert model.variant == "structured" and torch.equal(model.given, quadrant_mask(2, 8, 8))
+    # eval.json: the CVAE's KL and the baseline's NLL are those of the networks, by hand
+    res = json.loads((out / "eval.json").read_text())
+    c, ll, kl = _by_hand(model, test.x)
+    assert res["kl"] == pytest.approx(kl.mean().item(), abs=1e-5)
+    assert res["test_baseline_nll"] == pytest.approx(-ll.mean().item(), abs=1e-4)
+    assert res["elbo"] == pytest.approx(res["recon"] - res["kl"], abs=1e-4)
+    # ... and log p(x) is the hidden pixels' alone: the given ones may change without changing it
+    pyro.set_rng_seed(0)
+    recon = -torch.stack(
+        [model.cvae.decode(model.encode(test.x).sample(), c).log_prob(test.x) for _ in range(200)]
+    )
+    assert res["recon"] == pytest.approx(-recon.mean().item(), rel=0.05)
+    # the baseline's validation NLL, logged every epoch, is the best epoch's by hand
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    _, val_ll, _ = _by_hand(model, run.data.val.x)
+    assert any(float(r["val_baseline_nll"]) == pytest.approx(-val_ll.mean().item(), abs=1e-4) for r in rows)
+    # completions keep the given pixels exactly and vary where they are hidden
+    given = model.given
+    pyro.set_rng_seed(1)
+    rows_ = model.completions(test.x[:5])
+    assert rows_.shape == (6, 5, *SHAPE)
+    for row in rows_[1:]:
+        assert torch.equal(row[:, given], test.x[:5][:, given])
+    assert (rows_[0][:, ~given] == 0.5).all() and torch.allclose(rows_[2], c[:5], atol=1e-6)
+    draws = torch.stack([sample_prior(model, y=test.x[:5]) for _ in range(2)])
+    assert not torch.equal(draws[0][:, ~given], draws[1][:, ~given])  # each draw its own z ~ p(z|c)
+    # a reconstruction decodes with the condition of its own image, not of a blank one
+    rec = reconstruct(model, test.x[:5], test.x[:5])
+    z = model.encode(test.x[:5]).mean.detach()
+    assert torch.allclose(rec, torch.sigmoid(model.cvae.decoder(z, c[:5].flatten(1))), atol=1e-6)
+
+    assert main(["evaluate", str(out), "--k", "10", "--n-test", "8", "--quiet"]) == 0
+    assert json.loads((out / "eval.json").read_text())["k"] == 10
+    assert main(["sample", str(out), "-o", str(tmp_path / "s.png"), "-n", "4"]) == 0
+    assert (tmp_path / "s.png").exists()
+    capsys.readouterr()
+    assert main(["sample", str(out), "-o", str(tmp_path / "s3.png"), "--label", "3"]) == 2
+    assert "takes no --label" in capsys.readouterr().err and not (tmp_path / "s3.png").exists()
+    assert main(["reconstruct", str(out), "-o", str(tmp_path / "r.png"), "-n", "4"]) == 0
+    assert main(["inspect", str(out), "--k", "5", "--n", "20"]) == 0
+    index = (out / "figures" / "index.md").read_text()
+    assert "(completions.png)" in index and "(reconstructions.png)" in index
+    assert "interpolation" not in index and "Prior samples" not in index  # no image from nothing
+    csv_path = tmp_path / "s.csv"
+    assert main(["score", str(out), "--split", "test", "--k", "20", "-o", str(csv_path), "--quiet"]) == 0
+    scores = list(csv.DictReader(open(csv_path)))
+    assert len(scores) == len(test)
+    assert np.mean([float(r["neg_log_likelihood"]) for r in scores]) <= np.mean(
+        [float(r["neg_elbo"]) for r in scores]
+    )
+    assert main(["embed", str(out), "--split", "test", "-o", str(tmp_path / "z.npy"), "--quiet"]) == 0
+    assert np.allclose(np.load(tmp_path / "z.npy")[:5], z.numpy(), atol=1e-5)  # the mean of q(z|x,c)
+    assert main(["runs", str(tmp_path)]) == 0
+    assert "structured 2 given quadrants z2" in capsys.readouterr().out
+
+
+def test_options_it_owns_and_refuses(tmp_path, capsys, tiny_data_file):
+    data = tiny_data_file(tmp_path)
+    for extra, message in [
+        (["--quadrants", "2"], "--quadrants applies to model structured"),
+        (["--model", "hierarchical", "--quadrants", "2"], "--quadrants belongs to model structured"),
+        (["--model", "structured"], "model structured needs --quadrants 1, 2 or 3"),
+        (["--model", "structured", "--quadrants", "4"], "got 4"),
+        (["--model", "structured", "--quadrants", "1", "--prior", "vamp"], "drop --prior vamp"),
+        (["--model", "structured", "--quadrants", "1", "--conditional"], "--conditional belongs to model conditional"),
+    ]:  # fmt: skip
+        code = main(["train", "--dataset", "file", "--data-file", str(data), "--out", str(tmp_path / "r"), "--quiet",
+                     *extra])  # fmt: skip
+        assert code == 2 and message in capsys.readouterr().err, extra
+        assert not (tmp_path / "r").exists()
+
+
+def test_runs_names_the_model_variant_of_every_run(tmp_path, capsys):
+    configs = {
+        "plain": Config(),
+        "cvae": Config(conditional=True),
+        "m2": Config(semi_supervised=True, labeled=100),
+        "two_layers": Config(model="hierarchical", z_dim=20),
+        "quadrants": Config(model="structured", quadrants=1, z_dim=200),
+    }
+    for name, cfg in configs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(cfg.to_json())
+    models = {r["run"]: r["model"] for r in list_runs(tmp_path)}
+    assert models == {
+        "cvae": "conditional vamp/diag/bernoulli z50",
+        "m2": "semisupervised normal/diag/bernoulli z50",
+        "plain": "vae normal/diag/bernoulli z50",
+        "quadrants": "structured 1 given quadrant z200",
+        "two_layers": "hierarchical bernoulli z1 40 z2 20",
+    }
+    assert main(["runs", str(tmp_path)]) == 0
+    assert "hierarchical bernoulli z1 40 z2 20" in capsys.readouterr().out
