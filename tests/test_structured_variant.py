@@ -175,3 +175,14 @@ def test_runs_names_the_model_variant_of_every_run(tmp_path, capsys):
     }
     assert main(["runs", str(tmp_path)]) == 0
     assert "hierarchical bernoulli z1 40 z2 20" in capsys.readouterr().out
+
+
+def test_float64_images_stay_float64():
+    from pyrovae.data import Split
+    from pyrovae.evaluate import evaluate
+
+    model = StructuredCVAE(SHAPE, quadrant_mask(3, 8, 8), z_dim=2, hidden=(8,)).double()
+    x = torch.bernoulli(torch.full((4, *SHAPE), 0.5, dtype=torch.float64))
+    res = evaluate(model, Split(x, None), k=5)
+    assert res["log_likelihood"] <= 0 and res["z_dim"] == 2
+    assert sample_prior(model, y=x).dtype == torch.float64 and model.completions(x).dtype == torch.float64
