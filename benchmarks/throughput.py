@@ -43,7 +43,6 @@ contestants in rounds, so drift in machine load hits all equally.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -59,6 +58,7 @@ from pyrovae import functional
 from pyrovae.build import build_model
 from pyrovae.config import PRESETS, Config
 from pyrovae.functional import softplus as fast_softplus
+from pyrovae.machine import describe
 from pyrovae.objectives import ELBOLoss, make_elbo
 from pyrovae.step import make_optimizer, svi_step
 
@@ -308,8 +308,7 @@ def main(args: argparse.Namespace) -> None:
 
     n = args.steps * args.batch_size
     hand, fused = times["lean hand loop (torch Adam)"], times["lean hand loop, fused Adam"]
-    print(f"pyro {pyro.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{_threads()}, device {device}, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds")  # fmt: skip
+    print(f"{describe(device)}; batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds")
     print(
         "speed ratios: median over rounds of (reference time / contestant time) in the same round, with their range"
     )
