@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pyro
 import pytest
 import torch
 from torch.distributions import kl_divergence
