@@ -8,15 +8,11 @@ nothing is stored on the model. Everything a resumed run needs is in one place, 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
-import os
-import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyro
@@ -28,8 +24,10 @@ from . import checkpoint, distributed
 from .config import Config
 from .data import DataError, Dataset, Split, is_binary
 from .evaluate import Prepare, split_active_units, validate
+from .graphs import fused_adam, make_steps, resolve_step
+from .loop import Counters, Loop, Signals, clone_state, deterministic_algorithms
 from .models import VAE
-from .step import decay_groups, make_optimizer, svi_step
+from .step import decay_groups, make_optimizer
 from .variants import variant_of
 
 METRICS = ["epoch", "train_loss", "val_elbo", "val_recon", "val_kl", "val_active_units", "beta", "capacity",
@@ -54,70 +52,6 @@ class TrainingError(RuntimeError):
 
 class Interrupted(RuntimeError):
     """SIGINT or SIGTERM arrived; a checkpoint was written and the run can be resumed."""
-
-
-@dataclass
-class Counters:
-    """Where the loop stands; saved in every checkpoint."""
-
-    epoch: int = 0  # completed epochs
-    step: int = 0  # optimizer steps taken
-    step_in_epoch: int = 0
-    perm: torch.Tensor | None = None  # this epoch's order, kept so a mid-epoch resume is exact
-    loss_sum: float = 0.0
-    seen: int = 0
-    best: float = -math.inf
-    bad_epochs: int = 0
-    lr_factor: float = 1.0
-    rollbacks: int = 0
-    rows: list = field(default_factory=list)
-
-
-class Loop:
-    """The state of a run: model, optimizer, random streams and counters, saved and restored as
-    one checkpoint dict."""
-
-    def __init__(self, vae: VAE, opt: torch.optim.Optimizer, device: torch.device, seed: int, rank: int,
-                 meta: dict) -> None:  # fmt: skip
-        self.vae, self.opt, self.device, self.meta = vae, opt, device, meta
-        self.data_rng = torch.Generator(device=device).manual_seed(seed)  # batch order: same on every rank
-        self.noise_rng = torch.Generator(device=device).manual_seed(seed + 1000 * rank + 1)  # binarization
-        self.c = Counters()
-
-    def state_dict(self) -> dict:
-        cuda = self.device.type == "cuda"
-        return {
-            "model": self.vae.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "data": self.data_rng.get_state(),
-                "noise": self.noise_rng.get_state(),
-                "cuda": torch.cuda.get_rng_state(self.device) if cuda else None,
-            },
-            "state": dict(vars(self.c)),
-            **self.meta,
-        }
-
-    def load_state_dict(self, ck: dict, keep_lr: bool = False) -> None:
-        """Restore a checkpoint; ``keep_lr`` keeps the current learning-rate factor and rollback
-        count (a NaN rollback restores the parameters, not the decision to lower the rate)."""
-        self.vae.load_state_dict(ck["model"])
-        self.opt.load_state_dict(ck["optimizer"])
-        # generator states are CPU byte tensors whatever the generator's device, while a checkpoint
-        # loaded with map_location=cuda puts every tensor on the GPU
-        rng = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in ck["rng"].items()}
-        torch.set_rng_state(rng["torch"])
-        self.data_rng.set_state(rng["data"])
-        self.noise_rng.set_state(rng["noise"])
-        if self.device.type == "cuda" and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
-        keep = self.c.lr_factor, self.c.rollbacks
-        self.c = Counters(**ck["state"])
-        if self.c.perm is not None:
-            self.c.perm = self.c.perm.to(self.device)
-        if keep_lr:
-            self.c.lr_factor, self.c.rollbacks = keep
 
 
 def fit(
@@ -164,69 +98,57 @@ def fit(
     progress = progress and ctx.main
 
     # 1. the run directory; model, data and random streams on the device
-    if ctx.main:
+    if ctx.main and not (out / "config.json").exists():  # so load_run and `pyrovae evaluate` open it
         out.mkdir(parents=True, exist_ok=True)
-        if not (out / "config.json").exists():  # so load_run and `pyrovae evaluate` open a fit() run too
-            checkpoint.write_text(out / "config.json", options.to_json())
+        checkpoint.write_text(out / "config.json", options.to_json())
     pyro.set_rng_seed(cfg.seed + 1000 * ctx.rank)  # each rank its own z draws
     vae.to(ctx.device)
     train, val = data.train.to(ctx.device), data.val.to(ctx.device)
     labels = bool(getattr(vae, "num_classes", 0) or getattr(vae, "condition_shape", None))
     prepare = prepare or (lambda x, y: y if labels else None)
 
-    # 2. the variant's objective, and the optimizer
+    # 2. the variant's objective, the optimizer and the step
     training = variant_of(vae).training(vae, data, cfg, ctx.world)
     val_prepare = prepare if training.validation_labels else (lambda x, y: None)
-    params = [p for p in vae.parameters() if p.requires_grad]
-    loss_fn = distributed.wrap(training.loss, ctx)
-    groups = decay_groups(vae, cfg.weight_decay) if cfg.weight_decay else params
-    loop = Loop(vae, make_optimizer(groups, cfg.lr, cfg.weight_decay), ctx.device, cfg.seed, ctx.rank,
-                {"config": cfg.to_json(), "x_shape": list(data.x_shape), "num_classes": data.num_classes,
-                 **(meta or {})})  # fmt: skip
+    loop, steps = _loop_and_steps(vae, training, data, cfg, ctx, meta)
     ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
 
     # 3. resume
     if resume and ckpt_path.exists():
         loop.load_state_dict(checkpoint.load(ckpt_path, map_location=ctx.device))
-    good = _clone(loop.state_dict())  # what a NaN rollback returns to
+    good = clone_state(loop.state_dict())  # what a NaN rollback returns to
+    if progress:
+        tqdm.write(f"training step: {steps.description}")
 
     # 4. epochs
     first, binarize = True, cfg.resolve_binarize()
-    with _Signals() as signals, _deterministic(cfg.deterministic and ctx.device.type == "cuda"):
+    with Signals() as signals, deterministic_algorithms(cfg.deterministic and ctx.device.type == "cuda"):
         while loop.c.epoch < cfg.epochs and not (cfg.patience and loop.c.bad_epochs >= cfg.patience):
             c, epoch = loop.c, loop.c.epoch
             lr = _start_epoch(loop, cfg, train)
             batches = training.batches(c.perm, cfg.batch_size)
-            bar = tqdm(
-                total=len(batches),
-                initial=c.step_in_epoch,
-                desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                disable=None if progress else True,
-                leave=False,
-                unit="step",
-            )  # fmt: skip  (None: off when no tty)
-            t0, failed = time.perf_counter(), None
+            bar = _bar(c, epoch, cfg.epochs, len(batches), progress)
+            t0, failed, since, images = time.perf_counter(), None, c.step_in_epoch, 0
             coefs = training.schedule(epoch + max(c.step_in_epoch - 1, 0) / len(batches))
 
-            # 4a. steps
+            # 4a. steps; the loss is read every steps.every steps (1 for the eager step)
             vae.train()
             for s in range(c.step_in_epoch, len(batches)):
                 coefs = training.schedule(epoch + s / len(batches))  # at the fractional epoch
                 x, y = _batch(train, ctx.shard(batches[s]), binarize, loop.noise_rng)
-                # Pyro's argument checks run on a run's first step only; svi_step checks loss and
-                # gradients for NaN and inf at every step, at a fraction of the cost.
-                with pyro.validation_enabled(first and is_validation_enabled()):
-                    loss, norm = svi_step(loss_fn, loop.opt, params, x, prepare(x, y), cfg.clip_norm,
-                                          beta=coefs["beta"])  # fmt: skip
-                first = False
-                if not (math.isfinite(loss) and math.isfinite(norm)):
-                    failed = (s, loss, norm)
-                    break
+                steps(x, prepare(x, y), coefs["beta"], validate=first)  # Pyro's checks: first step only
+                first, images = False, images + len(x) * ctx.world
                 c.step, c.step_in_epoch = c.step + 1, s + 1
-                c.loss_sum, c.seen = c.loss_sum + loss, c.seen + len(x) * ctx.world
+                if (s + 1 - since) % steps.every and s + 1 < len(batches) and not (on_step or signals.caught):
+                    continue
+                total, done, bad = steps.read()
+                if bad is not None:
+                    failed = (since, s, *bad)
+                    break
+                c.loss_sum, c.seen, since, images = c.loss_sum + total, c.seen + images, s + 1, 0
                 if on_step is not None and ctx.main:
-                    on_step(c.step, loss)
-                bar.update()
+                    on_step(c.step, total)
+                bar.update(done)
                 bar.set_postfix(loss=f"{c.loss_sum / c.seen:.2f}", refresh=False)
                 if signals.caught is not None:
                     bar.close()
@@ -236,6 +158,7 @@ def fit(
             # 4b. a non-finite loss or gradient: stop, or roll back with half the learning rate
             if failed is not None:
                 _roll_back(loop, good, cfg, failed, epoch, ckpt_path, ctx.main)
+                steps.reset()
                 continue
             seconds = time.perf_counter() - t0
 
@@ -247,8 +170,6 @@ def fit(
                 on_epoch(dict(loop.c.rows[-1]))
             if progress:
                 _report(loop.c.rows[-1], cfg, loop.c)
-            if cfg.patience and loop.c.bad_epochs >= cfg.patience:
-                break
 
     # 5. the best parameters
     if ctx.active:
@@ -258,13 +179,41 @@ def fit(
     return vae.eval()
 
 
+def _loop_and_steps(vae: VAE, training, data: Dataset, cfg: Config, ctx, meta: dict | None):
+    """The run's state (a :class:`Loop` with its optimizer) and the training step it takes
+    (``cfg.step``: see :mod:`pyrovae.graphs`)."""
+    params = [p for p in vae.parameters() if p.requires_grad]
+    kind = resolve_step(cfg.step, ctx.device, ctx.world)
+    groups = decay_groups(vae, cfg.weight_decay) if cfg.weight_decay else params
+    opt = fused_adam(groups, cfg.lr, cfg.weight_decay) if kind == "graphed" else make_optimizer(
+        groups, cfg.lr, cfg.weight_decay)  # fmt: skip
+    meta = {"config": cfg.to_json(), "x_shape": list(data.x_shape), "num_classes": data.num_classes,
+            **(meta or {})}  # fmt: skip
+    loop = Loop(vae, opt, ctx.device, cfg.seed, ctx.rank, meta)
+    return loop, make_steps(kind, distributed.wrap(training.loss, ctx), opt, params, cfg.clip_norm)
+
+
+def _bar(c: Counters, epoch: int, epochs: int, steps: int, progress: bool) -> tqdm:
+    return tqdm(
+        total=steps,
+        initial=c.step_in_epoch,
+        desc=f"epoch {epoch + 1}/{epochs}",
+        disable=None if progress else True,
+        leave=False,
+        unit="step",
+    )  # fmt: skip  (None: off without a tty)
+
+
 # -- the epoch's parts ------------------------------------------------------------------------
 def _start_epoch(loop: Loop, cfg: Config, train: Split) -> float:
     """Set this epoch's learning rate, and draw its order unless resuming mid-epoch; returns the rate."""
     c = loop.c
     lr = _lr(cfg, c.epoch, c.lr_factor)
     for group in loop.opt.param_groups:
-        group["lr"] = lr
+        if isinstance(group["lr"], torch.Tensor):  # a graphed step's optimizer reads it on the device
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
     if c.perm is None:
         c.perm = torch.randperm(len(train), generator=loop.data_rng, device=loop.device)
         c.step_in_epoch, c.loss_sum, c.seen = 0, 0.0, 0
@@ -286,7 +235,7 @@ def _roll_back(loop: Loop, good: dict, cfg: Config, failed: tuple, epoch: int, c
     """After a non-finite step: restore the last good state with half the learning rate
     (``on_nan="rollback"``, at most 5 times), else stop with a :class:`TrainingError`."""
     if cfg.on_nan == "rollback" and loop.c.rollbacks < 5:
-        loop.load_state_dict(_clone(good), keep_lr=True)
+        loop.load_state_dict(clone_state(good), keep_lr=True)
         c = loop.c
         c.rollbacks, c.lr_factor = c.rollbacks + 1, c.lr_factor * 0.5
         if main:
@@ -296,8 +245,9 @@ def _roll_back(loop: Loop, good: dict, cfg: Config, failed: tuple, epoch: int, c
               "(clip_norm)" if cfg.on_nan == "rollback" else "lower lr, clip the gradient norm "
               "(clip_norm), or roll back on NaN (on_nan rollback)")  # fmt: skip
     raise TrainingError(
-        f"{_describe(failed, epoch)}; parameters were not updated and the last good checkpoint "
-        f"({ckpt_path if ckpt_path.exists() else 'none yet'}) is intact. {remedy[0].upper()}{remedy[1:]}"
+        f"{_describe(failed, epoch)}; {'parameters were not updated and ' if failed[0] == failed[1] else ''}"
+        f"the last good checkpoint ({ckpt_path if ckpt_path.exists() else 'none yet'}) is intact. "
+        f"{remedy[0].upper()}{remedy[1:]}"
     )
 
 
@@ -330,7 +280,7 @@ def _end_epoch(loop: Loop, row: dict, cfg: Config, out: Path, main: bool) -> dic
             checkpoint.save(snap, out / "best.pt")
         checkpoint.save(snap, out / "checkpoint.pt")
         checkpoint.write_text(out / "metrics.csv", metrics_csv(c.rows))
-    return _clone(snap)
+    return clone_state(snap)
 
 
 def _report(row: dict, cfg: Config, c: Counters) -> None:
@@ -366,9 +316,11 @@ def _batch(split: Split, idx: torch.Tensor, binarize: bool, noise: torch.Generat
 
 
 def _describe(failed: tuple, epoch: int) -> str:
-    s, loss, norm = failed
-    what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
-    return f"non-finite {what} at epoch {epoch + 1}, step {s + 1}"
+    first, last, loss, norm = failed
+    if first == last:
+        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
+        return f"non-finite {what} at epoch {epoch + 1}, step {last + 1}"
+    return f"a non-finite loss or gradient at epoch {epoch + 1}, within steps {first + 1}-{last + 1}"
 
 
 def _check_binary_validation(vae: VAE, data: Dataset) -> None:
@@ -397,52 +349,3 @@ def metrics_csv(rows: list[dict]) -> str:
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
-
-
-class _Signals:
-    """Turn SIGINT/SIGTERM into a flag checked between steps, so a checkpoint can be written."""
-
-    def __init__(self) -> None:
-        self.caught: int | None = None
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.caught = signum
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def _deterministic(on: bool):
-    """PyTorch's deterministic algorithms for the duration of a fit (restored after it), with the
-    cuBLAS workspace setting they require on CUDA; what ``deterministic`` asks for."""
-    if not on:
-        yield
-        return
-    before = torch.are_deterministic_algorithms_enabled()
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
-
-
-def _clone(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clone(v) for v in obj]
-    return obj
