@@ -252,7 +252,7 @@ class Structured(Variant):
 
     @classmethod
     def samples(cls, run, path, n: int | None = None, label: int | None = None, seed: int = 0):
-        """Completions of the first ``n`` test images (8 by default): see :meth:`completion_grid`."""
+        """Completions of the first ``n`` test images (8 by default): see :func:`completion_grid`."""
         if label is not None:
             _refuse("model structured completes test images from their given quadrants and takes no label: "
                     "drop it", "label")  # fmt: skip
