@@ -14,12 +14,12 @@ deterministic baseline, whose guess fills the hidden pixels of the condition, an
 program takes ``x`` alone (``y``, when given, is an image whose given pixels condition instead:
 how :func:`~pyrovae.posterior.sample_prior` completes test images).
 
-One run trains both at once (:class:`StructuredTraining`): the loss is the CVAE's −ELBO plus the
-baseline's masked negative log-likelihood, and the baseline's guess enters the condition
-detached, so each network's gradient is that of its own loss; the best epoch is chosen by the
-CVAE's validation ELBO. The ELBO, log p(x) and every figure of ``eval.json`` are the CVAE's:
-``log p(x_hidden | x_given)``, in nats per image over the hidden pixels; ``test_baseline_nll`` is
-the baseline's −log p(x_hidden | hide(x)).
+One run trains both, one after the other, as Pyro's tutorial does (:class:`StructuredTraining`):
+first the baseline alone, by its own fit with early stopping on its validation NLL, then the CVAE
+with the baseline frozen; the run's epochs, ``best.pt`` and ``metrics.csv`` are the CVAE's. The
+ELBO, log p(x) and every figure of ``eval.json`` are the CVAE's: ``log p(x_hidden | x_given)``, in
+nats per image over the hidden pixels; ``test_baseline_nll`` is the baseline's
+−log p(x_hidden | hide(x)).
 
 References: K. Sohn, H. Lee, X. Yan, "Learning Structured Output Representation using Deep
 Conditional Generative Models", NeurIPS 2015; Pyro's tutorial ``examples/cvae``.
@@ -27,6 +27,7 @@ Conditional Generative Models", NeurIPS 2015; Pyro's tutorial ``examples/cvae``.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -37,7 +38,6 @@ from pyro.nn import PyroModule, pyro_method
 from torch import Tensor, nn
 
 from ..likelihoods import Likelihood
-from ..objectives import ELBOLoss
 from ..structured import BaselineNet, hide, quadrant_mask, structured_cvae
 from .base import Training, Variant, _refuse
 
@@ -90,16 +90,17 @@ class StructuredCVAE(PyroModule):
         self.cvae = cvae if cvae is not None else structured_cvae(x_shape, given, z_dim, hidden, activation,
                                                                   likelihood)  # fmt: skip
         self.z_dim = self.cvae.z_dim
+        self.baseline_likelihood = copy.deepcopy(self.cvae.likelihood)  # its own, if it has parameters
 
     @property
     def likelihood(self) -> Likelihood:
-        """p(x | z, c), masked to the hidden pixels: the CVAE's, by which the baseline is scored too."""
+        """p(x | z, c), masked to the hidden pixels (the baseline's family is a copy of it)."""
         return self.cvae.likelihood
 
     @torch.no_grad()
     def condition(self, x: Tensor) -> Tensor:
         """``c``: the given pixels of ``x``, the baseline's guess (its mean) elsewhere; no gradient."""
-        guess = self.likelihood.mean(self.baseline(hide(x, self.given)))
+        guess = self.baseline_likelihood.mean(self.baseline(hide(x, self.given)))
         return torch.where(self.given, x, guess)
 
     def _source(self, x: Tensor | None, y: Tensor | None) -> Tensor:
@@ -117,7 +118,7 @@ class StructuredCVAE(PyroModule):
 
     def baseline_log_prob(self, x: Tensor) -> Tensor:
         """The baseline's ``log p(x_hidden | hide(x))`` per image, shape ``(batch,)``."""
-        return self.likelihood(self.baseline(hide(x, self.given))).log_prob(x)
+        return self.baseline_likelihood(self.baseline(hide(x, self.given))).log_prob(x)
 
     # -- the Pyro program ---------------------------------------------------------------------
     @pyro_method
@@ -149,7 +150,7 @@ class StructuredCVAE(PyroModule):
         """Both networks' output biases so their predictions start at the mean image."""
         self.cvae.init_output_bias(mean)
         out = self.baseline.out
-        out.bias.copy_(self.likelihood.bias_from_mean(mean.to(out.bias)).reshape(out.bias.shape))
+        out.bias.copy_(self.baseline_likelihood.bias_from_mean(mean.to(out.bias)).reshape(out.bias.shape))
 
     @torch.no_grad()
     def completions(self, x: Tensor, draws: int = 3) -> Tensor:
@@ -165,32 +166,49 @@ class StructuredCVAE(PyroModule):
         return torch.stack([shown, x, guess, *samples])
 
 
-class _JointLoss(nn.Module):
-    """The CVAE's −ELBO plus the baseline's masked negative log-likelihood, summed over the batch.
-    The condition is detached, so neither network's gradient depends on the other's loss."""
-
-    def __init__(self, model: StructuredCVAE, elbo, world: int) -> None:
-        super().__init__()
-        self.elbo_loss, self.model, self.world = ELBOLoss(model, elbo, world), model, world
-
-    def forward(self, x: Tensor, y: Tensor | None = None, beta: float = 1.0) -> Tensor:
-        nll = -self.model.baseline_log_prob(x).sum()
-        return self.elbo_loss(x, y, beta) + self.world * nll
-
-
 class StructuredTraining(Training):
-    """Both networks at once (:class:`_JointLoss`), the baseline's validation NLL logged each epoch
-    (``val_baseline_nll``)."""
+    """The baseline first, by its own :func:`~pyrovae.fit.fit` (see :func:`fit_baseline`), then the
+    CVAE by the run's, with the baseline frozen: the protocol of Pyro's tutorial. The run's loss
+    is the CVAE's ELBO; ``val_baseline_nll`` (fixed by then) is logged every epoch beside it."""
 
     def __init__(self, model: nn.Module, data: Dataset, cfg: Config, world: int = 1) -> None:
+        if world > 1:
+            _refuse("model structured trains its baseline before the CVAE in one process: run it without "
+                    "torchrun", "model")  # fmt: skip
         self.val = data.val
+        fit_baseline(model, data, cfg)
         super().__init__(model, data, cfg, world)
-
-    def make_loss(self, model: nn.Module, world: int) -> nn.Module:
-        return _JointLoss(model, self.elbo, world)
 
     def scores(self, model: nn.Module) -> dict[str, float]:
         return {"val_baseline_nll": baseline_nll(model, self.val)}
+
+
+def fit_baseline(model: StructuredCVAE, data: Dataset, cfg: Config) -> None:
+    """Train ``model.baseline`` alone, then freeze it: as a :class:`~pyrovae.models.VAE` without
+    latent dimensions (:func:`~pyrovae.structured.baseline_model`), whose ELBO is its masked
+    log-likelihood, fitted by :func:`~pyrovae.fit.fit` with the run's optimization options (its
+    epochs, early stopping on its own validation figure, the best epoch kept) on the images with
+    their hidden pixels marked. The global random state is left as it was, so the CVAE trains
+    as if the baseline had been given. Progress is shown on a terminal only."""
+    import dataclasses
+    import sys
+    import tempfile
+
+    from ..fit import fit
+    from ..models import VAE
+    from ..structured import _NoLatent, _OnCondition
+
+    given = model.given
+    view = VAE(model.x_shape, 0, prior=_NoLatent(), guide=_NoLatent(), decoder=_OnCondition(model.baseline),
+               likelihood=model.baseline_likelihood, condition_shape=model.x_shape)  # fmt: skip
+    alone = dataclasses.replace(cfg, model="vae", quadrants=None, elbo="trace", num_particles=1, beta=1.0,
+                                beta_schedule="constant", capacity=None, free_bits=None, tensorboard=False)  # fmt: skip
+    rng = torch.get_rng_state()
+    model.baseline.requires_grad_(True)
+    with tempfile.TemporaryDirectory(prefix="pyrovae-baseline-") as out:
+        fit(view, data, out, alone, progress=sys.stderr.isatty(), prepare=lambda x, y: hide(x, given))
+    model.baseline.requires_grad_(False).zero_grad(set_to_none=True)
+    torch.set_rng_state(rng)
 
 
 @torch.no_grad()
