@@ -113,7 +113,7 @@ def _options(args, n_given: int) -> Config:
     """The run's options: model structured, binarized dynamically (or grey under Pyro's protocol);
     early stopping on the CVAE's validation ELBO; the best epoch's parameters kept."""
     return Config(
-        model="structured", quadrants=n_given, z_dim=args.z_dim, hidden=list(args.hidden), activation="relu",
+        model="structured", quadrants=n_given, baseline_epochs=args.epochs, z_dim=args.z_dim, hidden=list(args.hidden), activation="relu",
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience, seed=args.seed,
         elbo="trace", binarize="none" if args.protocol == "pyro" else "dynamic", device=args.device,
         init_bias=args.protocol != "pyro",

@@ -152,6 +152,9 @@ class Config:
         None, "structured: given quadrants of each image, to complete the rest from (1: bottom-left, 2: left "
         "half, 3: all but bottom-right)",
     )  # fmt: skip
+    baseline_epochs: int = _opt(
+        10, "structured: epochs of the baseline, trained alone (with --patience) before the CVAE's --epochs"
+    )
     # objective
     elbo: str = _opt(
         "trace", "'trace' (Trace_ELBO), 'meanfield' (analytic KL), 'iwae' (importance-weighted bound)", ELBOS

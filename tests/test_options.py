@@ -59,6 +59,7 @@ MATRIX: dict[str, list[list[str]]] = {
     "labeled": [["--semi-supervised", "--labeled", "42"]],
     "aux_weight": [["--semi-supervised", "--labeled", "9", "--aux-weight", "0"]],
     "labeled_batches": [["--semi-supervised", "--labeled", "12", "--labeled-batches", "separate"]],
+    "baseline_epochs": [["--model", "structured", "--quadrants", "1", "--baseline-epochs", "3"]],
     "quadrants": [
         ["--model", "structured", "--quadrants", "2"],
         ["--model", "structured", "--quadrants", "3", "--elbo", "meanfield", "--beta", "2"],
@@ -170,5 +171,7 @@ def _check_option(name, cfg, rows, res):
         assert [float(r["lr"]) for r in rows] == pytest.approx([1e-3, 5e-4])
     if name == "lr_schedule" and cfg.lr_schedule == "cosine":
         assert float(rows[1]["lr"]) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 2)))
+    if name == "baseline_epochs":  # the baseline, trained first for its own epochs, then frozen
+        assert cfg.baseline_epochs == 3 and len({r["val_baseline_nll"] for r in rows}) == 1
     if name == "train_size":
         assert res["n_images"] == 6

@@ -15,9 +15,9 @@ program takes ``x`` alone (``y``, when given, is an image whose given pixels con
 how :func:`~pyrovae.posterior.sample_prior` completes test images).
 
 One run trains both, one after the other, as Pyro's tutorial does (:class:`StructuredTraining`):
-first the baseline alone, by its own fit with early stopping on its validation NLL, then the CVAE
-with the baseline frozen; the run's epochs, ``best.pt`` and ``metrics.csv`` are the CVAE's. The
-ELBO, log p(x) and every figure of ``eval.json`` are the CVAE's: ``log p(x_hidden | x_given)``, in
+first the baseline alone for ``baseline_epochs``, by its own fit with early stopping on its
+validation NLL, then the CVAE with the baseline frozen; the run's epochs, ``best.pt`` and
+``metrics.csv`` are the CVAE's. The ELBO, log p(x) and every figure of ``eval.json`` are the CVAE's: ``log p(x_hidden | x_given)``, in
 nats per image over the hidden pixels; ``test_baseline_nll`` is the baseline's
 −log p(x_hidden | hide(x)).
 
@@ -145,6 +145,14 @@ class StructuredCVAE(PyroModule):
     def _reference(self) -> Tensor:
         return self.cvae._reference()
 
+    def train(self, mode: bool = True) -> StructuredCVAE:
+        """Training mode for what trains: a frozen baseline stays in eval mode (Pyro warns of a
+        module in training mode whose parameters take no gradient)."""
+        super().train(mode)
+        if not any(p.requires_grad for p in self.baseline.parameters()):
+            self.baseline.train(False)
+        return self
+
     @torch.no_grad()
     def init_output_bias(self, mean: Tensor) -> None:
         """Both networks' output biases so their predictions start at the mean image."""
@@ -186,9 +194,9 @@ class StructuredTraining(Training):
 def fit_baseline(model: StructuredCVAE, data: Dataset, cfg: Config) -> None:
     """Train ``model.baseline`` alone, then freeze it: as a :class:`~pyrovae.models.VAE` without
     latent dimensions (:func:`~pyrovae.structured.baseline_model`), whose ELBO is its masked
-    log-likelihood, fitted by :func:`~pyrovae.fit.fit` with the run's optimization options (its
-    epochs, early stopping on its own validation figure, the best epoch kept) on the images with
-    their hidden pixels marked. The global random state is left as it was, so the CVAE trains
+    log-likelihood, fitted by :func:`~pyrovae.fit.fit` for ``cfg.baseline_epochs`` epochs with the
+    run's optimization options (early stopping on its own validation figure, the best epoch kept)
+    on the images with their hidden pixels marked. The global random state is left as it was, so the CVAE trains
     as if the baseline had been given. Progress is shown on a terminal only."""
     import dataclasses
     import sys
@@ -201,13 +209,16 @@ def fit_baseline(model: StructuredCVAE, data: Dataset, cfg: Config) -> None:
     given = model.given
     view = VAE(model.x_shape, 0, prior=_NoLatent(), guide=_NoLatent(), decoder=_OnCondition(model.baseline),
                likelihood=model.baseline_likelihood, condition_shape=model.x_shape)  # fmt: skip
-    alone = dataclasses.replace(cfg, model="vae", quadrants=None, elbo="trace", num_particles=1, beta=1.0,
+    default = type(cfg)()  # the structured options at their defaults: the baseline's run is a VAE's
+    alone = dataclasses.replace(cfg, model="vae", quadrants=None, baseline_epochs=default.baseline_epochs,
+                                epochs=cfg.baseline_epochs, elbo="trace", num_particles=1, beta=1.0,
                                 beta_schedule="constant", capacity=None, free_bits=None, tensorboard=False)  # fmt: skip
     rng = torch.get_rng_state()
     model.baseline.requires_grad_(True)
     with tempfile.TemporaryDirectory(prefix="pyrovae-baseline-") as out:
         fit(view, data, out, alone, progress=sys.stderr.isatty(), prepare=lambda x, y: hide(x, given))
     model.baseline.requires_grad_(False).zero_grad(set_to_none=True)
+    model.train(model.training)  # the frozen baseline in eval mode
     torch.set_rng_state(rng)
 
 
@@ -226,7 +237,7 @@ class Structured(Variant):
     ``z_dim``, ``hidden``, ``activation`` and ``likelihood``."""
 
     name = "structured"
-    options = ("quadrants",)
+    options = ("quadrants", "baseline_epochs")
     owner = "model structured: set model structured"
     training_cls = StructuredTraining
     generates = False  # it completes given pixels; it draws no image from nothing
@@ -238,6 +249,10 @@ class Structured(Variant):
             _refuse(f"model structured needs quadrants 1, 2 or 3 (the given quadrants of each image: 1 the "
                     f"bottom-left, 2 the left half, 3 all but the bottom-right), got {cfg.quadrants}",
                     "quadrants")  # fmt: skip
+        if cfg.baseline_epochs < 1:
+            _refuse(
+                f"baseline_epochs must be a positive integer, got {cfg.baseline_epochs}", "baseline_epochs"
+            )
         fixed = {"prior": ("auto", "normal"), "guide": ("diag",), "net": ("mlp",)}
         for option, allowed in fixed.items():
             if getattr(cfg, option) not in allowed:
