@@ -31,7 +31,8 @@ def list_runs(folder: str | Path) -> list[dict]:
     path: ``run`` (its path relative to ``folder``), ``status``, ``epochs`` ("done/asked"),
     ``val_elbo`` (best validation ELBO), ``elbo`` and ``log_likelihood`` (test, nats per image,
     from ``eval.json``), ``k`` (importance samples of that log p(x)), ``n_ll_images`` and
-    ``model`` (the model variant, then its prior/guide/likelihood and z for a VAE). Figures a run does not have yet are ``None``.
+    ``model`` (the model variant, then what it says of itself: prior/guide/likelihood and z for a
+    VAE). Figures a run does not have yet are ``None``.
 
     ``status`` is ``complete`` (all its epochs), ``stopped early`` (patience), ``incomplete``
     (a checkpoint short of its epochs: interrupted, or training now), ``not started`` (no
