@@ -23,9 +23,10 @@ from unittest import mock
 
 import pyro
 import torch
+from pyro.infer.util import is_validation_enabled
 from torch import Tensor, nn
 
-from .step import grad_norm
+from .step import grad_norm, svi_step
 
 #: Pyro's ELBO modules that read device tensors on the host: ``warn_if_nan`` (forward and
 #: backward) and ``torch_item`` (the ELBO's value beside its surrogate)
@@ -255,10 +256,6 @@ class EagerSteps:
         self.total, self.count, self.bad = 0.0, 0, None
 
     def __call__(self, x: Tensor, y: Tensor | None, beta: float, validate: bool = False) -> None:
-        from pyro.infer.util import is_validation_enabled
-
-        from .step import svi_step
-
         found_inf = getattr(self.opt, "found_inf", None)
         if found_inf is not None:  # left by a graphed step: this step decides on the host
             found_inf.zero_()
