@@ -1,8 +1,9 @@
 """Run configuration: one flat dataclass saved as ``config.json``, its checks, and presets.
 
-Each field carries its help text and, where it has them, its choices in the field's metadata,
-so the command line shows and checks them; choices of component families are the live
-registries (:data:`~pyrovae.priors.PRIORS` and friends), so a registered component is a choice.
+Each field carries its help text and, where it has them, its choices and its domain in the
+field's metadata, so the command line shows and checks them; choices of component families are
+the live registries (:data:`~pyrovae.priors.PRIORS` and friends), so a registered component is a
+choice. Rules that join several fields live with the part that uses them (see :meth:`Config.validate`).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class Config:
     asks in turn (the section's comment names it).
     """
 
-    # -- data; joined by pyrovae.data.check_options -------------------------------------------
+    # -- data; rules across fields: pyrovae.data.check_options -------------------------------------
     dataset: str = _opt(
         "mnist", "data set; 'file' reads --data-file; 'dsprites' is rendered (or DeepMind's .npz as --data-file)",
         data.DATASETS,
@@ -110,7 +111,7 @@ class Config:
         "leave these classes out of training and validation, e.g. 7 (the test set keeps all)",
         domain=CLASSES,
     )
-    # -- model; joined by the variant (pyrovae.variants) and where components are built -------
+    # -- model; rules across fields: the variant's check (pyrovae.variants), pyrovae.build ---------
     model: str = _opt(
         "vae", "model variant (docs/adding-a-model.md); --conditional and --semi-supervised choose theirs",
         _Models(),
@@ -165,7 +166,7 @@ class Config:
         "ones (Pyro's example's schedule)",
         BATCHINGS,
     )  # fmt: skip
-    # -- objective; joined by pyrovae.objectives.OBJECTIVES ----------------------------------
+    # -- objective; rules across fields: pyrovae.objectives.OBJECTIVES -----------------------------
     elbo: str = _opt(
         "trace",
         "'trace' (Trace_ELBO), 'meanfield' (analytic KL), 'iwae' (importance-weighted bound)",
@@ -197,7 +198,7 @@ class Config:
         "free bits: floor each latent dimension's KL at this many nats (Kingma et al. 2016)",
         domain=NATS,
     )
-    # -- optimization (no rule joins these fields) ---------------------------------------------
+    # -- optimization; no rule across fields -------------------------------------------------------
     epochs: int = _opt(10, "training epochs", domain=POSITIVE_INT)
     batch_size: int = _opt(256, "images per step", domain=POSITIVE_INT)
     lr: float = _opt(1e-3, "Adam learning rate", domain=POSITIVE)
@@ -225,7 +226,7 @@ class Config:
         "GPU; CPU runs are deterministic already)",
     )  # fmt: skip
     tensorboard: bool = _opt(False, "write TensorBoard event files to the run directory (needs tensorboard)")
-    # -- evaluation at the end of training -----------------------------------------------------
+    # -- evaluation at the end of training ---------------------------------------------------------
     eval_k: int = _opt(1000, "importance samples per test image for log p(x)", domain=POSITIVE_INT)
     eval_n_test: int | None = _opt(
         1000, "test images for the importance-sampled log p(x) (None: all)", domain=POSITIVE
@@ -239,7 +240,7 @@ class Config:
         if self.model in flags:
             setattr(self, flags[self.model], True)
 
-    # -- (de)serialization ----------------------------------------------------------------
+    # -- (de)serialization -------------------------------------------------------------------------
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
@@ -273,7 +274,7 @@ class Config:
             raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}", "preset")
         return cls.from_dict({**PRESETS.get(name, {}), **overrides})
 
-    # -- checks ---------------------------------------------------------------------------
+    # -- checks ------------------------------------------------------------------------------------
     def validate(self) -> Config:
         """Refuse invalid values with a message naming the option; returns ``self``.
 
