@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import data, objectives
 from .errors import ConfigError
+from .graphs import STEPS
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .nets import ACTIVATIONS, LABEL_LAYERS, NETS
@@ -224,6 +225,11 @@ class Config:
     deterministic: bool = _opt(
         False, "bit-exact resume on CUDA: deterministic kernels and a fixed cuBLAS workspace (slower on a "
         "GPU; CPU runs are deterministic already)",
+    )  # fmt: skip
+    step: str = _opt(
+        "auto", "training step: 'graphed' replays a captured CUDA graph for full batches, reading the loss "
+        "every 50 steps (on a CPU the same step runs eagerly); 'eager' reads it every step; 'auto' is graphed "
+        "on one CUDA device, else eager", STEPS,
     )  # fmt: skip
     tensorboard: bool = _opt(False, "write TensorBoard event files to the run directory (needs tensorboard)")
     # -- evaluation at the end of training ---------------------------------------------------------

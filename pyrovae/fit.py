@@ -28,8 +28,9 @@ from . import checkpoint, distributed
 from .config import Config
 from .data import DataError, Dataset, Split, is_binary
 from .evaluate import Prepare, split_active_units, validate
+from .graphs import fused_adam, make_steps, resolve_step
 from .models import VAE
-from .step import decay_groups, make_optimizer, svi_step
+from .step import decay_groups, make_optimizer
 from .variants import variant_of
 
 METRICS = ["epoch", "train_loss", "val_elbo", "val_recon", "val_kl", "val_active_units", "beta", "capacity",
@@ -164,31 +165,27 @@ def fit(
     progress = progress and ctx.main
 
     # 1. the run directory; model, data and random streams on the device
-    if ctx.main:
+    if ctx.main and not (out / "config.json").exists():  # so load_run and `pyrovae evaluate` open it
         out.mkdir(parents=True, exist_ok=True)
-        if not (out / "config.json").exists():  # so load_run and `pyrovae evaluate` open a fit() run too
-            checkpoint.write_text(out / "config.json", options.to_json())
+        checkpoint.write_text(out / "config.json", options.to_json())
     pyro.set_rng_seed(cfg.seed + 1000 * ctx.rank)  # each rank its own z draws
     vae.to(ctx.device)
     train, val = data.train.to(ctx.device), data.val.to(ctx.device)
     labels = bool(getattr(vae, "num_classes", 0) or getattr(vae, "condition_shape", None))
     prepare = prepare or (lambda x, y: y if labels else None)
 
-    # 2. the variant's objective, and the optimizer
+    # 2. the variant's objective, the optimizer and the step
     training = variant_of(vae).training(vae, data, cfg, ctx.world)
     val_prepare = prepare if training.validation_labels else (lambda x, y: None)
-    params = [p for p in vae.parameters() if p.requires_grad]
-    loss_fn = distributed.wrap(training.loss, ctx)
-    groups = decay_groups(vae, cfg.weight_decay) if cfg.weight_decay else params
-    loop = Loop(vae, make_optimizer(groups, cfg.lr, cfg.weight_decay), ctx.device, cfg.seed, ctx.rank,
-                {"config": cfg.to_json(), "x_shape": list(data.x_shape), "num_classes": data.num_classes,
-                 **(meta or {})})  # fmt: skip
+    loop, steps = _loop_and_steps(vae, training, data, cfg, ctx, meta)
     ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
 
     # 3. resume
     if resume and ckpt_path.exists():
         loop.load_state_dict(checkpoint.load(ckpt_path, map_location=ctx.device))
     good = _clone(loop.state_dict())  # what a NaN rollback returns to
+    if progress:
+        tqdm.write(f"training step: {steps.description}")
 
     # 4. epochs
     first, binarize = True, cfg.resolve_binarize()
@@ -197,36 +194,28 @@ def fit(
             c, epoch = loop.c, loop.c.epoch
             lr = _start_epoch(loop, cfg, train)
             batches = training.batches(c.perm, cfg.batch_size)
-            bar = tqdm(
-                total=len(batches),
-                initial=c.step_in_epoch,
-                desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                disable=None if progress else True,
-                leave=False,
-                unit="step",
-            )  # fmt: skip  (None: off when no tty)
-            t0, failed = time.perf_counter(), None
+            bar = _bar(c, epoch, cfg.epochs, len(batches), progress)
+            t0, failed, since, images = time.perf_counter(), None, c.step_in_epoch, 0
             coefs = training.schedule(epoch + max(c.step_in_epoch - 1, 0) / len(batches))
 
-            # 4a. steps
+            # 4a. steps; the loss is read every steps.every steps (1 for the eager step)
             vae.train()
             for s in range(c.step_in_epoch, len(batches)):
                 coefs = training.schedule(epoch + s / len(batches))  # at the fractional epoch
                 x, y = _batch(train, ctx.shard(batches[s]), binarize, loop.noise_rng)
-                # Pyro's argument checks run on a run's first step only; svi_step checks loss and
-                # gradients for NaN and inf at every step, at a fraction of the cost.
-                with pyro.validation_enabled(first and is_validation_enabled()):
-                    loss, norm = svi_step(loss_fn, loop.opt, params, x, prepare(x, y), cfg.clip_norm,
-                                          beta=coefs["beta"])  # fmt: skip
-                first = False
-                if not (math.isfinite(loss) and math.isfinite(norm)):
-                    failed = (s, loss, norm)
-                    break
+                steps(x, prepare(x, y), coefs["beta"], validate=first)  # Pyro's checks: first step only
+                first, images = False, images + len(x) * ctx.world
                 c.step, c.step_in_epoch = c.step + 1, s + 1
-                c.loss_sum, c.seen = c.loss_sum + loss, c.seen + len(x) * ctx.world
+                if (s + 1 - since) % steps.every and s + 1 < len(batches) and not (on_step or signals.caught):
+                    continue
+                total, done, bad = steps.read()
+                if bad is not None:
+                    failed = (since, s, *bad)
+                    break
+                c.loss_sum, c.seen, since, images = c.loss_sum + total, c.seen + images, s + 1, 0
                 if on_step is not None and ctx.main:
-                    on_step(c.step, loss)
-                bar.update()
+                    on_step(c.step, total)
+                bar.update(done)
                 bar.set_postfix(loss=f"{c.loss_sum / c.seen:.2f}", refresh=False)
                 if signals.caught is not None:
                     bar.close()
@@ -236,6 +225,7 @@ def fit(
             # 4b. a non-finite loss or gradient: stop, or roll back with half the learning rate
             if failed is not None:
                 _roll_back(loop, good, cfg, failed, epoch, ckpt_path, ctx.main)
+                steps.reset()
                 continue
             seconds = time.perf_counter() - t0
 
@@ -247,8 +237,6 @@ def fit(
                 on_epoch(dict(loop.c.rows[-1]))
             if progress:
                 _report(loop.c.rows[-1], cfg, loop.c)
-            if cfg.patience and loop.c.bad_epochs >= cfg.patience:
-                break
 
     # 5. the best parameters
     if ctx.active:
@@ -258,13 +246,41 @@ def fit(
     return vae.eval()
 
 
+def _loop_and_steps(vae: VAE, training, data: Dataset, cfg: Config, ctx, meta: dict | None):
+    """The run's state (a :class:`Loop` with its optimizer) and the training step it takes
+    (``cfg.step``: see :mod:`pyrovae.graphs`)."""
+    params = [p for p in vae.parameters() if p.requires_grad]
+    kind = resolve_step(cfg.step, ctx.device, ctx.world)
+    groups = decay_groups(vae, cfg.weight_decay) if cfg.weight_decay else params
+    opt = fused_adam(groups, cfg.lr, cfg.weight_decay) if kind == "graphed" else make_optimizer(
+        groups, cfg.lr, cfg.weight_decay)  # fmt: skip
+    meta = {"config": cfg.to_json(), "x_shape": list(data.x_shape), "num_classes": data.num_classes,
+            **(meta or {})}  # fmt: skip
+    loop = Loop(vae, opt, ctx.device, cfg.seed, ctx.rank, meta)
+    return loop, make_steps(kind, distributed.wrap(training.loss, ctx), opt, params, cfg.clip_norm)
+
+
+def _bar(c: Counters, epoch: int, epochs: int, steps: int, progress: bool) -> tqdm:
+    return tqdm(
+        total=steps,
+        initial=c.step_in_epoch,
+        desc=f"epoch {epoch + 1}/{epochs}",
+        disable=None if progress else True,
+        leave=False,
+        unit="step",
+    )  # fmt: skip  (None: off without a tty)
+
+
 # -- the epoch's parts ------------------------------------------------------------------------
 def _start_epoch(loop: Loop, cfg: Config, train: Split) -> float:
     """Set this epoch's learning rate, and draw its order unless resuming mid-epoch; returns the rate."""
     c = loop.c
     lr = _lr(cfg, c.epoch, c.lr_factor)
     for group in loop.opt.param_groups:
-        group["lr"] = lr
+        if isinstance(group["lr"], torch.Tensor):  # a graphed step's optimizer reads it on the device
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
     if c.perm is None:
         c.perm = torch.randperm(len(train), generator=loop.data_rng, device=loop.device)
         c.step_in_epoch, c.loss_sum, c.seen = 0, 0.0, 0
@@ -296,8 +312,9 @@ def _roll_back(loop: Loop, good: dict, cfg: Config, failed: tuple, epoch: int, c
               "(clip_norm)" if cfg.on_nan == "rollback" else "lower lr, clip the gradient norm "
               "(clip_norm), or roll back on NaN (on_nan rollback)")  # fmt: skip
     raise TrainingError(
-        f"{_describe(failed, epoch)}; parameters were not updated and the last good checkpoint "
-        f"({ckpt_path if ckpt_path.exists() else 'none yet'}) is intact. {remedy[0].upper()}{remedy[1:]}"
+        f"{_describe(failed, epoch)}; {'parameters were not updated and ' if failed[0] == failed[1] else ''}"
+        f"the last good checkpoint ({ckpt_path if ckpt_path.exists() else 'none yet'}) is intact. "
+        f"{remedy[0].upper()}{remedy[1:]}"
     )
 
 
@@ -366,9 +383,11 @@ def _batch(split: Split, idx: torch.Tensor, binarize: bool, noise: torch.Generat
 
 
 def _describe(failed: tuple, epoch: int) -> str:
-    s, loss, norm = failed
-    what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
-    return f"non-finite {what} at epoch {epoch + 1}, step {s + 1}"
+    first, last, loss, norm = failed
+    if first == last:
+        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
+        return f"non-finite {what} at epoch {epoch + 1}, step {last + 1}"
+    return f"a non-finite loss or gradient at epoch {epoch + 1}, within steps {first + 1}-{last + 1}"
 
 
 def _check_binary_validation(vae: VAE, data: Dataset) -> None:

@@ -18,6 +18,7 @@ same step runs eagerly, so its logic is tested without a GPU.
 from __future__ import annotations
 
 import contextlib
+import math
 from unittest import mock
 
 import pyro
@@ -26,33 +27,47 @@ from torch import Tensor, nn
 
 from .step import grad_norm
 
-#: Pyro's ELBO modules whose ``warn_if_nan`` reads a device tensor on the host (forward and backward)
-_NAN_WARNERS = ("trace_elbo", "trace_mean_field_elbo", "tracegraph_elbo", "renyi_elbo")
+#: Pyro's ELBO modules that read device tensors on the host: ``warn_if_nan`` (forward and
+#: backward) and ``torch_item`` (the ELBO's value beside its surrogate)
+_HOST_READERS = ("trace_elbo", "trace_mean_field_elbo", "tracegraph_elbo", "renyi_elbo")
+
+
+def _detached(x):
+    # the value Pyro's torch_item would read, left on the device: Trace_ELBO returns
+    # ``loss + (surrogate - torch_item(surrogate))``, the same value and gradient either way
+    return x.detach() if isinstance(x, Tensor) else x
 
 
 @contextlib.contextmanager
 def _no_host_reads():
-    """Pyro's validation off and its NaN warnings silenced, for warm-up and capture: both read
-    device values on the host, which a graph cannot contain (the flag below replaces them)."""
+    """Pyro's validation off, its NaN warnings silenced and its ``torch_item`` kept on the device,
+    for warm-up and capture: each reads device values on the host, which a graph cannot contain
+    (the flag below replaces the checks)."""
     import importlib
 
     patches = []
-    for name in _NAN_WARNERS:
+    for name in _HOST_READERS:
         module = importlib.import_module(f"pyro.infer.{name}")
         if hasattr(module, "warn_if_nan"):
             patches.append(mock.patch.object(module, "warn_if_nan", lambda value, *a, **k: value))
+        if hasattr(module, "torch_item"):
+            patches.append(mock.patch.object(module, "torch_item", _detached))
     with contextlib.ExitStack() as stack, pyro.validation_enabled(False):
         for p in patches:
             stack.enter_context(p)
         yield
 
 
-def fused_adam(params: list[Tensor], lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def fused_adam(params: list, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Adam (AdamW with ``weight_decay``) as :class:`GraphedStep` needs it: fused, so it honours a
     device-side ``found_inf``, with the learning rate a device tensor, so a schedule can change it
-    between replays (``opt.param_groups[0]["lr"].fill_(new)``)."""
+    between replays (``opt.param_groups[0]["lr"].fill_(new)``).
+
+    :param params: parameters, or parameter groups (see :func:`pyrovae.step.decay_groups`).
+    """
     params = list(params)
-    lr_t = torch.tensor(float(lr), device=params[0].device)
+    first = params[0]["params"][0] if isinstance(params[0], dict) else params[0]
+    lr_t = torch.tensor(float(lr), device=first.device)
     cls = torch.optim.AdamW if weight_decay else torch.optim.Adam
     return cls(params, lr=lr_t, weight_decay=weight_decay, fused=True)
 
@@ -152,19 +167,26 @@ class GraphedStep:
 
     # -- capture ----------------------------------------------------------------------------
     def _capture(self, warmup: int) -> None:
+        """Warm up and capture; on failure the model and optimizer are as before, and the error
+        propagates (the caller may take the eager step instead)."""
         saved = self._snapshot()
-        side = torch.cuda.Stream(self.x.device)
-        side.wait_stream(torch.cuda.current_stream(self.x.device))
-        with torch.cuda.stream(side), _no_host_reads():
-            for _ in range(max(1, warmup)):
-                self.opt.zero_grad(set_to_none=True)
+        try:
+            side = torch.cuda.Stream(self.x.device)
+            side.wait_stream(torch.cuda.current_stream(self.x.device))
+            with torch.cuda.stream(side), _no_host_reads():
+                for _ in range(max(1, warmup)):
+                    self.opt.zero_grad(set_to_none=True)
+                    self._step()
+            torch.cuda.current_stream(self.x.device).wait_stream(side)
+            self.opt.zero_grad(set_to_none=True)  # the graph allocates the gradients it writes
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph), _no_host_reads():
                 self._step()
-        torch.cuda.current_stream(self.x.device).wait_stream(side)
-        self.opt.zero_grad(set_to_none=True)  # the graph allocates the gradients it writes
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph), _no_host_reads():
-            self._step()
-        self._restore(saved)
+        except Exception:
+            self._graph = None
+            raise
+        finally:
+            self._restore(saved)
 
     def _snapshot(self) -> dict:
         return {
@@ -195,4 +217,137 @@ class GraphedStep:
         self.found_inf.zero_()
 
 
-__all__ = ["GraphedStep", "fused_adam"]
+# -- the steps fit takes ------------------------------------------------------------------------
+STEPS = ("auto", "eager", "graphed")
+"""Choices of ``Config.step``: ``eager`` is :func:`~pyrovae.step.svi_step` (the loss read after
+every step); ``graphed`` is :class:`GraphedStep` (a CUDA graph on CUDA, the same
+synchronisation-free step run eagerly elsewhere); ``auto`` is ``graphed`` on a CUDA device
+(one process) and ``eager`` otherwise."""
+
+
+def resolve_step(kind: str, device: torch.device, world: int = 1) -> str:
+    """The step ``kind`` (``Config.step``) runs on ``device`` with ``world`` processes."""
+    if kind == "graphed" and world > 1:
+        from .config import ConfigError
+
+        raise ConfigError("step graphed runs in one process; under torchrun use step eager (or auto)", "step")
+    if kind == "auto":
+        return "graphed" if device.type == "cuda" and world == 1 else "eager"
+    return kind
+
+
+class EagerSteps:
+    """Pyro's recipe step by step (:func:`~pyrovae.step.svi_step`), its loss read after every
+    step: a non-finite one is skipped and reported at once.
+
+    Call with ``(x, y, beta)``; :meth:`read` returns ``(loss sum, steps, bad)`` since the last read,
+    ``bad`` the first non-finite ``(loss, gradient norm)`` or ``None``."""
+
+    every = 1  # steps between reads
+
+    def __init__(self, loss_fn: nn.Module, opt: torch.optim.Optimizer, params: list[Tensor],
+                 clip_norm: float | None = None) -> None:  # fmt: skip
+        self.loss_fn, self.opt, self.params, self.clip_norm = loss_fn, opt, params, clip_norm
+        self.description = "eager (the loss read after every step)"
+        self._reset()
+
+    def _reset(self) -> None:
+        self.total, self.count, self.bad = 0.0, 0, None
+
+    def __call__(self, x: Tensor, y: Tensor | None, beta: float, validate: bool = False) -> None:
+        from pyro.infer.util import is_validation_enabled
+
+        from .step import svi_step
+
+        found_inf = getattr(self.opt, "found_inf", None)
+        if found_inf is not None:  # left by a graphed step: this step decides on the host
+            found_inf.zero_()
+        with pyro.validation_enabled(validate and is_validation_enabled()):
+            loss, norm = svi_step(self.loss_fn, self.opt, self.params, x, y, self.clip_norm, beta=beta)
+        if math.isfinite(loss) and math.isfinite(norm):
+            self.total, self.count = self.total + loss, self.count + 1
+        elif self.bad is None:
+            self.bad = (loss, norm)
+
+    def read(self) -> tuple[float, int, tuple | None]:
+        out = self.total, self.count, self.bad
+        self._reset()
+        return out
+
+    def reset(self) -> None:
+        """Forget what the optimizer's state was (after a rollback or resume loads another)."""
+
+
+class SyncFreeSteps(EagerSteps):
+    """:class:`GraphedStep` for full batches (captured at the first one; a CUDA graph on CUDA),
+    :class:`EagerSteps` for the run's first step (with Pyro's argument checks) and for batches
+    of another size (an epoch's last); the loss is read every :attr:`every` steps.
+
+    β is fed as a device tensor, and a :class:`~pyrovae.objectives.CapacityELBO`'s capacity too,
+    so schedules change them between replays. Where capture fails (an operation a CUDA graph
+    cannot hold), the reason is printed and the steps stay eager."""
+
+    every = 50
+
+    def __init__(self, loss_fn: nn.Module, opt: torch.optim.Optimizer, params: list[Tensor],
+                 clip_norm: float | None = None, graph: bool | None = None) -> None:  # fmt: skip
+        super().__init__(loss_fn, opt, params, clip_norm)
+        device = params[0].device
+        self.graph = device.type == "cuda" if graph is None else graph
+        self.beta = torch.zeros((), device=device)
+        self.description = (
+            "graphed (a CUDA graph replayed for full batches; the loss read every "
+            f"{self.every} steps)" if self.graph else
+            f"synchronisation-free (the graphed step run eagerly; the loss read every {self.every} steps)"
+        )  # fmt: skip
+        self.step: GraphedStep | None = None
+        self.failed: str | None = None  # why capture failed, once it has
+
+    def __call__(self, x: Tensor, y: Tensor | None, beta: float, validate: bool = False) -> None:
+        if validate or self.failed or (self.step is not None and x.shape != self.step.x.shape):
+            return super().__call__(x, y, beta, validate)
+        self.beta.fill_(beta)
+        if self.step is None and not self._build(x, y):
+            return super().__call__(x, y, beta, validate)
+        self.step(x, y)
+        self.count += 1
+
+    def _build(self, x: Tensor, y: Tensor | None) -> bool:
+        elbo = getattr(self.loss_fn, "elbo", None)
+        if isinstance(getattr(elbo, "capacity", None), float):  # scheduled: a device tensor the graph reads
+            elbo.capacity = torch.tensor(elbo.capacity, device=x.device)
+        try:
+            self.step = GraphedStep(self.loss_fn, self.params, self.opt, x, y, beta=self.beta,
+                                    clip_norm=self.clip_norm, graph=self.graph)  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - any capture failure leaves the eager step, which works
+            self.failed = f"{type(e).__name__}: {e}".splitlines()[0]
+            from tqdm import tqdm
+
+            tqdm.write(f"the graphed step could not be captured ({self.failed}); taking the eager step")
+            return False
+        return True
+
+    def read(self) -> tuple[float, int, tuple | None]:
+        total, count, bad = super().read()
+        if self.step is not None:
+            graphed, skipped = self.step.read()
+            total += graphed
+            if skipped and bad is None:
+                bad = (math.nan, math.nan)
+            count -= skipped
+        return total, count, bad
+
+    def reset(self) -> None:
+        # a loaded optimizer state is new tensors: a graph holding the old ones must be captured again
+        self.step = None
+
+
+def make_steps(kind: str, loss_fn: nn.Module, opt: torch.optim.Optimizer, params: list[Tensor],
+               clip_norm: float | None = None) -> EagerSteps:  # fmt: skip
+    """The steps of ``kind`` (``"eager"`` or ``"graphed"``, see :func:`resolve_step`)."""
+    if kind == "eager":
+        return EagerSteps(loss_fn, opt, params, clip_norm)
+    return SyncFreeSteps(loss_fn, opt, params, clip_norm)
+
+
+__all__ = ["GraphedStep", "fused_adam", "STEPS", "resolve_step", "make_steps"]

@@ -116,7 +116,7 @@ class CapacityELBO(_ReshapedELBO):
         for model_site, guide_site in _latent_sites(model_trace, guide_trace):
             kl = kl + guide_site["log_prob_sum"] - model_site["log_prob_sum"]
         surrogate = -recon + self.gamma * n * (kl / n - self.capacity).abs()
-        return surrogate.item(), surrogate
+        return surrogate.detach(), surrogate  # no host read: a CUDA graph can hold it
 
 
 class TCVAE(_ReshapedELBO):
@@ -149,7 +149,7 @@ class TCVAE(_ReshapedELBO):
             kl = kl + guide_site["log_prob_sum"] - model_site["log_prob_sum"]
             tc = tc + total_correlation(guide_site["fn"], guide_site["value"], self.dataset_size).sum()
         surrogate = -recon + kl + (self.tc_beta - 1) * tc
-        return surrogate.item(), surrogate
+        return surrogate.detach(), surrogate  # no host read: a CUDA graph can hold it
 
 
 def total_correlation(q, z: Tensor, dataset_size: int) -> Tensor:
@@ -217,7 +217,7 @@ class FreeBitsELBO(_ReshapedELBO):
             floored = torch.clamp(mean, min=self.free_bits * per_group).sum() * data
             penalty = penalty + guide_site["scale"] * floored
         surrogate = -recon + penalty
-        return surrogate.item(), surrogate
+        return surrogate.detach(), surrogate  # no host read: a CUDA graph can hold it
 
 
 class IWAE(RenyiELBO):

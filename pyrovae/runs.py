@@ -40,7 +40,7 @@ from .variants import MODELS, variant_of
 
 #: Options that may change when a run is resumed; every other option must match the saved one.
 RESUMABLE = {"epochs", "patience", "device", "deterministic", "eval_k", "eval_n_test", "data_dir", "data_file",
-             "labels_file", "on_nan", "tensorboard"}  # fmt: skip
+             "labels_file", "on_nan", "step", "tensorboard"}  # fmt: skip
 EVAL_BINARIZE_SEED = 0  # validation and test sets are binarized once, identically in every run
 #: Options :func:`load_data` reads: runs that agree on them train and validate on the same data.
 DATA_OPTIONS = ("dataset", "data_dir", "data_file", "labels_file", "val_size", "train_size", "split_seed",

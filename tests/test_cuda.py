@@ -224,3 +224,20 @@ def test_a_replayed_graph_step_equals_the_eager_step_for_the_same_noise():
         assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-5)
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-6)
     assert graphed.read()[1] == 0
+
+
+def test_train_with_the_graphed_step_gives_the_eager_steps_figures(tmp_path, capsys):
+    """`--step auto` is the graphed step on one GPU: a β warm-up and a cosine learning rate fed as
+    device tensors, the epoch's last batch eager; its figures match `--step eager`'s."""
+    data = _data(tmp_path)
+    extra = ["--epochs", "3", "--beta-schedule", "linear", "--warmup-epochs", "2", "--lr-schedule", "cosine",
+             "--no-eval"]  # fmt: skip
+    assert main(_train(data, tmp_path / "eager", "--step", "eager", *extra)) == 0
+    run = _train(data, tmp_path / "graphed", *extra)
+    run.remove("--quiet")
+    assert main(run) == 0
+    assert "training step: graphed (a CUDA graph" in capsys.readouterr().out
+    rows = [list(csv.DictReader(open(tmp_path / k / "metrics.csv"))) for k in ("eager", "graphed")]
+    for a, b in zip(*rows, strict=True):
+        for key in ("train_loss", "val_elbo", "beta", "lr"):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-3), key

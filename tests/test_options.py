@@ -23,6 +23,7 @@ COND_PRIORS = [p for p, cls in PRIORS.items() if getattr(cls, "conditionable", T
 #: option -> cases; each case is the extra flags of one run (2 epochs on a tiny labelled file)
 MATRIX: dict[str, list[list[str]]] = {
     "binarize": [["--binarize", "none"], ["--binarize", "dynamic"]],
+    "step": [["--step", "graphed"], ["--step", "eager"]],
     "train_size": [["--train-size", "30"]],
     "split_seed": [["--split-seed", "1"]],
     "classes": [

@@ -70,8 +70,12 @@ class Training:
         beta = beta_at(cfg.beta_schedule, cfg.beta, cfg.warmup_epochs, t)
         if not isinstance(self.elbo, CapacityELBO):
             return {"beta": beta, "capacity": ""}
-        self.elbo.capacity = capacity_at(t, cfg.capacity, cfg.capacity_epochs)
-        return {"beta": beta, "capacity": self.elbo.capacity}
+        capacity = capacity_at(t, cfg.capacity, cfg.capacity_epochs)
+        if isinstance(self.elbo.capacity, Tensor):  # a graphed step reads it from the device
+            self.elbo.capacity.fill_(capacity)
+        else:
+            self.elbo.capacity = capacity
+        return {"beta": beta, "capacity": capacity}
 
     def scores(self, model: nn.Module) -> dict[str, float]:
         """Figures logged to ``metrics.csv`` after each epoch beyond the ELBO's."""

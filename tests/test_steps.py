@@ -1,0 +1,160 @@
+"""``step`` (``--step``): the synchronisation-free step (``graphed``; a CUDA graph on CUDA, run
+eagerly on a CPU) trains exactly as the eager one, finds and rolls back a non-finite step it
+reads late, contains no host read (which a CUDA graph cannot hold), and falls back to the eager
+step where capture fails. tests/test_cuda.py replays the captured graph against the eager step."""
+
+import contextlib
+import csv
+import subprocess
+import sys
+from unittest import mock
+
+import pyro
+import pytest
+import torch
+
+from pyrovae import VAE, checkpoint, train
+from pyrovae.config import Config, ConfigError
+from pyrovae.graphs import GraphedStep, SyncFreeSteps, fused_adam, resolve_step
+from pyrovae.objectives import ELBOLoss, make_elbo
+
+
+def _rows(run) -> list[dict]:
+    return list(csv.DictReader(open(run / "metrics.csv")))
+
+
+def _same_runs(a, b) -> None:
+    for ra, rb in zip(_rows(a), _rows(b), strict=True):
+        for key in ("train_loss", "val_elbo", "val_kl", "beta", "lr"):
+            assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-5, abs=1e-6), key
+    pa, pb = checkpoint.load(a / "checkpoint.pt")["model"], checkpoint.load(b / "checkpoint.pt")["model"]
+    for name in pa:
+        assert torch.allclose(pa[name], pb[name], rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"beta_schedule": "linear", "warmup_epochs": 1.5, "clip_norm": 5.0},
+        {"capacity": 4.0, "capacity_epochs": 1.0, "weight_decay": 1e-3},
+        {"elbo": "iwae", "num_particles": 3, "lr_schedule": "cosine"},
+        {"elbo": "meanfield", "free_bits": 0.1},
+    ],
+    ids=["plain", "warmup-clip", "capacity-decay", "iwae-cosine", "freebits"],
+)
+def test_the_graphed_step_trains_as_the_eager_step(tmp_path, tiny_data_file, tiny_config, options):
+    """108 training images in batches of 16: six full batches take the synchronisation-free step
+    (β, C and the learning rate fed as tensors), the seventh of 12 the eager one; the loss is
+    read once per epoch. Same losses, validation figures and parameters as the eager step."""
+    data = tiny_data_file(tmp_path)
+    for kind in ("eager", "graphed"):
+        train(
+            tiny_config(data, epochs=2, step=kind, **options), tmp_path / kind, progress=False, evaluate=False
+        )
+    _same_runs(tmp_path / "eager", tmp_path / "graphed")
+    assert float(_rows(tmp_path / "graphed")[-1]["val_elbo"]) > float("-inf")
+
+
+def test_a_non_finite_step_read_late_is_rolled_back(tmp_path, tiny_data_file, poison_decoder, tiny_config):
+    """The decoder's 11th call (epoch 2, step 4) is NaN: the graphed step skips it on the device,
+    the loop learns of it when it reads the loss at the end of the epoch, and rolls back to the
+    end of epoch 1 with half the learning rate, as the eager step does at once."""
+    data = tiny_data_file(tmp_path)
+    poison_decoder(11)
+    train(tiny_config(data, epochs=3, on_nan="rollback", step="graphed"), tmp_path / "r", progress=False,
+          evaluate=False)  # fmt: skip
+    ck = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
+    assert ck["state"]["epoch"] == 3 and ck["state"]["rollbacks"] == 1 and ck["state"]["lr_factor"] == 0.5
+    assert all(
+        float(r["lr"]) == pytest.approx(1e-3 * (0.5 if r["epoch"] != "1" else 1))
+        for r in _rows(tmp_path / "r")
+    )
+
+
+@contextlib.contextmanager
+def _host_reads_refused():
+    """Every way a tensor's value reaches Python raises, as it would during CUDA graph capture."""
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a host read in the graphed step")
+
+    with contextlib.ExitStack() as stack:
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+            stack.enter_context(mock.patch.object(torch.Tensor, name, refuse))
+        yield
+
+
+@pytest.mark.parametrize(
+    "kind, options",
+    [("trace", {}), ("meanfield", {}), ("iwae", {"num_particles": 3}), ("trace", {"gamma": 10.0, "capacity": 1.0}),
+     ("meanfield", {"free_bits": 0.5}), ("trace", {"tc_beta": 4.0, "dataset_size": 100})],
+    ids=["trace", "meanfield", "iwae", "capacity", "freebits", "tcvae"],
+)  # fmt: skip
+def test_the_graphed_step_reads_nothing_on_the_host(kind, options):
+    """A CUDA graph cannot contain ``.item()`` or ``bool(tensor)``; Pyro's ELBOs call both (its
+    NaN warnings and ``torch_item``). The step runs with every host read refused."""
+    pyro.set_rng_seed(0)
+    vae = VAE((1, 4, 4), z_dim=2, hidden=(8,))
+    params = list(vae.parameters())
+    x = torch.bernoulli(torch.full((10, 1, 4, 4), 0.5))
+    beta = torch.tensor(0.5)
+    step = GraphedStep(ELBOLoss(vae, make_elbo(kind, **options)), params, fused_adam(params, 1e-2), x, beta=beta,
+                       clip_norm=1.0)  # fmt: skip
+    before = params[0].detach().clone()
+    with _host_reads_refused():
+        step(x)
+        step(x)
+    assert not torch.equal(params[0], before)
+    total, skipped = step.read()
+    assert skipped == 0 and total > 0
+
+
+def test_where_capture_fails_the_eager_step_trains_and_says_why(
+    tmp_path, tiny_data_file, tiny_config, capsys
+):
+    """Capture asked for on a machine without CUDA fails at once: the steps stay eager, the
+    reason is printed, and training gives the eager step's figures."""
+    data = tiny_data_file(tmp_path)
+    real = SyncFreeSteps.__init__
+
+    def with_graph(self, *args, **kwargs):
+        real(self, *args, **{**kwargs, "graph": True})
+
+    train(tiny_config(data, epochs=1, step="eager"), tmp_path / "eager", progress=False, evaluate=False)
+    with mock.patch.object(SyncFreeSteps, "__init__", with_graph):
+        train(
+            tiny_config(data, epochs=1, step="graphed"), tmp_path / "fallback", progress=False, evaluate=False
+        )
+    assert "could not be captured" in capsys.readouterr().out
+    _same_runs(tmp_path / "eager", tmp_path / "fallback")
+
+
+def test_auto_is_graphed_on_one_cuda_device_and_graphed_refuses_torchrun():
+    assert resolve_step("auto", torch.device("cpu")) == "eager"
+    assert resolve_step("auto", torch.device("cuda", 0)) == "graphed"
+    assert resolve_step("auto", torch.device("cuda", 0), world=2) == "eager"
+    assert resolve_step("graphed", torch.device("cpu")) == "graphed"
+    with pytest.raises(ConfigError, match="one process") as e:
+        resolve_step("graphed", torch.device("cuda", 0), world=2)
+    assert e.value.option == "step"
+    with pytest.raises(ConfigError, match="auto, eager, graphed"):
+        Config(step="fast").validate()
+
+
+def test_train_says_which_step_it_takes(tmp_path, tiny_data_file):
+    data = tiny_data_file(tmp_path)
+    base = [sys.executable, "-m", "pyrovae", "train", "--dataset", "file", "--data-file", str(data), "--z-dim", "2",
+            "--hidden", "8", "--batch-size", "16", "--val-size", "12", "--epochs", "1", "--no-eval"]  # fmt: skip
+    said = {}
+    for kind in ("auto", "graphed"):
+        p = subprocess.run(
+            [*base, "--step", kind, "--out", str(tmp_path / kind)], capture_output=True, text=True
+        )
+        assert p.returncode == 0, p.stderr
+        said[kind] = p.stdout
+    assert "training step: eager" in said["auto"]  # no CUDA here
+    assert "training step: synchronisation-free" in said["graphed"]
+    assert float(_rows(tmp_path / "auto")[0]["train_loss"]) == pytest.approx(
+        float(_rows(tmp_path / "graphed")[0]["train_loss"])
+    )
