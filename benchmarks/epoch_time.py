@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import platform
 import statistics
 import tempfile
 import time
@@ -36,6 +35,7 @@ from pyrovae.build import resolve_device
 from pyrovae.config import PRESETS, Config
 from pyrovae.data import binarize, load_dataset
 from pyrovae.evaluate import MAX_ELEMENTS, log_likelihood
+from pyrovae.machine import describe
 from pyrovae.runs import EVAL_BINARIZE_SEED
 
 
@@ -155,8 +155,7 @@ def main(args: argparse.Namespace) -> dict:
     timings = {name: (statistics.median(seconds[name]), lls[name]) for name in estimators}
 
     n = len(train_x)
-    print(f"pyro {pyro.__version__}, torch {torch.__version__}, {_processor(device)}, "
-          f"{torch.get_num_threads()} threads, batch {args.batch_size}, {args.epochs} epochs, {n} images/epoch")  # fmt: skip
+    print(f"{describe(device)}; batch {args.batch_size}, {args.epochs} epochs, {n} images/epoch")
     print(f"{'training':34s} {'s/epoch':>8s} {'images/s':>9s} {'speed-up':>9s} {'test ELBO':>10s}")
     for name, (s, e) in {
         "Pyro example (DataLoader, svi.step)": (ex_s, ex_elbo),
@@ -191,12 +190,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--device", default="auto", help="auto, cpu, cuda or cuda:N, for both loops (default: auto)"
     )
     return p.parse_args(argv)
-
-
-def _processor(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from pyrovae.build import build_model, resolve_device
 from pyrovae.config import Config
 from pyrovae.evaluate import log_likelihood
 from pyrovae.graphs import GraphedStep, fused_adam
+from pyrovae.machine import describe
 from pyrovae.objectives import ELBOLoss, make_elbo
 from pyrovae.step import svi_step
 
@@ -219,10 +220,8 @@ def _data(args, device) -> tuple[torch.Tensor, torch.Tensor]:
 def main(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     train, test = _data(args, device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (graphs need CUDA)"
-    print(
-        f"{where}; torch {torch.__version__}, pyro {pyro.__version__}; {args.steps} steps x {args.rounds} rounds"
-    )
+    graphs = "" if device.type == "cuda" else " (graphs need CUDA: the graphed contestants run eagerly)"
+    print(f"{describe(device)}{graphs}; {args.steps} steps x {args.rounds} rounds")
     results = {"train": {}, "eval": None}
     for batch in args.batch_sizes:
         rates = race(train, batch, args, device)

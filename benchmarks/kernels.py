@@ -18,7 +18,6 @@ pyrovae's (above 1: pyrovae's is faster).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from pyrovae import distributions as pvdist
 from pyrovae.distributions import _LOG_C, _series
 from pyrovae.functional import softplus
+from pyrovae.machine import describe
 
 
 class _CBBefore(pvdist.ContinuousBernoulli):
@@ -78,8 +78,7 @@ def main(args: argparse.Namespace) -> None:
             lambda t: pvdist.ContinuousBernoulli(logits=t).log_prob(grey),
         ),
     }
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{_threads()}, ({args.batch}, 784) float32, forward + backward, "
+    print(f"{describe('cpu')}; ({args.batch}, 784) float32, forward + backward, "
           f"{args.steps} calls x {args.repeats} repeats")  # fmt: skip
     print(f"{'kernel':44s} {'torch µs':>9s} {'pyrovae µs':>11s} {'speed-up (range)':>20s}")
     for name, (theirs, ours) in races.items():

@@ -22,6 +22,7 @@ from pathlib import Path
 import pyro
 
 from pyrovae import Config, Split, evaluate, train
+from pyrovae.machine import describe
 from pyrovae.runs import load_data
 
 #: (row, options on top of the iwae preset, published -log p(x) or None)
@@ -82,6 +83,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     k, n = results[0]["k"], results[0]["n_test"]
     print(f"\n-log p(x) (importance-sampled, K={k}, first {n} test images; MNIST dynamically binarized), "
           f"every row {args.epochs} epochs on {len(data.train)} images, Adam lr 1e-3, batches of 20; {SOURCES}")  # fmt: skip
+    print(f"measured on: {describe(test.x.device)}")
     print("| model | -log p(x) | -ELBO | published | active units | training + evaluation s |")
     print("|---|---|---|---|---|---|")
     for r in results:

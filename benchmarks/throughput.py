@@ -9,6 +9,8 @@ same loop with ``fused=True`` Adam is shown as the limit. The contestants:
 - pyrovae's training step (``pyrovae.step.svi_step`` on ``ELBOLoss``: the loss, a NaN/inf check
   of loss and gradients, fused Adam; Pyro's validation off, as ``fit`` runs after its first
   step), on ``TraceMeanField_ELBO`` (analytic KL, the baseline's objective) and ``Trace_ELBO``;
+- the step ``fit`` takes with ``--step graphed`` (on a CPU the synchronisation-free step run
+  eagerly, its loss read every 50 steps; a CUDA graph on CUDA);
 - a user's script: ``pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
   Trace_ELBO())`` (and with ``TraceMeanField_ELBO``), ``svi.step(x)``, Pyro's defaults otherwise;
 - the same script on the lean loop's network written directly in Pyro, without pyrovae (after Pyro's
@@ -31,6 +33,10 @@ cost when both sides use the same kernels); and the plain Pyro program on pyrova
 Pyro itself costs on this network, so that the user's script differs from it only by what
 pyrovae's model and guide add).
 
+``--decompose`` also races pyrovae's step with its networks compiled by ``torch.compile``
+(compiled during the warm-up; Pyro's program itself cannot be compiled, as Dynamo breaks its
+graph at every Pyro message).
+
 ``--only`` races a few contestants (with the two lean loops, the ratios' references) over more
 rounds in the same time.
 
@@ -43,7 +49,6 @@ contestants in rounds, so drift in machine load hits all equally.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -59,6 +64,8 @@ from pyrovae import functional
 from pyrovae.build import build_model
 from pyrovae.config import PRESETS, Config
 from pyrovae.functional import softplus as fast_softplus
+from pyrovae.graphs import fused_adam, make_steps
+from pyrovae.machine import describe
 from pyrovae.objectives import ELBOLoss, make_elbo
 from pyrovae.step import make_optimizer, svi_step
 
@@ -178,8 +185,8 @@ def main(args: argparse.Namespace) -> None:
 
         return step
 
-    def pyrovae_step(kind: str):
-        vae = _fresh(cfg).to(device)
+    def pyrovae_step(kind: str, vae=None):
+        vae = vae if vae is not None else _fresh(cfg).to(device)
         params = list(vae.parameters())
         opt, loss_fn = make_optimizer(params, 1e-3), ELBOLoss(vae, make_elbo(kind))
 
@@ -188,6 +195,28 @@ def main(args: argparse.Namespace) -> None:
                 return svi_step(loss_fn, opt, params, x)[0]
 
         return step
+
+    def pyrovae_graphed(kind: str):
+        """The step ``fit`` takes with ``--step graphed``: a CUDA graph on CUDA, the same
+        synchronisation-free step run eagerly on a CPU; the loss read every 50 steps."""
+        vae = _fresh(cfg).to(device)
+        params = list(vae.parameters())
+        steps = make_steps("graphed", ELBOLoss(vae, make_elbo(kind)), fused_adam(params, 1e-3), params)
+
+        def step(x):
+            steps(x, None, 1.0)
+            if steps.count >= steps.every:
+                return steps.read()[0]
+
+        return step
+
+    def pyrovae_compiled(kind: str):
+        """pyrovae's step with its networks compiled by ``torch.compile`` (Pyro's program itself
+        cannot be: Dynamo breaks its graph at every Pyro message); compiled at the first step."""
+        vae = _fresh(cfg).to(device)
+        vae.decoder = torch.compile(vae.decoder)
+        vae.guide_net.encoder = torch.compile(vae.guide_net.encoder)
+        return pyrovae_step(kind, vae)
 
     def user_script(elbo, validate=True):
         pyro.clear_param_store()
@@ -263,6 +292,7 @@ def main(args: argparse.Namespace) -> None:
         "lean hand loop, fused Adam": hand_loop(fused=True),
         "pyrovae step (meanfield)": pyrovae_step("meanfield"),
         "pyrovae step (trace)": pyrovae_step("trace"),
+        "pyrovae step (meanfield), --step graphed": pyrovae_graphed("meanfield"),
         "user's SVI script (Trace_ELBO)": user_script(pyro.infer.Trace_ELBO()),
         "user's SVI script (TraceMeanField)": user_script(pyro.infer.TraceMeanField_ELBO()),
         "plain Pyro VAE, no pyrovae (Trace_ELBO)": plain_pyro(),
@@ -272,6 +302,7 @@ def main(args: argparse.Namespace) -> None:
             "lean hand loop, pyrovae's softplus": hand_loop(fused=False, softplus=fast_softplus),
             "plain Pyro VAE on pyrovae's kernels": plain_pyro(fast=True),
             "pyrovae step (meanfield), torch softplus": _torch_softplus(pyrovae_step("meanfield")),
+            "pyrovae step (meanfield), networks compiled": pyrovae_compiled("meanfield"),
             "user's script (Trace_ELBO), torch softplus": _torch_softplus(
                 user_script(pyro.infer.Trace_ELBO())
             ),
@@ -308,8 +339,7 @@ def main(args: argparse.Namespace) -> None:
 
     n = args.steps * args.batch_size
     hand, fused = times["lean hand loop (torch Adam)"], times["lean hand loop, fused Adam"]
-    print(f"pyro {pyro.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{_threads()}, device {device}, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds")  # fmt: skip
+    print(f"{describe(device)}; batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds")
     print(
         "speed ratios: median over rounds of (reference time / contestant time) in the same round, with their range"
     )

@@ -14,7 +14,6 @@ or random binary images where MNIST is not found.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -24,6 +23,7 @@ import torch
 from pyrovae.build import build_model
 from pyrovae.config import Config
 from pyrovae.evaluate import log_likelihood
+from pyrovae.machine import describe
 
 
 def images(n: int) -> tuple[torch.Tensor, str]:
@@ -53,8 +53,7 @@ def main(args: argparse.Namespace) -> dict:
         pyro.set_rng_seed(0)
         cfg = Config.from_preset("tutorial", prior=prior, pseudo_inputs=args.pseudo_inputs)
         models[prior] = build_model(cfg, (1, 28, 28)).eval()
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), pyro {pyro.__version__}")  # fmt: skip
+    print(describe(next(models["normal"].parameters()).device))
     print(f"log p(x), K={args.k}, {len(x)} {what}, {args.batch} per call; tutorial network; "
           f"VampPrior with {args.pseudo_inputs} pseudo-inputs")  # fmt: skip
     times: dict[str, list[float]] = {"normal": [], "vamp": []}

@@ -8,15 +8,11 @@ nothing is stored on the model. Everything a resumed run needs is in one place, 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
-import os
-import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyro
@@ -29,6 +25,7 @@ from .config import Config
 from .data import DataError, Dataset, Split, is_binary
 from .evaluate import Prepare, split_active_units, validate
 from .graphs import fused_adam, make_steps, resolve_step
+from .loop import Counters, Loop, Signals, clone_state, deterministic_algorithms
 from .models import VAE
 from .step import decay_groups, make_optimizer
 from .variants import variant_of
@@ -55,70 +52,6 @@ class TrainingError(RuntimeError):
 
 class Interrupted(RuntimeError):
     """SIGINT or SIGTERM arrived; a checkpoint was written and the run can be resumed."""
-
-
-@dataclass
-class Counters:
-    """Where the loop stands; saved in every checkpoint."""
-
-    epoch: int = 0  # completed epochs
-    step: int = 0  # optimizer steps taken
-    step_in_epoch: int = 0
-    perm: torch.Tensor | None = None  # this epoch's order, kept so a mid-epoch resume is exact
-    loss_sum: float = 0.0
-    seen: int = 0
-    best: float = -math.inf
-    bad_epochs: int = 0
-    lr_factor: float = 1.0
-    rollbacks: int = 0
-    rows: list = field(default_factory=list)
-
-
-class Loop:
-    """The state of a run: model, optimizer, random streams and counters, saved and restored as
-    one checkpoint dict."""
-
-    def __init__(self, vae: VAE, opt: torch.optim.Optimizer, device: torch.device, seed: int, rank: int,
-                 meta: dict) -> None:  # fmt: skip
-        self.vae, self.opt, self.device, self.meta = vae, opt, device, meta
-        self.data_rng = torch.Generator(device=device).manual_seed(seed)  # batch order: same on every rank
-        self.noise_rng = torch.Generator(device=device).manual_seed(seed + 1000 * rank + 1)  # binarization
-        self.c = Counters()
-
-    def state_dict(self) -> dict:
-        cuda = self.device.type == "cuda"
-        return {
-            "model": self.vae.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "data": self.data_rng.get_state(),
-                "noise": self.noise_rng.get_state(),
-                "cuda": torch.cuda.get_rng_state(self.device) if cuda else None,
-            },
-            "state": dict(vars(self.c)),
-            **self.meta,
-        }
-
-    def load_state_dict(self, ck: dict, keep_lr: bool = False) -> None:
-        """Restore a checkpoint; ``keep_lr`` keeps the current learning-rate factor and rollback
-        count (a NaN rollback restores the parameters, not the decision to lower the rate)."""
-        self.vae.load_state_dict(ck["model"])
-        self.opt.load_state_dict(ck["optimizer"])
-        # generator states are CPU byte tensors whatever the generator's device, while a checkpoint
-        # loaded with map_location=cuda puts every tensor on the GPU
-        rng = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in ck["rng"].items()}
-        torch.set_rng_state(rng["torch"])
-        self.data_rng.set_state(rng["data"])
-        self.noise_rng.set_state(rng["noise"])
-        if self.device.type == "cuda" and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
-        keep = self.c.lr_factor, self.c.rollbacks
-        self.c = Counters(**ck["state"])
-        if self.c.perm is not None:
-            self.c.perm = self.c.perm.to(self.device)
-        if keep_lr:
-            self.c.lr_factor, self.c.rollbacks = keep
 
 
 def fit(
@@ -183,13 +116,13 @@ def fit(
     # 3. resume
     if resume and ckpt_path.exists():
         loop.load_state_dict(checkpoint.load(ckpt_path, map_location=ctx.device))
-    good = _clone(loop.state_dict())  # what a NaN rollback returns to
+    good = clone_state(loop.state_dict())  # what a NaN rollback returns to
     if progress:
         tqdm.write(f"training step: {steps.description}")
 
     # 4. epochs
     first, binarize = True, cfg.resolve_binarize()
-    with _Signals() as signals, _deterministic(cfg.deterministic and ctx.device.type == "cuda"):
+    with Signals() as signals, deterministic_algorithms(cfg.deterministic and ctx.device.type == "cuda"):
         while loop.c.epoch < cfg.epochs and not (cfg.patience and loop.c.bad_epochs >= cfg.patience):
             c, epoch = loop.c, loop.c.epoch
             lr = _start_epoch(loop, cfg, train)
@@ -302,7 +235,7 @@ def _roll_back(loop: Loop, good: dict, cfg: Config, failed: tuple, epoch: int, c
     """After a non-finite step: restore the last good state with half the learning rate
     (``on_nan="rollback"``, at most 5 times), else stop with a :class:`TrainingError`."""
     if cfg.on_nan == "rollback" and loop.c.rollbacks < 5:
-        loop.load_state_dict(_clone(good), keep_lr=True)
+        loop.load_state_dict(clone_state(good), keep_lr=True)
         c = loop.c
         c.rollbacks, c.lr_factor = c.rollbacks + 1, c.lr_factor * 0.5
         if main:
@@ -347,7 +280,7 @@ def _end_epoch(loop: Loop, row: dict, cfg: Config, out: Path, main: bool) -> dic
             checkpoint.save(snap, out / "best.pt")
         checkpoint.save(snap, out / "checkpoint.pt")
         checkpoint.write_text(out / "metrics.csv", metrics_csv(c.rows))
-    return _clone(snap)
+    return clone_state(snap)
 
 
 def _report(row: dict, cfg: Config, c: Counters) -> None:
@@ -416,52 +349,3 @@ def metrics_csv(rows: list[dict]) -> str:
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
-
-
-class _Signals:
-    """Turn SIGINT/SIGTERM into a flag checked between steps, so a checkpoint can be written."""
-
-    def __init__(self) -> None:
-        self.caught: int | None = None
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.caught = signum
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def _deterministic(on: bool):
-    """PyTorch's deterministic algorithms for the duration of a fit (restored after it), with the
-    cuBLAS workspace setting they require on CUDA; what ``deterministic`` asks for."""
-    if not on:
-        yield
-        return
-    before = torch.are_deterministic_algorithms_enabled()
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
-
-
-def _clone(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clone(v) for v in obj]
-    return obj

@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pyro
 import pytest
 import torch
 from torch.distributions import kl_divergence
@@ -45,7 +46,11 @@ def test_throughput_script_runs_every_contestant(capsys):
     )
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if "x (" in line]
-    assert len(rows) == 15, out
+    assert len(rows) == 17, out
+    # the figures name what they were measured on: processor, threads, versions
+    from pyrovae.machine import processor
+
+    assert f"{processor()}, " in out and "; 1 torch thread;" in out and f"pyro-ppl {pyro.__version__}" in out
     baseline = next(r for r in rows if r.startswith("lean hand loop (torch Adam)"))
     assert "1.000x (1.00-1.00)" in baseline  # the baseline against itself
     for row in rows:

@@ -10,7 +10,7 @@ from pyrovae import checkpoint, runs
 from pyrovae.build import run_device
 from pyrovae.cli import main
 from pyrovae.config import Config, ConfigError
-from pyrovae.fit import _deterministic
+from pyrovae.loop import deterministic_algorithms
 
 
 def test_a_run_opens_where_train_would_put_it_and_on_the_cpu_where_its_gpu_is_absent(monkeypatch):
@@ -78,6 +78,6 @@ def test_deterministic_is_a_resumable_option_and_restores_torchs_setting(
     assert checkpoint.load(tmp_path / "b" / "checkpoint.pt")["state"]["epoch"] == 2
 
     before = torch.are_deterministic_algorithms_enabled()
-    with _deterministic(True):
+    with deterministic_algorithms(True):
         assert torch.are_deterministic_algorithms_enabled()
     assert torch.are_deterministic_algorithms_enabled() == before
