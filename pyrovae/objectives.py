@@ -1,8 +1,8 @@
-"""Training objectives and KL schedules.
+"""Training objectives (the schedules of β and C are in :mod:`pyrovae.schedules`).
 
 β is an argument, not a loss: ``vae.model(x, y, beta=b)`` and ``vae.guide(x, y, beta=b)`` scale
 the latent site by ``b``, so Pyro's own ELBOs give ``reconstruction - β·KL`` (β = 0 included).
-The schedules below say which β to pass at a point of training. Some objectives are not plain
+Some objectives are not plain
 ELBOs and are small subclasses of Pyro's: the capacity objective of Burgess et al. (2018),
 β-TCVAE (Chen et al. 2018), free bits, and the importance-weighted bound, which Pyro's :class:`~pyro.infer.RenyiELBO` computes but does not
 offer as a differentiable loss.
@@ -23,52 +23,10 @@ from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
 from .errors import ConfigError
+from .schedules import beta_at, capacity_at, cyclical, linear_warmup  # noqa: F401 - their former home
 
 ELBOS = ("trace", "meanfield", "iwae")
 """Choices of ``Config.elbo``: Trace_ELBO, TraceMeanField_ELBO, the IWAE bound."""
-
-
-def linear_warmup(t: float, warmup: float, beta_max: float = 1.0) -> float:
-    """β rising linearly from 0 to ``beta_max`` over ``warmup`` epochs (Sønderby et al. 2016).
-
-    >>> linear_warmup(2.5, warmup=10)
-    0.25
-    """
-    return beta_max * min(1.0, t / warmup)
-
-
-def cyclical(t: float, period: float, beta_max: float = 1.0, ramp: float = 0.5) -> float:
-    """β repeating a linear rise over the first ``ramp`` of each ``period``, then held at
-    ``beta_max`` for the rest (Fu et al. 2019).
-
-    >>> cyclical(12.5, period=10), cyclical(17.0, period=10)
-    (0.5, 1.0)
-    """
-    phase = (t % period) / period
-    return beta_max * min(1.0, phase / ramp)
-
-
-def capacity_at(t: float, c_max: float, epochs: float) -> float:
-    """C(t) rising linearly from 0 to ``c_max`` nats over ``epochs`` (Burgess et al. 2018).
-
-    >>> capacity_at(5.0, c_max=20.0, epochs=10.0)
-    10.0
-    """
-    return c_max * min(1.0, t / epochs)
-
-
-def beta_at(schedule: str, beta: float, warmup: float, t: float) -> float:
-    """β at fractional epoch ``t`` of a ``"constant"``, ``"linear"`` or ``"cyclical"`` schedule
-    whose maximum is ``beta``.
-
-    >>> beta_at("linear", 2.0, 10.0, 0.0), beta_at("constant", 2.0, 10.0, 0.0)
-    (0.0, 2.0)
-    """
-    if schedule == "linear":
-        return linear_warmup(t, warmup, beta)
-    if schedule == "cyclical":
-        return cyclical(t, warmup, beta)
-    return beta
 
 
 def _latent_sites(model_trace, guide_trace):
