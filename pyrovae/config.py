@@ -1,8 +1,9 @@
 """Run configuration: one flat dataclass saved as ``config.json``, its checks, and presets.
 
-Each field carries its help text and, where it has them, its choices in the field's metadata,
-so the command line shows and checks them; choices of component families are the live
-registries (:data:`~pyrovae.priors.PRIORS` and friends), so a registered component is a choice.
+Each field carries its help text and, where it has them, its choices and its domain in the
+field's metadata, so the command line shows and checks them; choices of component families are
+the live registries (:data:`~pyrovae.priors.PRIORS` and friends), so a registered component is a
+choice. Rules that join several fields live with the part that uses them (see :meth:`Config.validate`).
 """
 
 from __future__ import annotations
@@ -13,32 +14,34 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import data, objectives
+from .errors import ConfigError
 from .graphs import STEPS
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .nets import ACTIVATIONS, LABEL_LAYERS, NETS
-from .objectives import ELBOS
 from .priors import PRIORS
 from .semisupervised import BATCHINGS
 
 
-class ConfigError(ValueError):
-    """An invalid option, with a message saying which and what to use instead.
-
-    :param option: the :class:`Config` field at fault, if one is (the CLI names its flag).
-    """
-
-    def __init__(self, message: str, option: str | None = None) -> None:
-        super().__init__(message)
-        self.option = option
-
-
-def _opt(default, help: str, choices=None):
-    """A config field with its help text and choices; list defaults are copied per instance."""
-    meta = {"help": help, "choices": choices}
+def _opt(default, help: str, choices=None, domain=None):
+    """A config field with its help text, choices and domain (see :func:`_check_field`); list
+    defaults are copied per instance."""
+    meta = {"help": help, "choices": choices, "domain": domain}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+# A field's domain: (whether a value is in it, what the message says it must be). None is always
+# in it (an option left unset).
+POSITIVE_INT = (lambda v: v >= 1, "a positive integer")
+POSITIVE = (lambda v: v > 0, "positive")
+AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
+NATS = (lambda v: v >= 0, ">= 0 nats")
+PROBABILITY = (lambda v: 0 <= v < 1, "a probability in [0, 1)")
+SIZES = (lambda v: bool(v) and min(v) >= 1, "positive layer sizes")
+CLASSES = (lambda v: bool(v) and min(v) >= 0, "class indices 0, 1, ...")
 
 
 class _Models:
@@ -73,12 +76,18 @@ class _WithAuto:
 
 @dataclass
 class Config:
-    """Everything that defines a run."""
+    """Everything that defines a run, in sections: data, model, objective, optimization,
+    evaluation.
 
-    # data
+    Each field declares its help text, choices and domain, which :meth:`validate` checks field by
+    field; the rules that join fields live with the part that uses them, which :meth:`validate`
+    asks in turn (the section's comment names it).
+    """
+
+    # -- data; rules across fields: pyrovae.data.check_options -------------------------------------
     dataset: str = _opt(
         "mnist", "data set; 'file' reads --data-file; 'dsprites' is rendered (or DeepMind's .npz as --data-file)",
-        ("mnist", "file", "dsprites"),
+        data.DATASETS,
     )  # fmt: skip
     data_dir: str | None = _opt(None, "folder holding MNIST/raw/ (else $PYROVAE_DATA, else ~/.cache/pyrovae)")
     data_file: str | None = _opt(None, "a .pt or .npy array (N, ...) in [0, 1] for --dataset file")
@@ -88,25 +97,33 @@ class Config:
         "auto", "'dynamic': a fresh Bernoulli draw every epoch; 'auto': dynamic for Bernoulli",
         ("auto", "dynamic", "none"),
     )  # fmt: skip
-    val_size: int = _opt(10000, "validation images held out of the training set")
-    train_size: int | None = _opt(None, "use only the first N training images, for quick runs (None: all)")
+    val_size: int = _opt(10000, "validation images held out of the training set", domain=POSITIVE_INT)
+    train_size: int | None = _opt(
+        None, "use only the first N training images, for quick runs (None: all)", domain=POSITIVE
+    )
     split_seed: int = _opt(0, "seed of the train/validation split (fixed across runs)")
     classes: list[int] | None = _opt(
-        None, "train and validate on these classes only, e.g. 0,1,2 (labelled data; the test set keeps all)"
+        None,
+        "train and validate on these classes only, e.g. 0,1,2 (labelled data; the test set keeps all)",
+        domain=CLASSES,
     )
     exclude_classes: list[int] | None = _opt(
-        None, "leave these classes out of training and validation, e.g. 7 (the test set keeps all)"
+        None,
+        "leave these classes out of training and validation, e.g. 7 (the test set keeps all)",
+        domain=CLASSES,
     )
-    # model
+    # -- model; rules across fields: the variant's check (pyrovae.variants), pyrovae.build ---------
     model: str = _opt(
         "vae", "model variant (docs/adding-a-model.md); --conditional and --semi-supervised choose theirs",
         _Models(),
     )  # fmt: skip
-    z_dim: int = _opt(50, "latent dimensions")
-    hidden: list[int] = _opt([400], "hidden layer sizes of encoder and decoder")
+    z_dim: int = _opt(50, "latent dimensions", domain=POSITIVE_INT)
+    hidden: list[int] = _opt([400], "hidden layer sizes of encoder and decoder", domain=SIZES)
     activation: str = _opt("softplus", "activation of the networks", ACTIVATIONS)
     dropout: float = _opt(
-        0.0, "dropout probability on the hidden units of encoder and decoder while training"
+        0.0,
+        "dropout probability on the hidden units of encoder and decoder while training",
+        domain=PROBABILITY,
     )
     net: str = _opt("mlp", "encoder/decoder pair", NETS)
     prior: str = _opt(
@@ -117,13 +134,15 @@ class Config:
     guide: str = _opt("diag", "guide family q(z|x)", GUIDES)
     likelihood: str = _opt("bernoulli", "likelihood family p(x|z)", LIKELIHOODS)
     guide_scale: str = _opt("softplus", "how the guide makes its scale positive", ("softplus", "exp"))
-    components: int = _opt(10, "mixture prior: number of components")
+    components: int = _opt(10, "mixture prior: number of components", domain=POSITIVE_INT)
     pseudo_inputs: int = _opt(
-        500, "VampPrior: number of pseudo-inputs (split over the classes with --conditional)"
+        500,
+        "VampPrior: number of pseudo-inputs (split over the classes with --conditional)",
+        domain=POSITIVE_INT,
     )
-    flow_layers: int = _opt(2, "flow prior / IAF guide: number of autoregressive layers")
+    flow_layers: int = _opt(2, "flow prior / IAF guide: number of autoregressive layers", domain=POSITIVE_INT)
     likelihood_scale: float | None = _opt(
-        None, "normal/laplace: fixed scale (None: a learned scale per pixel)"
+        None, "normal/laplace: fixed scale (None: a learned scale per pixel)", domain=POSITIVE
     )
     conditional: bool = _opt(False, "condition prior, guide and decoder on the labels")
     label_layers: str = _opt(
@@ -153,38 +172,54 @@ class Config:
         "half, 3: all but bottom-right)",
     )  # fmt: skip
     baseline_epochs: int = _opt(
-        10, "structured: epochs of the baseline, trained alone (with --patience) before the CVAE's --epochs"
-    )
-    # objective
+        10, "structured: epochs of the baseline, trained alone (with --patience) before the CVAE's --epochs",
+        domain=POSITIVE_INT,
+    )  # fmt: skip
+    # -- objective; rules across fields: pyrovae.objectives.OBJECTIVES -----------------------------
     elbo: str = _opt(
-        "trace", "'trace' (Trace_ELBO), 'meanfield' (analytic KL), 'iwae' (importance-weighted bound)", ELBOS
+        "trace",
+        "'trace' (Trace_ELBO), 'meanfield' (analytic KL), 'iwae' (importance-weighted bound)",
+        objectives.ELBOS,
     )
-    num_particles: int = _opt(1, "samples per datum in the ELBO (vectorized); K for --elbo iwae")
-    beta: float = _opt(1.0, "weight of the KL term (beta-VAE); the maximum of a schedule")
+    num_particles: int = _opt(
+        1, "samples per datum in the ELBO (vectorized); K for --elbo iwae", domain=POSITIVE_INT
+    )
+    beta: float = _opt(1.0, "weight of the KL term (beta-VAE); the maximum of a schedule", domain=AT_LEAST_0)
     beta_schedule: str = _opt(
         "constant", "'linear': warm-up from 0; 'cyclical': that ramp every --warmup-epochs",
         ("constant", "linear", "cyclical"),
     )  # fmt: skip
-    warmup_epochs: float = _opt(10.0, "epochs of linear warm-up, or of one cycle for 'cyclical'")
-    capacity: float | None = _opt(None, "C_max in nats: train on gamma*|KL - C(t)| (Burgess et al. 2018)")
-    capacity_epochs: float = _opt(10.0, "epochs for C(t) to rise from 0 to C_max")
-    gamma: float = _opt(100.0, "weight of the capacity term")
+    warmup_epochs: float = _opt(
+        10.0, "epochs of linear warm-up, or of one cycle for 'cyclical'", domain=POSITIVE
+    )
+    capacity: float | None = _opt(
+        None, "C_max in nats: train on gamma*|KL - C(t)| (Burgess et al. 2018)", domain=NATS
+    )
+    capacity_epochs: float = _opt(10.0, "epochs for C(t) to rise from 0 to C_max", domain=POSITIVE)
+    gamma: float = _opt(100.0, "weight of the capacity term", domain=POSITIVE)
     tc_beta: float | None = _opt(
         None,
         "beta-TCVAE: weight of the total correlation of q(z), the KL's other terms kept at 1 (Chen et al. 2018)",
+        domain=AT_LEAST_0,
     )
     free_bits: float | None = _opt(
-        None, "free bits: floor each latent dimension's KL at this many nats (Kingma et al. 2016)"
+        None,
+        "free bits: floor each latent dimension's KL at this many nats (Kingma et al. 2016)",
+        domain=NATS,
     )
-    # optimization
-    epochs: int = _opt(10, "training epochs")
-    batch_size: int = _opt(256, "images per step")
-    lr: float = _opt(1e-3, "Adam learning rate")
+    # -- optimization; no rule across fields -------------------------------------------------------
+    epochs: int = _opt(10, "training epochs", domain=POSITIVE_INT)
+    batch_size: int = _opt(256, "images per step", domain=POSITIVE_INT)
+    lr: float = _opt(1e-3, "Adam learning rate", domain=POSITIVE)
     lr_schedule: str = _opt("none", "per-epoch learning-rate schedule", ("none", "cosine", "exponential"))
-    lr_decay: float = _opt(0.95, "per-epoch factor for 'exponential'")
-    clip_norm: float | None = _opt(None, "clip the gradient norm to this value")
-    weight_decay: float = _opt(0.0, "decoupled weight decay (AdamW) on the networks' weight matrices")
-    patience: int | None = _opt(None, "stop after this many epochs without a better validation --monitor")
+    lr_decay: float = _opt(0.95, "per-epoch factor for 'exponential'", domain=POSITIVE)
+    clip_norm: float | None = _opt(None, "clip the gradient norm to this value", domain=POSITIVE)
+    weight_decay: float = _opt(
+        0.0, "decoupled weight decay (AdamW) on the networks' weight matrices", domain=AT_LEAST_0
+    )
+    patience: int | None = _opt(
+        None, "stop after this many epochs without a better validation --monitor", domain=POSITIVE
+    )
     monitor: str = _opt(
         "elbo", "validation figure that picks best.pt and drives --patience ('accuracy': of q(y|x))",
         ("elbo", "accuracy"),
@@ -205,9 +240,11 @@ class Config:
         "on one CUDA device, else eager", STEPS,
     )  # fmt: skip
     tensorboard: bool = _opt(False, "write TensorBoard event files to the run directory (needs tensorboard)")
-    # evaluation at the end of training
-    eval_k: int = _opt(1000, "importance samples per test image for log p(x)")
-    eval_n_test: int | None = _opt(1000, "test images for the importance-sampled log p(x) (None: all)")
+    # -- evaluation at the end of training ---------------------------------------------------------
+    eval_k: int = _opt(1000, "importance samples per test image for log p(x)", domain=POSITIVE_INT)
+    eval_n_test: int | None = _opt(
+        1000, "test images for the importance-sampled log p(x) (None: all)", domain=POSITIVE
+    )
 
     def __post_init__(self) -> None:
         # --conditional and --semi-supervised are spellings of --model conditional / semisupervised
@@ -217,7 +254,7 @@ class Config:
         if self.model in flags:
             setattr(self, flags[self.model], True)
 
-    # -- (de)serialization ----------------------------------------------------------------
+    # -- (de)serialization -------------------------------------------------------------------------
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
@@ -251,89 +288,28 @@ class Config:
             raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}", "preset")
         return cls.from_dict({**PRESETS.get(name, {}), **overrides})
 
-    # -- checks ---------------------------------------------------------------------------
+    # -- checks ------------------------------------------------------------------------------------
     def validate(self) -> Config:
-        """Refuse invalid values with a message naming the option; returns ``self``."""
-        for f in dataclasses.fields(self):
+        """Refuse invalid values with a message naming the option; returns ``self``.
+
+        Each field is checked against its choices and its domain; then each part checks the
+        combinations of its own options: the data (:func:`pyrovae.data.check_options`), the
+        objective (:func:`pyrovae.objectives.choose_objective`) and the model variant
+        (:meth:`Variant.check <pyrovae.variants.base.Variant.check>`, which also refuses the
+        options of other variants).
+        """
+        fields = dataclasses.fields(self)
+        for f in fields:
             if f.metadata.get("choices") is not None:
                 _choice(f.name, getattr(self, f.name), f.metadata["choices"])
-        for name in ["z_dim", "epochs", "batch_size", "num_particles", "components", "pseudo_inputs",
-                     "flow_layers", "val_size", "eval_k"]:  # fmt: skip
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}", name)
-        if not self.hidden or min(self.hidden) < 1:
-            raise ConfigError(f"hidden must be positive layer sizes, got {self.hidden}", "hidden")
-        for name in ["lr", "warmup_epochs", "capacity_epochs", "gamma", "lr_decay"]:
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}", name)
-        for name in ["clip_norm", "likelihood_scale", "patience", "eval_n_test", "train_size"]:
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise ConfigError(f"{name} must be positive, got {v}", name)
-        for name in ["classes", "exclude_classes"]:
-            v = getattr(self, name)
-            if v is not None and (not v or min(v) < 0):
-                raise ConfigError(f"{name} must be class indices 0, 1, ..., got {v}", name)
-        if self.classes is not None and self.exclude_classes is not None:
-            raise ConfigError("give classes (those to keep) or exclude_classes (those to drop), not both",
-                              "classes")  # fmt: skip
-        if self.beta < 0:
-            raise ConfigError(f"beta must be >= 0, got {self.beta}", "beta")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must be a probability in [0, 1), got {self.dropout}", "dropout")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}", "weight_decay")
-        if self.free_bits is not None:
-            if self.free_bits < 0:
-                raise ConfigError(f"free_bits must be >= 0 nats, got {self.free_bits}", "free_bits")
-            if self.elbo == "iwae" or self.capacity is not None:
-                raise ConfigError(
-                    "free_bits floors the KL term of the trace or meanfield ELBO; the iwae bound and the "
-                    "capacity objective have none to floor", "free_bits",
-                )  # fmt: skip
-        if self.capacity is not None:
-            if self.capacity < 0:
-                raise ConfigError(f"capacity must be >= 0 nats, got {self.capacity}", "capacity")
-            if self.beta != 1 or self.beta_schedule != "constant" or self.elbo != "trace":
-                raise ConfigError(
-                    "capacity replaces beta: use it with beta 1, a constant beta schedule and the trace ELBO",
-                    "capacity",
-                )
-        if self.tc_beta is not None:
-            if self.tc_beta < 0:
-                raise ConfigError(f"tc_beta must be >= 0, got {self.tc_beta}", "tc_beta")
-            if (
-                self.beta != 1
-                or self.beta_schedule != "constant"
-                or self.elbo != "trace"
-                or self.capacity is not None
-            ):
-                raise ConfigError("tc_beta replaces beta: use it with beta 1, a constant beta schedule, the trace "
-                                  "ELBO and no capacity", "tc_beta")  # fmt: skip
-            if self.guide != "diag" or self.free_bits is not None:
-                raise ConfigError("tc_beta needs the factorized guide diag and no free_bits (it splits the KL "
-                                  "term per dimension of q)", "tc_beta")  # fmt: skip
-        if self.elbo == "iwae":
-            if self.beta != 1 or self.beta_schedule != "constant":
-                raise ConfigError(
-                    "the iwae objective is the importance-weighted bound, which has no beta: use beta 1 "
-                    "and a constant schedule", "elbo",
-                )  # fmt: skip
-            if self.num_particles < 2:
-                raise ConfigError("elbo iwae needs num_particles K >= 2 (K = 1 is the plain ELBO)", "elbo")
-        if self.image_size != 64 and self.dataset != "dsprites":
-            raise ConfigError("image_size applies only to dataset dsprites; drop it or set dataset dsprites",
-                              "image_size")  # fmt: skip
-        if self.dataset == "dsprites" and self.labels_file:
-            raise ConfigError("dsprites has its own labels (the shape); drop labels_file", "labels_file")
-        if self.dataset == "mnist" and (self.data_file or self.labels_file):
-            raise ConfigError(
-                "data_file was given but dataset is 'mnist': set dataset 'file' to train on the file",
-                "dataset",
-            )
+        for f in fields:
+            if f.metadata.get("domain") is not None:
+                _check_field(f.name, getattr(self, f.name), f.metadata["domain"])
+        data.check_options(self)
+        objectives.choose_objective(self)
         from .variants import MODELS
 
-        MODELS[self.model].check(self)  # the options the model variant owns, and what it refuses
+        MODELS[self.model].check(self)
         return self
 
     @property
@@ -365,6 +341,13 @@ class Config:
         if self.binarize == "auto":
             return LIKELIHOODS[self.likelihood].needs_binary
         return self.binarize == "dynamic"
+
+
+def _check_field(name: str, value, domain) -> None:
+    """Refuse a value outside a field's domain (:data:`POSITIVE_INT` and friends); None is unset."""
+    holds, what = domain
+    if value is not None and not holds(value):
+        raise ConfigError(f"{name} must be {what}, got {value}", name)
 
 
 def _choice(name: str, value: str, options) -> None:

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import ConfigError
+
 MNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -21,6 +23,12 @@ MNIST_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 DEFAULT_ROOT = Path.home() / ".cache" / "pyrovae"
+
+DATASETS = {"mnist": (), "file": ("data_file", "labels_file"), "dsprites": ("data_file", "image_size")}
+"""The data sets ``Config.dataset`` names (see :func:`load_dataset`), each with the options of
+:data:`SPECIFIC` it takes (:func:`check_options` refuses the others)."""
+SPECIFIC = {"image_size": 64, "labels_file": None, "data_file": None}
+"""The options only some data sets take, with their defaults, in the order they are checked."""
 
 
 class DataError(ValueError):
@@ -280,6 +288,30 @@ def split_train_val(train: Split, val_size: int, seed: int = 0) -> tuple[Split, 
         raise DataError(f"validation size {val_size} must be between 1 and {len(train) - 1}")
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     return train.subset(perm[val_size:]), train.subset(perm[:val_size])
+
+
+def check_options(cfg) -> None:
+    """Refuse ``classes`` with ``exclude_classes``, and an option of :data:`SPECIFIC` given to a
+    data set that does not take it (see :data:`DATASETS`); ``cfg`` is a
+    :class:`~pyrovae.config.Config`, whose ``validate`` calls this.
+
+    :raises ConfigError: naming the option at fault.
+    """
+    if cfg.classes is not None and cfg.exclude_classes is not None:
+        raise ConfigError(
+            "give classes (those to keep) or exclude_classes (those to drop), not both", "classes"
+        )
+    for option, default in SPECIFIC.items():
+        if getattr(cfg, option) in (None, "", default) or option in DATASETS[cfg.dataset]:
+            continue
+        if option == "image_size":
+            raise ConfigError(
+                "image_size applies only to dataset dsprites; drop it or set dataset dsprites", option
+            )
+        if cfg.dataset == "dsprites":
+            raise ConfigError("dsprites has its own labels (the shape); drop labels_file", option)
+        raise ConfigError("data_file was given but dataset is 'mnist': set dataset 'file' to train on the file",
+                          "dataset")  # fmt: skip
 
 
 def load_dataset(

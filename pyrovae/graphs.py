@@ -23,9 +23,10 @@ from unittest import mock
 
 import pyro
 import torch
+from pyro.infer.util import is_validation_enabled
 from torch import Tensor, nn
 
-from .step import grad_norm
+from .step import grad_norm, svi_step
 
 #: Pyro's ELBO modules that read device tensors on the host: ``warn_if_nan`` (forward and
 #: backward) and ``torch_item`` (the ELBO's value beside its surrogate)
@@ -255,10 +256,6 @@ class EagerSteps:
         self.total, self.count, self.bad = 0.0, 0, None
 
     def __call__(self, x: Tensor, y: Tensor | None, beta: float, validate: bool = False) -> None:
-        from pyro.infer.util import is_validation_enabled
-
-        from .step import svi_step
-
         found_inf = getattr(self.opt, "found_inf", None)
         if found_inf is not None:  # left by a graphed step: this step decides on the host
             found_inf.zero_()
@@ -294,7 +291,7 @@ class SyncFreeSteps(EagerSteps):
         super().__init__(loss_fn, opt, params, clip_norm)
         device = params[0].device
         self.graph = device.type == "cuda" if graph is None else graph
-        self.beta = torch.zeros((), device=device)
+        self.beta, self._beta = torch.zeros((), device=device), 0.0
         self.description = (
             "graphed (a CUDA graph replayed for full batches; the loss read every "
             f"{self.every} steps)" if self.graph else
@@ -306,7 +303,9 @@ class SyncFreeSteps(EagerSteps):
     def __call__(self, x: Tensor, y: Tensor | None, beta: float, validate: bool = False) -> None:
         if validate or self.failed or (self.step is not None and x.shape != self.step.x.shape):
             return super().__call__(x, y, beta, validate)
-        self.beta.fill_(beta)
+        if beta != self._beta:  # a launch saved per step while β holds still
+            self.beta.fill_(beta)
+            self._beta = beta
         if self.step is None and not self._build(x, y):
             return super().__call__(x, y, beta, validate)
         self.step(x, y)

@@ -1,8 +1,8 @@
-"""Training objectives and KL schedules.
+"""Training objectives (the schedules of β and C are in :mod:`pyrovae.schedules`).
 
 β is an argument, not a loss: ``vae.model(x, y, beta=b)`` and ``vae.guide(x, y, beta=b)`` scale
 the latent site by ``b``, so Pyro's own ELBOs give ``reconstruction - β·KL`` (β = 0 included).
-The schedules below say which β to pass at a point of training. Some objectives are not plain
+Some objectives are not plain
 ELBOs and are small subclasses of Pyro's: the capacity objective of Burgess et al. (2018),
 β-TCVAE (Chen et al. 2018), free bits, and the importance-weighted bound, which Pyro's :class:`~pyro.infer.RenyiELBO` computes but does not
 offer as a differentiable loss.
@@ -11,6 +11,9 @@ offer as a differentiable loss.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any, NamedTuple
 
 import torch
 from pyro.distributions import Independent
@@ -19,51 +22,11 @@ from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch
 from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
+from .errors import ConfigError
+from .schedules import beta_at, capacity_at, cyclical, linear_warmup  # noqa: F401 - their former home
+
 ELBOS = ("trace", "meanfield", "iwae")
 """Choices of ``Config.elbo``: Trace_ELBO, TraceMeanField_ELBO, the IWAE bound."""
-
-
-def linear_warmup(t: float, warmup: float, beta_max: float = 1.0) -> float:
-    """β rising linearly from 0 to ``beta_max`` over ``warmup`` epochs (Sønderby et al. 2016).
-
-    >>> linear_warmup(2.5, warmup=10)
-    0.25
-    """
-    return beta_max * min(1.0, t / warmup)
-
-
-def cyclical(t: float, period: float, beta_max: float = 1.0, ramp: float = 0.5) -> float:
-    """β repeating a linear rise over the first ``ramp`` of each ``period``, then held at
-    ``beta_max`` for the rest (Fu et al. 2019).
-
-    >>> cyclical(12.5, period=10), cyclical(17.0, period=10)
-    (0.5, 1.0)
-    """
-    phase = (t % period) / period
-    return beta_max * min(1.0, phase / ramp)
-
-
-def capacity_at(t: float, c_max: float, epochs: float) -> float:
-    """C(t) rising linearly from 0 to ``c_max`` nats over ``epochs`` (Burgess et al. 2018).
-
-    >>> capacity_at(5.0, c_max=20.0, epochs=10.0)
-    10.0
-    """
-    return c_max * min(1.0, t / epochs)
-
-
-def beta_at(schedule: str, beta: float, warmup: float, t: float) -> float:
-    """β at fractional epoch ``t`` of a ``"constant"``, ``"linear"`` or ``"cyclical"`` schedule
-    whose maximum is ``beta``.
-
-    >>> beta_at("linear", 2.0, 10.0, 0.0), beta_at("constant", 2.0, 10.0, 0.0)
-    (0.0, 2.0)
-    """
-    if schedule == "linear":
-        return linear_warmup(t, warmup, beta)
-    if schedule == "cyclical":
-        return cyclical(t, warmup, beta)
-    return beta
 
 
 def _latent_sites(model_trace, guide_trace):
@@ -246,6 +209,114 @@ class IWAE(RenyiELBO):
         return -(torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum()
 
 
+class Objective(NamedTuple):
+    """A row of :data:`OBJECTIVES`: the option that asks for an objective, the combinations of
+    options it refuses, and its Pyro loss."""
+
+    #: the :class:`~pyrovae.config.Config` field that asks for it: ``elbo`` naming it, or any other
+    #: field set (not None); a refusal names this field
+    option: str
+    #: ``(options, **particles) -> ELBO``, ``particles`` the keyword arguments of every Pyro ELBO
+    build: Callable[..., Any]
+    #: ``(refused when, message)``, checked in order
+    refuses: tuple[tuple[Callable[[Any], bool], str], ...] = ()
+
+
+def _beta_scaled(o) -> bool:
+    """Whether the options scale or schedule the KL term (β ≠ 1, or a β schedule)."""
+    return o.beta != 1 or o.beta_schedule != "constant"
+
+
+def _tcvae(o, **particles):
+    if o.dataset_size is None:
+        raise ValueError("the TCVAE objective needs dataset_size, the number of training data")
+    return TCVAE(o.tc_beta, o.dataset_size, **particles)
+
+
+# fmt: off
+OBJECTIVES: dict[str, Objective] = {
+    # Objectives that reshape the ELBO's KL term, each asked for by its own option. Each refuses
+    # the others, so the options ask for one at most and no precedence among them is needed.
+    "free_bits": Objective(
+        "free_bits",
+        lambda o, **particles: FreeBitsELBO(o.free_bits, analytic=o.elbo == "meanfield", **particles),
+        refuses=(
+            (lambda o: o.elbo == "iwae" or o.capacity is not None,
+             "free_bits floors the KL term of the trace or meanfield ELBO; the iwae bound and the capacity "
+             "objective have none to floor"),
+        ),
+    ),
+    "capacity": Objective(
+        "capacity",
+        lambda o, **particles: CapacityELBO(o.gamma, o.capacity, **particles),
+        refuses=(
+            (lambda o: _beta_scaled(o) or o.elbo != "trace",
+             "capacity replaces beta: use it with beta 1, a constant beta schedule and the trace ELBO"),
+        ),
+    ),
+    "tc_beta": Objective(
+        "tc_beta",
+        _tcvae,
+        refuses=(
+            (lambda o: _beta_scaled(o) or o.elbo != "trace" or o.capacity is not None,
+             "tc_beta replaces beta: use it with beta 1, a constant beta schedule, the trace ELBO and no "
+             "capacity"),
+            (lambda o: o.guide not in (None, "diag") or o.free_bits is not None,
+             "tc_beta needs the factorized guide diag and no free_bits (it splits the KL term per dimension "
+             "of q)"),
+        ),
+    ),
+    # The ELBOs ``elbo`` names, built when no option above is set.
+    "trace": Objective("elbo", lambda o, **particles: Trace_ELBO(**particles)),
+    "meanfield": Objective("elbo", lambda o, **particles: TraceMeanField_ELBO(**particles)),
+    "iwae": Objective(
+        "elbo",
+        lambda o, **particles: IWAE(**particles),
+        refuses=(
+            (_beta_scaled,
+             "the iwae objective is the importance-weighted bound, which has no beta: use beta 1 and a "
+             "constant schedule"),
+            (lambda o: o.num_particles < 2, "elbo iwae needs num_particles K >= 2 (K = 1 is the plain ELBO)"),
+        ),
+    ),
+}
+# fmt: on
+"""The training objectives, in the order their refusals are checked: which option asks for each,
+what it refuses, how it is built. :func:`choose_objective` reads it for both
+:meth:`Config.validate <pyrovae.config.Config.validate>` and :func:`make_elbo`, so a combination is
+refused by both or by neither, and the objective built is the one the options ask for."""
+
+
+def choose_objective(options) -> str:
+    """The name in :data:`OBJECTIVES` of the objective ``options`` ask for, refusing the
+    combinations an objective cannot honour.
+
+    :param options: a :class:`~pyrovae.config.Config`, or any object with its fields ``elbo``,
+        ``num_particles``, ``beta``, ``beta_schedule``, ``free_bits``, ``capacity``, ``tc_beta`` and
+        ``guide`` (``None``: not known, not checked).
+    :raises ConfigError: naming the option at fault.
+
+    >>> from pyrovae.config import Config
+    >>> choose_objective(Config(elbo="meanfield", free_bits=0.5))
+    'free_bits'
+    """
+    if options.elbo not in ELBOS:
+        raise ConfigError(f"unknown ELBO {options.elbo!r}; choose from {', '.join(ELBOS)}", "elbo")
+    asked = [
+        name
+        for name, row in OBJECTIVES.items()
+        if (options.elbo == name if row.option == "elbo" else getattr(options, row.option) is not None)
+    ]
+    for name in asked:
+        for refused, message in OBJECTIVES[name].refuses:
+            if refused(options):
+                raise ConfigError(message, OBJECTIVES[name].option)
+    reshaping = [name for name in asked if name not in ELBOS]
+    if len(reshaping) > 1:  # a row that forgot to refuse another
+        raise ConfigError(f"{' and '.join(reshaping)} are two objectives: give one of them", reshaping[0])
+    return reshaping[0] if reshaping else options.elbo
+
+
 def make_elbo(
     kind: str = "trace",
     num_particles: int = 1,
@@ -253,37 +324,28 @@ def make_elbo(
     free_bits: float | None = None,
     tc_beta: float | None = None,
     dataset_size: int | None = None,
-    **capacity,
+    capacity: float | None = None,
+    gamma: float = 100.0,
 ):
     """The Pyro loss for ``Config.elbo`` (``trace``, ``meanfield`` or ``iwae``), particles vectorized.
 
-    ``iwae`` is :class:`IWAE` with ``num_particles`` samples. ``capacity`` options (``gamma``,
-    ``capacity``) give a :class:`CapacityELBO`; ``free_bits`` λ a :class:`FreeBitsELBO` (with
-    the analytic KL for ``meanfield``); ``tc_beta`` with ``dataset_size`` a :class:`TCVAE`. The model's plate nesting is passed so Pyro need not
-    guess it (the ``"data"`` plate, plus one for vectorized particles).
+    ``iwae`` is :class:`IWAE` with ``num_particles`` samples; ``capacity`` (C in nats, at its start)
+    with ``gamma`` gives a :class:`CapacityELBO`; ``free_bits`` λ a :class:`FreeBitsELBO` (with the
+    analytic KL for ``meanfield``); ``tc_beta`` with ``dataset_size`` a :class:`TCVAE`. The
+    objective and the combinations refused are those of :data:`OBJECTIVES`, as for
+    :meth:`Config.validate <pyrovae.config.Config.validate>` (which also knows β and the guide). The
+    model's plate nesting is passed so Pyro need not guess it (the ``"data"`` plate, plus one for
+    vectorized particles).
+
+    :raises ConfigError: for a combination :data:`OBJECTIVES` refuses.
     """
-    opts = dict(
-        num_particles=num_particles,
-        vectorize_particles=num_particles > 1,
-        max_plate_nesting=max_plate_nesting,
-    )
-    if capacity:
-        return CapacityELBO(**capacity, **opts)
-    if tc_beta is not None:
-        if dataset_size is None:
-            raise ValueError("the TCVAE objective needs dataset_size, the number of training data")
-        return TCVAE(tc_beta, dataset_size, **opts)
-    if free_bits is not None:
-        if kind == "iwae":
-            raise ValueError("free bits floor the KL term of an ELBO; the IWAE bound has none")
-        return FreeBitsELBO(free_bits, analytic=kind == "meanfield", **opts)
-    if kind == "trace":
-        return Trace_ELBO(**opts)
-    if kind == "meanfield":
-        return TraceMeanField_ELBO(**opts)
-    if kind == "iwae":
-        return IWAE(**opts)
-    raise ValueError(f"unknown ELBO {kind!r}; choose from {', '.join(ELBOS)}")
+    options = SimpleNamespace(
+        elbo=kind, num_particles=num_particles, beta=1.0, beta_schedule="constant", guide=None,
+        free_bits=free_bits, capacity=capacity, gamma=gamma, tc_beta=tc_beta, dataset_size=dataset_size,
+    )  # fmt: skip
+    particles = dict(num_particles=num_particles, vectorize_particles=num_particles > 1,
+                     max_plate_nesting=max_plate_nesting)  # fmt: skip
+    return OBJECTIVES[choose_objective(options)].build(options, **particles)
 
 
 class ELBOLoss(nn.Module):
@@ -307,6 +369,9 @@ class ELBOLoss(nn.Module):
 
 
 __all__ = [
+    "OBJECTIVES",
+    "Objective",
+    "choose_objective",
     "CapacityELBO",
     "ELBOLoss",
     "FreeBitsELBO",

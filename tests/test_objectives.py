@@ -101,10 +101,11 @@ def test_free_bits_floor_each_dimensions_batch_average_kl(analytic):
 def test_free_bits_refuse_the_iwae_bound():
     from pyrovae.config import Config
 
-    with pytest.raises(ConfigError, match="free_bits"):
+    with pytest.raises(ConfigError, match="free_bits") as by_config:
         Config(elbo="iwae", num_particles=3, free_bits=0.5).validate()
-    with pytest.raises(ValueError, match="IWAE"):
+    with pytest.raises(ConfigError) as by_make_elbo:  # one rule, so one message
         make_elbo("iwae", 3, free_bits=0.5)
+    assert (str(by_make_elbo.value), by_make_elbo.value.option) == (str(by_config.value), "free_bits")
 
 
 @pytest.mark.parametrize("t, expected", [(0.0, 0.0), (2.5, 1.0), (4.0, 1.6), (5.0, 2.0), (12.0, 2.0)])

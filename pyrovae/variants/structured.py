@@ -249,10 +249,6 @@ class Structured(Variant):
             _refuse(f"model structured needs quadrants 1, 2 or 3 (the given quadrants of each image: 1 the "
                     f"bottom-left, 2 the left half, 3 all but the bottom-right), got {cfg.quadrants}",
                     "quadrants")  # fmt: skip
-        if cfg.baseline_epochs < 1:
-            _refuse(
-                f"baseline_epochs must be a positive integer, got {cfg.baseline_epochs}", "baseline_epochs"
-            )
         fixed = {"prior": ("auto", "normal"), "guide": ("diag",), "net": ("mlp",)}
         for option, allowed in fixed.items():
             if getattr(cfg, option) not in allowed:

@@ -1,0 +1,53 @@
+"""KL schedules: which β (and which capacity C) to pass at a point of training.
+
+β is an argument of the model and guide, not a loss (see :mod:`pyrovae.objectives`); these say
+its value at fractional epoch ``t``.
+"""
+
+from __future__ import annotations
+
+
+def linear_warmup(t: float, warmup: float, beta_max: float = 1.0) -> float:
+    """β rising linearly from 0 to ``beta_max`` over ``warmup`` epochs (Sønderby et al. 2016).
+
+    >>> linear_warmup(2.5, warmup=10)
+    0.25
+    """
+    return beta_max * min(1.0, t / warmup)
+
+
+def cyclical(t: float, period: float, beta_max: float = 1.0, ramp: float = 0.5) -> float:
+    """β repeating a linear rise over the first ``ramp`` of each ``period``, then held at
+    ``beta_max`` for the rest (Fu et al. 2019).
+
+    >>> cyclical(12.5, period=10), cyclical(17.0, period=10)
+    (0.5, 1.0)
+    """
+    phase = (t % period) / period
+    return beta_max * min(1.0, phase / ramp)
+
+
+def capacity_at(t: float, c_max: float, epochs: float) -> float:
+    """C(t) rising linearly from 0 to ``c_max`` nats over ``epochs`` (Burgess et al. 2018).
+
+    >>> capacity_at(5.0, c_max=20.0, epochs=10.0)
+    10.0
+    """
+    return c_max * min(1.0, t / epochs)
+
+
+def beta_at(schedule: str, beta: float, warmup: float, t: float) -> float:
+    """β at fractional epoch ``t`` of a ``"constant"``, ``"linear"`` or ``"cyclical"`` schedule
+    whose maximum is ``beta``.
+
+    >>> beta_at("linear", 2.0, 10.0, 0.0), beta_at("constant", 2.0, 10.0, 0.0)
+    (0.0, 2.0)
+    """
+    if schedule == "linear":
+        return linear_warmup(t, warmup, beta)
+    if schedule == "cyclical":
+        return cyclical(t, warmup, beta)
+    return beta
+
+
+__all__ = ["beta_at", "capacity_at", "cyclical", "linear_warmup"]
