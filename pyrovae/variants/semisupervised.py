@@ -52,7 +52,9 @@ class SemiSupervised(Variant):
     @classmethod
     def check(cls, cfg: Config) -> None:
         if cfg.labeled is None or cfg.labeled < 1:
-            _refuse("semi_supervised needs labeled N, the number of labelled training images", "labeled")
+            _refuse(
+                "the semi-supervised model needs labeled N, the number of labelled training images", "labeled"
+            )
         if cfg.aux_weight is not None and cfg.aux_weight < 0:
             _refuse(f"aux_weight must be >= 0, got {cfg.aux_weight}", "aux_weight")
         if cfg.conditional:

@@ -238,7 +238,7 @@ class Structured(Variant):
 
     name = "structured"
     options = ("quadrants", "baseline_epochs")
-    owner = "model structured: set model structured"
+    owner = 'model structured: add --model structured (model="structured" in Python)'
     training_cls = StructuredTraining
     generates = False  # it completes given pixels; it draws no image from nothing
 
