@@ -51,12 +51,12 @@ class Training:
         self.loss = self.make_loss(model, world)
 
     def objective(self, cfg: Config):
-        """The Pyro ELBO of ``cfg.elbo``, or the capacity, free-bits or β-TCVAE objective."""
-        if cfg.tc_beta is not None:
-            extra = dict(tc_beta=cfg.tc_beta, dataset_size=self.dataset_size)
-        else:
-            extra = dict(gamma=cfg.gamma, capacity=0.0) if cfg.capacity is not None else {}
-        return make_elbo(cfg.elbo, cfg.num_particles, free_bits=cfg.free_bits, **extra)
+        """The objective :data:`~pyrovae.objectives.OBJECTIVES` chooses for ``cfg``: the Pyro ELBO
+        of ``cfg.elbo``, or the capacity (C starting at 0; :meth:`schedule` raises it), free-bits
+        or β-TCVAE objective."""
+        capacity = None if cfg.capacity is None else 0.0
+        return make_elbo(cfg.elbo, cfg.num_particles, free_bits=cfg.free_bits, tc_beta=cfg.tc_beta,
+                         dataset_size=self.dataset_size, capacity=capacity, gamma=cfg.gamma)  # fmt: skip
 
     def make_loss(self, model: nn.Module, world: int) -> nn.Module:
         """``(x, y, beta) -> loss`` as a module."""

@@ -36,6 +36,7 @@ from ..guides import DiagonalNormal
 from ..likelihoods import Bernoulli, Likelihood
 from ..models import VAE, _num_data, _scaled
 from ..nets import MLPDecoder, MLPEncoder
+from ..objectives import choose_objective
 from ..priors import ConditionalNormal, StandardNormal
 from ..sites import analytic_kl_is_exact, latent_names
 from .base import Training, Variant, _refuse
@@ -147,7 +148,7 @@ class HierarchicalTraining(Training):
     """The package's objectives, with :class:`LayerwiseMeanField_ELBO` for ``--elbo meanfield``."""
 
     def objective(self, cfg: Config):
-        if cfg.elbo == "meanfield" and cfg.capacity is None and cfg.free_bits is None and cfg.tc_beta is None:
+        if choose_objective(cfg) == "meanfield":  # the plain mean-field ELBO: analytic KL where it is exact
             n = cfg.num_particles
             return LayerwiseMeanField_ELBO(num_particles=n, vectorize_particles=n > 1, max_plate_nesting=1)
         return super().objective(cfg)
