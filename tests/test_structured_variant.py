@@ -175,7 +175,7 @@ def test_runs_names_the_model_variant_of_every_run(tmp_path, capsys):
         "cvae": "conditional vamp/diag/bernoulli z50",
         "m2": "semisupervised normal/diag/bernoulli z50",
         "plain": "vae normal/diag/bernoulli z50",
-        "quadrants": "structured 1 given quadrant z200",
+        "quadrants": "structured 1 given quadrant z200 (nats of hidden pixels)",
         "two_layers": "hierarchical bernoulli z1 40 z2 20",
     }
     assert main(["runs", str(tmp_path)]) == 0

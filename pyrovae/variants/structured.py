@@ -300,7 +300,10 @@ class Structured(Variant):
 
     @classmethod
     def describe(cls, cfg: Config) -> str:
-        return f"{cfg.quadrants} given quadrant{'s' * (cfg.quadrants != 1)} z{cfg.z_dim}"
+        # its figures are nats of the hidden pixels given the rest: not comparable with a whole image's
+        return (
+            f"{cfg.quadrants} given quadrant{'s' * (cfg.quadrants != 1)} z{cfg.z_dim} (nats of hidden pixels)"
+        )
 
 
 def completion_grid(model: StructuredCVAE, x: Tensor, path, title: str | None = None):
