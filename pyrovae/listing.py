@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from .config import Config, ConfigError
+from .objectives import describe_objective
 
 #: Columns of :func:`table`, with their headers.
 COLUMNS = {
@@ -22,6 +23,7 @@ COLUMNS = {
     "log_likelihood": "log p(x)",
     "k": "K",
     "model": "model",
+    "objective": "objective",
 }
 SORT_KEYS = {"path": None, "elbo": "elbo", "ll": "log_likelihood", "val": "val_elbo"}
 
@@ -32,7 +34,8 @@ def list_runs(folder: str | Path) -> list[dict]:
     ``val_elbo`` (best validation ELBO), ``elbo`` and ``log_likelihood`` (test, nats per image,
     from ``eval.json``), ``k`` (importance samples of that log p(x)), ``n_ll_images`` and
     ``model`` (the model variant, then what it says of itself: prior/guide/likelihood and z for a
-    VAE). Figures a run does not have yet are ``None``.
+    VAE) and ``objective`` (what it trains on: the ELBO, its particles, β and its schedule, or the
+    objective that reshapes the KL term). Figures a run does not have yet are ``None``.
 
     ``status`` is ``complete`` (all its epochs), ``stopped early`` (patience), ``incomplete``
     (a checkpoint short of its epochs: interrupted, or training now), ``not started`` (no
@@ -61,6 +64,7 @@ def _describe(path: Path, folder: Path) -> dict:
     row["val_elbo"] = max(vals) if vals else None
     row["epochs"] = f"{done}/{cfg.epochs}"
     row["model"] = _model(cfg)
+    row["objective"] = describe_objective(cfg)
     if not (path / "checkpoint.pt").exists():
         row["status"] = "not started"
     elif done >= cfg.epochs:

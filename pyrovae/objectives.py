@@ -317,6 +317,30 @@ def choose_objective(options) -> str:
     return reshaping[0] if reshaping else options.elbo
 
 
+def describe_objective(options) -> str:
+    """What a run trains on, in a few words: the objective :func:`choose_objective` picks, with its
+    coefficients and β's schedule.
+
+    >>> from pyrovae.config import Config
+    >>> describe_objective(Config(elbo="iwae", num_particles=5)), describe_objective(Config(beta=4.0))
+    ('iwae k=5', 'trace β=4')
+    >>> describe_objective(Config(beta_schedule="linear", warmup_epochs=10))
+    'trace β=1 (linear over 10 epochs)'
+    """
+    name = choose_objective(options)
+    kind = f"{options.elbo} k={options.num_particles}" if options.num_particles > 1 else options.elbo
+    if name == "capacity":
+        return f"capacity C={options.capacity:g} over {options.capacity_epochs:g} epochs γ={options.gamma:g}"
+    if name == "tc_beta":
+        return f"β-TCVAE β={options.tc_beta:g}"
+    if name == "free_bits":
+        return f"{kind} free bits λ={options.free_bits:g}"
+    if name == "iwae":
+        return kind
+    schedule = f" ({options.beta_schedule} over {options.warmup_epochs:g} epochs)"
+    return f"{kind} β={options.beta:g}" + (schedule if options.beta_schedule != "constant" else "")
+
+
 def make_elbo(
     kind: str = "trace",
     num_particles: int = 1,
@@ -372,6 +396,7 @@ __all__ = [
     "OBJECTIVES",
     "Objective",
     "choose_objective",
+    "describe_objective",
     "CapacityELBO",
     "ELBOLoss",
     "FreeBitsELBO",

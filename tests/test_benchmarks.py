@@ -181,13 +181,15 @@ def test_nll_table_trains_every_row_at_one_budget(mnist_dir, tmp_path, capsys):
 
     N = _script("nll")
     out = tmp_path / "nll"
-    res = N.main(N.parse_args(["--epochs", "1", "--train-size", "60", "--k", "5", "--n-test", "10",
+    res = N.main(N.parse_args(["--epochs", "2", "--train-size", "60", "--k", "5", "--n-test", "10",
+                               "--batch-size", "30", "--lr-schedule", "cosine",
                                "--pseudo-inputs", "6", "--device", "cpu", "--data-dir", str(mnist_dir),
                                "--out", str(out)]))  # fmt: skip
     assert json.loads((out / "nll.json").read_text()) == res
     assert [r["row"] for r in res] == [name for name, _, _ in N.ROWS]
     table = capsys.readouterr().out
     assert "| IWAE k=50, 2 layers |" in table and "K=5, first 10 test images" in table
+    assert "(cosine schedule), batches of 30" in table
     for r, (name, options, published) in zip(res, N.ROWS, strict=True):
         assert r["published"] == published and r["k"] == 5 and r["n_test"] == 10
         run = out / N.run_dir(name)
@@ -198,6 +200,10 @@ def test_nll_table_trains_every_row_at_one_budget(mnist_dir, tmp_path, capsys):
             -again["elbo"]
         )
         cfg = json.loads((run / "config.json").read_text())
-        assert cfg["epochs"] == 1 and cfg["train_size"] == 60 and all(cfg[k] == v for k, v in options.items())
+        assert cfg["epochs"] == 2 and cfg["train_size"] == 60 and all(cfg[k] == v for k, v in options.items())
+        assert (cfg["batch_size"], cfg["lr_schedule"]) == (30, "cosine")
+        lrs = [float(row.split(",")[8]) for row in (run / "metrics.csv").read_text().splitlines()[1:]]
+        assert lrs == pytest.approx([1e-3, 0.5e-3])  # cosine over 2 epochs: the full lr, then half
+        assert 0 < r["train_cpu_minutes"] <= r["seconds"] * 2 / 60  # at most two threads' CPU time
         assert r["nll"] <= r["neg_elbo"] + 1.0  # K = 5 bounds log p(x) at least as tightly as the ELBO
     assert (res[3]["z_dim"], res[0]["z_dim"]) == (150, 50)  # two layers: z1 100 + z2 50

@@ -276,8 +276,9 @@ def test_a_run_made_by_fit_opens_with_load_run_and_evaluate(data, tmp_path):
 # -- pyrovae runs ---------------------------------------------------------------------------
 def test_runs_lists_each_run_with_its_key_figures(data, tmp_path, capsys, interrupt_after_epoch):
     folder = tmp_path / "runs"
-    assert _train(data, folder / "a", "--epochs", "2") == 0
-    assert _train(data, folder / "b", "--epochs", "2", "--lr", "0.02", "--eval-k", "4") == 0
+    assert _train(data, folder / "a", "--epochs", "2", "--beta", "4") == 0
+    assert _train(data, folder / "b", "--epochs", "2", "--lr", "0.02", "--eval-k", "4", "--elbo", "iwae",
+                  "--num-particles", "3") == 0  # fmt: skip
     interrupt_after_epoch(1)
     assert _train(data, folder / "group" / "c", "--epochs", "3") == 130
     shutil.copytree(folder / "a", folder / "broken")
@@ -295,6 +296,8 @@ def test_runs_lists_each_run_with_its_key_figures(data, tmp_path, capsys, interr
                                            f"{res['log_likelihood']:.2f}", str(res["k"])]  # fmt: skip
     assert rows["group/c"].split()[1:6] == ["incomplete", "1/3", rows["group/c"].split()[3], "-", "-"]
     assert "unreadable" in rows["broken"]
+    assert header[-1] == "objective" and rows["a"].endswith("  trace β=4") and rows["b"].endswith("  iwae k=3")
+    assert rows["group/c"].endswith("  trace β=1")
     ll = {n: json.loads((folder / n / "eval.json").read_text())["log_likelihood"] for n in ("a", "b")}
     order = [line.split()[0] for line in lines[1:5]]
     assert order[:2] == sorted(ll, key=ll.get, reverse=True)  # best log p(x) first, unevaluated last
