@@ -296,7 +296,9 @@ def test_runs_lists_each_run_with_its_key_figures(data, tmp_path, capsys, interr
                                            f"{res['log_likelihood']:.2f}", str(res["k"])]  # fmt: skip
     assert rows["group/c"].split()[1:6] == ["incomplete", "1/3", rows["group/c"].split()[3], "-", "-"]
     assert "unreadable" in rows["broken"]
-    assert header[-1] == "objective" and rows["a"].endswith("  trace β=4") and rows["b"].endswith("  iwae k=3")
+    assert (
+        header[-1] == "objective" and rows["a"].endswith("  trace β=4") and rows["b"].endswith("  iwae k=3")
+    )
     assert rows["group/c"].endswith("  trace β=1")
     ll = {n: json.loads((folder / n / "eval.json").read_text())["log_likelihood"] for n in ("a", "b")}
     order = [line.split()[0] for line in lines[1:5]]
