@@ -108,7 +108,7 @@ def fit(
     prepare = prepare or (lambda x, y: y if labels else None)
 
     # 2. the variant's objective, the optimizer and the step
-    training = variant_of(vae).training(vae, data, cfg, ctx.world)
+    training = variant_of(vae).training(vae, data, cfg, ctx.world, progress)
     val_prepare = prepare if training.validation_labels else (lambda x, y: None)
     loop, steps = _loop_and_steps(vae, training, data, cfg, ctx, meta)
     ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"

@@ -191,3 +191,24 @@ def test_float64_images_stay_float64():
     res = evaluate(model, Split(x, None), k=5)
     assert res["log_likelihood"] <= 0 and res["z_dim"] == 2
     assert sample_prior(model, y=x).dtype == torch.float64 and model.completions(x).dtype == torch.float64
+
+
+def test_the_baseline_reports_its_epochs_before_the_cvae_unless_quiet(tmp_path, capsys, tiny_data_file):
+    data = tiny_data_file(tmp_path, n=96, shape=SHAPE)
+    base = ["train", "--model", "structured", "--quadrants", "1", "--baseline-epochs", "3", "--epochs", "2",
+            "--dataset", "file", "--data-file", str(data), "--z-dim", "2", "--hidden", "8", "--batch-size", "16",
+            "--val-size", "16", "--no-eval"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "loud")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("baseline: the deterministic network"))
+    done = next(i for i, line in enumerate(lines) if line.startswith("baseline: done"))
+    baseline_epochs = [line for line in lines[first:done] if line.startswith("epoch ")]
+    cvae_epochs = [line for line in lines[done:] if line.startswith("epoch ")]
+    assert [e.split(":")[0] for e in baseline_epochs] == ["epoch 1", "epoch 2", "epoch 3"]
+    assert [e.split(":")[0] for e in cvae_epochs] == ["epoch 1", "epoch 2"]
+    # the figure it says it froze at is the baseline's validation NLL that metrics.csv logs
+    said = float(lines[done].split("validation NLL ")[1].split()[0])
+    rows = list(csv.DictReader(open(tmp_path / "loud" / "metrics.csv")))
+    assert said == pytest.approx(float(rows[0]["val_baseline_nll"]), abs=0.006)
+    assert main([*base, "--quiet", "--out", str(tmp_path / "quiet")]) == 0
+    assert "baseline:" not in capsys.readouterr().out

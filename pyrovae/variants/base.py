@@ -45,8 +45,10 @@ class Training:
     #: whether validation passes the batch's labels (a semi-supervised model validates without)
     validation_labels: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, data: Dataset, cfg: Config, world: int = 1) -> None:
-        self.cfg, self.dataset_size = cfg, len(data.train)
+    def __init__(
+        self, model: nn.Module, data: Dataset, cfg: Config, world: int = 1, progress: bool = False
+    ) -> None:
+        self.cfg, self.dataset_size, self.progress = cfg, len(data.train), progress
         self.elbo = self.objective(cfg)
         self.loss = self.make_loss(model, world)
 
@@ -127,8 +129,12 @@ class Variant:
         """Change ``data`` in place before training; by default nothing."""
 
     @classmethod
-    def training(cls, model: nn.Module, data: Dataset, cfg: Config, world: int = 1) -> Training:
-        return cls.training_cls(model, data, cfg, world)
+    def training(
+        cls, model: nn.Module, data: Dataset, cfg: Config, world: int = 1, progress: bool = False
+    ) -> Training:
+        """How :func:`~pyrovae.fit.fit` trains ``model``; ``progress``: whether the run reports
+        its progress (work done before the first epoch reports too)."""
+        return cls.training_cls(model, data, cfg, world, progress)
 
     @classmethod
     def test_labels(cls, model: nn.Module, y: Tensor | None) -> Tensor | None:

@@ -25,10 +25,12 @@ class SemiSupervisedTraining(Training):
 
     validation_labels = False  # validate the unlabelled ELBO, a bound on log p(x)
 
-    def __init__(self, model: nn.Module, data: Dataset, cfg: Config, world: int = 1) -> None:
+    def __init__(
+        self, model: nn.Module, data: Dataset, cfg: Config, world: int = 1, progress: bool = False
+    ) -> None:
         self.supervision = m2.SemiSupervision(data.train.y != m2.UNLABELED, data.val, data.test,
                                               cfg.aux_weight, cfg.labeled_batches)  # fmt: skip
-        super().__init__(model, data, cfg, world)
+        super().__init__(model, data, cfg, world, progress)
 
     def objective(self, cfg: Config):
         return None  # the loss enumerates y itself

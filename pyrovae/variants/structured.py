@@ -179,28 +179,32 @@ class StructuredTraining(Training):
     CVAE by the run's, with the baseline frozen: the protocol of Pyro's tutorial. The run's loss
     is the CVAE's ELBO; ``val_baseline_nll`` (fixed by then) is logged every epoch beside it."""
 
-    def __init__(self, model: nn.Module, data: Dataset, cfg: Config, world: int = 1) -> None:
+    def __init__(
+        self, model: nn.Module, data: Dataset, cfg: Config, world: int = 1, progress: bool = False
+    ) -> None:
         if world > 1:
             _refuse("model structured trains its baseline before the CVAE in one process: run it without "
                     "torchrun", "model")  # fmt: skip
         self.val = data.val
-        fit_baseline(model, data, cfg)
-        super().__init__(model, data, cfg, world)
+        fit_baseline(model, data, cfg, progress)
+        super().__init__(model, data, cfg, world, progress)
 
     def scores(self, model: nn.Module) -> dict[str, float]:
         return {"val_baseline_nll": baseline_nll(model, self.val)}
 
 
-def fit_baseline(model: StructuredCVAE, data: Dataset, cfg: Config) -> None:
+def fit_baseline(model: StructuredCVAE, data: Dataset, cfg: Config, progress: bool = False) -> None:
     """Train ``model.baseline`` alone, then freeze it: as a :class:`~pyrovae.models.VAE` without
     latent dimensions (:func:`~pyrovae.structured.baseline_model`), whose ELBO is its masked
     log-likelihood, fitted by :func:`~pyrovae.fit.fit` for ``cfg.baseline_epochs`` epochs with the
     run's optimization options (early stopping on its own validation figure, the best epoch kept)
     on the images with their hidden pixels marked. The global random state is left as it was, so the CVAE trains
-    as if the baseline had been given. Progress is shown on a terminal only."""
+    as if the baseline had been given. With ``progress``, its epochs are reported as the run's are,
+    between a line announcing the baseline and one giving its best validation figure."""
     import dataclasses
-    import sys
     import tempfile
+
+    from tqdm import tqdm
 
     from ..fit import fit
     from ..models import VAE
@@ -215,11 +219,19 @@ def fit_baseline(model: StructuredCVAE, data: Dataset, cfg: Config) -> None:
                                 beta_schedule="constant", capacity=None, free_bits=None, tensorboard=False)  # fmt: skip
     rng = torch.get_rng_state()
     model.baseline.requires_grad_(True)
+    if progress:
+        tqdm.write(f"baseline: the deterministic network that fills the hidden pixels, {cfg.baseline_epochs} "
+                   "epochs before the CVAE (its ELBO is the log-likelihood of the hidden pixels)")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="pyrovae-baseline-") as out:
-        fit(view, data, out, alone, progress=sys.stderr.isatty(), prepare=lambda x, y: hide(x, given))
+        fit(view, data, out, alone, progress=progress, prepare=lambda x, y: hide(x, given))
     model.baseline.requires_grad_(False).zero_grad(set_to_none=True)
     model.train(model.training)  # the frozen baseline in eval mode
     torch.set_rng_state(rng)
+    if progress:
+        nll = baseline_nll(model, data.val)
+        tqdm.write(
+            f"baseline: done, frozen at validation NLL {nll:.2f} nats/image (hidden pixels); now the CVAE"
+        )
 
 
 @torch.no_grad()
