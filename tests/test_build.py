@@ -140,7 +140,8 @@ def test_a_registered_guide_trains_from_python_and_the_cli_and_reloads(
 ):
     LowRankGuide = user_components["lowrank"]
     import pyrovae
-    from pyrovae.cli import _parser, main
+    from pyrovae.arguments import parser as _parser
+    from pyrovae.cli import main
 
     opts = dict(dataset="file", data_file=str(tiny_file), guide="lowrank", epochs=1, z_dim=2, hidden=[8],
                 batch_size=24, val_size=6, eval_k=3)  # fmt: skip
