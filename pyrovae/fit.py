@@ -184,6 +184,8 @@ def _loop_and_steps(vae: VAE, training, data: Dataset, cfg: Config, ctx, meta: d
     (``cfg.step``: see :mod:`pyrovae.graphs`)."""
     params = [p for p in vae.parameters() if p.requires_grad]
     kind = resolve_step(cfg.step, ctx.device, ctx.world)
+    if kind == "graphed":
+        training.coefficients_on(ctx.device)
     groups = decay_groups(vae, cfg.weight_decay) if cfg.weight_decay else params
     opt = fused_adam(groups, cfg.lr, cfg.weight_decay) if kind == "graphed" else make_optimizer(
         groups, cfg.lr, cfg.weight_decay)  # fmt: skip

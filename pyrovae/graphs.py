@@ -280,8 +280,9 @@ class SyncFreeSteps(EagerSteps):
     :class:`EagerSteps` for the run's first step (with Pyro's argument checks) and for batches
     of another size (an epoch's last); the loss is read every :attr:`every` steps.
 
-    β is fed as a device tensor, and a :class:`~pyrovae.objectives.CapacityELBO`'s capacity too,
-    so schedules change them between replays. Where capture fails (an operation a CUDA graph
+    β is fed as a device tensor, so a schedule changes it between replays (the training holds its
+    objective's other scheduled coefficients as device tensors too: see
+    :meth:`~pyrovae.variants.base.Training.coefficients_on`). Where capture fails (an operation a CUDA graph
     cannot hold), the reason is printed and the steps stay eager."""
 
     every = 50
@@ -312,9 +313,6 @@ class SyncFreeSteps(EagerSteps):
         self.count += 1
 
     def _build(self, x: Tensor, y: Tensor | None) -> bool:
-        elbo = getattr(self.loss_fn, "elbo", None)
-        if isinstance(getattr(elbo, "capacity", None), float):  # scheduled: a device tensor the graph reads
-            elbo.capacity = torch.tensor(elbo.capacity, device=x.device)
         try:
             self.step = GraphedStep(self.loss_fn, self.params, self.opt, x, y, beta=self.beta,
                                     clip_norm=self.clip_norm, graph=self.graph)  # fmt: skip

@@ -56,6 +56,29 @@ def test_the_graphed_step_trains_as_the_eager_step(tmp_path, tiny_data_file, tin
     assert float(_rows(tmp_path / "graphed")[-1]["val_elbo"]) > float("-inf")
 
 
+def test_a_scheduled_capacity_is_a_device_tensor_when_the_step_is_captured(
+    tmp_path, tiny_data_file, tiny_config
+):
+    """A CUDA graph keeps a float's value of the capture: the capacity C it reads must be a tensor
+    that the schedule fills, so C rises between replays as it does in the eager step."""
+    data = tiny_data_file(tmp_path)
+    seen = []
+    real = GraphedStep.__init__
+
+    def capture(self, loss_fn, *args, **kwargs):
+        seen.append(loss_fn.elbo.capacity)
+        real(self, loss_fn, *args, **kwargs)
+
+    with mock.patch.object(GraphedStep, "__init__", capture):
+        train(tiny_config(data, epochs=2, step="graphed", capacity=4.0, capacity_epochs=2.0), tmp_path / "r",
+              progress=False, evaluate=False)  # fmt: skip
+    assert len(seen) == 1 and isinstance(seen[0], torch.Tensor)
+    # the tensor captured is the one the schedule filled: C as it rose to epoch 2's last step
+    capacities = [float(r["capacity"]) for r in _rows(tmp_path / "r")]
+    assert seen[0].item() == pytest.approx(capacities[-1]) and 2.0 < capacities[-1] < 4.0
+    assert capacities[0] < 2.0
+
+
 def test_a_non_finite_step_read_late_is_rolled_back(tmp_path, tiny_data_file, poison_decoder, tiny_config):
     """The decoder's 11th call (epoch 2, step 4) is NaN: the graphed step skips it on the device,
     the loop learns of it when it reads the loss at the end of the epoch, and rolls back to the

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from ..objectives import CapacityELBO, ELBOLoss, beta_at, capacity_at, make_elbo
@@ -81,6 +82,13 @@ class Training:
         else:
             self.elbo.capacity = capacity
         return {"beta": beta, "capacity": capacity}
+
+    def coefficients_on(self, device: torch.device) -> None:
+        """Hold the scheduled coefficients the objective reads (a capacity C) as tensors on
+        ``device``, which :meth:`schedule` then fills in place: a captured CUDA graph reads a
+        tensor at each replay, where it would keep a float's value of the capture."""
+        if isinstance(self.elbo, CapacityELBO) and not isinstance(self.elbo.capacity, Tensor):
+            self.elbo.capacity = torch.tensor(float(self.elbo.capacity), device=device)
 
     def scores(self, model: nn.Module) -> dict[str, float]:
         """Figures logged to ``metrics.csv`` after each epoch beyond the ELBO's."""
