@@ -350,6 +350,16 @@ def main(args: argparse.Namespace) -> None:
             r = sorted(a / b for a, b in zip(ref, ts, strict=True))
             cols.append(f"{statistics.median(r):.3f}x ({r[0]:.2f}-{r[-1]:.2f})")
         print(f"{name:44s} {n / statistics.median(ts):9.0f} {cols[0]:>24s} {cols[1]:>24s}")
+    shortest = min(min(ts) for ts in times.values())
+    if shortest < MIN_ROUND_SECONDS or args.rounds < MIN_ROUNDS:
+        print(f"note: these ratios are noise, not figures: the shortest round took {shortest:.2f} s over "
+              f"{args.rounds} round(s); a ratio needs rounds of {MIN_ROUND_SECONDS:g} s or more, {MIN_ROUNDS} "
+              "rounds or more (e.g. --steps 300 --rounds 7)")  # fmt: skip
+
+
+#: below these, a shared machine's jitter (one timer tick, another process waking) is a large
+#: part of a round's time, so its ratios say nothing
+MIN_ROUND_SECONDS, MIN_ROUNDS = 0.5, 3
 
 
 def parse_args(argv=None) -> argparse.Namespace:

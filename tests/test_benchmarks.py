@@ -56,6 +56,19 @@ def test_throughput_script_runs_every_contestant(capsys):
     for row in rows:
         ratio = float(row.split()[-4].rstrip("x"))
         assert 0 < ratio < 100, row
+    assert "note: these ratios are noise, not figures" in out  # 2 steps x 2 rounds of 8 images
+
+
+def test_throughput_script_says_nothing_of_noise_for_a_long_enough_race(capsys, monkeypatch):
+    T = _script("throughput")
+    monkeypatch.setattr(T, "MIN_ROUND_SECONDS", 0.0)  # rounds of any length count here
+    T.main(
+        T.parse_args(
+            ["--threads", "1", "--steps", "2", "--rounds", "3", "--batch-size", "8", "--only", "lean"]
+        )
+    )
+    out = capsys.readouterr().out
+    assert "lean hand loop (torch Adam)" in out and "noise" not in out
 
 
 def test_plain_pyro_vae_is_pyrovaes_program():
