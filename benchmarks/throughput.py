@@ -352,7 +352,7 @@ def main(args: argparse.Namespace) -> None:
         print(f"{name:44s} {n / statistics.median(ts):9.0f} {cols[0]:>24s} {cols[1]:>24s}")
     shortest = min(min(ts) for ts in times.values())
     if shortest < MIN_ROUND_SECONDS or args.rounds < MIN_ROUNDS:
-        print(f"note: these ratios are noise, not figures: the shortest round took {shortest:.2f} s over "
+        print(f"note: these ratios are noise, not figures: the shortest round took {shortest:.3g} s over "
               f"{args.rounds} round(s); a ratio needs rounds of {MIN_ROUND_SECONDS:g} s or more, {MIN_ROUNDS} "
               "rounds or more (e.g. --steps 300 --rounds 7)")  # fmt: skip
 

@@ -64,8 +64,11 @@ def _sweep(args: argparse.Namespace) -> int:
                 objective=args.objective, resume=args.resume, storage=args.storage,
                 study_name=args.study_name, sampler_seed=args.sampler_seed, prune=not args.no_prune,
                 progress=not args.quiet)  # fmt: skip
-    print(f"best trial {res['trial']} of {args.out}: {res['meaning']} {res['value']:.2f} nats/image with "
-          f"{res['params']}; results in {args.out / 'best.json'}, {args.out / 'trials.csv'}")  # fmt: skip
+    test, out = res["test"], args.out
+    print(f"best trial {res['trial']} of {out}: {res['meaning']} {res['value']:.2f} nats/image with "
+          f"{res['params']}; test: {test.get('elbo', float('nan')):.2f} ELBO, "
+          f"{test.get('log_likelihood', float('nan')):.2f} log p(x) (K={test.get('k')}); results in "
+          f"{out / 'best.json'}, {out / 'trials.csv'}, figures {out / 'trials.png'}")  # fmt: skip
     return 0
 
 

@@ -64,7 +64,7 @@ def _describe(path: Path, folder: Path) -> dict:
     row["val_elbo"] = max(vals) if vals else None
     row["epochs"] = f"{done}/{cfg.epochs}"
     row["model"] = _model(cfg)
-    row["objective"] = describe_objective(cfg)
+    row["objective"] = _objective(cfg)
     if not (path / "checkpoint.pt").exists():
         row["status"] = "not started"
     elif done >= cfg.epochs:
@@ -87,6 +87,14 @@ def _model(cfg: Config) -> str:
 
     variant = MODELS.get(cfg.model)
     return cfg.model if variant is None else f"{cfg.model} {variant.describe(cfg)}"
+
+
+def _objective(cfg: Config) -> str:
+    """What the run trains on, as its variant says (the ELBO's words for a variant not registered)."""
+    from .variants import MODELS
+
+    variant = MODELS.get(cfg.model)
+    return describe_objective(cfg) if variant is None else variant.describe_objective(cfg)
 
 
 def _stopped_early(vals: list[float], patience: int) -> bool:

@@ -319,26 +319,26 @@ def choose_objective(options) -> str:
 
 def describe_objective(options) -> str:
     """What a run trains on, in a few words: the objective :func:`choose_objective` picks, with its
-    coefficients and β's schedule.
+    particles (when more than one), β and its schedule, and the objective's own coefficients.
 
     >>> from pyrovae.config import Config
     >>> describe_objective(Config(elbo="iwae", num_particles=5)), describe_objective(Config(beta=4.0))
     ('iwae k=5', 'trace β=4')
-    >>> describe_objective(Config(beta_schedule="linear", warmup_epochs=10))
-    'trace β=1 (linear over 10 epochs)'
+    >>> describe_objective(Config(elbo="meanfield", beta_schedule="linear", warmup_epochs=10, free_bits=0.5))
+    'meanfield β=1 (linear over 10 epochs), free bits λ=0.5'
     """
     name = choose_objective(options)
-    kind = f"{options.elbo} k={options.num_particles}" if options.num_particles > 1 else options.elbo
     if name == "capacity":
         return f"capacity C={options.capacity:g} over {options.capacity_epochs:g} epochs γ={options.gamma:g}"
     if name == "tc_beta":
         return f"β-TCVAE β={options.tc_beta:g}"
-    if name == "free_bits":
-        return f"{kind} free bits λ={options.free_bits:g}"
-    if name == "iwae":
+    kind = f"{options.elbo} k={options.num_particles}" if options.num_particles > 1 else options.elbo
+    if name == "iwae":  # the bound has no KL term to weigh: β is refused with it
         return kind
-    schedule = f" ({options.beta_schedule} over {options.warmup_epochs:g} epochs)"
-    return f"{kind} β={options.beta:g}" + (schedule if options.beta_schedule != "constant" else "")
+    text = f"{kind} β={options.beta:g}"
+    if options.beta_schedule != "constant":
+        text += f" ({options.beta_schedule} over {options.warmup_epochs:g} epochs)"
+    return text + (f", free bits λ={options.free_bits:g}" if name == "free_bits" else "")
 
 
 def make_elbo(

@@ -41,10 +41,6 @@ def report(study, out: Path, objective: str, progress: bool = True) -> dict:
     }  # fmt: skip
     write_json(out / "best.json", result)
     _figures(study, trials, out, objective)
-    if progress:
-        print(f"best trial {best.number}: {OBJECTIVES[objective]} {best.value:.2f} nats/image with "
-              f"{result['params']}; test: {test.get('elbo', float('nan')):.2f} ELBO, "
-              f"{test.get('log_likelihood', float('nan')):.2f} log p(x) (K={test.get('k')})")  # fmt: skip
     return result
 
 

@@ -214,7 +214,9 @@ def test_nll_table_trains_every_row_at_one_budget(mnist_dir, tmp_path, capsys):
         )
         cfg = json.loads((run / "config.json").read_text())
         assert cfg["epochs"] == 2 and cfg["train_size"] == 60 and all(cfg[k] == v for k, v in options.items())
-        assert (cfg["batch_size"], cfg["lr_schedule"]) == (30, "cosine")
+        assert (
+            (cfg["batch_size"], cfg["lr_schedule"]) == (30, "cosine") == (r["batch_size"], r["lr_schedule"])
+        )
         lrs = [float(row.split(",")[8]) for row in (run / "metrics.csv").read_text().splitlines()[1:]]
         assert lrs == pytest.approx([1e-3, 0.5e-3])  # cosine over 2 epochs: the full lr, then half
         assert 0 < r["train_cpu_minutes"] <= r["seconds"] * 2 / 60  # at most two threads' CPU time

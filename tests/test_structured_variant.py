@@ -182,6 +182,30 @@ def test_runs_names_the_model_variant_of_every_run(tmp_path, capsys):
     assert "hierarchical bernoulli z1 40 z2 20" in capsys.readouterr().out
 
 
+def test_runs_says_what_every_variant_trains_on(tmp_path):
+    configs = {
+        "m2": Config(semi_supervised=True, labeled=100),
+        "m2_alpha": Config(semi_supervised=True, labeled=100, aux_weight=5.0, beta=2.0),
+        "free_bits": Config(
+            elbo="meanfield", free_bits=0.5, beta=4.0, beta_schedule="linear", warmup_epochs=3
+        ),
+        "two_layers": Config(model="hierarchical", elbo="iwae", num_particles=5),
+        "beta": Config(beta=4.0),
+    }
+    for name, cfg in configs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(cfg.to_json())
+    rows = {r["run"]: (r["model"], r["objective"]) for r in list_runs(tmp_path)}
+    assert {run: objective for run, (_, objective) in rows.items()} == {
+        "m2": "M2: trace β=1, y enumerated; α=0.1·N/100",
+        "m2_alpha": "M2: trace β=2, y enumerated; α=5",
+        "free_bits": "meanfield β=4 (linear over 3 epochs), free bits λ=0.5",
+        "two_layers": "iwae k=5",
+        "beta": "trace β=4",
+    }
+    assert rows["beta"][0] == "vae normal/diag/bernoulli z50"  # β is the objective's, not the model's
+
+
 def test_float64_images_stay_float64():
     from pyrovae.data import Split
     from pyrovae.evaluate import evaluate
@@ -207,7 +231,7 @@ def test_the_baseline_reports_its_epochs_before_the_cvae_unless_quiet(tmp_path, 
     assert [e.split(":")[0] for e in baseline_epochs] == ["epoch 1", "epoch 2", "epoch 3"]
     assert [e.split(":")[0] for e in cvae_epochs] == ["epoch 1", "epoch 2"]
     # the figure it says it froze at is the baseline's validation NLL that metrics.csv logs
-    said = float(lines[done].split("validation NLL ")[1].split()[0])
+    said = -float(lines[done].split("validation ELBO ")[1].split()[0])
     rows = list(csv.DictReader(open(tmp_path / "loud" / "metrics.csv")))
     assert said == pytest.approx(float(rows[0]["val_baseline_nll"]), abs=0.006)
     assert main([*base, "--quiet", "--out", str(tmp_path / "quiet")]) == 0

@@ -43,11 +43,12 @@ def _rows(out):
     return list(csv.DictReader(open(out / "trials.csv")))
 
 
-def test_sweep_best_trial_resume(tmp_path, data_file):
+def test_sweep_best_trial_resume(tmp_path, data_file, capsys):
     space = tmp_path / "space.toml"
     space.write_text(SPACE)
     out = tmp_path / "sweep"
     assert main(_args(space, out, data_file, 4, "--sampler-seed", "0")) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("best trial")]
     rows = _rows(out)
     assert [int(r["number"]) for r in rows] == [0, 1, 2, 3]
     complete = [r for r in rows if r["state"] == "COMPLETE"]
@@ -69,6 +70,10 @@ def test_sweep_best_trial_resume(tmp_path, data_file):
     assert best["test"]["elbo"] <= best["test"]["log_likelihood"] + 1
     assert [p.name for p in (out / "trials").iterdir() if (p / "eval.json").exists()] == [run.name]
     assert (out / "trials.png").exists() and (out / "importances.png").exists()
+    # one line says it all: the best trial, its test figures (those of best.json) and the files
+    assert len(said) == 1 and f"best trial {best['trial']} of {out}" in said[0], said
+    assert f"test: {best['test']['elbo']:.2f} ELBO, {best['test']['log_likelihood']:.2f} log p(x)" in said[0]
+    assert str(out / "trials.png") in said[0]
 
     # starting it again is refused; --resume continues the same study to 6 trials
     assert main(_args(space, out, data_file, 6)) == 2

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..objectives import CapacityELBO, ELBOLoss, beta_at, capacity_at, make_elbo
+from ..objectives import CapacityELBO, ELBOLoss, beta_at, capacity_at, describe_objective, make_elbo
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -181,8 +181,13 @@ class Variant:
     @classmethod
     def describe(cls, cfg: Config) -> str:
         """The model of a run in a few words (``pyrovae runs``): its prior, guide, likelihood and z."""
-        beta = f" beta {cfg.beta:g}" if cfg.beta != 1 else ""
-        return f"{cfg.prior_family}/{cfg.guide}/{cfg.likelihood} z{cfg.z_dim}{beta}"
+        return f"{cfg.prior_family}/{cfg.guide}/{cfg.likelihood} z{cfg.z_dim}"
+
+    @classmethod
+    def describe_objective(cls, cfg: Config) -> str:
+        """What a run of this variant trains on, in a few words (``pyrovae runs``); by default
+        :func:`~pyrovae.objectives.describe_objective`."""
+        return describe_objective(cfg)
 
 
 def _refuse(message: str, option: str):

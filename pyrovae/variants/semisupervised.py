@@ -52,6 +52,13 @@ class SemiSupervised(Variant):
     training_cls = SemiSupervisedTraining
 
     @classmethod
+    def describe_objective(cls, cfg: Config) -> str:
+        """M2's loss: the ELBO summed over y for unlabelled images, with α times the classifier's
+        −log q(y|x) for labelled ones."""
+        alpha = f"{cfg.aux_weight:g}" if cfg.aux_weight is not None else f"0.1·N/{cfg.labeled}"
+        return f"M2: {super().describe_objective(cfg)}, y enumerated; α={alpha}"
+
+    @classmethod
     def check(cls, cfg: Config) -> None:
         if cfg.labeled is None or cfg.labeled < 1:
             _refuse(

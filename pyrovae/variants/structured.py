@@ -229,9 +229,8 @@ def fit_baseline(model: StructuredCVAE, data: Dataset, cfg: Config, progress: bo
     torch.set_rng_state(rng)
     if progress:
         nll = baseline_nll(model, data.val)
-        tqdm.write(
-            f"baseline: done, frozen at validation NLL {nll:.2f} nats/image (hidden pixels); now the CVAE"
-        )
+        tqdm.write(f"baseline: done, frozen at its best validation ELBO {-nll:.2f} nats/image (its NLL of the "
+                   f"hidden pixels, val_baseline_nll, {nll:.2f}); now the CVAE")  # fmt: skip
 
 
 @torch.no_grad()
