@@ -118,6 +118,8 @@ class VampPrior(PyroModule):
         if not self.num_classes:
             if isinstance(q, DiagonalNormalMixture):
                 return q
+            if _diagonal_normal(q):  # with gradients too: matrix products, no (batch, K, D) differences
+                return DiagonalNormalMixture(q.base_dist.loc, q.base_dist.scale)
             return dist.MixtureSameFamily(
                 dist.Categorical(logits=self.pseudo_inputs.new_zeros(q.batch_shape)), q
             )
@@ -151,22 +153,29 @@ class VampPrior(PyroModule):
     @contextmanager
     def cached(self) -> Iterator[None]:
         """Within this context, calls without gradients reuse one evaluation of the guide at the
-        pseudo-inputs, and a diagonal-Normal guide's mixture is scored by matrix products
-        (:class:`~pyrovae.distributions.DiagonalNormalMixture`); calls with gradients, and every
-        call after the context, evaluate the guide afresh. Nested contexts share the outer one's."""
+        pseudo-inputs; calls with gradients, and every call after the context, evaluate the guide
+        afresh. (A diagonal-Normal guide's mixture is scored by matrix products,
+        :class:`~pyrovae.distributions.DiagonalNormalMixture`, in and out of the context; with labels,
+        only within it.) Nested contexts share the outer one's."""
         if self._cache:
             yield
             return
         with torch.no_grad():
             q = self._components()
-            if isinstance(q, dist.Independent) and isinstance(q.base_dist, dist.Normal) and \
-                    q.reinterpreted_batch_ndims == 1 and len(q.batch_shape) == 1:  # fmt: skip
+            if _diagonal_normal(q):
                 q = DiagonalNormalMixture(q.base_dist.loc, q.base_dist.scale)
             self._cache.append(q)
         try:
             yield
         finally:
             self._cache.clear()
+
+
+def _diagonal_normal(q: dist.Distribution) -> bool:
+    """Whether ``q`` is K diagonal Normals (batch ``(K,)``, event ``(D,)``), which
+    :class:`~pyrovae.distributions.DiagonalNormalMixture` mixes."""
+    return (isinstance(q, dist.Independent) and isinstance(q.base_dist, dist.Normal)
+            and q.reinterpreted_batch_ndims == 1 and len(q.batch_shape) == 1)  # fmt: skip
 
 
 class _AffineAutoregressive(T.AffineAutoregressive):

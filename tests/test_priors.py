@@ -2,6 +2,7 @@
 
 import math
 
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
@@ -82,6 +83,28 @@ def test_conditional_prior_p_z_given_y_trains(tmp_path, tiny_data_file):
     y = torch.arange(3)
     p = vae.prior_dist(y, like=torch.zeros(1))
     assert p.batch_shape == (3,) and not torch.allclose(p.mean[0], p.mean[1])
+
+
+def test_the_vamp_prior_trains_through_the_matrix_product_mixture_with_the_same_gradients(component_config):
+    """With gradients on, the VampPrior of a diagonal guide is scored by matrix products too: the
+    same log-density as Pyro's ``MixtureSameFamily`` of the guide at the pseudo-inputs, and the same
+    gradients for the pseudo-inputs, the guide's weights and z."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = build_model(component_config("vamp"), (1, 4, 4))
+    k, d = vae.prior.pseudo_inputs.shape[0], vae.z_dim
+    z = 2 * torch.randn(6, d, requires_grad=True)
+    params = [*vae.prior.parameters(), *vae.guide_net.parameters()]  # the pseudo-inputs unconstrained
+    fast = vae.prior()
+    assert isinstance(fast, DiagonalNormalMixture)
+    q = vae.prior._components()
+    ref = dist.MixtureSameFamily(dist.Categorical(logits=torch.zeros(k)), q)
+    got, want = fast.log_prob(z), ref.log_prob(z)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    g_got = torch.autograd.grad(got.sum(), [z, *params])
+    g_want = torch.autograd.grad(want.sum(), [z, *params])
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("with_logits", [False, True])
