@@ -173,6 +173,20 @@ def test_vamp_eval_times_both_priors():
     assert res["ratio"] > 0 and set(res["seconds"]) == {"normal", "vamp"}
 
 
+def test_vamp_train_races_the_two_mixtures_on_the_same_loss(capsys):
+    """``benchmarks/vamp_train.py`` on a small budget: the two VampPrior steps start from the same
+    parameters and give the same first loss; every contestant is timed against the old mixture."""
+    V = _script("vamp_train")
+    res = V.main(V.parse_args(["--steps", "2", "--rounds", "1", "--batch-size", "8", "--pseudo-inputs", "20",
+                               "--threads", "1"]))  # fmt: skip
+    first, again = res["first_losses"]
+    assert first == pytest.approx(again, rel=1e-4) and first > 0
+    assert res["ratio"]["VampPrior, MixtureSameFamily"] == 1.0 and all(
+        v > 0 for v in res["ms_per_step"].values()
+    )
+    assert f"first losses {first / 8:.4f}" in capsys.readouterr().out
+
+
 def test_gpu_benchmark_races_every_contestant_and_its_estimators_agree():
     """``benchmarks/gpu.py`` on the CPU with a tiny budget (graphs need CUDA: the lean graphed loop
     is left out there and pyrovae's graphed step runs eagerly): every other contestant is timed
