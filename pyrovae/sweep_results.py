@@ -77,7 +77,7 @@ def _figures(study, trials, out: Path, objective: str) -> None:
         if not t.intermediate_values:
             continue
         epochs, elbo = zip(*sorted(t.intermediate_values.items()), strict=True)
-        style = "x--" if t.state == optuna.trial.TrialState.PRUNED else "-"
+        style = "x--" if t.state == optuna.trial.TrialState.PRUNED else ".-"  # a 1-epoch trial: a dot
         curves.plot(epochs, elbo, style, lw=2.5 if t.number == best else 1, alpha=1 if t.number == best else 0.6,
                     label=f"trial {t.number} (best)" if t.number == best else None)  # fmt: skip
     curves.set_xlabel("epoch")

@@ -221,7 +221,8 @@ def fit_baseline(model: StructuredCVAE, data: Dataset, cfg: Config, progress: bo
     model.baseline.requires_grad_(True)
     if progress:
         tqdm.write(f"baseline: the deterministic network that fills the hidden pixels, {cfg.baseline_epochs} "
-                   "epochs before the CVAE (its ELBO is the log-likelihood of the hidden pixels)")  # fmt: skip
+                   "epochs before the CVAE (its ELBO is the log-likelihood of the hidden pixels; seeded, so a "
+                   "resumed run trains the same baseline again)")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="pyrovae-baseline-") as out:
         fit(view, data, out, alone, progress=progress, prepare=lambda x, y: hide(x, given))
     model.baseline.requires_grad_(False).zero_grad(set_to_none=True)
