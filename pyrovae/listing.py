@@ -63,8 +63,7 @@ def _describe(path: Path, folder: Path) -> dict:
     vals = [float(r["val_elbo"]) for r in rows if r.get("val_elbo") not in (None, "")]
     row["val_elbo"] = max(vals) if vals else None
     row["epochs"] = f"{done}/{cfg.epochs}"
-    row["model"] = _model(cfg)
-    row["objective"] = _objective(cfg)
+    row["model"], row["objective"] = _model_and_objective(cfg)
     if not (path / "checkpoint.pt").exists():
         row["status"] = "not started"
     elif done >= cfg.epochs:
@@ -80,21 +79,16 @@ def _describe(path: Path, folder: Path) -> dict:
     return row
 
 
-def _model(cfg: Config) -> str:
-    """The run's model variant, then what its variant says of it (its prior, guide, likelihood and
-    z for a VAE); a variant not registered in this process is named alone."""
+def _model_and_objective(cfg: Config) -> tuple[str, str]:
+    """The run's model variant with what its variant says of it (its prior, guide, likelihood and
+    z for a VAE), and what it trains on, as its variant says; a variant not registered in this
+    process is named alone, its objective in the ELBO's words."""
     from .variants import MODELS
 
     variant = MODELS.get(cfg.model)
-    return cfg.model if variant is None else f"{cfg.model} {variant.describe(cfg)}"
-
-
-def _objective(cfg: Config) -> str:
-    """What the run trains on, as its variant says (the ELBO's words for a variant not registered)."""
-    from .variants import MODELS
-
-    variant = MODELS.get(cfg.model)
-    return describe_objective(cfg) if variant is None else variant.describe_objective(cfg)
+    if variant is None:
+        return cfg.model, describe_objective(cfg)
+    return f"{cfg.model} {variant.describe(cfg)}", variant.describe_objective(cfg)
 
 
 def _stopped_early(vals: list[float], patience: int) -> bool:

@@ -49,7 +49,7 @@ class Training:
     def __init__(
         self, model: nn.Module, data: Dataset, cfg: Config, world: int = 1, progress: bool = False
     ) -> None:
-        self.cfg, self.dataset_size, self.progress = cfg, len(data.train), progress
+        self.cfg, self.dataset_size = cfg, len(data.train)  # progress: for work a subclass does first
         self.elbo = self.objective(cfg)
         self.loss = self.make_loss(model, world)
 
