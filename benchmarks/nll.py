@@ -12,6 +12,12 @@ over all 10,000 in the papers); the published figures come from thousands of epo
 
 Rows are printed as they finish, then the table, in nats per image (lower is better), with each
 row's training CPU time (the process's, all threads; on a GPU it counts the host's work only).
+
+A row at a long budget takes CPU-hours, so rows can run in separate processes (``--only``) and
+sessions into one ``--out``: each row keeps its result in its folder (``nll-row.json``), ``nll.json``
+and the table hold every row found there at the asked budget, and ``--resume`` keeps the finished
+rows, continues an interrupted row from its last checkpoint (its CPU time adds up over the
+processes, the unfinished epoch of a killed one not counted) and trains the rest.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from pathlib import Path
 import pyro
 
 from pyrovae import Config, Split, evaluate, train
+from pyrovae.checkpoint import atomic_write
+from pyrovae.fit import Interrupted
 from pyrovae.machine import describe
 from pyrovae.runs import load_data
 
@@ -66,9 +74,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/ (default: $PYROVAE_DATA)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows of --out finished at this budget, continue interrupted ones (default: start over)",
+    )
+    p.add_argument(
         "--out", type=Path, default=Path("runs/nll"), help="folder of the runs (default: runs/nll)"
     )
     return p.parse_args(argv)
+
+
+BUDGET = ("epochs", "batch_size", "lr_schedule", "train_images", "k", "n_test")  # what makes rows comparable
+
+
+def _write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def _saved_row(folder: Path, budget: dict) -> dict | None:
+    """The row's result in ``folder`` when it was measured at ``budget``."""
+    path = folder / "nll-row.json"
+    if not path.exists():
+        return None
+    row = json.loads(path.read_text())
+    return row if all(row.get(key) == value for key, value in budget.items()) else None
+
+
+def _train_row(cfg: Config, folder: Path, resume: bool, data) -> tuple:
+    """Train a row (continuing its checkpoint with ``resume``); its model and training CPU seconds,
+    summed over every process that trained it."""
+    cpu_file = folder / "cpu.json"
+    resume = resume and (folder / "checkpoint.pt").exists()
+    (folder / "nll-row.json").unlink(missing_ok=True)  # a result of the run that is about to change
+    before = json.loads(cpu_file.read_text())["cpu_seconds"] if resume and cpu_file.exists() else 0.0
+    c0 = time.process_time()
+
+    def count(metrics: dict) -> None:  # after each epoch's checkpoint, so a resumed run starts from its count
+        _write_json(cpu_file, {"epoch": metrics["epoch"], "cpu_seconds": before + time.process_time() - c0})
+
+    try:
+        run = train(cfg, folder, resume=resume, overwrite=not resume, progress=False, evaluate=False,
+                    data=data, on_epoch=count)  # fmt: skip
+    except Interrupted:  # a signal: the checkpoint holds the unfinished epoch's steps, so count them too
+        count({"epoch": "interrupted"})
+        raise
+    if not cpu_file.exists():  # trained elsewhere, without this script: its CPU time is unknown
+        return run.model, float("nan")
+    return run.model, json.loads(cpu_file.read_text())["cpu_seconds"]
 
 
 def main(args: argparse.Namespace) -> list[dict]:
@@ -80,38 +132,44 @@ def main(args: argparse.Namespace) -> list[dict]:
                 pseudo_inputs=args.pseudo_inputs, device=args.device, data_dir=args.data_dir)  # fmt: skip
     data = load_data(Config.from_preset("iwae", **base))  # the same data for every row
     test = data.test
-    results = []
+    n_test = min(args.n_test, len(test))
+    budget = {"epochs": args.epochs, "batch_size": args.batch_size, "lr_schedule": args.lr_schedule,
+              "train_images": len(data.train), "k": args.k, "n_test": n_test}  # fmt: skip
     for name, options, published in rows:
+        folder = args.out / run_dir(name)
+        if args.resume and (row := _saved_row(folder, budget)) is not None:
+            print(f"{name}: kept from {folder / 'nll-row.json'}", flush=True)
+            continue
         cfg = Config.from_preset("iwae", **base, **options)
-        t0, c0 = time.perf_counter(), time.process_time()
-        run = train(cfg, args.out / run_dir(name), overwrite=True, progress=False, evaluate=False, data=data)
-        train_cpu = time.process_time() - c0  # all threads': a budget in CPU-minutes, whatever the load
+        t0 = time.perf_counter()
+        model, train_cpu = _train_row(cfg, folder, args.resume, data)
         pyro.set_rng_seed(0)  # the ELBO and log p(x) over the same first n_test test images
-        res = evaluate(run.model, Split(test.x[: args.n_test], None), k=args.k, ll_batch_size=20)
+        res = evaluate(model, Split(test.x[:n_test], None), k=args.k, ll_batch_size=20)
         row = {"row": name, "nll": -res["log_likelihood"], "neg_elbo": -res["elbo"],
                "published": published, "seconds": time.perf_counter() - t0,
-               "train_cpu_minutes": train_cpu / 60, "k": res["k"],
-               "n_test": res["n_ll_images"], "active_units": res["active_units"], "z_dim": res["z_dim"],
-               "epochs": args.epochs, "batch_size": args.batch_size, "lr_schedule": args.lr_schedule,
-               "train_images": len(data.train)}  # fmt: skip
-        results.append(row)
+               "train_cpu_minutes": train_cpu / 60, "active_units": res["active_units"], "z_dim": res["z_dim"],
+               **budget}  # fmt: skip
+        assert (res["k"], res["n_ll_images"]) == (args.k, n_test)
+        _write_json(folder / "nll-row.json", row)
         print(f"{name}: -log p(x) {row['nll']:.2f}, -ELBO {row['neg_elbo']:.2f} nats/image", flush=True)
-    k, n = results[0]["k"], results[0]["n_test"]
-    print(f"\n-log p(x) (importance-sampled, K={k}, first {n} test images; MNIST dynamically binarized), "
-          f"every row {args.epochs} epoch{'s' if args.epochs != 1 else ''} on {len(data.train)} images, Adam lr 1e-3 "
-          f"({'cosine schedule' if args.lr_schedule == 'cosine' else 'constant'}), batches of {args.batch_size}; "
-          f"{SOURCES}")  # fmt: skip
+    # every row of --out at this budget, whichever process or session measured it
+    results = [row for name, _, _ in ROWS if (row := _saved_row(args.out / run_dir(name), budget))]
+    print(f"\n-log p(x) (importance-sampled, K={args.k}, first {n_test} test images; MNIST dynamically "
+          f"binarized), every row {args.epochs} epoch{'s' if args.epochs != 1 else ''} on {len(data.train)} "
+          f"images, Adam lr 1e-3 ({'cosine schedule' if args.lr_schedule == 'cosine' else 'constant'}), "
+          f"batches of {args.batch_size}; {SOURCES}")  # fmt: skip
     print(f"measured on: {describe(test.x.device)}")
-    print(
-        "| model | -log p(x) | -ELBO | published | active units | training CPU-min | training + evaluation s |"
-    )
+    print("| model | -log p(x) | -ELBO | published | active units | training CPU-min | last process's s |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
         pub = f"{r['published']:.2f}" if r["published"] is not None else "-"
         print(f"| {r['row']} | {r['nll']:.2f} | {r['neg_elbo']:.2f} | {pub} | {r['active_units']}/{r['z_dim']} "
               f"| {r['train_cpu_minutes']:.1f} | {r['seconds']:.0f} |")  # fmt: skip
+    missing = [name for name, _, _ in ROWS if not any(r["row"] == name for r in results)]
+    if missing:
+        print(f"not yet measured at this budget in {args.out}: {', '.join(missing)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "nll.json").write_text(json.dumps(results, indent=2) + "\n")
+    _write_json(args.out / "nll.json", results)
     return results
 
 

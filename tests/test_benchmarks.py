@@ -236,3 +236,51 @@ def test_nll_table_trains_every_row_at_one_budget(mnist_dir, tmp_path, capsys):
         assert 0 < r["train_cpu_minutes"] <= r["seconds"] * 2 / 60  # at most two threads' CPU time
         assert r["nll"] <= r["neg_elbo"] + 1.0  # K = 5 bounds log p(x) at least as tightly as the ELBO
     assert (res[3]["z_dim"], res[0]["z_dim"]) == (150, 50)  # two layers: z1 100 + z2 50
+
+
+def test_nll_rows_from_separate_processes_make_one_table_and_resume(mnist_dir, tmp_path, capsys, monkeypatch):
+    """Rows run apart (``--only``) land in one nll.json; ``--resume`` keeps a finished row, continues
+    a row from its checkpoint with its CPU time added up, and counts an interrupted epoch."""
+    from pyrovae.fit import Interrupted
+
+    N = _script("nll")
+    out = tmp_path / "nll"
+    common = ["--train-size", "60", "--k", "5", "--n-test", "10", "--batch-size", "30", "--device", "cpu",
+              "--data-dir", str(mnist_dir), "--out", str(out)]  # fmt: skip
+    vae = out / N.run_dir("VAE, 1 layer")
+    [one] = N.main(N.parse_args(["--epochs", "1", "--only", "VAE, 1 layer", *common]))
+    cpu_one = json.loads((vae / "cpu.json").read_text())["cpu_seconds"]
+    assert one["epochs"] == 1 and one["train_cpu_minutes"] == pytest.approx(cpu_one / 60)
+    first_epoch = (vae / "metrics.csv").read_text().splitlines()[1]  # its wall seconds differ in a new run
+
+    # a longer budget: the row continues from its one-epoch checkpoint instead of starting over
+    [two] = N.main(N.parse_args(["--epochs", "2", "--only", "VAE, 1 layer", "--resume", *common]))
+    metrics = (vae / "metrics.csv").read_text().splitlines()
+    assert [m.split(",")[0] for m in metrics[1:]] == ["1", "2"] and metrics[1] == first_epoch
+    assert two["epochs"] == 2 and two["train_cpu_minutes"] > one["train_cpu_minutes"]
+    assert json.loads((vae / "cpu.json").read_text())["epoch"] == 2
+
+    # another row, another process: the finished one is kept as it was, and the table holds both
+    stamp = (vae / "metrics.csv").stat().st_mtime_ns
+    capsys.readouterr()
+    both = N.main(N.parse_args(["--epochs", "2", "--only", "IAF", "--resume", *common]))
+    assert [r["row"] for r in both] == ["VAE, 1 layer", "IAF guide, 1 layer"] and both[0] == two
+    printed = capsys.readouterr().out
+    assert "| VAE, 1 layer |" in printed and "| IAF guide, 1 layer |" in printed
+    assert (
+        "not yet measured at this budget in" in printed and json.loads((out / "nll.json").read_text()) == both
+    )
+    assert N.main(N.parse_args(["--epochs", "2", "--only", "VAE, 1 layer", "--resume", *common])) == both
+    assert (vae / "metrics.csv").stat().st_mtime_ns == stamp  # neither retrained nor rescored
+    assert "VAE, 1 layer: kept from" in capsys.readouterr().out
+
+    # a signal during training: the checkpoint holds part of an epoch, so its CPU time is counted too
+    def interrupted(cfg, folder, **kw):
+        raise Interrupted("stopped by signal 15")
+
+    monkeypatch.setattr(N, "train", interrupted)
+    with pytest.raises(Interrupted):
+        N.main(N.parse_args(["--epochs", "3", "--only", "VAE, 1 layer", "--resume", *common]))
+    counted = json.loads((vae / "cpu.json").read_text())
+    assert counted["epoch"] == "interrupted" and counted["cpu_seconds"] >= two["train_cpu_minutes"] * 60
+    assert not (vae / "nll-row.json").exists()  # no result left that the changed run no longer gives
