@@ -93,11 +93,30 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one ``error:`` line (exit status 2), like the rest."""
+    """An argument parser whose errors are one ``error:`` line (exit status 2), like the rest, that
+    names the closest command or option to a mistyped one and takes no abbreviated options (a
+    recorded command must mean the same after an option is added)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            sub = self._subparsers and self._subparsers._group_actions[0].choices.get(namespace.command)
+            names = {o.lstrip("-"): o for o in (sub or self)._option_string_actions}
+            wrong = [e.split("=")[0].lstrip("-") for e in extras if e.startswith("--")]
+            close = [c for w in wrong for c in difflib.get_close_matches(w, list(names), n=1)]
+            hint = "".join(f"; did you mean {names[c]}?" for c in close)
+            (sub or self).error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return namespace
 
     def error(self, message: str):
         # "argument --prior: unknown --prior 'x'": the option is already named
         message = re.sub(r"^argument (--[\w-]+)(/[\w-]+)?: (?=.*\1)", "", message)
+        if m := re.match(r"argument command: invalid choice: '([^']*)' \(choose from (.*)\)$", message):
+            close = difflib.get_close_matches(m[1], re.findall(r"'([^']*)'", m[2]), n=1)
+            message += f"; did you mean {close[0]!r}?" if close else ""
         self.exit(2, f"error: {message} (see {self.prog} --help)\n" if rank() == 0 else None)
 
 

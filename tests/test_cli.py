@@ -42,6 +42,25 @@ def test_console_script_reports_user_errors_without_traceback(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["trian"], "invalid choice: 'trian' (choose from 'train', "),
+        (["trian"], "; did you mean 'train'? (see pyrovae --help)"),
+        # abbreviations are refused: "--epoch" would silently change meaning once "--epoch-size" exists
+        (
+            ["train", "--epoch", "1"],
+            "unrecognized arguments: --epoch 1; did you mean --epochs? (see pyrovae train",
+        ),
+        (["runs", "--sortt", "nll"], "unrecognized arguments: --sortt; did you mean --sort?"),
+        (["train", "--bogus"], "unrecognized arguments: --bogus (see pyrovae train --help)"),
+    ],
+)
+def test_a_mistyped_command_or_option_is_refused_with_the_closest_name(tmp_path, capsys, argv, message):
+    assert main(argv + ["--out", str(tmp_path / "r")] if argv[0] == "train" else argv) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
     "extra, message",
     [
         (["--batch-size", "0"], "--batch-size must be a positive integer"),
