@@ -178,10 +178,13 @@ def _batches(data: Split, prepare: Prepare | None, batch_size: int):
 
 
 @torch.no_grad()
-def split_active_units(vae: VAE, data: Split, prepare: Prepare | None = None, batch_size: int = 1000) -> int:
-    """:func:`active_units` of the posterior means over a split (eval mode: no dropout)."""
+def split_active_units(
+    vae: VAE, data: Split, prepare: Prepare | None = None, batch_size: int = 1000, samples: int = 64
+) -> int:
+    """:func:`active_units` of the posterior means over a split (eval mode: no dropout); a guide
+    without an analytic mean is averaged over ``samples`` draws per datum, the noise subtracted."""
     with eval_mode(vae):
-        parts = [posterior_mean_and_noise(vae, x, y) for x, y in _batches(data, prepare, batch_size)]
+        parts = [posterior_mean_and_noise(vae, x, y, samples) for x, y in _batches(data, prepare, batch_size)]
     means, noise = zip(*parts, strict=True)
     return active_units(torch.cat(means), noise=torch.cat(noise))
 

@@ -46,6 +46,7 @@ def test_collapsed_units_of_a_guide_without_analytic_mean_are_not_active():
     means, noise = E.posterior_mean_and_noise(vae, x, samples=64)
     assert E.active_units(means) > 0  # the plain Monte Carlo mean makes every unit look active
     assert E.active_units(means, noise=noise) == 0
+    assert E.split_active_units(vae, Split(x), samples=16) == 0  # as training validates: fewer draws
     assert E.evaluate(vae, Split(x[:500]), k=2, n_ll=10)["active_units"] == 0
 
 
