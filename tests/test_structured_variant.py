@@ -191,6 +191,7 @@ def test_runs_says_what_every_variant_trains_on(tmp_path):
         ),
         "two_layers": Config(model="hierarchical", elbo="iwae", num_particles=5),
         "beta": Config(beta=4.0),
+        "two_layers_beta": Config(model="hierarchical", beta=2.0),
     }
     for name, cfg in configs.items():
         (tmp_path / name).mkdir()
@@ -202,8 +203,10 @@ def test_runs_says_what_every_variant_trains_on(tmp_path):
         "free_bits": "meanfield β=4 (linear over 3 epochs), free bits λ=0.5",
         "two_layers": "iwae k=5",
         "beta": "trace β=4",
+        "two_layers_beta": "trace β=2",
     }
     assert rows["beta"][0] == "vae normal/diag/bernoulli z50"  # β is the objective's, not the model's
+    assert rows["two_layers_beta"][0] == "hierarchical bernoulli z1 100 z2 50"
 
 
 def test_float64_images_stay_float64():

@@ -185,6 +185,4 @@ class Hierarchical(Variant):
 
     @classmethod
     def describe(cls, cfg: Config) -> str:
-        return f"{cfg.likelihood} z1 {2 * cfg.z_dim} z2 {cfg.z_dim}" + (
-            f" beta {cfg.beta:g}" if cfg.beta != 1 else ""
-        )
+        return f"{cfg.likelihood} z1 {2 * cfg.z_dim} z2 {cfg.z_dim}"  # β: the objective column's
