@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import pyro
 
-from pyrovae import Config, Split, evaluate, train
+from pyrovae import Config, ConfigError, Split, evaluate, train
 from pyrovae.checkpoint import atomic_write
 from pyrovae.fit import Interrupted
 from pyrovae.machine import describe
@@ -55,7 +56,9 @@ def run_dir(row: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     p.add_argument("--epochs", type=int, default=10, help="training epochs of every row (default: 10)")
     p.add_argument("--train-size", type=int, default=None, help="first N training images (default: all)")
     p.add_argument(
@@ -84,11 +87,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-BUDGET = ("epochs", "batch_size", "lr_schedule", "train_images", "k", "n_test")  # what makes rows comparable
-
-
 def _write_json(path: Path, obj) -> None:
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def _row_budget(budget: dict, options: dict, pseudo_inputs: int) -> dict:
+    """What makes a row comparable: the table's budget, and a VampPrior's number of pseudo-inputs."""
+    return {**budget, "pseudo_inputs": pseudo_inputs} if options.get("prior") == "vamp" else budget
 
 
 def _saved_row(folder: Path, budget: dict) -> dict | None:
@@ -103,13 +108,15 @@ def _saved_row(folder: Path, budget: dict) -> dict | None:
 def _train_row(cfg: Config, folder: Path, resume: bool, data) -> tuple:
     """Train a row (continuing its checkpoint with ``resume``); its model and training CPU seconds,
     summed over every process that trained it."""
-    cpu_file = folder / "cpu.json"
+    cpu_file, result = folder / "cpu.json", folder / "nll-row.json"
     resume = resume and (folder / "checkpoint.pt").exists()
-    (folder / "nll-row.json").unlink(missing_ok=True)  # a result of the run that is about to change
+    if not resume:
+        result.unlink(missing_ok=True)  # the run is about to be replaced
     before = json.loads(cpu_file.read_text())["cpu_seconds"] if resume and cpu_file.exists() else 0.0
     c0 = time.process_time()
 
     def count(metrics: dict) -> None:  # after each epoch's checkpoint, so a resumed run starts from its count
+        result.unlink(missing_ok=True)  # the run changed: its old result no longer holds
         _write_json(cpu_file, {"epoch": metrics["epoch"], "cpu_seconds": before + time.process_time() - c0})
 
     try:
@@ -137,7 +144,7 @@ def main(args: argparse.Namespace) -> list[dict]:
               "train_images": len(data.train), "k": args.k, "n_test": n_test}  # fmt: skip
     for name, options, published in rows:
         folder = args.out / run_dir(name)
-        if args.resume and (row := _saved_row(folder, budget)) is not None:
+        if args.resume and _saved_row(folder, _row_budget(budget, options, args.pseudo_inputs)) is not None:
             print(f"{name}: kept from {folder / 'nll-row.json'}", flush=True)
             continue
         cfg = Config.from_preset("iwae", **base, **options)
@@ -148,18 +155,26 @@ def main(args: argparse.Namespace) -> list[dict]:
         row = {"row": name, "nll": -res["log_likelihood"], "neg_elbo": -res["elbo"],
                "published": published, "seconds": time.perf_counter() - t0,
                "train_cpu_minutes": train_cpu / 60, "active_units": res["active_units"], "z_dim": res["z_dim"],
-               **budget}  # fmt: skip
+               **_row_budget(budget, options, args.pseudo_inputs)}  # fmt: skip
         assert (res["k"], res["n_ll_images"]) == (args.k, n_test)
         _write_json(folder / "nll-row.json", row)
         print(f"{name}: -log p(x) {row['nll']:.2f}, -ELBO {row['neg_elbo']:.2f} nats/image", flush=True)
     # every row of --out at this budget, whichever process or session measured it
-    results = [row for name, _, _ in ROWS if (row := _saved_row(args.out / run_dir(name), budget))]
+    results = [row for name, options, _ in ROWS
+               if (row := _saved_row(args.out / run_dir(name), _row_budget(budget, options, args.pseudo_inputs)))]  # fmt: skip
+    vamp = (
+        f", VampPrior of {args.pseudo_inputs} pseudo-inputs"
+        if any("pseudo_inputs" in r for r in results)
+        else ""
+    )
     print(f"\n-log p(x) (importance-sampled, K={args.k}, first {n_test} test images; MNIST dynamically "
           f"binarized), every row {args.epochs} epoch{'s' if args.epochs != 1 else ''} on {len(data.train)} "
           f"images, Adam lr 1e-3 ({'cosine schedule' if args.lr_schedule == 'cosine' else 'constant'}), "
-          f"batches of {args.batch_size}; {SOURCES}")  # fmt: skip
+          f"batches of {args.batch_size}{vamp}; {SOURCES}")  # fmt: skip
     print(f"measured on: {describe(test.x.device)}")
-    print("| model | -log p(x) | -ELBO | published | active units | training CPU-min | last process's s |")
+    print(
+        "| model | -log p(x) | -ELBO | published | active units | training CPU-min | wall s, last process |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in results:
         pub = f"{r['published']:.2f}" if r["published"] is not None else "-"
@@ -174,4 +189,10 @@ def main(args: argparse.Namespace) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    try:
+        main(parse_args())
+    except ConfigError as e:  # e.g. --resume with options its saved run contradicts
+        raise SystemExit(f"error: {e}") from None
+    except Interrupted as e:
+        print(f"interrupted: {e} (continue with the same command and --resume)", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -109,6 +109,16 @@ def _open_run_dir(out: Path, cfg: Config, resume: bool, overwrite: bool) -> bool
     cleaned up)."""
     if resume:
         resumed_config(out, dataclasses.asdict(cfg))
+        trained = (
+            checkpoint.load(out / "checkpoint.pt")["state"]["epoch"]
+            if (out / "checkpoint.pt").exists()
+            else 0
+        )
+        if trained > cfg.epochs:  # else its config.json would claim fewer epochs than its model had
+            raise ConfigError(
+                f"resume: epochs {cfg.epochs} is fewer than the {trained} the run in {out} has trained; ask for "
+                f"at least {trained}, or start a new run", "epochs",
+            )  # fmt: skip
         checkpoint.write_text(out / "config.json", cfg.to_json())  # resumable options may change
         return False
     _refuse_occupied(out, overwrite)

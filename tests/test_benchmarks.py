@@ -216,7 +216,8 @@ def test_nll_table_trains_every_row_at_one_budget(mnist_dir, tmp_path, capsys):
     assert [r["row"] for r in res] == [name for name, _, _ in N.ROWS]
     table = capsys.readouterr().out
     assert "| IWAE k=50, 2 layers |" in table and "K=5, first 10 test images" in table
-    assert "(cosine schedule), batches of 30" in table
+    assert "(cosine schedule), batches of 30, VampPrior of 6 pseudo-inputs;" in table
+    assert [r.get("pseudo_inputs") for r in res] == [None] * 6 + [6, None]  # only the VampPrior's budget
     for r, (name, options, published) in zip(res, N.ROWS, strict=True):
         assert r["published"] == published and r["k"] == 5 and r["n_test"] == 10
         run = out / N.run_dir(name)
@@ -241,6 +242,7 @@ def test_nll_table_trains_every_row_at_one_budget(mnist_dir, tmp_path, capsys):
 def test_nll_rows_from_separate_processes_make_one_table_and_resume(mnist_dir, tmp_path, capsys, monkeypatch):
     """Rows run apart (``--only``) land in one nll.json; ``--resume`` keeps a finished row, continues
     a row from its checkpoint with its CPU time added up, and counts an interrupted epoch."""
+    from pyrovae import ConfigError
     from pyrovae.fit import Interrupted
 
     N = _script("nll")
@@ -274,6 +276,11 @@ def test_nll_rows_from_separate_processes_make_one_table_and_resume(mnist_dir, t
     assert (vae / "metrics.csv").stat().st_mtime_ns == stamp  # neither retrained nor rescored
     assert "VAE, 1 layer: kept from" in capsys.readouterr().out
 
+    # fewer epochs than the row has trained: refused, and its result stays
+    with pytest.raises(ConfigError, match="epochs 1 is fewer than the 2"):
+        N.main(N.parse_args(["--epochs", "1", "--only", "VAE, 1 layer", "--resume", *common]))
+    assert json.loads((vae / "nll-row.json").read_text()) == two
+
     # a signal during training: the checkpoint holds part of an epoch, so its CPU time is counted too
     def interrupted(cfg, folder, **kw):
         raise Interrupted("stopped by signal 15")
@@ -283,4 +290,4 @@ def test_nll_rows_from_separate_processes_make_one_table_and_resume(mnist_dir, t
         N.main(N.parse_args(["--epochs", "3", "--only", "VAE, 1 layer", "--resume", *common]))
     counted = json.loads((vae / "cpu.json").read_text())
     assert counted["epoch"] == "interrupted" and counted["cpu_seconds"] >= two["train_cpu_minutes"] * 60
-    assert not (vae / "nll-row.json").exists()  # no result left that the changed run no longer gives
+    assert not (vae / "nll-row.json").exists()  # trained since: the row is measured again

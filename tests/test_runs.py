@@ -30,6 +30,21 @@ def test_resume_refuses_contradicting_config(tmp_path, tiny_data_file, tiny_conf
         train(tiny_config(data, z_dim=3), tmp_path / "r", resume=True, progress=False)
 
 
+def test_resume_refuses_fewer_epochs_than_the_run_has_trained(tmp_path, tiny_data_file, tiny_config, capsys):
+    """Its config.json would otherwise say 1 epoch of a model trained for 2."""
+    from pyrovae.cli import main
+
+    data = tiny_data_file(tmp_path)
+    train(tiny_config(data, epochs=2), tmp_path / "r", progress=False, evaluate=False)
+    saved = (tmp_path / "r" / "config.json").read_text()
+    with pytest.raises(ConfigError, match="epochs 1 is fewer than the 2 the run in .* has trained"):
+        train(tiny_config(data, epochs=1), tmp_path / "r", resume=True, progress=False)
+    assert main(["train", "--resume", "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
+    assert "error: resume: --epochs 1 is fewer than the 2 " in capsys.readouterr().err
+    assert (tmp_path / "r" / "config.json").read_text() == saved
+    assert train(tiny_config(data, epochs=2), tmp_path / "r", resume=True, progress=False).complete
+
+
 def test_existing_run_directory_is_refused(tmp_path, tiny_data_file, tiny_config):
     data = tiny_data_file(tmp_path)
     train(tiny_config(data, epochs=1), tmp_path / "r", progress=False, evaluate=False)
