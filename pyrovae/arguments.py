@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import difflib
 import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -100,16 +101,30 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, allow_abbrev=False, **kwargs)
 
+    def parse_known_args(self, args=None, namespace=None):
+        # kept for error(): a missing required option may be a mistyped one among them
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def parse_args(self, args=None, namespace=None):
         namespace, extras = self.parse_known_args(args, namespace)
         if extras:
             sub = self._subparsers and self._subparsers._group_actions[0].choices.get(namespace.command)
-            names = {o.lstrip("-"): o for o in (sub or self)._option_string_actions}
-            wrong = [e.split("=")[0].lstrip("-") for e in extras if e.startswith("--")]
-            close = [c for w in wrong for c in difflib.get_close_matches(w, list(names), n=1)]
-            hint = "".join(f"; did you mean {names[c]}?" for c in close)
-            (sub or self).error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+            (sub or self).error(f"unrecognized arguments: {' '.join(extras)}{(sub or self)._closest(extras)}")
         return namespace
+
+    def _unknown(self, tokens: list[str]) -> list[str]:
+        """The options among ``tokens`` that this parser does not have."""
+        return [
+            t for t in tokens if t.startswith("--") and t.split("=")[0] not in self._option_string_actions
+        ]
+
+    def _closest(self, tokens: list[str]) -> str:
+        """A "did you mean" for each option among ``tokens`` that this parser lacks but nearly has."""
+        names = {o.lstrip("-"): o for o in self._option_string_actions}
+        wrong = [t.split("=")[0].lstrip("-") for t in self._unknown(tokens)]
+        close = [c for w in wrong for c in difflib.get_close_matches(w, list(names), n=1)]
+        return "".join(f"; did you mean {names[c]}?" for c in close)
 
     def error(self, message: str):
         # "argument --prior: unknown --prior 'x'": the option is already named
@@ -117,6 +132,8 @@ class _Parser(argparse.ArgumentParser):
         if m := re.match(r"argument command: invalid choice: '([^']*)' \(choose from (.*)\)$", message):
             close = difflib.get_close_matches(m[1], re.findall(r"'([^']*)'", m[2]), n=1)
             message += f"; did you mean {close[0]!r}?" if close else ""
+        elif "required" in message and (hint := self._closest(getattr(self, "_given", []))):
+            message += f"; unrecognized arguments: {' '.join(self._unknown(self._given))}{hint}"
         self.exit(2, f"error: {message} (see {self.prog} --help)\n" if rank() == 0 else None)
 
 

@@ -53,6 +53,15 @@ def test_console_script_reports_user_errors_without_traceback(tmp_path):
         ),
         (["runs", "--sortt", "nll"], "unrecognized arguments: --sortt; did you mean --sort?"),
         (["train", "--bogus"], "unrecognized arguments: --bogus (see pyrovae train --help)"),
+        # a mistyped required option: argparse reports it missing; the typo is named beside it
+        (
+            ["sweep", "--space", "s.toml", "--trails", "2"],
+            "required: --trials, --out; unrecognized arguments: --trails; did you mean --trials?",
+        ),
+        (
+            ["embed", "run", "--spilt=test", "-o", "x.npz"],
+            "is required; unrecognized arguments: --spilt=test; did you mean --split?",
+        ),
     ],
 )
 def test_a_mistyped_command_or_option_is_refused_with_the_closest_name(tmp_path, capsys, argv, message):
