@@ -17,7 +17,9 @@ A row at a long budget takes CPU-hours, so rows can run in separate processes (`
 sessions into one ``--out``: each row keeps its result in its folder (``nll-row.json``), ``nll.json``
 and the table hold every row found there at the asked budget, and ``--resume`` keeps the finished
 rows, continues an interrupted row from its last checkpoint (its CPU time adds up over the
-processes, the unfinished epoch of a killed one not counted) and trains the rest.
+processes: a process stopped by SIGINT or SIGTERM checkpoints and counts its unfinished epoch, one
+killed outright loses both) and trains the rest. A row's result is dropped as soon as its run trains
+further, so a result always belongs to the parameters it was measured on.
 """
 
 from __future__ import annotations
