@@ -33,10 +33,9 @@ from pathlib import Path
 import pyro
 
 from pyrovae import Config, ConfigError, Split, evaluate, train
-from pyrovae.checkpoint import atomic_write
 from pyrovae.fit import Interrupted
 from pyrovae.machine import describe
-from pyrovae.runs import load_data
+from pyrovae.runs import load_data, write_json
 
 #: (row, options on top of the iwae preset, published -log p(x) or None)
 ROWS = [
@@ -89,10 +88,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
-
-
 def _row_budget(budget: dict, options: dict, pseudo_inputs: int) -> dict:
     """What makes a row comparable: the table's budget, and a VampPrior's number of pseudo-inputs."""
     return {**budget, "pseudo_inputs": pseudo_inputs} if options.get("prior") == "vamp" else budget
@@ -119,7 +114,7 @@ def _train_row(cfg: Config, folder: Path, resume: bool, data) -> tuple:
 
     def count(metrics: dict) -> None:  # after each epoch's checkpoint, so a resumed run starts from its count
         result.unlink(missing_ok=True)  # the run changed: its old result no longer holds
-        _write_json(cpu_file, {"epoch": metrics["epoch"], "cpu_seconds": before + time.process_time() - c0})
+        write_json(cpu_file, {"epoch": metrics["epoch"], "cpu_seconds": before + time.process_time() - c0})
 
     try:
         run = train(cfg, folder, resume=resume, overwrite=not resume, progress=False, evaluate=False,
@@ -159,7 +154,7 @@ def main(args: argparse.Namespace) -> list[dict]:
                "train_cpu_minutes": train_cpu / 60, "active_units": res["active_units"], "z_dim": res["z_dim"],
                **_row_budget(budget, options, args.pseudo_inputs)}  # fmt: skip
         assert (res["k"], res["n_ll_images"]) == (args.k, n_test)
-        _write_json(folder / "nll-row.json", row)
+        write_json(folder / "nll-row.json", row)
         print(f"{name}: -log p(x) {row['nll']:.2f}, -ELBO {row['neg_elbo']:.2f} nats/image", flush=True)
     # every row of --out at this budget, whichever process or session measured it
     results = [row for name, options, _ in ROWS
@@ -186,7 +181,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     if missing:
         print(f"not yet measured at this budget in {args.out}: {', '.join(missing)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    _write_json(args.out / "nll.json", results)
+    write_json(args.out / "nll.json", results)
     return results
 
 

@@ -104,16 +104,12 @@ def resumed_config(out: Path, given: dict) -> Config:
     return Config.from_dict({**saved, **given})
 
 
-def _open_run_dir(out: Path, cfg: Config, resume: bool, overwrite: bool) -> bool:
-    """Check and prepare ``out``; returns whether it is a fresh run (so a failed start can be
-    cleaned up)."""
+def _open_run_dir(out: Path, cfg: Config, resume: bool, overwrite: bool, saved: dict | None) -> bool:
+    """Check and prepare ``out`` (``saved``: its checkpoint, when resumed); returns whether it is a
+    fresh run (so a failed start can be cleaned up)."""
     if resume:
         resumed_config(out, dataclasses.asdict(cfg))
-        trained = (
-            checkpoint.load(out / "checkpoint.pt")["state"]["epoch"]
-            if (out / "checkpoint.pt").exists()
-            else 0
-        )
+        trained = saved["state"]["epoch"] if saved else 0
         if trained > cfg.epochs:  # else its config.json would claim fewer epochs than its model had
             raise ConfigError(
                 f"resume: epochs {cfg.epochs} is fewer than the {trained} the run in {out} has trained; ask for "
@@ -208,10 +204,10 @@ def train(
         from .tracking import require_tensorboard
 
         require_tensorboard()  # before out is touched
-    fresh = _open_run_dir(out, cfg, resume, overwrite) if rank0 else False
-    complete = _trained_epochs(out, cfg) if resume else None
+    saved = checkpoint.load(out / "checkpoint.pt") if resume and (out / "checkpoint.pt").exists() else None
+    fresh = _open_run_dir(out, cfg, resume, overwrite, saved) if rank0 else False
+    complete = _trained_epochs(saved, cfg) if resume else None
     if evaluate is None:  # a resumed run keeps the choice it was started with (--no-eval)
-        saved = resume and (out / "checkpoint.pt").exists() and checkpoint.load(out / "checkpoint.pt")
         evaluate = saved.get("evaluate", True) if saved else True
     hooks = [on_epoch]
     if cfg.tensorboard and rank0:
@@ -258,12 +254,12 @@ def _chain(hooks: list) -> EpochHook | None:
     return call
 
 
-def _trained_epochs(out: Path, cfg: Config) -> str | None:
-    """How a run in ``out`` ended, if its checkpoint leaves nothing to train under ``cfg``: all
-    its epochs, or stopped early; ``None`` when there is training left (or no checkpoint)."""
-    if not (out / "checkpoint.pt").exists():
+def _trained_epochs(saved: dict | None, cfg: Config) -> str | None:
+    """How a run ended, if its checkpoint ``saved`` leaves nothing to train under ``cfg``: all its
+    epochs, or stopped early; ``None`` when there is training left (or no checkpoint)."""
+    if saved is None:
         return None
-    state = checkpoint.load(out / "checkpoint.pt")["state"]
+    state = saved["state"]
     if state["epoch"] >= cfg.epochs:
         return f"{state['epoch']} of {cfg.epochs} epochs"
     if cfg.patience and state["bad_epochs"] >= cfg.patience:
@@ -421,5 +417,5 @@ def _check_registered(cfg: Config, path: Path) -> None:
             )  # fmt: skip
 
 
-def write_json(path: str | Path, obj: dict) -> None:
+def write_json(path: str | Path, obj: dict | list) -> None:
     checkpoint.write_text(path, json.dumps(obj, indent=2) + "\n")
