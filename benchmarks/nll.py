@@ -164,7 +164,8 @@ def main(args: argparse.Namespace) -> list[dict]:
         if any("pseudo_inputs" in r for r in results)
         else ""
     )
-    print(f"\n-log p(x) (importance-sampled, K={args.k}, first {n_test} test images; MNIST dynamically "
+    which = f"all {n_test}" if n_test == len(test) else f"first {n_test}"
+    print(f"\n-log p(x) (importance-sampled, K={args.k}, {which} test images; MNIST dynamically "
           f"binarized), every row {args.epochs} epoch{'s' if args.epochs != 1 else ''} on {len(data.train)} "
           f"images, Adam lr 1e-3 ({'cosine schedule' if args.lr_schedule == 'cosine' else 'constant'}), "
           f"batches of {args.batch_size}{vamp}; {SOURCES}")  # fmt: skip
