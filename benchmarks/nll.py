@@ -7,6 +7,8 @@ and number of epochs, Burda et al.'s networks (``--preset iwae``: tanh layers of
 only in the objective, the number of layers, the prior or the guide. Each is scored by the
 importance-sampled -log p(x) with ``--k`` samples over the first ``--n-test`` test images (K = 5000
 over all 10,000 in the papers); the published figures come from thousands of epochs.
+``--warmup-epochs W`` trains every row with a linear KL warm-up (β from 0 to 1 over W epochs, as
+Sønderby et al. 2016 advise for models of several stochastic layers); the table says so.
 
     python benchmarks/nll.py --epochs 10 --k 5000 --n-test 10000 --out runs/nll
 
@@ -74,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=5000, help="importance samples per test image (default: 5000)")
     p.add_argument("--n-test", type=int, default=10000, help="test images scored (default: 10000)")
     p.add_argument("--pseudo-inputs", type=int, default=500, help="VampPrior pseudo-inputs (default: 500)")
+    p.add_argument("--warmup-epochs", type=float, default=None,
+                   help="linear KL warm-up (β from 0 to 1) over this many epochs for every row (default: none)")  # fmt: skip
     p.add_argument("--only", default=None, help="run only rows whose name contains this text")
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/ (default: $PYROVAE_DATA)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
@@ -134,11 +138,20 @@ def main(args: argparse.Namespace) -> list[dict]:
     base = dict(epochs=args.epochs, train_size=args.train_size, eval_k=args.k, eval_n_test=args.n_test,
                 batch_size=args.batch_size, lr_schedule=args.lr_schedule,
                 pseudo_inputs=args.pseudo_inputs, device=args.device, data_dir=args.data_dir)  # fmt: skip
+    if args.warmup_epochs is not None:
+        base.update(beta_schedule="linear", warmup_epochs=args.warmup_epochs)
     data = load_data(Config.from_preset("iwae", **base))  # the same data for every row
     test = data.test
     n_test = min(args.n_test, len(test))
-    budget = {"epochs": args.epochs, "batch_size": args.batch_size, "lr_schedule": args.lr_schedule,
-              "train_images": len(data.train), "k": args.k, "n_test": n_test}  # fmt: skip
+    budget = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr_schedule": args.lr_schedule,
+        "train_images": len(data.train),
+        "k": args.k,
+        "n_test": n_test,
+        "warmup_epochs": args.warmup_epochs,
+    }  # rows measured before the option have none: None, too
     for name, options, published in rows:
         folder = args.out / run_dir(name)
         if args.resume and _saved_row(folder, _row_budget(budget, options, args.pseudo_inputs)) is not None:
@@ -152,6 +165,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         row = {"row": name, "nll": -res["log_likelihood"], "neg_elbo": -res["elbo"],
                "published": published, "seconds": time.perf_counter() - t0,
                "train_cpu_minutes": train_cpu / 60, "active_units": res["active_units"], "z_dim": res["z_dim"],
+               "layers": {site: f"{lay['active_units']}/{lay['z_dim']}" for site, lay in res.get("layers", {}).items()},
                **_row_budget(budget, options, args.pseudo_inputs)}  # fmt: skip
         assert (res["k"], res["n_ll_images"]) == (args.k, n_test)
         write_json(folder / "nll-row.json", row)
@@ -164,11 +178,14 @@ def main(args: argparse.Namespace) -> list[dict]:
         if any("pseudo_inputs" in r for r in results)
         else ""
     )
+    warmup = (
+        f", linear KL warm-up over {args.warmup_epochs:g} epochs" if args.warmup_epochs is not None else ""
+    )
     which = f"all {n_test}" if n_test == len(test) else f"first {n_test}"
     print(f"\n-log p(x) (importance-sampled, K={args.k}, {which} test images; MNIST dynamically "
           f"binarized), every row {args.epochs} epoch{'s' if args.epochs != 1 else ''} on {len(data.train)} "
           f"images, Adam lr 1e-3 ({'cosine schedule' if args.lr_schedule == 'cosine' else 'constant'}), "
-          f"batches of {args.batch_size}{vamp}; {SOURCES}")  # fmt: skip
+          f"batches of {args.batch_size}{vamp}{warmup}; {SOURCES}")  # fmt: skip
     print(f"measured on: {describe(test.x.device)}")
     print(
         "| model | -log p(x) | -ELBO | published | active units | training CPU-min | wall s, last process |"
@@ -176,7 +193,9 @@ def main(args: argparse.Namespace) -> list[dict]:
     print("|---|---|---|---|---|---|---|")
     for r in results:
         pub = f"{r['published']:.2f}" if r["published"] is not None else "-"
-        print(f"| {r['row']} | {r['nll']:.2f} | {r['neg_elbo']:.2f} | {pub} | {r['active_units']}/{r['z_dim']} "
+        layers = ", ".join(f"{site} {units}" for site, units in r.get("layers", {}).items())
+        units = f"{r['active_units']}/{r['z_dim']}" + (f" ({layers})" if layers else "")
+        print(f"| {r['row']} | {r['nll']:.2f} | {r['neg_elbo']:.2f} | {pub} | {units} "
               f"| {r['train_cpu_minutes']:.1f} | {r['seconds']:.0f} |")  # fmt: skip
     missing = [name for name, _, _ in ROWS if not any(r["row"] == name for r in results)]
     if missing:

@@ -291,3 +291,29 @@ def test_nll_rows_from_separate_processes_make_one_table_and_resume(mnist_dir, t
     counted = json.loads((vae / "cpu.json").read_text())
     assert counted["epoch"] == "interrupted" and counted["cpu_seconds"] >= two["train_cpu_minutes"] * 60
     assert not (vae / "nll-row.json").exists()  # trained since: the row is measured again
+
+
+def test_nll_rows_with_kl_warmup_are_their_own_budget(mnist_dir, tmp_path, capsys):
+    """``--warmup-epochs`` trains every row with a linear β ramp, says so in the table, keeps it in the
+    row's budget (a row without warm-up is another measurement) and prints each layer's active units."""
+    N = _script("nll")
+    out = tmp_path / "nll"
+    common = ["--epochs", "2", "--train-size", "60", "--k", "5", "--n-test", "10", "--batch-size", "30",
+              "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out), "--only", "VAE, 2 layers"]  # fmt: skip
+    [row] = N.main(N.parse_args([*common, "--warmup-epochs", "4"]))
+    run = out / N.run_dir("VAE, 2 layers")
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["beta_schedule"], cfg["warmup_epochs"], row["warmup_epochs"]) == ("linear", 4.0, 4.0)
+    betas = [float(r.split(",")[6]) for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert 0 < betas[0] < betas[1] < 0.5  # half of a 4-epoch ramp after 2 epochs
+    assert set(row["layers"]) == {"z1", "z2"} and row["layers"]["z2"].endswith("/50")
+    assert sum(int(u.split("/")[0]) for u in row["layers"].values()) == row["active_units"]
+    printed = capsys.readouterr().out
+    assert "linear KL warm-up over 4 epochs" in printed
+    assert f"| {row['active_units']}/150 (z1 {row['layers']['z1']}, z2 {row['layers']['z2']}) |" in printed
+    # the same row without warm-up is another measurement: --resume neither keeps nor continues it
+    from pyrovae import ConfigError
+
+    with pytest.raises(ConfigError, match="beta_schedule"):
+        N.main(N.parse_args([*common, "--resume"]))
+    assert "VAE, 2 layers: kept from" not in capsys.readouterr().out
