@@ -311,6 +311,8 @@ def test_nll_rows_with_kl_warmup_are_their_own_budget(mnist_dir, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "linear KL warm-up over 4 epochs" in printed
     assert f"| {row['active_units']}/150 (z1 {row['layers']['z1']}, z2 {row['layers']['z2']}) |" in printed
+    with pytest.raises(SystemExit, match="IWAE bound has no KL term to warm up.*IWAE k=5, 2 layers"):
+        N.main(N.parse_args([*common[:-1], "2 layers", "--warmup-epochs", "4"]))
     # the same row without warm-up is another measurement: --resume neither keeps nor continues it
     from pyrovae import ConfigError
 
