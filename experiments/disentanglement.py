@@ -129,6 +129,7 @@ def _write(args, rows: list[dict], options: dict, scale: dict) -> None:
     reused = ("; the runs were made by earlier invocations with the same options, one process per seed, and are "
               "read back here (--reuse)") if getattr(args, "reused", False) else ""  # fmt: skip
     steps = -(-(args.train_size or 737_280 - 2 * args.val_size) // args.batch_size) * args.epochs
+    pixels = f", on images {(64 // args.image_size) ** 2} times larger" if args.image_size < 64 else ""
     links = ", ".join(f"[{n}](disentanglement_{n}.png)" for n in args.models)
     per_run_header = ["model", "seed", "BetaVAE", "FactorVAE", "MIG", "DCI dis.", "recon", "KL", "active",
                       "factors", "CPU min"]  # fmt: skip
@@ -156,8 +157,8 @@ training + metrics):
 
 {markdown_table(per_run_header, seed_rows)}
 
-Published figures come from about 300,000 steps of batch 64 at 64 × 64 (Locatello et al. 2019), some
-100 times this budget or more; Chen et al. (2018) plot MIG against β, with β-TCVAE above β-VAE at
+Published figures come from about 300,000 steps of batch 64 at 64 × 64 (Locatello et al. 2019), {300_000 / steps:.0f}
+times this budget's steps{pixels}; Chen et al. (2018) plot MIG against β, with β-TCVAE above β-VAE at
 each β and near 0.5 at its best (the figure the issue cites). They are not tabulated here: this
 machine has no network to check the papers' exact values, and the budgets differ too much for a
 like-for-like comparison.
