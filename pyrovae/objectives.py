@@ -185,6 +185,10 @@ class IWAE(RenyiELBO):
 
     For reparameterized latents, the gradient of ``-Σ_n log (1/K) Σ_k w_nk`` is the one
     RenyiELBO's surrogate gives; score-function latents are refused.
+
+    A KL warm-up scales the latent sites (as β does for the ELBO), and the weights honour it, as
+    Pyro's scaled log-densities do: ``log w = log p(x|z) + β (log p(z) - log q(z|x))``, the bound
+    itself at β = 1.
     """
 
     def __init__(self, num_particles: int = 2, **kwargs) -> None:
@@ -273,9 +277,9 @@ OBJECTIVES: dict[str, Objective] = {
         "elbo",
         lambda o, **particles: IWAE(**particles),
         refuses=(
-            (_beta_scaled,
-             "the iwae objective is the importance-weighted bound, which has no beta: use beta 1 and a "
-             "constant schedule"),
+            (lambda o: o.beta != 1,
+             "the iwae objective is the importance-weighted bound: it takes a KL warm-up (a linear or "
+             "cyclical beta schedule up to beta 1) but no other beta: use beta 1"),
             (lambda o: o.num_particles < 2, "elbo iwae needs num_particles K >= 2 (K = 1 is the plain ELBO)"),
         ),
     ),
@@ -333,8 +337,9 @@ def describe_objective(options) -> str:
     if name == "tc_beta":
         return f"β-TCVAE β={options.tc_beta:g}"
     kind = f"{options.elbo} k={options.num_particles}" if options.num_particles > 1 else options.elbo
-    if name == "iwae":  # the bound has no KL term to weigh: β is refused with it
-        return kind
+    if name == "iwae":  # β = 1: the bound itself, and a schedule its warm-up
+        return kind + (f" (warm-up {options.beta_schedule} over {options.warmup_epochs:g} epochs)"
+                       if options.beta_schedule != "constant" else "")  # fmt: skip
     text = f"{kind} β={options.beta:g}"
     if options.beta_schedule != "constant":
         text += f" ({options.beta_schedule} over {options.warmup_epochs:g} epochs)"

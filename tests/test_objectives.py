@@ -1,6 +1,8 @@
 """Objectives: the IWAE loss is RenyiELBO's bound with its gradient; β = 0 is reconstruction only;
 the capacity objective refuses what it cannot differentiate."""
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -12,7 +14,16 @@ from pyrovae import VAE, train
 from pyrovae.build import build_model
 from pyrovae.config import Config, ConfigError
 from pyrovae.evaluate import validate
-from pyrovae.objectives import IWAE, CapacityELBO, beta_at, capacity_at, cyclical, linear_warmup, make_elbo
+from pyrovae.objectives import (
+    IWAE,
+    CapacityELBO,
+    beta_at,
+    capacity_at,
+    cyclical,
+    describe_objective,
+    linear_warmup,
+    make_elbo,
+)
 from pyrovae.runs import load_run
 
 
@@ -48,6 +59,28 @@ def test_iwae_with_one_particle_is_the_elbo_and_more_particles_tighten_it():
         [make_elbo("iwae", 50).differentiable_loss(vae.model, vae.guide, x) for _ in range(200)]
     )
     assert k50.mean() < k1.mean()  # a larger K is a tighter (lower) bound on -log p(x)
+
+
+@pytest.mark.parametrize("beta", [0.3, 1.0])
+def test_iwae_warmup_scales_the_weights_prior_and_guide_terms(beta):
+    """log w = log p(x|z) + β (log p(z) - log q(z|x)), recomputed by hand from each particle's traces."""
+    vae, x = _vae_and_data()
+    pyro.set_rng_seed(5)
+    loss = IWAE(num_particles=3, vectorize_particles=False).differentiable_loss(
+        vae.model, vae.guide, x, beta=beta
+    )
+    pyro.set_rng_seed(5)
+    log_w = []
+    for _ in range(3):  # as RenyiELBO draws them: the guide, then the model replayed on its z
+        guide_tr = poutine.trace(vae.guide).get_trace(x, beta=beta)
+        model_tr = poutine.trace(poutine.replay(vae.model, guide_tr)).get_trace(x, beta=beta)
+        z = guide_tr.nodes["z"]["value"]
+        recon = model_tr.nodes["x"]["fn"].log_prob(x)
+        log_w.append(
+            recon + beta * (model_tr.nodes["z"]["fn"].log_prob(z) - guide_tr.nodes["z"]["fn"].log_prob(z))
+        )
+    expected = -(torch.logsumexp(torch.stack(log_w), 0) - math.log(3)).sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.3])
@@ -168,3 +201,26 @@ def test_capacity_loss_is_recon_plus_gamma_abs_gap():
     recon = m.nodes["x"]["log_prob_sum"]
     kl = g.nodes["z"]["log_prob_sum"] - m.nodes["z"]["log_prob_sum"]
     assert loss.item() == pytest.approx((-recon + 7.0 * 5 * (kl / 5 - 2.0).abs()).item(), rel=1e-5)
+
+
+def test_iwae_trains_with_a_kl_warmup(tmp_path, tiny_data_file):
+    """``--elbo iwae`` with a linear β schedule trains on the warmed-up bound: against a constant-β run
+    of the same seed, a smaller loss while β < 1 and a posterior freer to leave the prior."""
+    data = tiny_data_file(tmp_path, n=200)
+    losses, betas, kls = {}, {}, {}
+    for schedule in ("constant", "linear"):
+        cfg = _cfg(data, epochs=2, elbo="iwae", num_particles=3, beta_schedule=schedule, warmup_epochs=20)
+        train(cfg, tmp_path / schedule, progress=False, evaluate=False)
+        rows = [r.split(",") for r in (tmp_path / schedule / "metrics.csv").read_text().splitlines()[1:]]
+        losses[schedule] = [float(r[1]) for r in rows]
+        kls[schedule] = [float(r[4]) for r in rows]  # validation KL, at β = 1
+        betas[schedule] = [float(r[6]) for r in rows]
+    assert betas["constant"] == [1.0, 1.0] and 0 < betas["linear"][0] < betas["linear"][1] < 0.1
+    # were the scale ignored, both runs would be the same numbers (same seed, same noise)
+    assert all(w < c for w, c in zip(losses["linear"], losses["constant"], strict=True))
+    assert kls["linear"][0] > 2 * kls["constant"][0]  # q may leave the prior while β is small
+    assert describe_objective(
+        Config(elbo="iwae", num_particles=3, beta_schedule="linear", warmup_epochs=20)
+    ) == ("iwae k=3 (warm-up linear over 20 epochs)")
+    with pytest.raises(ConfigError, match="takes a KL warm-up .* but no other beta"):
+        Config(elbo="iwae", num_particles=3, beta=0.5).validate()
