@@ -1,5 +1,5 @@
-"""The β family on dSprites: β-VAE (β = 1, 4, 16), the capacity objective and β-TCVAE, each with
-10 latents and the convolutional networks of Burgess et al. (2018), scored by BetaVAE, FactorVAE,
+"""The β family on dSprites: β-VAE (β = 1, 4, 16 by default, any β by name), the capacity objective
+and β-TCVAE, each with 10 latents and the convolutional networks of Burgess et al. (2018), scored by BetaVAE, FactorVAE,
 MIG and DCI (``pyrovae.disentanglement``), two seeds each.
 
     python experiments/disentanglement.py --image-size 32 --train-size 20000 --epochs 3
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import resource
 import time
 
@@ -32,15 +33,25 @@ except ImportError:
 METRICS = ["beta_vae", "factor_vae", "mig", "dci_disentanglement"]
 
 
+def model_options(name: str, args: argparse.Namespace) -> dict:
+    """The options that make the model called ``name`` (everything else is shared): ``betaB`` is the
+    β-VAE with β = B, ``tcvaeB`` β-TCVAE with β = B (``tcvae``: β = ``--tc-beta``), ``capacity`` the
+    capacity objective with ``--capacity``, ``--gamma`` and ``--capacity-epochs``."""
+    if name == "capacity":
+        return dict(capacity=args.capacity, gamma=args.gamma, capacity_epochs=args.capacity_epochs)
+    if name == "tcvae":
+        return dict(tc_beta=args.tc_beta)
+    if m := re.fullmatch(r"(beta|tcvae)(\d+(?:\.\d+)?)", name):
+        return {"beta" if m[1] == "beta" else "tc_beta": float(m[2])}
+    raise ValueError(
+        f"unknown model {name!r}; use betaB (the β-VAE with β = B, e.g. beta8), "
+        "tcvaeB (β-TCVAE with β = B), tcvae (β = --tc-beta) or capacity"
+    )
+
+
 def models(args: argparse.Namespace) -> dict[str, dict]:
-    """Name -> the options that make the model (everything else is shared)."""
-    return {
-        "beta1": dict(beta=1.0),
-        "beta4": dict(beta=4.0),
-        "beta16": dict(beta=16.0),
-        "capacity": dict(capacity=args.capacity, gamma=args.gamma, capacity_epochs=args.capacity_epochs),
-        "tcvae": dict(tc_beta=args.tc_beta),
-    }
+    """Name -> the options that make the model, for every model of ``--models``."""
+    return {name: model_options(name, args) for name in args.models}
 
 
 def _cpu_minutes() -> float:
@@ -165,7 +176,7 @@ like-for-like comparison.
 
 Traversals of seed {args.seeds[0]}: {links}. MIG against reconstruction: [disentanglement.png](disentanglement.png).
 
-{_verdict(by_model)}
+{_verdict(by_model, options)}
 """
     # fmt: on
     (args.results_dir / "disentanglement.md").write_text(text)
@@ -181,21 +192,24 @@ Traversals of seed {args.seeds[0]}: {links}. MIG against reconstruction: [disent
     plots.save(fig, args.results_dir / "disentanglement.png")
 
 
-def _verdict(by_model: dict[str, list[dict]]) -> str:
+def _verdict(by_model: dict[str, list[dict]], options: dict[str, dict]) -> str:
     """What the figures say about the expected trade-off, computed from them."""
-    betas = [n for n in ("beta1", "beta4", "beta16") if n in by_model]
+    vae = {o["beta"]: n for n, o in options.items() if set(o) == {"beta"}}
+    tc = {o["tc_beta"]: n for n, o in options.items() if set(o) == {"tc_beta"}}
     lines = []
-    if len(betas) >= 2:
+    if len(vae) >= 2:
+        betas = [vae[b] for b in sorted(vae)]
         mig = [_mean(by_model[n], "mig") for n in betas]
         rec = [_mean(by_model[n], "recon") for n in betas]
         up = all(a < b for a, b in zip(mig, mig[1:], strict=False))
         worse = all(a < b for a, b in zip(rec, rec[1:], strict=False))
-        lines.append(f"- Larger β, higher MIG ({' → '.join(f'{m:.3f}' for m in mig)}): {'yes' if up else 'no'}; "
+        lines.append(f"- Larger β ({', '.join(f'{b:g}' for b in sorted(vae))}), higher MIG "
+                     f"({' → '.join(f'{m:.3f}' for m in mig)}): {'yes' if up else 'no'}; "
                      f"worse reconstruction ({' → '.join(f'{r:.1f}' for r in rec)} nats): {'yes' if worse else 'no'}.")  # fmt: skip
-    if "tcvae" in by_model and "beta4" in by_model:
-        t, b = _mean(by_model["tcvae"], "mig"), _mean(by_model["beta4"], "mig")
-        lines.append(f"- β-TCVAE against β-VAE at β = 4: MIG {t:.3f} against {b:.3f}: "
-                     f"{'higher' if t > b else 'not higher'}.")  # fmt: skip
+    for b in sorted(set(tc) & set(vae)):
+        t, v = _mean(by_model[tc[b]], "mig"), _mean(by_model[vae[b]], "mig")
+        lines.append(f"- β-TCVAE against β-VAE at β = {b:g}: MIG {t:.3f} against {v:.3f}: "
+                     f"{'higher' if t > v else 'not higher'}.")  # fmt: skip
     dead = [n for n, rs in by_model.items() if all(r["au"] == 0 for r in rs)]
     if dead:
         lines.append(f"- No active latent in {', '.join(dead)}: the posterior means do not depend on the image, so "
@@ -210,7 +224,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     budget_options(p, epochs=3, k=50, n_test=500)
     p.add_argument("--models", nargs="+", default=["beta1", "beta4", "beta16", "capacity", "tcvae"],
-                   choices=["beta1", "beta4", "beta16", "capacity", "tcvae"], help="models to train (default: all)")  # fmt: skip
+                   help="models to train: betaB (β-VAE, β = B), tcvaeB (β-TCVAE, β = B), tcvae (β = --tc-beta), "
+                        "capacity (default: beta1 beta4 beta16 capacity tcvae)")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of each model (default: 0 1)")
     p.add_argument(
         "--image-size", type=int, default=64, help="dSprites image side (default: 64; 32 on a CPU)"
@@ -246,6 +261,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.capacity_epochs is None:
         args.capacity_epochs = float(args.epochs)
+    try:
+        models(args)
+    except ValueError as e:
+        p.error(f"--models: {e}")
     return args
 
 

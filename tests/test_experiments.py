@@ -3,6 +3,8 @@
 import importlib.util
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,7 +42,7 @@ SMOKE = {
         "16",
         "--models",
         "beta16",
-        "tcvae",
+        "tcvae16",
         "--seeds",
         "0",
         "--z-dim",
@@ -169,7 +171,7 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
 def _check_disentanglement(result: list[dict], tmp_path: Path) -> None:
     from pyrovae.config import Config
 
-    assert [(r["model"], r["seed"]) for r in result] == [("beta16", 0), ("tcvae", 0)]
+    assert [(r["model"], r["seed"]) for r in result] == [("beta16", 0), ("tcvae16", 0)]
     for r in result:
         assert all(0 <= r[m] <= 1 for m in ("beta_vae", "factor_vae", "mig", "dci_disentanglement"))
         run = tmp_path / "runs" / f"dis-{r['model']}-seed0"
@@ -179,12 +181,15 @@ def _check_disentanglement(result: list[dict], tmp_path: Path) -> None:
         assert r["kl"] == pytest.approx(json.loads((run / "eval.json").read_text())["kl"])
         assert (tmp_path / "results" / f"disentanglement_{r['model']}.png").exists()
     beta16, tcvae = (
-        Config.load(tmp_path / "runs" / f"dis-{m}-seed0" / "config.json") for m in ("beta16", "tcvae")
+        Config.load(tmp_path / "runs" / f"dis-{m}-seed0" / "config.json") for m in ("beta16", "tcvae16")
     )
-    assert (beta16.beta, beta16.tc_beta, tcvae.beta, tcvae.tc_beta) == (16.0, None, 1.0, 4.0)
+    assert (beta16.beta, beta16.tc_beta, tcvae.beta, tcvae.tc_beta) == (16.0, None, 1.0, 16.0)
     assert beta16.net == tcvae.net == "burgess" and beta16.image_size == 16
     text = (tmp_path / "results" / "disentanglement.md").read_text()
     assert "Command: `" in text and f"| beta16 | beta 16 | {result[0]['beta_vae']:.3f} |" in text
+    t, b = result[1]["mig"], result[0]["mig"]  # one seed: the means are the runs
+    verdict = f"β-TCVAE against β-VAE at β = 16: MIG {t:.3f} against {b:.3f}: {'higher' if t > b else 'not higher'}."
+    assert verdict in text
     assert (tmp_path / "results" / "disentanglement.png").exists()
 
 
@@ -270,3 +275,26 @@ def test_cvae_quadrants_pyro_protocol(mnist_dir, tmp_path, monkeypatch):
     assert text.count("<!-- protocol: pyro -->") == 1 and text.count("<!-- protocol: default -->") == 1
     _check_quadrant_rows(text.split("<!-- protocol: pyro -->")[1], again, mod.PYRO_PUBLISHED)
     _check_quadrant_rows(text.split("<!-- protocol: pyro -->")[0], default, mod.PYRO_PUBLISHED)
+
+
+def test_disentanglement_names_any_beta_and_refuses_an_unknown_model(tmp_path, monkeypatch):
+    script = subprocess.run(
+        [sys.executable, str(EXPERIMENTS / "disentanglement.py"), "--models", "beta8", "tcvae2.5", "tcvea8",
+         "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert script.returncode == 2 and "unknown model 'tcvea8'" in script.stderr and "betaB" in script.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+    spec = importlib.util.spec_from_file_location("disentanglement", EXPERIMENTS / "disentanglement.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    spec.loader.exec_module(mod)
+    args = mod.parse_args(
+        ["--models", "beta8", "tcvae2.5", "tcvae", "capacity", "--tc-beta", "6", "--epochs", "4"]
+    )
+    assert mod.models(args) == {
+        "beta8": {"beta": 8.0},
+        "tcvae2.5": {"tc_beta": 2.5},
+        "tcvae": {"tc_beta": 6.0},
+        "capacity": {"capacity": 25.0, "gamma": 1000.0, "capacity_epochs": 4.0},
+    }
