@@ -203,8 +203,9 @@ def _verdict(by_model: dict[str, list[dict]], options: dict[str, dict]) -> str:
         rec = [_mean(by_model[n], "recon") for n in betas]
         up = all(a < b for a, b in zip(mig, mig[1:], strict=False))
         worse = all(a < b for a, b in zip(rec, rec[1:], strict=False))
+        peak = "" if up else f" (highest at β = {sorted(vae)[mig.index(max(mig))]:g})"
         lines.append(f"- Larger β ({', '.join(f'{b:g}' for b in sorted(vae))}), higher MIG "
-                     f"({' → '.join(f'{m:.3f}' for m in mig)}): {'yes' if up else 'no'}; "
+                     f"({' → '.join(f'{m:.3f}' for m in mig)}): {'yes' if up else 'no'}{peak}; "
                      f"worse reconstruction ({' → '.join(f'{r:.1f}' for r in rec)} nats): {'yes' if worse else 'no'}.")  # fmt: skip
     for b in sorted(set(tc) & set(vae)):
         t, v = _mean(by_model[tc[b]], "mig"), _mean(by_model[vae[b]], "mig")
