@@ -18,13 +18,14 @@ with warnings.catch_warnings():
 from .build import build_model
 from .config import PRESETS, Config, ConfigError
 from .data import DataError, Dataset, Split, load_dataset
+from .elbos import IWAE, TCVAE, CapacityELBO
 from .evaluate import active_units, elbo_terms, evaluate, kl_per_dim, log_likelihood
 from .fit import TrainingError, fit
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .models import VAE
 from .nets import NETS
-from .objectives import IWAE, TCVAE, CapacityELBO, ELBOLoss, make_elbo
+from .objectives import ELBOLoss, make_elbo
 from .priors import PRIORS
 from .runs import Run, load_run, train
 from .semisupervised import SSVAE, SemiSupervisedLoss

@@ -20,8 +20,8 @@ from pyro import poutine
 
 from pyrovae import VAE, checkpoint, load_run, plots
 from pyrovae.cli import main
+from pyrovae.elbos import IWAE
 from pyrovae.evaluate import kl_per_dim, posterior_mean
-from pyrovae.objectives import IWAE
 from pyrovae.posterior import sample_prior
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

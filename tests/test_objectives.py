@@ -13,10 +13,9 @@ from pyro.infer import RenyiELBO, Trace_ELBO
 from pyrovae import VAE, train
 from pyrovae.build import build_model
 from pyrovae.config import Config, ConfigError
+from pyrovae.elbos import IWAE, CapacityELBO
 from pyrovae.evaluate import validate
 from pyrovae.objectives import (
-    IWAE,
-    CapacityELBO,
     beta_at,
     capacity_at,
     cyclical,
@@ -113,7 +112,7 @@ def test_capacity_objective_refuses_score_function_latents():
 
 @pytest.mark.parametrize("analytic", [False, True])
 def test_free_bits_floor_each_dimensions_batch_average_kl(analytic):
-    from pyrovae.objectives import FreeBitsELBO
+    from pyrovae.elbos import FreeBitsELBO
 
     vae, x = _vae_and_data()
     lam = 0.3

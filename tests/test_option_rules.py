@@ -12,7 +12,8 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyrovae.build import build_model
 from pyrovae.config import Config, ConfigError
 from pyrovae.data import DATASETS, SPECIFIC, DataError, Dataset, Split
-from pyrovae.objectives import IWAE, TCVAE, CapacityELBO, FreeBitsELBO, make_elbo
+from pyrovae.elbos import IWAE, TCVAE, CapacityELBO, FreeBitsELBO
+from pyrovae.objectives import make_elbo
 from pyrovae.runs import load_data
 from pyrovae.variants import MODELS
 

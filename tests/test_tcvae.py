@@ -9,8 +9,9 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 
 from pyrovae.config import Config, ConfigError
+from pyrovae.elbos import TCVAE, total_correlation
 from pyrovae.models import VAE
-from pyrovae.objectives import TCVAE, make_elbo, total_correlation
+from pyrovae.objectives import make_elbo
 
 
 def _normal_log_pdf(z: float, mu: float, sigma: float) -> float:

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..objectives import CapacityELBO, ELBOLoss, beta_at, capacity_at, describe_objective, make_elbo
+from ..elbos import CapacityELBO
+from ..objectives import ELBOLoss, beta_at, capacity_at, describe_objective, make_elbo
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -71,7 +72,7 @@ class Training:
 
     def schedule(self, t: float) -> dict:
         """The scheduled coefficients at fractional epoch ``t``: ``beta`` (passed to the loss)
-        and ``capacity`` (set on a :class:`~pyrovae.objectives.CapacityELBO`; ``""`` without)."""
+        and ``capacity`` (set on a :class:`~pyrovae.elbos.CapacityELBO`; ``""`` without)."""
         cfg = self.cfg
         beta = beta_at(cfg.beta_schedule, cfg.beta, cfg.warmup_epochs, t)
         if not isinstance(self.elbo, CapacityELBO):
