@@ -1,6 +1,6 @@
 """The β family on dSprites: β-VAE (β = 1, 4, 16 by default, any β by name), the capacity objective
-and β-TCVAE, each with 10 latents and the convolutional networks of Burgess et al. (2018), scored by BetaVAE, FactorVAE,
-MIG and DCI (``pyrovae.disentanglement``), two seeds each.
+and β-TCVAE, each with 10 latents and the convolutional networks of Burgess et al. (2018), scored
+by BetaVAE, FactorVAE, MIG and DCI (``pyrovae.disentanglement``), two seeds each.
 
     python experiments/disentanglement.py --image-size 32 --train-size 20000 --epochs 3
 
