@@ -35,8 +35,8 @@ from pyrovae.build import resolve_device
 from pyrovae.config import PRESETS, Config
 from pyrovae.data import binarize, load_dataset
 from pyrovae.evaluate import MAX_ELEMENTS, log_likelihood
+from pyrovae.loaded import EVAL_BINARIZE_SEED
 from pyrovae.machine import describe
-from pyrovae.runs import EVAL_BINARIZE_SEED
 
 
 class ExampleVAE(nn.Module):

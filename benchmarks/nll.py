@@ -37,8 +37,8 @@ import pyro
 
 from pyrovae import Config, ConfigError, Split, evaluate, train
 from pyrovae.fit import Interrupted
+from pyrovae.loaded import load_data, write_json
 from pyrovae.machine import describe
-from pyrovae.runs import load_data, write_json
 
 #: (row, options on top of the iwae preset, published -log p(x) or None)
 ROWS = [

@@ -52,11 +52,11 @@ from pyrovae.evaluate import log_likelihood
 from pyrovae.fit import fit
 from pyrovae.guides import DiagonalNormal
 from pyrovae.likelihoods import Bernoulli, Masked
+from pyrovae.loaded import EVAL_BINARIZE_SEED
 from pyrovae.models import VAE
 from pyrovae.nets import MLPDecoder, MLPEncoder
 from pyrovae.objectives import make_elbo
 from pyrovae.priors import ConditionalNormal
-from pyrovae.runs import EVAL_BINARIZE_SEED
 from pyrovae.structured import BaselineNet, quadrant_mask
 from pyrovae.variants.structured import StructuredCVAE, completion_grid
 

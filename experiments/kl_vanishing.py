@@ -22,7 +22,7 @@ import time
 
 import pyrovae
 from pyrovae.config import Config
-from pyrovae.runs import load_data
+from pyrovae.loaded import load_data
 
 try:
     from _common import budget_options, command_line, markdown_table

@@ -25,7 +25,7 @@ from pyrovae.build import build_model
 from pyrovae.config import Config
 from pyrovae.data import binarize
 from pyrovae.evaluate import validate
-from pyrovae.runs import load_data
+from pyrovae.loaded import load_data
 
 try:
     from _common import budget_options, command_line, markdown_table

@@ -23,11 +23,12 @@ from .evaluate import active_units, elbo_terms, evaluate, kl_per_dim, log_likeli
 from .fit import TrainingError, fit
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
+from .loaded import Run, load_run
 from .models import VAE
 from .nets import NETS
 from .objectives import ELBOLoss, make_elbo
 from .priors import PRIORS
-from .runs import Run, load_run, train
+from .runs import train
 from .semisupervised import SSVAE, SemiSupervisedLoss
 from .sweep import sweep
 from .variants import MODELS

@@ -81,7 +81,7 @@ def _speaks() -> bool:
 
 def _score_or_embed(args: argparse.Namespace) -> int:
     from . import score as S
-    from .runs import load_run
+    from .loaded import load_run
 
     output_file(args.output, (".npy", ".csv") if args.command == "embed" else (".csv",))
     run = load_run(args.run, args.checkpoint, args.device, args.data_dir, args.run_data_file)
@@ -113,7 +113,7 @@ def _score_or_embed(args: argparse.Namespace) -> int:
 
 def _command(args: argparse.Namespace) -> int:
     from . import plots
-    from .runs import evaluate_run, load_run
+    from .loaded import evaluate_run, load_run
 
     if args.command in ("score", "embed"):
         return _score_or_embed(args)

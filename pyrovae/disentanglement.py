@@ -237,8 +237,8 @@ def disentangle_run(run, seed: int = 0, scale: float | dict[str, float] = 1.0, n
     from .config import ConfigError
     from .dsprites import ground_truth
     from .evaluate import kl_per_dim, posterior_mean
+    from .loaded import write_json
     from .posterior import traverse
-    from .runs import write_json
 
     cfg, vae = run.config, run.model
     if cfg.dataset != "dsprites":

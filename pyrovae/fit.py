@@ -69,7 +69,7 @@ def fit(
 ) -> VAE:
     """Train ``vae`` on ``data.train`` by SVI, validating on ``data.val`` at β = 1 every epoch.
 
-    ``out`` receives ``config.json`` (``options``, unless there is one: so :func:`~pyrovae.runs.load_run`
+    ``out`` receives ``config.json`` (``options``, unless there is one: so :func:`~pyrovae.loaded.load_run`
     opens the run), ``metrics.csv``, ``checkpoint.pt`` (every epoch and on SIGINT/SIGTERM,
     atomically) and ``best.pt`` (best validation ELBO). With ``resume`` the run continues from
     ``checkpoint.pt``; on CPU it then ends with exactly the parameters of an uninterrupted run.
@@ -337,7 +337,7 @@ def _check_binary_validation(vae: VAE, data: Dataset) -> None:
     if needs_binary and is_validation_enabled() and not is_binary(data.val.x):
         raise DataError(
             "the validation images are grey but the likelihood is for binary data: binarize them once "
-            "(pyrovae.runs.load_data(config) does, with a fixed seed) or use a likelihood for grey "
+            "(pyrovae.loaded.load_data(config) does, with a fixed seed) or use a likelihood for grey "
             "values (cbernoulli, normal, laplace)", "binarize",
         )  # fmt: skip
 

@@ -11,6 +11,7 @@ import torch
 from . import plots
 from .data import trained_classes
 from .evaluate import active_units, kl_per_dim, posterior_mean_and_noise
+from .loaded import Run
 from .posterior import (
     anomaly_scores,
     embed,
@@ -20,7 +21,6 @@ from .posterior import (
     sample_prior,
     traverse,
 )
-from .runs import Run
 from .variants import variant_of
 
 

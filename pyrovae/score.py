@@ -22,8 +22,8 @@ from torch import Tensor
 from .config import ConfigError
 from .data import DataError, binarize, check_values, is_binary, read_rows
 from .evaluate import cached_prior, is_point_estimate
+from .loaded import EVAL_BINARIZE_SEED, Run
 from .posterior import anomaly_scores, embed, posterior_samples, reconstruct
-from .runs import EVAL_BINARIZE_SEED, Run
 
 SPLITS = ("train", "val", "test")
 

@@ -20,7 +20,7 @@ def report(study, out: Path, objective: str, progress: bool = True) -> dict:
     figures; returns the contents of ``best.json``."""
     import optuna
 
-    from .runs import finish, load_run, write_json
+    from .loaded import finish, load_run, write_json
 
     trials = study.get_trials(deepcopy=False)
     checkpoint.write_text(out / "trials.csv", trials_csv(trials))

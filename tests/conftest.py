@@ -95,7 +95,7 @@ def tiny_run(tmp_path_factory):
     """A model trained on a tiny three-class data set (15 epochs), loaded as a user would."""
     from pyrovae import train
     from pyrovae.config import Config
-    from pyrovae.runs import load_run
+    from pyrovae.loaded import load_run
 
     tmp = tmp_path_factory.mktemp("post")
     data = _tiny_data_file(tmp, n=240, classes=3)

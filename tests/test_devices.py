@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from pyrovae import checkpoint, runs
+from pyrovae import checkpoint, loaded, runs
 from pyrovae.build import run_device
 from pyrovae.cli import main
 from pyrovae.config import Config, ConfigError
@@ -36,7 +36,7 @@ def test_every_command_on_a_run_uses_the_device_train_would(command, tmp_path, t
                  "--batch-size", "16", "--val-size", "6", "--epochs", "1", "--eval-k", "3", "--quiet",
                  "--out", str(run)]) == 0  # fmt: skip
     asked = []
-    monkeypatch.setattr(runs, "run_device", lambda name: asked.append(name) or torch.device("cpu"))
+    monkeypatch.setattr(loaded, "run_device", lambda name: asked.append(name) or torch.device("cpu"))
     out = tmp_path / ("x.csv" if command in ("score", "embed") else "x.png")
     extra = {"evaluate": ["--k", "2"], "sample": ["-o", str(out)], "reconstruct": ["-o", str(out)],
              "inspect": ["--k", "2", "--n", "12"], "score": ["--split", "test", "--k", "2", "-o", str(out)],

@@ -138,7 +138,7 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
     elif name == "anomaly_mnist.py":
         assert [r["digit"] for r in result] == [1] and result[0]["positives"] == 3  # 1s in the first 20
         assert all(0 <= v <= 1 for k, v in result[0].items() if k.startswith(("auroc_", "auprc_")))
-        from pyrovae.runs import load_run
+        from pyrovae.loaded import load_run
 
         for model in ("vae", "ae"):  # both were trained without the held-out digit, through the run layer
             assert not (load_run(tmp_path / "runs" / f"anomaly-{model}-without-1").data.train.y == 1).any()

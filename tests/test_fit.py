@@ -137,7 +137,7 @@ def test_fit_makes_its_folder_and_refuses_grey_validation_images_under_bernoulli
     tmp_path, tiny_data_file, tiny_config
 ):
     from pyrovae import DataError, build_model, fit
-    from pyrovae.runs import load_data
+    from pyrovae.loaded import load_data
 
     cfg = tiny_config(tiny_data_file(tmp_path, binary=False), epochs=1, binarize="dynamic")
     data = load_data(cfg)  # validation and test binarized once, as `train` does

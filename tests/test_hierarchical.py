@@ -14,8 +14,8 @@ from pyro.infer import Trace_ELBO
 
 from pyrovae.cli import main
 from pyrovae.evaluate import elbo_terms, evaluate, log_likelihood
+from pyrovae.loaded import load_run
 from pyrovae.posterior import reconstruct, sample_prior
-from pyrovae.runs import load_run
 from pyrovae.sites import kl_terms
 from pyrovae.variants.hierarchical import HierarchicalVAE, LayerwiseMeanField_ELBO
 

@@ -11,7 +11,7 @@ from pyro import poutine
 from pyrovae.cli import main
 from pyrovae.distributions import ContinuousBernoulli
 from pyrovae.likelihoods import LIKELIHOODS, Masked
-from pyrovae.runs import load_run
+from pyrovae.loaded import load_run
 
 CB = LIKELIHOODS["cbernoulli"]
 

@@ -15,8 +15,8 @@ from pyrovae import VAE, train
 from pyrovae.config import Config
 from pyrovae.evaluate import elbo_terms, log_likelihood
 from pyrovae.likelihoods import Bernoulli, Normal
+from pyrovae.loaded import load_run
 from pyrovae.posterior import posterior_predictive, sample_prior
-from pyrovae.runs import load_run
 
 
 def _small_vae(**kw):

@@ -15,6 +15,7 @@ from pyrovae.build import build_model
 from pyrovae.config import Config, ConfigError
 from pyrovae.elbos import IWAE, CapacityELBO
 from pyrovae.evaluate import validate
+from pyrovae.loaded import load_run
 from pyrovae.objectives import (
     beta_at,
     capacity_at,
@@ -23,7 +24,6 @@ from pyrovae.objectives import (
     linear_warmup,
     make_elbo,
 )
-from pyrovae.runs import load_run
 
 
 def _vae_and_data():

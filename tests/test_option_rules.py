@@ -13,8 +13,8 @@ from pyrovae.build import build_model
 from pyrovae.config import Config, ConfigError
 from pyrovae.data import DATASETS, SPECIFIC, DataError, Dataset, Split
 from pyrovae.elbos import IWAE, TCVAE, CapacityELBO, FreeBitsELBO
+from pyrovae.loaded import load_data
 from pyrovae.objectives import make_elbo
-from pyrovae.runs import load_data
 from pyrovae.variants import MODELS
 
 GRID = dict(

@@ -73,7 +73,7 @@ def test_resume_of_a_complete_run_keeps_its_evaluation(
 
     from pyrovae.cli import main
 
-    R = importlib.import_module("pyrovae.runs")
+    R = importlib.import_module("pyrovae.loaded")
     data = tiny_data_file(tmp_path)
     cfg = tiny_config(data, epochs=1, eval_k=3)
     first = train(cfg, tmp_path / "r", progress=False).results

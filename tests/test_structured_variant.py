@@ -16,8 +16,8 @@ from torch.distributions import Normal, kl_divergence
 from pyrovae.cli import main
 from pyrovae.config import Config
 from pyrovae.listing import list_runs
+from pyrovae.loaded import load_run
 from pyrovae.posterior import reconstruct, sample_prior
-from pyrovae.runs import load_run
 from pyrovae.structured import quadrant_mask
 from pyrovae.variants.structured import StructuredCVAE, StructuredTraining
 

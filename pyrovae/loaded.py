@@ -1,0 +1,200 @@
+"""A run directory read back: its data (:func:`load_data`), its model (:func:`load_run`) and its
+test-set figures (:func:`evaluate_run`, :func:`finish`). :mod:`pyrovae.runs` trains into one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyro
+import torch
+
+from . import checkpoint
+from .build import build_model, resolve_device, run_device
+from .config import Config, ConfigError
+from .data import (
+    DataError,
+    Dataset,
+    Split,
+    binarize,
+    check_values,
+    holds_mnist,
+    is_binary,
+    load_dataset,
+    select_classes,
+)
+from .evaluate import evaluate
+from .likelihoods import LIKELIHOODS
+from .models import VAE
+from .variants import MODELS, variant_of
+
+EVAL_BINARIZE_SEED = 0  # validation and test sets are binarized once, identically in every run
+
+
+# -- data -----------------------------------------------------------------------------------
+def load_data(cfg: Config) -> Dataset:
+    """The config's data set, checked against the likelihood; validation and test are binarized
+    once with a fixed seed when training binarizes, so figures compare across runs."""
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.data_file, cfg.labels_file, cfg.val_size, cfg.split_seed,
+                        cfg.image_size, cfg.train_size if cfg.dataset == "dsprites" else None)  # fmt: skip
+    data = select_classes(data, cfg.classes, cfg.exclude_classes)
+    if cfg.train_size is not None and cfg.train_size < len(data.train):
+        data.train = data.train.subset(slice(0, cfg.train_size))
+        data.notes.append(f"training on the first {cfg.train_size} (train_size)")
+    check_values(data.train.x, "training data")
+    MODELS[cfg.model].prepare_data(data, cfg)  # e.g. hide labels
+    needs_binary = LIKELIHOODS[cfg.likelihood].needs_binary
+    if needs_binary and not cfg.resolve_binarize() and not is_binary(data.train.x):
+        raise DataError(
+            f"the {cfg.likelihood} likelihood is only normalized on {{0, 1}} but the data has grey values; "
+            "set binarize dynamic, or use a likelihood for grey values (cbernoulli, normal, laplace)",
+            "binarize",
+        )
+    if cfg.batch_size > len(data.train):
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} is larger than the {len(data.train)} training data; lower it",
+            "batch_size",
+        )
+    if cfg.resolve_binarize():
+        # each split its own generator: the test set is the same tensor whatever val_size or classes
+        data.val.x = binarize(data.val.x, torch.Generator().manual_seed(EVAL_BINARIZE_SEED))
+        data.test.x = binarize(data.test.x, torch.Generator().manual_seed(EVAL_BINARIZE_SEED))
+        data.notes.append("binarized: training data afresh every epoch, validation and test once (seed 0)")
+    return data
+
+
+# -- loading a run --------------------------------------------------------------------------
+@dataclass
+class Run:
+    """A trained run: its folder, config, model (in eval mode) and, on demand, its data."""
+
+    path: Path
+    config: Config
+    model: VAE
+    _data: Dataset | None = field(default=None, repr=False)
+    results: dict | None = None
+    complete: bool = False  # resumed with nothing left to train (see :func:`train`)
+    results_kept: bool = False  # complete, and eval.json still held: its results were not recomputed
+
+    @property
+    def data(self) -> Dataset:
+        """The run's data set, loaded on first use (validation/test binarized as in training), on
+        the model's device, so ``run.model`` takes ``run.data``'s tensors as they are."""
+        if self._data is None:
+            self._data = load_data(self.config)
+        d, device = self._data, self.device
+        if any(s.x.device != device for s in (d.train, d.val, d.test)):  # a copy: data given to train stays
+            self._data = dataclasses.replace(d, train=d.train.to(device), val=d.val.to(device),
+                                             test=d.test.to(device))  # fmt: skip
+        return self._data
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def load_run(path: str | Path, which: str = "best", device: str | None = None, data_dir: str | None = None,
+             data_file: str | None = None) -> Run:  # fmt: skip
+    """Load ``path/best.pt`` (or ``checkpoint.pt`` with ``which="last"``) into its model.
+
+    :param device: where to put the model and, when used, the data; default the device ``train``
+        would use for this run here (:func:`~pyrovae.build.run_device`): the run's own ``device``
+        option, where the GPU it names is absent the CPU.
+    :param data_dir: where MNIST is now, if it moved since training.
+    :param data_file: where the run's data file is now, if it moved since training.
+    """
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise ConfigError(
+            f"{path} is not a pyrovae run directory (no config.json); train one with `pyrovae train`"
+        )
+    cfg = Config.load(path / "config.json")
+    _check_registered(cfg, path)
+    cfg.data_dir = data_dir or _moved_mnist(cfg)
+    cfg.data_file = data_file or cfg.data_file
+    name = {"best": "best.pt", "last": "checkpoint.pt"}.get(which, which)
+    ckpt = checkpoint.load(path / name)
+    shape = ckpt.get("x_shape")
+    if shape is None:
+        raise checkpoint.CheckpointError(f"{path / name} does not record the data shape")
+    model = build_model(cfg, tuple(shape), int(ckpt.get("num_classes", 0)))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise checkpoint.CheckpointError(
+            f"{path / name} does not fit the model {path / 'config.json'} describes "
+            f"({str(e).splitlines()[0]}); was config.json edited, or the run made by another model?"
+        ) from None
+    model.to(run_device(cfg.device) if device is None else resolve_device(device)).eval()
+    return Run(path, cfg, model)
+
+
+def _moved_mnist(cfg: Config) -> str | None:
+    """The run's MNIST folder, or ``$PYROVAE_DATA`` where the saved folder no longer holds MNIST
+    and that one does (a run copied to another machine)."""
+    env = os.environ.get("PYROVAE_DATA")
+    if cfg.dataset == "mnist" and cfg.data_dir and env and not holds_mnist(cfg.data_dir) and holds_mnist(env):
+        return env
+    return cfg.data_dir
+
+
+def _check_registered(cfg: Config, path: Path) -> None:
+    """Refuse a run whose components are not registered in this process (a user's own, say)."""
+    from .guides import GUIDES
+    from .nets import NETS
+    from .priors import PRIORS
+
+    for family, registry, name in [("prior", PRIORS, "PRIORS"), ("guide", GUIDES, "GUIDES"),
+                                   ("likelihood", LIKELIHOODS, "LIKELIHOODS"), ("net", NETS, "NETS"),
+                                   ("model", MODELS, "MODELS")]:  # fmt: skip
+        value = cfg.prior_family if family == "prior" else getattr(cfg, family)
+        if value not in registry:
+            raise ConfigError(
+                f"{path} uses {family} {value!r}, which is not registered in this process: register it "
+                f"first (pyrovae.{name}[{value!r}] = YourClass), then load the run", family,
+            )  # fmt: skip
+
+
+def finish(run: Run, k: int | None = None, n_test: int | None = None, seed: int = 0,
+           progress: bool = True, which: str = "best") -> dict:  # fmt: skip
+    """Evaluate a run on its test set and write ``eval.json``, ``samples.png`` and
+    ``reconstructions.png``. Seeded, so the figures repeat."""
+    from . import plots
+
+    res = evaluate_run(run, k, n_test, seed, progress, which)
+    variant_of(run.model).samples(run, run.path / "samples.png", seed=seed)
+    test = run.data.test
+    plots.reconstruction_grid(run.model, test.x[:32], test.y[:32] if test.y is not None else None,
+                              run.path / "reconstructions.png")  # fmt: skip
+    return res
+
+
+def evaluate_run(run: Run, k: int | None = None, n_test: int | None = None, seed: int = 0,
+                 progress: bool = True, which: str = "best") -> dict:  # fmt: skip
+    """Test-set figures of a run (see :func:`pyrovae.evaluate.evaluate`), written to
+    ``eval.json``; ``k`` and ``n_test`` default to the run's ``eval_k`` and ``eval_n_test``."""
+    cfg = run.config
+    k = cfg.eval_k if k is None else k
+    n_test = n_test if n_test is not None else cfg.eval_n_test
+    if k < 1 or (n_test is not None and n_test < 1):
+        raise ConfigError("k and n_test must be positive", "k")
+    test, variant = run.data.test.to(run.device), variant_of(run.model)
+    pyro.set_rng_seed(seed)
+    res = evaluate(run.model, Split(test.x, variant.test_labels(run.model, test.y)), k=k, n_ll=n_test,
+                   progress=progress)  # fmt: skip
+    res.update(variant.test_scores(run.model, test))
+    res["seed"] = seed
+    res["binarized"] = (
+        "dynamic (test set binarized once, seed 0)" if cfg.resolve_binarize() else "no (grey values)"
+    )
+    res["checkpoint"] = which
+    write_json(run.path / "eval.json", res)
+    return res
+
+
+def write_json(path: str | Path, obj: dict | list) -> None:
+    checkpoint.write_text(path, json.dumps(obj, indent=2) + "\n")
