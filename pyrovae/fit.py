@@ -71,7 +71,8 @@ def fit(
 
     ``out`` receives ``config.json`` (``options``, unless there is one: so :func:`~pyrovae.loaded.load_run`
     opens the run), ``metrics.csv``, ``checkpoint.pt`` (every epoch and on SIGINT/SIGTERM,
-    atomically) and ``best.pt`` (best validation ELBO). With ``resume`` the run continues from
+    atomically) and ``best.pt`` (best validation ELBO, among the epochs after a KL warm-up or a
+    capacity's rise has ended). With ``resume`` the run continues from
     ``checkpoint.pt``; on CPU it then ends with exactly the parameters of an uninterrupted run.
 
     :param options: a :class:`~pyrovae.config.Config`; fit reads the objective, optimization,
@@ -165,7 +166,7 @@ def fit(
             # 4c. validate at beta = 1, record, checkpoint, early stopping
             row = _validate(vae, val, val_prepare, training, ctx, epoch, len(batches), lr, coefs["capacity"],
                             seconds)  # fmt: skip
-            good = _end_epoch(loop, row, cfg, out, ctx.main)
+            good = _end_epoch(loop, row, cfg, out, ctx.main, settled=epoch + 1 >= training.settled())
             if on_epoch is not None and ctx.main:
                 on_epoch(dict(loop.c.rows[-1]))
             if progress:
@@ -269,16 +270,22 @@ def _validate(vae, val: Split, prepare, training, ctx, epoch: int, steps: int, l
     }  # fmt: skip
 
 
-def _end_epoch(loop: Loop, row: dict, cfg: Config, out: Path, main: bool) -> dict:
+def _end_epoch(loop: Loop, row: dict, cfg: Config, out: Path, main: bool, settled: bool = True) -> dict:
     """Record the row, count the epoch, write ``best.pt`` when it improved, ``checkpoint.pt`` and
-    ``metrics.csv``; returns the state a NaN rollback would return to."""
+    ``metrics.csv``; returns the state a NaN rollback would return to.
+
+    An epoch before the schedules have ``settled`` (a KL warm-up or the capacity's rise) always
+    becomes ``best.pt`` and leaves the first settled epoch nothing to beat: its ELBO scores a model
+    trained for another objective, which a rising β or C may make worse by design."""
     c = loop.c
     row = {"epoch": row["epoch"], "train_loss": c.loss_sum / max(c.seen, 1), **row}
     c.rows.append(row)
     c.epoch, c.perm = row["epoch"], None
     score = row[f"val_{cfg.monitor}"] if cfg.monitor != "elbo" else row["val_elbo"]
-    improved = score > c.best
+    improved = score > c.best or not settled
     c.best, c.bad_epochs = (score, 0) if improved else (c.best, c.bad_epochs + 1)
+    if not settled:
+        c.best = -math.inf
     snap = loop.state_dict()
     if main:  # one writer; every rank holds the same parameters
         if improved:

@@ -1,6 +1,7 @@
 """Objectives: the IWAE loss is RenyiELBO's bound with its gradient; β = 0 is reconstruction only;
 the capacity objective refuses what it cannot differentiate."""
 
+import csv
 import math
 
 import pyro
@@ -10,7 +11,7 @@ import torch
 from pyro import poutine
 from pyro.infer import RenyiELBO, Trace_ELBO
 
-from pyrovae import VAE, train
+from pyrovae import VAE, checkpoint, train
 from pyrovae.build import build_model
 from pyrovae.config import Config, ConfigError
 from pyrovae.elbos import IWAE, CapacityELBO
@@ -177,10 +178,45 @@ def test_capacity_objective_pushes_kl_towards_c(tmp_path, tiny_data_file):
             progress=False,
             evaluate=False,
         )
-        run = load_run(tmp_path / f"c{c}", which="last")  # best.pt is chosen by ELBO, not by this objective
+        run = load_run(tmp_path / f"c{c}")  # best.pt: the best ELBO once C has reached C_max
         kls[c] = validate(run.model, run.data.val)[1]
     assert kls[1.0] == pytest.approx(1.0, abs=0.5)
     assert kls[6.0] == pytest.approx(6.0, abs=1.5)
+
+
+def test_best_checkpoint_and_early_stopping_wait_for_the_capacity_to_settle(tmp_path, tiny_data_file):
+    """Raising C to 30 nats on 8 × 8 images makes the validation ELBO worse by design: the KL buys
+    less reconstruction than it costs. best.pt must still be a model trained to C_max, and
+    early stopping must not end the run while C rises."""
+    data = tiny_data_file(tmp_path, n=200)
+    cfg = _cfg(data, epochs=8, capacity=30.0, capacity_epochs=4, gamma=50.0, patience=1)
+    train(cfg, tmp_path / "r", progress=False, evaluate=False)
+    rows = list(csv.DictReader((tmp_path / "r" / "metrics.csv").open()))
+    elbo = [float(r["val_elbo"]) for r in rows]
+    assert elbo[1] < elbo[0]  # with the epochs of the rise counted, patience 1 would stop here
+    assert len(rows) >= 5  # four epochs of the rise, then at least one that failed to improve
+    best = checkpoint.load(tmp_path / "r" / "best.pt")["state"]["epoch"]
+    assert best >= 4 and elbo[best - 1] == max(elbo[3:])
+    run = load_run(tmp_path / "r")
+    assert validate(run.model, run.data.val)[1] == pytest.approx(30.0, rel=0.2)  # a model at C_max
+
+
+@pytest.mark.parametrize(
+    "options, settled",
+    [({}, 0.0), (dict(beta_schedule="linear", warmup_epochs=3.0), 3.0),
+     (dict(beta_schedule="cyclical", warmup_epochs=3.0), 0.0), (dict(capacity=5.0, capacity_epochs=4.0), 4.0),
+     (dict(capacity=5.0, capacity_epochs=4.0, beta_schedule="linear", warmup_epochs=6.0), 6.0)],
+)  # fmt: skip
+def test_the_epoch_from_which_best_and_patience_count(options, settled, tmp_path, tiny_data_file):
+    """A linear warm-up and the capacity's rise delay it (the one that ends last); a cyclical β,
+    which never settles, does not."""
+    from pyrovae.data import load_dataset
+    from pyrovae.variants import variant_of
+
+    cfg = _cfg(tiny_data_file(tmp_path, n=40), **options)
+    data = load_dataset("file", data_file=cfg.data_file, val_size=cfg.val_size)
+    vae = build_model(cfg, data.x_shape, data.num_classes)
+    assert variant_of(vae).training(vae, data, cfg).settled() == settled
 
 
 def test_capacity_loss_is_recon_plus_gamma_abs_gap():

@@ -84,6 +84,15 @@ class Training:
             self.elbo.capacity = capacity
         return {"beta": beta, "capacity": capacity}
 
+    def settled(self) -> float:
+        """The epoch from which :meth:`schedule` keeps its final coefficients: the end of a linear
+        KL warm-up or of the capacity's rise (0 without either). Before it the loss trains another
+        objective than the final one, so :func:`~pyrovae.fit.fit` neither keeps its epochs as the
+        best nor counts them towards early stopping. A cyclical β never settles; every epoch counts."""
+        cfg = self.cfg
+        warmup = cfg.warmup_epochs if cfg.beta_schedule == "linear" else 0.0
+        return max(warmup, cfg.capacity_epochs if isinstance(self.elbo, CapacityELBO) else 0.0)
+
     def coefficients_on(self, device: torch.device) -> None:
         """Hold the scheduled coefficients the objective reads (a capacity C) as tensors on
         ``device``, which :meth:`schedule` then fills in place: a captured CUDA graph reads a
