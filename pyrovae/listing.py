@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError
 from .objectives import describe_objective
+from .schedules import settled_epoch, settled_rows
 
 #: Columns of :func:`table`, with their headers.
 COLUMNS = {
@@ -60,7 +61,8 @@ def _describe(path: Path, folder: Path) -> dict:
         return row
     rows = _metrics(path / "metrics.csv")
     done = len(rows)
-    vals = [float(r["val_elbo"]) for r in rows if r.get("val_elbo") not in (None, "")]
+    settled = settled_epoch(cfg.beta_schedule, cfg.warmup_epochs, cfg.capacity, cfg.capacity_epochs)
+    vals = [float(r["val_elbo"]) for r in settled_rows(rows, settled) if r.get("val_elbo") not in (None, "")]
     row["val_elbo"] = max(vals) if vals else None
     row["epochs"] = f"{done}/{cfg.epochs}"
     row["model"], row["objective"] = _model_and_objective(cfg)

@@ -50,4 +50,21 @@ def beta_at(schedule: str, beta: float, warmup: float, t: float) -> float:
     return beta
 
 
-__all__ = ["beta_at", "capacity_at", "cyclical", "linear_warmup"]
+def settled_epoch(beta_schedule: str, warmup: float, capacity: float | None, capacity_epochs: float) -> float:
+    """The epoch from which β and C keep their final values: the end of a linear warm-up or of
+    the capacity's rise, whichever is later (0 without either; a cyclical β never settles, so
+    every epoch counts). ``best.pt`` and ``--patience`` count only the epochs from it on.
+
+    >>> settled_epoch("linear", 20.0, None, 10.0), settled_epoch("constant", 20.0, 25.0, 12.0)
+    (20.0, 12.0)
+    """
+    return max(warmup if beta_schedule == "linear" else 0.0, capacity_epochs if capacity is not None else 0.0)
+
+
+def settled_rows(rows: list[dict], settled: float) -> list[dict]:
+    """The ``metrics.csv`` rows ``best.pt`` is chosen from: those of the epochs from ``settled`` on,
+    or the last one while training has not reached it."""
+    return [r for r in rows if int(r["epoch"]) >= settled] or rows[-1:]
+
+
+__all__ = ["beta_at", "capacity_at", "cyclical", "linear_warmup", "settled_epoch", "settled_rows"]

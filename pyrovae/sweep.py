@@ -20,6 +20,7 @@ from pathlib import Path
 from . import checkpoint
 from .config import Config, ConfigError
 from .fit import Interrupted
+from .schedules import settled_epoch, settled_rows
 from .space import OBJECTIVES, load_space, suggest
 from .sweep_results import report
 
@@ -247,14 +248,14 @@ class _Objective:
         if key not in self._data:  # the data set once per sweep, unless the space changes it
             self._data = {key: load_data(cfg)}
 
-        curve: list[float] = []
+        curve: list[dict] = []
         resume = "resumes" in trial.user_attrs and (run_dir / "checkpoint.pt").exists()
         for row in _metrics(run_dir) if resume else []:  # the epochs trained before the interruption
-            curve.append(float(row["val_elbo"]))
+            curve.append(row)
             trial.report(float(row["val_elbo"]), int(row["epoch"]))
 
         def report(row: dict) -> None:
-            curve.append(float(row["val_elbo"]))
+            curve.append(row)
             trial.report(float(row["val_elbo"]), int(row["epoch"]))
             if int(row["epoch"]) < cfg.epochs and trial.should_prune():  # a finished run is kept
                 raise optuna.TrialPruned(
@@ -272,8 +273,9 @@ class _Objective:
         except (Interrupted, KeyboardInterrupt):
             trial.set_user_attr("interrupted", True)  # its run is resumable: the next resume continues it
             raise
-        if self.objective == "elbo":
-            return max(curve)
+        if self.objective == "elbo":  # best.pt's: the best of the epochs after any warm-up or rise of C
+            settled = settled_epoch(cfg.beta_schedule, cfg.warmup_epochs, cfg.capacity, cfg.capacity_epochs)
+            return max(float(r["val_elbo"]) for r in settled_rows(curve, settled))
         return _validation_ll(run)
 
 

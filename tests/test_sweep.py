@@ -86,6 +86,37 @@ def test_sweep_best_trial_resume(tmp_path, data_file, capsys):
     assert main(_args(space, out, data_file, 8, "--resume")) == 2
 
 
+def test_a_trial_under_a_rising_capacity_is_worth_its_best_pt(tmp_path, data_file):
+    """C rising to 30 nats over two epochs makes the validation ELBO worse by design; a trial's
+    value is then the best of the epochs trained at C_max, the ELBO of the best.pt it keeps, as
+    ``pyrovae runs`` lists it."""
+    from pyrovae import checkpoint
+    from pyrovae.listing import list_runs
+
+    space = tmp_path / "space.toml"
+    space.write_text("[z_dim]\nchoices = [4]\n")
+    out = tmp_path / "sweep"
+    more = [
+        "--epochs",
+        "4",
+        "--capacity",
+        "30",
+        "--capacity-epochs",
+        "2",
+        "--gamma",
+        "50",
+    ]  # the last --epochs holds
+    assert main(_args(space, out, data_file, 1, *more)) == 0
+    run = out / _rows(out)[0]["run"]
+    val = [float(r["val_elbo"]) for r in csv.DictReader(open(run / "metrics.csv"))]
+    best_epoch = checkpoint.load(run / "best.pt")["state"]["epoch"]
+    value = json.loads((out / "best.json").read_text())["value"]
+    assert val[0] > max(val[1:])  # epoch 1, at C = 15, has the best ELBO, but is no model at C_max
+    assert best_epoch >= 2 and value == pytest.approx(val[best_epoch - 1]) == pytest.approx(max(val[1:]))
+    listed = {r["run"]: r for r in list_runs(out)}[str(run.relative_to(out))]
+    assert listed["val_elbo"] == pytest.approx(value)
+
+
 def test_objective_validation_log_likelihood(tmp_path, data_file):
     space = tmp_path / "space.toml"
     space.write_text("[z_dim]\nchoices = [2, 3]\n")

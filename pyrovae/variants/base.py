@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..elbos import CapacityELBO
 from ..objectives import ELBOLoss, beta_at, capacity_at, describe_objective, make_elbo
+from ..schedules import settled_epoch
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -89,9 +90,8 @@ class Training:
         KL warm-up or of the capacity's rise (0 without either). Before it the loss trains another
         objective than the final one, so :func:`~pyrovae.fit.fit` neither keeps its epochs as the
         best nor counts them towards early stopping. A cyclical β never settles; every epoch counts."""
-        cfg = self.cfg
-        warmup = cfg.warmup_epochs if cfg.beta_schedule == "linear" else 0.0
-        return max(warmup, cfg.capacity_epochs if isinstance(self.elbo, CapacityELBO) else 0.0)
+        cfg, capacity = self.cfg, self.cfg.capacity if isinstance(self.elbo, CapacityELBO) else None
+        return settled_epoch(cfg.beta_schedule, cfg.warmup_epochs, capacity, cfg.capacity_epochs)
 
     def coefficients_on(self, device: torch.device) -> None:
         """Hold the scheduled coefficients the objective reads (a capacity C) as tensors on
