@@ -180,7 +180,9 @@ def main(args: argparse.Namespace) -> list[dict]:
         else ""
     )
     warmup = (
-        f", linear KL warm-up over {args.warmup_epochs:g} epochs" if args.warmup_epochs is not None else ""
+        f", linear KL warm-up over {args.warmup_epochs:g} epoch{'s' if args.warmup_epochs != 1 else ''}"
+        if args.warmup_epochs is not None
+        else ""
     )
     which = f"all {n_test}" if n_test == len(test) else f"first {n_test}"
     print(f"\n-log p(x) (importance-sampled, K={args.k}, {which} test images; MNIST dynamically "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import sys
 from pathlib import Path
@@ -186,8 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 2
     try:
         if args.command == "sweep":
-            return _sweep(args)
-        return _train(args) if args.command == "train" else _command(args)
+            code = _sweep(args)
+        else:
+            code = _train(args) if args.command == "train" else _command(args)
+        sys.stdout.flush()  # a reader gone away (`pyrovae runs | head`) shows here, not at exit
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nobody reads the rest
+        return 141  # as a command ended by SIGPIPE, quietly
     except USER_ERRORS + (TrainingError,) as e:
         if _speaks():
             print(f"error: {' '.join(_message(e).splitlines())}", file=sys.stderr)  # one line, always

@@ -218,8 +218,8 @@ class Config:
         0.0, "decoupled weight decay (AdamW) on the networks' weight matrices", domain=AT_LEAST_0
     )
     patience: int | None = _opt(
-        None, "stop after this many epochs without a better validation --monitor (counted once a linear "
-        "warm-up or the capacity's rise has ended)", domain=POSITIVE,
+        None, "stop after this many epochs without a better validation --monitor (counted from the epoch "
+        "that ends a linear warm-up or the capacity's rise)", domain=POSITIVE,
     )  # fmt: skip
     monitor: str = _opt(
         "elbo", "validation figure that picks best.pt and drives --patience ('accuracy': of q(y|x))",

@@ -71,8 +71,8 @@ def fit(
 
     ``out`` receives ``config.json`` (``options``, unless there is one: so :func:`~pyrovae.loaded.load_run`
     opens the run), ``metrics.csv``, ``checkpoint.pt`` (every epoch and on SIGINT/SIGTERM,
-    atomically) and ``best.pt`` (best validation ELBO, among the epochs after a KL warm-up or a
-    capacity's rise has ended). With ``resume`` the run continues from
+    atomically) and ``best.pt`` (best validation ELBO among the epochs from the one that ends a KL
+    warm-up or the capacity's rise). With ``resume`` the run continues from
     ``checkpoint.pt``; on CPU it then ends with exactly the parameters of an uninterrupted run.
 
     :param options: a :class:`~pyrovae.config.Config`; fit reads the objective, optimization,

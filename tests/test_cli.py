@@ -183,3 +183,15 @@ def test_names_are_case_insensitive_quiet_is_quiet_and_plate_nesting_is_not_gues
     assert "log p(x)" not in err and "epoch 1/1" not in err  # no progress bars with --quiet
     assert "Guessed max_plate_nesting" not in caplog.text
     assert json.loads((tmp_path / "r" / "config.json").read_text())["prior"] == "learned"
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """``pyrovae runs DIR | head``: when the reader closes the pipe, the command stops without an
+    error message, with the status of a command ended by SIGPIPE."""
+    import subprocess
+
+    p = subprocess.Popen([sys.executable, "-m", "pyrovae", "runs", str(tmp_path)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)  # fmt: skip
+    p.stdout.close()  # before it has written anything
+    err = p.stderr.read().decode()
+    assert p.wait() == 141 and err == ""
