@@ -61,7 +61,7 @@ def _describe(path: Path, folder: Path) -> dict:
         return row
     rows = _metrics(path / "metrics.csv")
     done = len(rows)
-    settled = settled_epoch(cfg.beta_schedule, cfg.warmup_epochs, cfg.capacity, cfg.capacity_epochs)
+    settled = settled_epoch(cfg)
     vals = [float(r["val_elbo"]) for r in settled_rows(rows, settled) if r.get("val_elbo") not in (None, "")]
     row["val_elbo"] = max(vals) if vals else None
     row["epochs"] = f"{done}/{cfg.epochs}"

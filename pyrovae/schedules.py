@@ -50,15 +50,23 @@ def beta_at(schedule: str, beta: float, warmup: float, t: float) -> float:
     return beta
 
 
-def settled_epoch(beta_schedule: str, warmup: float, capacity: float | None, capacity_epochs: float) -> float:
+def settled_epoch(options) -> float:
     """The epoch from which β and C keep their final values: the end of a linear warm-up or of
     the capacity's rise, whichever is later (0 without either; a cyclical β never settles, so
     every epoch counts). ``best.pt`` and ``--patience`` count only the epochs from it on.
 
-    >>> settled_epoch("linear", 20.0, None, 10.0), settled_epoch("constant", 20.0, 25.0, 12.0)
-    (20.0, 12.0)
+    :param options: a :class:`~pyrovae.config.Config`, or any object with its fields
+        ``beta_schedule``, ``warmup_epochs``, ``capacity`` and ``capacity_epochs``.
+
+    >>> from pyrovae.config import Config
+    >>> settled_epoch(Config(beta_schedule="linear", warmup_epochs=20))
+    20.0
+    >>> settled_epoch(Config(capacity=25.0, capacity_epochs=12, elbo="trace"))
+    12.0
     """
-    return max(warmup if beta_schedule == "linear" else 0.0, capacity_epochs if capacity is not None else 0.0)
+    warmup = options.warmup_epochs if options.beta_schedule == "linear" else 0.0
+    rise = options.capacity_epochs if options.capacity is not None else 0.0
+    return float(max(warmup, rise))
 
 
 def settled_rows(rows: list[dict], settled: float) -> list[dict]:

@@ -274,7 +274,7 @@ class _Objective:
             trial.set_user_attr("interrupted", True)  # its run is resumable: the next resume continues it
             raise
         if self.objective == "elbo":  # best.pt's: the best of the epochs after any warm-up or rise of C
-            settled = settled_epoch(cfg.beta_schedule, cfg.warmup_epochs, cfg.capacity, cfg.capacity_epochs)
+            settled = settled_epoch(cfg)
             return max(float(r["val_elbo"]) for r in settled_rows(curve, settled))
         return _validation_ll(run)
 

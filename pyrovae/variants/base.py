@@ -90,8 +90,7 @@ class Training:
         KL warm-up or of the capacity's rise (0 without either). Before it the loss trains another
         objective than the final one, so :func:`~pyrovae.fit.fit` neither keeps its epochs as the
         best nor counts them towards early stopping. A cyclical β never settles; every epoch counts."""
-        cfg, capacity = self.cfg, self.cfg.capacity if isinstance(self.elbo, CapacityELBO) else None
-        return settled_epoch(cfg.beta_schedule, cfg.warmup_epochs, capacity, cfg.capacity_epochs)
+        return settled_epoch(self.cfg)  # options with a capacity always train CapacityELBO
 
     def coefficients_on(self, device: torch.device) -> None:
         """Hold the scheduled coefficients the objective reads (a capacity C) as tensors on
