@@ -94,7 +94,7 @@ def _run(out, cfg: Config, name: str, seed: int, scale: dict, args: argparse.Nam
     row = dict(model=name, seed=seed, **{m: res[m] for m in METRICS}, recon=-run.results["recon"],
                kl=run.results["kl"], elbo=run.results["elbo"], au=run.results["active_units"],
                train_cpu_min=c1 - c0, metric_cpu_min=_cpu_minutes() - c1,
-               factors=[r["factor"] for r in res["latents"] if r["kl"] > 0.01], top=f"z{top['dim']}: {top['factor']}",
+               factors=_factors(res["latents"]), top=f"z{top['dim']}: {top['factor']}",
                wall_min=(time.time() - w0) / 60, settings=res["settings"])  # fmt: skip
     (out / "experiment_row.json").write_text(json.dumps(row, indent=1))
     return row
@@ -108,7 +108,21 @@ def _reused(out, cfg: Config, args: argparse.Namespace) -> dict:
             f"error: --reuse: {out} holds no finished run with these options; run without --reuse"
         )
     args.reused = True
-    return json.loads((out / "experiment_row.json").read_text())
+    row = json.loads((out / "experiment_row.json").read_text())
+    if (out / "disentanglement.json").exists():  # rows saved before _factors asked for information
+        row["factors"] = _factors(json.loads((out / "disentanglement.json").read_text())["latents"])
+    return row
+
+
+def _factors(latents: list[dict]) -> list[str]:
+    """The factor each latent with KL > 0.01 nats tells most about, by decreasing KL, where it tells
+    at least 5 % of that factor's entropy: a latent that spends KL without informing on any factor
+    (a collapsed model's) would otherwise be named after an arbitrary one."""
+    return [r["factor"] for r in latents if r["kl"] > 0.01 and r["mi_over_entropy"] >= 0.05]
+
+
+def _f3(v: float) -> str:
+    return f"{v:.3f}" if round(v, 3) != 0 else "0.000"  # not "-0.000"
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -130,9 +144,9 @@ def _write(args, rows: list[dict], options: dict, scale: dict) -> None:
         "active",
     ]
     mean_rows = [[name, ", ".join(f"{k} {v:g}" for k, v in options[name].items()),
-                  *[f"{_mean(rs, m):.3f}" for m in METRICS], _mean(rs, "recon"), _mean(rs, "kl"),
+                  *[_f3(_mean(rs, m)) for m in METRICS], _mean(rs, "recon"), _mean(rs, "kl"),
                   f"{_mean(rs, 'au'):.1f}/{args.z_dim}"] for name, rs in by_model.items()]  # fmt: skip
-    seed_rows = [[r["model"], r["seed"], *[f"{r[m]:.3f}" for m in METRICS], r["recon"], r["kl"], f"{r['au']}/{args.z_dim}",
+    seed_rows = [[r["model"], r["seed"], *[_f3(r[m]) for m in METRICS], r["recon"], r["kl"], f"{r['au']}/{args.z_dim}",
                   ", ".join(r["factors"]) or "none", f"{r['train_cpu_min']:.1f} + {r['metric_cpu_min']:.1f}"]
                  for r in rows]  # fmt: skip
     sizes = {m: {k: v for k, v in o.items() if k != "batch_size"} for m, o in SETTINGS.items()}
@@ -149,7 +163,7 @@ def _write(args, rows: list[dict], options: dict, scale: dict) -> None:
 
 Command: `{command_line()}`
 
-Budget: {len(rows)} runs ({len(args.models)} models × seeds {", ".join(map(str, args.seeds))}), each {args.epochs} epochs of
+Budget: {len(rows)} runs ({len(args.models)} model{"s" if len(args.models) != 1 else ""} × seeds {", ".join(map(str, args.seeds))}), each {args.epochs} epochs of
 {args.train_size or "all the"} training images ({steps} steps of batch {args.batch_size}) of dSprites rendered at
 {args.image_size}×{args.image_size} (pyrovae's procedural dSprites, not DeepMind's file), Adam {args.lr:g},
 {args.z_dim} latents, the Burgess et al. conv networks (`--net burgess`, dense 256), diagonal Normal guide,
@@ -163,7 +177,8 @@ Means over the seeds:
 
 {markdown_table(header, mean_rows)}
 
-Per run (factors: the factor each latent with KL > 0.01 nats tells most about, by decreasing KL; CPU-minutes
+Per run (factors: the factor each latent with KL > 0.01 nats tells most about, by decreasing KL, where it tells at
+least 5 % of that factor's entropy; CPU-minutes
 training + metrics):
 
 {markdown_table(per_run_header, seed_rows)}

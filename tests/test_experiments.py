@@ -106,6 +106,7 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
         assert (tmp_path / "results" / "beta_sweep.png").exists()
     elif name == "disentanglement.py":
         _check_disentanglement(result, tmp_path)
+        _check_disentanglement_reuse(mod, args, result, tmp_path)
     elif name == "cvae_quadrants.py":
         assert [r["n_given"] for r in result] == [1, 3]
         for r in result:  # nats over the hidden pixels: positive and finite
@@ -191,6 +192,29 @@ def _check_disentanglement(result: list[dict], tmp_path: Path) -> None:
     verdict = f"β-TCVAE against β-VAE at β = 16: MIG {t:.3f} against {b:.3f}: {'higher' if t > b else 'not higher'}."
     assert verdict in text
     assert (tmp_path / "results" / "disentanglement.png").exists()
+
+
+def _check_disentanglement_reuse(mod, args: list[str], result: list[dict], tmp_path: Path) -> None:
+    """--reuse (how the committed table was assembled from one process per seed) reads the runs back
+    without training, and names a latent's factor only where it tells at least 5 % of its entropy."""
+    run = tmp_path / "runs" / "dis-tcvae16-seed0"
+    saved = json.loads((run / "disentanglement.json").read_text())
+    saved["latents"] = [
+        {"dim": 0, "kl": 3.0, "factor": "pos_x", "mi_over_entropy": 0.4},
+        {"dim": 1, "kl": 2.0, "factor": "shape", "mi_over_entropy": 0.01},  # KL spent on no factor
+        {"dim": 2, "kl": 0.001, "factor": "scale", "mi_over_entropy": 0.3},  # no KL: not a latent in use
+    ]
+    (run / "disentanglement.json").write_text(json.dumps(saved))
+    before = {p: p.stat().st_mtime_ns for p in (run / "best.pt", run / "eval.json")}
+    again = mod.main(mod.parse_args(args + ["--reuse", "--results-dir", str(tmp_path / "again")]))
+    assert [r["mig"] for r in again] == [r["mig"] for r in result]
+    assert again[1]["factors"] == ["pos_x"]
+    assert before == {p: p.stat().st_mtime_ns for p in before}  # nothing trained again
+    text = (tmp_path / "again" / "disentanglement.md").read_text()
+    assert "read back here (--reuse)" in text and "-0.000" not in text
+    assert re.search(r"\| tcvae16 \| 0 \| [^\n]*\| pos_x \|", text)
+    with pytest.raises(SystemExit, match="holds no finished run with these options"):
+        mod.main(mod.parse_args(args + ["--reuse", "--lr", "0.01", "--results-dir", str(tmp_path / "other")]))
 
 
 def _check_conditional_samples(result: dict, results_dir: Path) -> None:
