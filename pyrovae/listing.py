@@ -125,8 +125,9 @@ def table(runs: list[dict], folder: str | Path, sort: str = "path") -> str:
     cells = [list(COLUMNS.values())] + [[_cell(r[c]) for c in COLUMNS] for r in runs]
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    note = ("figures in nats per image: best validation ELBO from metrics.csv; test ELBO and importance-"
-            "sampled log p(x) with K samples from eval.json (- : not evaluated)")  # fmt: skip
+    note = ("figures in nats per image: best validation ELBO from metrics.csv, best.pt's (of the epochs from the "
+            "end of a KL warm-up or the capacity's rise); test ELBO and importance-sampled log p(x) with K samples "
+            "from eval.json (- : not evaluated)")  # fmt: skip
     return "\n".join([*lines, "", f"{len(runs)} runs in {folder}; {note}"])
 
 

@@ -215,6 +215,7 @@ def _check_disentanglement_reuse(mod, args: list[str], result: list[dict], tmp_p
     assert re.search(r"\| tcvae16 \| 0 \| [^\n]*\| pos_x \|", text)
     with pytest.raises(SystemExit, match="holds no finished run with these options"):
         mod.main(mod.parse_args(args + ["--reuse", "--lr", "0.01", "--results-dir", str(tmp_path / "other")]))
+    assert not (tmp_path / "other").exists()  # a refused --reuse writes nothing
 
 
 def _check_conditional_samples(result: dict, results_dir: Path) -> None:
