@@ -77,7 +77,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, (name, seed, cfg, out) in enumerate(runs):
-        rows.append(reused[i] if reused else _run(out, cfg, name, seed, scale, args))
+        rows.append(reused[i] if reused is not None else _run(out, cfg, name, seed, scale, args))
         if not args.quiet:
             print({k: v for k, v in rows[-1].items() if k != "factors"})
         if seed == args.seeds[0]:
