@@ -98,10 +98,10 @@ def _run(out, cfg: Config, name: str, seed: int, scale: dict, args: argparse.Nam
     row = dict(model=name, seed=seed, **{m: res[m] for m in METRICS}, recon=-run.results["recon"],
                kl=run.results["kl"], elbo=run.results["elbo"], au=run.results["active_units"],
                train_cpu_min=c1 - c0, metric_cpu_min=_cpu_minutes() - c1,
-               factors=_factors(res["latents"]), top=f"z{top['dim']}: {top['factor']}",
-               wall_min=(time.time() - w0) / 60, settings=res["settings"])  # fmt: skip
+               top=f"z{top['dim']}: {top['factor']}", wall_min=(time.time() - w0) / 60,
+               settings=res["settings"])  # fmt: skip
     (out / "experiment_row.json").write_text(json.dumps(row, indent=1))
-    return row
+    return {**row, "factors": _factors(res["latents"])}
 
 
 def _reused(out, cfg: Config, args: argparse.Namespace) -> dict:
@@ -113,9 +113,8 @@ def _reused(out, cfg: Config, args: argparse.Namespace) -> dict:
         )
     args.reused = True
     row = json.loads((out / "experiment_row.json").read_text())
-    if (out / "disentanglement.json").exists():  # rows saved before _factors asked for information
-        row["factors"] = _factors(json.loads((out / "disentanglement.json").read_text())["latents"])
-    return row
+    # derived from the run's scores, not the saved row (older rows saved a list by another rule)
+    return {**row, "factors": _factors(json.loads((out / "disentanglement.json").read_text())["latents"])}
 
 
 def _factors(latents: list[dict]) -> list[str]:
