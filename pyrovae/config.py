@@ -236,9 +236,9 @@ class Config:
         "GPU; CPU runs are deterministic already)",
     )  # fmt: skip
     step: str = _opt(
-        "auto", "training step: 'graphed' replays a captured CUDA graph for full batches, reading the loss "
-        "every 50 steps (on a CPU the same step runs eagerly); 'eager' reads it every step; 'auto' is graphed "
-        "on one CUDA device, else eager", STEPS,
+        "auto", "training step: 'graphed' replays the step captured once for full batches (a CUDA graph on "
+        "CUDA, a graph compiled by torch.compile on a CPU), reading the loss every 50 steps; 'eager' reads it "
+        "every step; 'auto' is graphed on one CUDA device, else eager", STEPS,
     )  # fmt: skip
     tensorboard: bool = _opt(False, "write TensorBoard event files to the run directory (needs tensorboard)")
     # -- evaluation at the end of training ---------------------------------------------------------

@@ -10,9 +10,12 @@ skipped steps accumulate on the device for the loop to read when it chooses.
 
 On CUDA the whole step — Pyro's differentiable loss, ``backward``, the gradient norm (and
 clipping), the optimizer — is captured once with :func:`torch.cuda.graph` and replayed, so Pyro's
-Python runs during capture only. Shapes are fixed by capture: each step copies its batch into the
-captured input, and a batch of another size (an epoch's last) needs the eager step. On the CPU the
-same step runs eagerly, so its logic is tested without a GPU.
+Python runs during capture only. On a CPU the step's loss, gradients (``torch.autograd.grad``),
+norm and flag are captured once as a graph of ATen operations and compiled
+(:func:`pyrovae.compiled.capture`), and fused Adam runs eagerly on the gradients it returns: there
+too Pyro's Python runs once, and the elementwise work is fused. Shapes are fixed by capture: a
+batch of another size (an epoch's last) needs the eager step. With ``graph=False`` the same step
+runs eagerly, so its logic is tested without capture.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import torch
 from pyro.infer.util import is_validation_enabled
 from torch import Tensor, nn
 
-from .step import grad_norm, svi_step
+from .compiled import capture
+from .step import grad_norm, norm_of, svi_step
 
 #: Pyro's ELBO modules that read device tensors on the host: ``warn_if_nan`` (forward and
 #: backward) and ``torch_item`` (the ELBO's value beside its surrogate)
@@ -75,7 +79,8 @@ def fused_adam(params: list, lr: float, weight_decay: float = 0.0) -> torch.opti
 
 class GraphedStep:
     """One SVI step of ``loss_fn`` (an :class:`~pyrovae.objectives.ELBOLoss`) on batches shaped
-    like ``x``, without host synchronisation; a CUDA graph on CUDA (unless ``graph=False``).
+    like ``x``, without host synchronisation: captured once and replayed (a CUDA graph on CUDA, a
+    compiled graph elsewhere), or run eagerly with ``graph=False``.
 
     :param loss_fn: ``loss_fn(x, y, beta)`` → the scalar loss of a batch.
     :param params: the parameters ``opt`` updates.
@@ -86,6 +91,7 @@ class GraphedStep:
     :param binarize: draw each pixel's value from Bernoulli(x) inside the step (dynamic
         binarization), from the default generator of ``x``'s device.
     :param clip_norm: clip the gradient norm to this value.
+    :param graph: capture the step (default); ``False`` runs it eagerly.
     :param warmup: eager steps before capture (CUDA needs some); parameters, optimizer state and
         the random stream are restored after them, so they leave no trace in training.
 
@@ -121,12 +127,22 @@ class GraphedStep:
         self.skipped = torch.zeros((), device=device, dtype=torch.int64)
         self.loss = torch.zeros((), device=device, dtype=x.dtype)
         opt.found_inf = self.found_inf  # read by the fused kernels at every step
-        self.graphed = (device.type == "cuda") if graph is None else graph
-        self._graph = None
+        self.graphed = True if graph is None else graph
+        self._graph = None  # a CUDA graph
+        self._compiled = None  # the compiled gradients, and the indices of the parameters they are for
+        self._used: list[int] = []
         if self.graphed:
-            self._capture(warmup)
+            self._capture(warmup) if device.type == "cuda" else self._compile()
 
     # -- the step ---------------------------------------------------------------------------
+    def _account(self, loss: Tensor, norm: Tensor) -> None:
+        """Flag a non-finite loss or gradient for fused Adam, and add the loss to the running figures."""
+        bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
+        self.found_inf.copy_(bad)
+        self.loss.copy_(loss)
+        self.total.add_(torch.where(bad, 0.0, loss.double()))
+        self.skipped.add_(bad.long())
+
     def _step(self) -> None:
         x = torch.bernoulli(self.x) if self.binarize else self.x
         loss = self.loss_fn(x, self.y, self.beta)
@@ -135,18 +151,41 @@ class GraphedStep:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm, foreach=True)
         else:
             norm = grad_norm(self.params)
-        bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(norm))
-        self.found_inf.copy_(bad)
+        self._account(loss.detach(), norm)
         self.opt.step()
-        self.loss.copy_(loss.detach())
-        self.total.add_(torch.where(bad, 0.0, loss.detach().double()))
-        self.skipped.add_(bad.long())
+
+    def _gradients(self, x: Tensor, y: Tensor | None = None) -> list[Tensor]:
+        """What the compiled graph computes: the step up to the optimizer, its gradients returned
+        (of the parameters the loss uses, whose indices it records at capture)."""
+        with _no_host_reads():
+            loss = self.loss_fn(torch.bernoulli(x) if self.binarize else x, y, self.beta)
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        self._used = [i for i, g in enumerate(grads) if g is not None]
+        grads = [g for g in grads if g is not None]
+        norm = norm_of(grads)
+        if self.clip_norm:  # as torch.nn.utils.clip_grad_norm_ scales them
+            coef = (self.clip_norm / (norm + 1e-6)).clamp(max=1.0)
+            grads = [g * coef for g in grads]
+        self._account(loss.detach(), norm)
+        return grads
+
+    def _replay(self, x: Tensor, y: Tensor | None) -> None:
+        with torch.no_grad():
+            grads = self._compiled(x) if y is None else self._compiled(x, y)
+        for p in self.params:  # a parameter the loss does not use keeps no gradient of an eager step
+            p.grad = None
+        for i, g in zip(self._used, grads, strict=True):
+            self.params[i].grad = g
+        self.opt.step()
 
     def __call__(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """One step on batch ``x`` (and ``y``); returns the step's loss as a device tensor."""
         if x.shape != self.x.shape:
             raise ValueError(f"GraphedStep was built for batches of shape {tuple(self.x.shape)}, got "
                              f"{tuple(x.shape)}: take the eager step for this one")  # fmt: skip
+        if self._compiled is not None:  # takes x as it is: no captured input to fill
+            self._replay(x, y)
+            return self.loss
         self.x.copy_(x)
         if y is not None:
             self.y.copy_(y)
@@ -185,6 +224,25 @@ class GraphedStep:
                 self._step()
         except Exception:
             self._graph = None
+            raise
+        finally:
+            self._restore(saved)
+
+    def _compile(self) -> None:
+        """Trace and compile (at a first call, whose effects are undone); on failure the model and
+        optimizer are as before, and the error propagates."""
+        saved = self._snapshot()
+        example = (self.x,) if self.y is None else (self.x, self.y)
+        fn = (lambda x: self._gradients(x)) if self.y is None else (lambda x, y: self._gradients(x, y))
+        try:
+            self._compiled = capture(fn, *example)
+            with torch.no_grad():
+                self._compiled(*example)  # compiles now, so a failure shows here, not in training
+        except Exception as e:
+            self._compiled = None
+            if "_local_scalar_dense" in str(e):  # make_fx's words for it are a paragraph
+                raise RuntimeError("the step reads a tensor's value in Python (.item(), bool(tensor)), which a "
+                                   "captured graph cannot hold") from e  # fmt: skip
             raise
         finally:
             self._restore(saved)
@@ -276,14 +334,16 @@ class EagerSteps:
 
 
 class SyncFreeSteps(EagerSteps):
-    """:class:`GraphedStep` for full batches (captured at the first one; a CUDA graph on CUDA),
-    :class:`EagerSteps` for the run's first step (with Pyro's argument checks) and for batches
-    of another size (an epoch's last); the loss is read every :attr:`every` steps.
+    """:class:`GraphedStep` for full batches (captured at the first one: a CUDA graph on CUDA, a
+    compiled graph on a CPU), :class:`EagerSteps` for the run's first step (with Pyro's argument
+    checks) and for batches of another size (an epoch's last); the loss is read every
+    :attr:`every` steps.
 
     β is fed as a device tensor, so a schedule changes it between replays (the training holds its
     objective's other scheduled coefficients as device tensors too: see
-    :meth:`~pyrovae.variants.base.Training.coefficients_on`). Where capture fails (an operation a CUDA graph
-    cannot hold), the reason is printed and the steps stay eager."""
+    :meth:`~pyrovae.variants.base.Training.coefficients_on`). Where capture fails (an operation a
+    graph cannot hold, no C++ compiler for ``torch.compile``), the reason is printed and the steps
+    stay eager. ``graph=False`` runs the graphed step eagerly."""
 
     every = 50
 
@@ -291,11 +351,13 @@ class SyncFreeSteps(EagerSteps):
                  clip_norm: float | None = None, graph: bool | None = None) -> None:  # fmt: skip
         super().__init__(loss_fn, opt, params, clip_norm)
         device = params[0].device
-        self.graph = device.type == "cuda" if graph is None else graph
+        self.graph = True if graph is None else graph
         self.beta, self._beta = torch.zeros((), device=device), 0.0
+        how = ("a CUDA graph" if device.type == "cuda" else
+               "captured once and compiled by torch.compile at the first full batch, then")  # fmt: skip
         self.description = (
-            "graphed (a CUDA graph replayed for full batches; the loss read every "
-            f"{self.every} steps)" if self.graph else
+            f"graphed ({how} replayed for full batches; the loss read every {self.every} steps)"
+            if self.graph else
             f"synchronisation-free (the graphed step run eagerly; the loss read every {self.every} steps)"
         )  # fmt: skip
         self.step: GraphedStep | None = None

@@ -22,7 +22,7 @@ from contextlib import nullcontext
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
+from pyro.infer.util import is_validation_enabled
 from pyro.nn import PyroModule, pyro_method
 from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
@@ -168,7 +168,13 @@ class VAE(PyroModule):
                 )
             return y.reshape(y.shape[0], -1).to(like.dtype)
         if y.dim() == 1 or y.shape[-1] != self.num_classes:
-            y = F.one_hot(y.long(), self.num_classes)
+            y = y.long()
+            # F.one_hot checks the labels on the host at every call, which a captured step cannot
+            # hold: here the check follows Pyro's validation, on for the first step and evaluation
+            if is_validation_enabled() and not bool(((y >= 0) & (y < self.num_classes)).all()):
+                raise ValueError(f"labels y must be class indices in [0, {self.num_classes}); got values from "
+                                 f"{int(y.min())} to {int(y.max())}")  # fmt: skip
+            y = y.unsqueeze(-1) == torch.arange(self.num_classes, device=y.device)
         return y.to(like.dtype)
 
     def _reference(self) -> Tensor:

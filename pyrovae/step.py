@@ -38,16 +38,20 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def grad_norm(params: list) -> torch.Tensor:
-    """The 2-norm of all gradients together, as a tensor on their device.
+def norm_of(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of tensors together, as a tensor on their device.
 
-    One BLAS dot product per gradient: on a CPU this is about twice as fast as
+    One BLAS dot product per tensor: on a CPU this is about twice as fast as
     :func:`torch.nn.utils.get_total_norm`, which the step pays every time to catch NaN and inf.
     """
-    grads = [p.grad.reshape(-1) for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    return torch.stack([g.dot(g) for g in grads]).sum().sqrt()
+    return torch.stack([g.reshape(-1).dot(g.reshape(-1)) for g in grads]).sum().sqrt()
+
+
+def grad_norm(params: list) -> torch.Tensor:
+    """The 2-norm of all gradients of ``params`` together (see :func:`norm_of`)."""
+    return norm_of([p.grad for p in params if p.grad is not None])
 
 
 def svi_step(

@@ -9,7 +9,7 @@ import pyro
 import pytest
 import torch
 
-from pyrovae import checkpoint, load_run, plots
+from pyrovae import VAE, checkpoint, load_run, plots
 from pyrovae.build import build_model
 from pyrovae.cli import main
 from pyrovae.config import Config, ConfigError
@@ -248,3 +248,23 @@ def test_mnist_conditional_samples_show_their_label(mnist_dir, tmp_path, monkeyp
     # input --prior normal draws the blurred mean of all digits, named 5 whatever the label)
     assert acc.mean() > 0.8, acc
     assert (acc > 0.5).all(), acc  # every label, not a few easy ones
+
+
+def test_labels_are_one_hot_encoded_and_checked_while_pyro_validates():
+    """``VAE.one_hot`` encodes class indices as ``F.one_hot`` does, without its check on the host
+    at every call (which a captured step cannot hold): out-of-range labels are refused while
+    Pyro's validation is on (the first training step, evaluation), with the range to use."""
+    import torch.nn.functional as F
+
+    vae = VAE((1, 4, 4), z_dim=2, hidden=(8,), num_classes=3)
+    x = torch.zeros(4, 1, 4, 4)
+    y = torch.tensor([0, 2, 1, 2])
+    assert torch.equal(vae.one_hot(y, x), F.one_hot(y, 3).float())
+    assert vae.one_hot(y, x.double()).dtype == torch.float64
+    with (
+        pyro.validation_enabled(True),
+        pytest.raises(ValueError, match=r"class indices in \[0, 3\); got values from 0 to 3"),
+    ):
+        vae.one_hot(torch.tensor([0, 3]), x)
+    with pyro.validation_enabled(True), pytest.raises(ValueError, match="from -1 to 1"):
+        vae.model(x[:2], torch.tensor([-1, 1]))

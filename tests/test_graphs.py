@@ -1,6 +1,7 @@
-"""The synchronisation-free SVI step on the CPU (where it runs eagerly): the same updates as the
-eager step, a non-finite step skipped on the device, the running loss read once.
-tests/test_cuda.py checks that the replayed CUDA graph equals this eager step."""
+"""The synchronisation-free SVI step on the CPU, compiled (``graph=True``, the default) and run
+eagerly (``graph=False``): the same updates as the eager step, a non-finite step skipped on the
+device, the running loss read once. tests/test_cuda.py checks that the replayed CUDA graph equals
+the eager step."""
 
 import copy
 
@@ -25,12 +26,15 @@ def _batches(n: int = 6) -> list[torch.Tensor]:
     return [torch.rand(10, 1, 4, 4, generator=g) for _ in range(n)]
 
 
-def test_graphed_step_makes_the_eager_steps_updates_without_reading_the_loss():
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "compiled"])
+def test_graphed_step_makes_the_eager_steps_updates_without_reading_the_loss(graph):
+    """Compiled, the step draws the same binarization and z noise as the eager one (torch's random
+    kernels), so the updates agree to float32 rounding (Inductor fuses the elementwise work)."""
     a, b = _vae(), copy.deepcopy(_vae())
     pa, pb = list(a.parameters()), list(b.parameters())
     opt_a, opt_b = fused_adam(pa, 1e-2), fused_adam(pb, 1e-2)
-    step = GraphedStep(ELBOLoss(b, Trace_ELBO()), pb, opt_b, _batches()[0], binarize=True)
-    assert not step.graphed  # the CPU has no graphs: the same step, eagerly
+    step = GraphedStep(ELBOLoss(b, Trace_ELBO()), pb, opt_b, _batches()[0], binarize=True, graph=graph)
+    assert step.graphed == graph and (step._compiled is not None) == graph
     losses = []
     for x in _batches():
         pyro.set_rng_seed(7)  # the same binarization and z noise for both
@@ -45,11 +49,12 @@ def test_graphed_step_makes_the_eager_steps_updates_without_reading_the_loss():
     assert step.read() == (0.0, 0)  # read resets the running figures
 
 
-def test_a_non_finite_step_is_skipped_on_the_device():
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "compiled"])
+def test_a_non_finite_step_is_skipped_on_the_device(graph):
     vae = _vae()
     params = list(vae.parameters())
     opt = fused_adam(params, 1e-2)
-    step = GraphedStep(ELBOLoss(vae, Trace_ELBO()), params, opt, _batches()[0])
+    step = GraphedStep(ELBOLoss(vae, Trace_ELBO()), params, opt, _batches()[0], graph=graph)
     x = torch.bernoulli(_batches()[1])
     step(x)
     before = [p.detach().clone() for p in params]
@@ -82,6 +87,21 @@ def test_refuses_an_optimizer_that_cannot_skip_on_the_device_and_a_batch_of_anot
     params = list(vae.parameters())
     with pytest.raises(ValueError, match="fused"):
         GraphedStep(ELBOLoss(vae, Trace_ELBO()), params, torch.optim.Adam(params), _batches()[0])
-    step = GraphedStep(ELBOLoss(vae, Trace_ELBO()), params, fused_adam(params, 1e-3), _batches()[0])
+    step = GraphedStep(
+        ELBOLoss(vae, Trace_ELBO()), params, fused_adam(params, 1e-3), _batches()[0], graph=False
+    )
     with pytest.raises(ValueError, match="eager step"):
         step(torch.rand(3, 1, 4, 4))
+
+
+def test_the_compiled_step_leaves_a_parameter_the_loss_does_not_use():
+    """A parameter outside the loss gets no gradient from the compiled graph, and keeps none an
+    eager step left (the epoch's last batch), so Adam does not move it."""
+    vae = _vae()
+    vae.unused = torch.nn.Parameter(torch.zeros(3))
+    params = list(vae.parameters())
+    step = GraphedStep(ELBOLoss(vae, Trace_ELBO()), params, fused_adam(params, 1e-2), _batches()[0])
+    vae.unused.grad = torch.ones(3)  # as an eager step's gradient would be
+    step(torch.bernoulli(_batches()[1]))
+    assert vae.unused.grad is None and torch.equal(vae.unused.detach(), torch.zeros(3))
+    assert step.read()[1] == 0

@@ -141,7 +141,12 @@ def test_option_trains_resumes_and_evaluates(tmp_path, data_file, check_evaluati
     a, b = (checkpoint.load(p / "checkpoint.pt") for p in (whole, parts))
     assert a["state"]["epoch"] == b["state"]["epoch"] >= 1
     for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
+        if case == ["--step", "graphed"]:
+            # the resumed process's first step is eager (with Pyro's checks) where the whole run's
+            # was compiled: the same step to float32 rounding (Inductor fuses the elementwise work)
+            torch.testing.assert_close(v, b["model"][k], rtol=1e-4, atol=1e-6, msg=k)
+        else:
+            assert torch.equal(v, b["model"][k]), k
     rows = list(csv.DictReader(open(whole / "metrics.csv")))
     assert all(math.isfinite(float(r["val_elbo"])) for r in rows)
     cfg = Config.load(whole / "config.json")

@@ -1,6 +1,6 @@
-"""``step`` (``--step``): the synchronisation-free step (``graphed``; a CUDA graph on CUDA, run
-eagerly on a CPU) trains exactly as the eager one, finds and rolls back a non-finite step it
-reads late, contains no host read (which a CUDA graph cannot hold), and falls back to the eager
+"""``step`` (``--step``): the synchronisation-free step (``graphed``; a CUDA graph on CUDA, a
+compiled graph on a CPU) trains as the eager one, finds and rolls back a non-finite step it
+reads late, contains no host read (which a graph cannot hold), and falls back to the eager
 step where capture fails. tests/test_cuda.py replays the captured graph against the eager step."""
 
 import contextlib
@@ -45,8 +45,8 @@ def _same_runs(a, b) -> None:
 )
 def test_the_graphed_step_trains_as_the_eager_step(tmp_path, tiny_data_file, tiny_config, options):
     """108 training images in batches of 16: six full batches take the synchronisation-free step
-    (β, C and the learning rate fed as tensors), the seventh of 12 the eager one; the loss is
-    read once per epoch. Same losses, validation figures and parameters as the eager step."""
+    (compiled; β, C and the learning rate fed as tensors), the seventh of 12 the eager one; the
+    loss is read once per epoch. Same losses, validation figures and parameters as the eager step."""
     data = tiny_data_file(tmp_path)
     for kind in ("eager", "graphed"):
         train(
@@ -79,20 +79,63 @@ def test_a_scheduled_capacity_is_a_device_tensor_when_the_step_is_captured(
     assert capacities[0] < 2.0
 
 
+def _eager_graphed_step():
+    """``step graphed`` run eagerly (``graph=False``), so Python in the model runs at every step."""
+    real = SyncFreeSteps.__init__
+
+    def eagerly(self, *args, **kwargs):
+        real(self, *args, **{**kwargs, "graph": False})
+
+    return mock.patch.object(SyncFreeSteps, "__init__", eagerly)
+
+
 def test_a_non_finite_step_read_late_is_rolled_back(tmp_path, tiny_data_file, poison_decoder, tiny_config):
-    """The decoder's 11th call (epoch 2, step 4) is NaN: the graphed step skips it on the device,
-    the loop learns of it when it reads the loss at the end of the epoch, and rolls back to the
-    end of epoch 1 with half the learning rate, as the eager step does at once."""
+    """The decoder's 11th call (epoch 2, step 4) is NaN: the graphed step (run eagerly, so the
+    decoder's Python runs at each step) skips it on the device, the loop learns of it when it
+    reads the loss at the end of the epoch, and rolls back to the end of epoch 1 with half the
+    learning rate, as the eager step does at once. tests/test_graphs.py skips a non-finite
+    compiled step."""
     data = tiny_data_file(tmp_path)
     poison_decoder(11)
-    train(tiny_config(data, epochs=3, on_nan="rollback", step="graphed"), tmp_path / "r", progress=False,
-          evaluate=False)  # fmt: skip
+    with _eager_graphed_step():
+        train(tiny_config(data, epochs=3, on_nan="rollback", step="graphed"), tmp_path / "r", progress=False,
+              evaluate=False)  # fmt: skip
     ck = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
     assert ck["state"]["epoch"] == 3 and ck["state"]["rollbacks"] == 1 and ck["state"]["lr_factor"] == 0.5
     assert all(
         float(r["lr"]) == pytest.approx(1e-3 * (0.5 if r["epoch"] != "1" else 1))
         for r in _rows(tmp_path / "r")
     )
+
+
+def test_a_non_finite_compiled_step_is_rolled_back_and_captured_again(tmp_path, tiny_data_file, tiny_config):
+    """A parameter turned NaN before the compiled step's 8th replay (epoch 2's third full batch):
+    the replay is skipped on the device, the loop learns of it at the end of the epoch, rolls back
+    to the end of epoch 1 with half the learning rate, and captures the step again for the
+    parameters and optimizer state it loaded; the run ends finite."""
+    data = tiny_data_file(tmp_path)
+    real_call, real_init = GraphedStep.__call__, GraphedStep.__init__
+    calls, captures = [], []
+
+    def call(self, x, y=None):
+        calls.append(1)
+        if len(calls) == 8:
+            with torch.no_grad():
+                self.params[0].fill_(float("nan"))
+        return real_call(self, x, y)
+
+    def init(self, *args, **kwargs):
+        captures.append(1)
+        real_init(self, *args, **kwargs)
+
+    with mock.patch.object(GraphedStep, "__call__", call), mock.patch.object(GraphedStep, "__init__", init):
+        train(tiny_config(data, epochs=3, on_nan="rollback", step="graphed"), tmp_path / "r", progress=False,
+              evaluate=False)  # fmt: skip
+    ck = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
+    assert ck["state"]["epoch"] == 3 and ck["state"]["rollbacks"] == 1 and ck["state"]["lr_factor"] == 0.5
+    assert len(captures) == 2
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+    assert [r["epoch"] for r in _rows(tmp_path / "r")] == ["1", "2", "3"]
 
 
 @contextlib.contextmanager
@@ -115,15 +158,16 @@ def _host_reads_refused():
     ids=["trace", "meanfield", "iwae", "capacity", "freebits", "tcvae"],
 )  # fmt: skip
 def test_the_graphed_step_reads_nothing_on_the_host(kind, options):
-    """A CUDA graph cannot contain ``.item()`` or ``bool(tensor)``; Pyro's ELBOs call both (its
-    NaN warnings and ``torch_item``). The step runs with every host read refused."""
+    """A graph cannot contain ``.item()`` or ``bool(tensor)``; Pyro's ELBOs call both (its NaN
+    warnings and ``torch_item``). The step's logic, run eagerly, runs with every host read refused
+    (refusing them would stop torch.compile itself)."""
     pyro.set_rng_seed(0)
     vae = VAE((1, 4, 4), z_dim=2, hidden=(8,))
     params = list(vae.parameters())
     x = torch.bernoulli(torch.full((10, 1, 4, 4), 0.5))
     beta = torch.tensor(0.5)
     step = GraphedStep(ELBOLoss(vae, make_elbo(kind, **options)), params, fused_adam(params, 1e-2), x, beta=beta,
-                       clip_norm=1.0)  # fmt: skip
+                       clip_norm=1.0, graph=False)  # fmt: skip
     before = params[0].detach().clone()
     with _host_reads_refused():
         step(x)
@@ -136,20 +180,19 @@ def test_the_graphed_step_reads_nothing_on_the_host(kind, options):
 def test_where_capture_fails_the_eager_step_trains_and_says_why(
     tmp_path, tiny_data_file, tiny_config, capsys
 ):
-    """Capture asked for on a machine without CUDA fails at once: the steps stay eager, the
-    reason is printed, and training gives the eager step's figures."""
+    """Capture that fails (here: as without a C++ compiler for torch.compile): the steps stay
+    eager, the reason is printed, and training gives the eager step's figures."""
     data = tiny_data_file(tmp_path)
-    real = SyncFreeSteps.__init__
 
-    def with_graph(self, *args, **kwargs):
-        real(self, *args, **{**kwargs, "graph": True})
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
 
     train(tiny_config(data, epochs=1, step="eager"), tmp_path / "eager", progress=False, evaluate=False)
-    with mock.patch.object(SyncFreeSteps, "__init__", with_graph):
+    with mock.patch("pyrovae.graphs.capture", no_compiler):
         train(
             tiny_config(data, epochs=1, step="graphed"), tmp_path / "fallback", progress=False, evaluate=False
         )
-    assert "could not be captured" in capsys.readouterr().out
+    assert "could not be captured (RuntimeError: no C++ compiler found)" in capsys.readouterr().out
     _same_runs(tmp_path / "eager", tmp_path / "fallback")
 
 
@@ -177,7 +220,7 @@ def test_train_says_which_step_it_takes(tmp_path, tiny_data_file):
         assert p.returncode == 0, p.stderr
         said[kind] = p.stdout
     assert "training step: eager" in said["auto"]  # no CUDA here
-    assert "training step: synchronisation-free" in said["graphed"]
+    assert "training step: graphed (captured once and compiled by torch.compile" in said["graphed"]
     assert float(_rows(tmp_path / "auto")[0]["train_loss"]) == pytest.approx(
         float(_rows(tmp_path / "graphed")[0]["train_loss"])
     )
