@@ -64,7 +64,20 @@ def test_throughput_script_says_nothing_of_noise_for_a_long_enough_race(capsys, 
     monkeypatch.setattr(T, "MIN_ROUND_SECONDS", 0.0)  # rounds of any length count here
     T.main(
         T.parse_args(
-            ["--threads", "1", "--steps", "2", "--rounds", "3", "--batch-size", "8", "--only", "lean"]
+            [
+                "--threads",
+                "1",
+                "--steps",
+                "2",
+                "--rounds",
+                "3",
+                "--batch-size",
+                "8",
+                "--only",
+                "lean",
+                "--block",
+                "1",
+            ]
         )
     )
     out = capsys.readouterr().out
