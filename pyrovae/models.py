@@ -151,7 +151,10 @@ class VAE(PyroModule):
 
     def one_hot(self, y: Tensor | None, like: Tensor) -> Tensor | None:
         """The condition as rows of ``condition_dim`` features in ``like``'s dtype: labels one-hot
-        encoded, conditioning tensors flattened; ``None`` for an unconditional model."""
+        encoded, conditioning tensors flattened; ``None`` for an unconditional model.
+
+        Labels outside ``[0, num_classes)`` are refused while Pyro's validation is on (its default;
+        training turns it off after its first step); with it off they encode as rows of zeros."""
         if not self.condition_dim:
             return None
         if y is None:
