@@ -111,7 +111,7 @@ class GraphedStep:
         beta: float | Tensor = 1.0,
         binarize: bool = False,
         clip_norm: float | None = None,
-        graph: bool | None = None,
+        graph: bool = True,
         warmup: int = 3,
     ) -> None:
         if not opt.defaults.get("fused"):
@@ -127,7 +127,7 @@ class GraphedStep:
         self.skipped = torch.zeros((), device=device, dtype=torch.int64)
         self.loss = torch.zeros((), device=device, dtype=x.dtype)
         opt.found_inf = self.found_inf  # read by the fused kernels at every step
-        self.graphed = True if graph is None else graph
+        self.graphed = graph
         self._graph = None  # a CUDA graph
         self._compiled = None  # the compiled gradients, and the indices of the parameters they are for
         self._used: list[int] = []
@@ -348,10 +348,10 @@ class SyncFreeSteps(EagerSteps):
     every = 50
 
     def __init__(self, loss_fn: nn.Module, opt: torch.optim.Optimizer, params: list[Tensor],
-                 clip_norm: float | None = None, graph: bool | None = None) -> None:  # fmt: skip
+                 clip_norm: float | None = None, graph: bool = True) -> None:  # fmt: skip
         super().__init__(loss_fn, opt, params, clip_norm)
         device = params[0].device
-        self.graph = True if graph is None else graph
+        self.graph = graph
         self.beta, self._beta = torch.zeros((), device=device), 0.0
         how = ("a CUDA graph" if device.type == "cuda" else
                "captured once and compiled by torch.compile at the first full batch, then")  # fmt: skip
