@@ -16,12 +16,12 @@ from pathlib import Path
 
 from . import data, objectives
 from .errors import ConfigError
-from .graphs import STEPS
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .nets import ACTIVATIONS, LABEL_LAYERS, NETS
 from .priors import PRIORS
 from .semisupervised import BATCHINGS
+from .step import STEPS
 
 
 def _opt(default, help: str, choices=None, domain=None):

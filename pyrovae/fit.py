@@ -24,10 +24,10 @@ from . import checkpoint, distributed
 from .config import Config
 from .data import DataError, Dataset, Split, is_binary
 from .evaluate import Prepare, split_active_units, validate
-from .graphs import fused_adam, make_steps, resolve_step
+from .graphs import fused_adam, make_steps
 from .loop import Counters, Loop, Signals, clone_state, deterministic_algorithms
 from .models import VAE
-from .step import decay_groups, make_optimizer
+from .step import decay_groups, make_optimizer, resolve_step
 from .variants import variant_of
 
 METRICS = ["epoch", "train_loss", "val_elbo", "val_recon", "val_kl", "val_active_units", "beta", "capacity",
@@ -185,6 +185,8 @@ def _loop_and_steps(vae: VAE, training, data: Dataset, cfg: Config, ctx, meta: d
     (``cfg.step``: see :mod:`pyrovae.graphs`)."""
     params = [p for p in vae.parameters() if p.requires_grad]
     kind = resolve_step(cfg.step, ctx.device, ctx.world)
+    why = training.uncapturable if kind == "graphed" else None
+    kind = "eager" if why else kind
     if kind == "graphed":
         training.coefficients_on(ctx.device)
     groups = decay_groups(vae, cfg.weight_decay) if cfg.weight_decay else params
@@ -193,7 +195,10 @@ def _loop_and_steps(vae: VAE, training, data: Dataset, cfg: Config, ctx, meta: d
     meta = {"config": cfg.to_json(), "x_shape": list(data.x_shape), "num_classes": data.num_classes,
             **(meta or {})}  # fmt: skip
     loop = Loop(vae, opt, ctx.device, cfg.seed, ctx.rank, meta)
-    return loop, make_steps(kind, distributed.wrap(training.loss, ctx), opt, params, cfg.clip_norm)
+    steps = make_steps(kind, distributed.wrap(training.loss, ctx), opt, params, cfg.clip_norm)
+    if why:
+        steps.description = f"eager (not graphed: {why}; the loss read after every step)"
+    return loop, steps
 
 
 def _bar(c: Counters, epoch: int, epochs: int, steps: int, progress: bool) -> tqdm:

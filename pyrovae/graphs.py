@@ -26,11 +26,10 @@ from unittest import mock
 
 import pyro
 import torch
-from pyro.infer.util import is_validation_enabled
 from torch import Tensor, nn
 
 from .compiled import capture
-from .step import grad_norm, norm_of, svi_step
+from .step import EagerSteps, grad_norm, norm_of
 
 #: Pyro's ELBO modules that read device tensors on the host: ``warn_if_nan`` (forward and
 #: backward) and ``torch_item`` (the ELBO's value beside its surrogate)
@@ -276,63 +275,6 @@ class GraphedStep:
         self.found_inf.zero_()
 
 
-# -- the steps fit takes ------------------------------------------------------------------------
-STEPS = ("auto", "eager", "graphed")
-"""Choices of ``Config.step``: ``eager`` is :func:`~pyrovae.step.svi_step` (the loss read after
-every step); ``graphed`` is :class:`GraphedStep` (a CUDA graph on CUDA, the same
-synchronisation-free step run eagerly elsewhere); ``auto`` is ``graphed`` on a CUDA device
-(one process) and ``eager`` otherwise."""
-
-
-def resolve_step(kind: str, device: torch.device, world: int = 1) -> str:
-    """The step ``kind`` (``Config.step``) runs on ``device`` with ``world`` processes."""
-    if kind == "graphed" and world > 1:
-        from .config import ConfigError
-
-        raise ConfigError("step graphed runs in one process; under torchrun use step eager (or auto)", "step")
-    if kind == "auto":
-        return "graphed" if device.type == "cuda" and world == 1 else "eager"
-    return kind
-
-
-class EagerSteps:
-    """Pyro's recipe step by step (:func:`~pyrovae.step.svi_step`), its loss read after every
-    step: a non-finite one is skipped and reported at once.
-
-    Call with ``(x, y, beta)``; :meth:`read` returns ``(loss sum, steps, bad)`` since the last read,
-    ``bad`` the first non-finite ``(loss, gradient norm)`` or ``None``."""
-
-    every = 1  # steps between reads
-
-    def __init__(self, loss_fn: nn.Module, opt: torch.optim.Optimizer, params: list[Tensor],
-                 clip_norm: float | None = None) -> None:  # fmt: skip
-        self.loss_fn, self.opt, self.params, self.clip_norm = loss_fn, opt, params, clip_norm
-        self.description = "eager (the loss read after every step)"
-        self._reset()
-
-    def _reset(self) -> None:
-        self.total, self.count, self.bad = 0.0, 0, None
-
-    def __call__(self, x: Tensor, y: Tensor | None, beta: float, validate: bool = False) -> None:
-        found_inf = getattr(self.opt, "found_inf", None)
-        if found_inf is not None:  # left by a graphed step: this step decides on the host
-            found_inf.zero_()
-        with pyro.validation_enabled(validate and is_validation_enabled()):
-            loss, norm = svi_step(self.loss_fn, self.opt, self.params, x, y, self.clip_norm, beta=beta)
-        if math.isfinite(loss) and math.isfinite(norm):
-            self.total, self.count = self.total + loss, self.count + 1
-        elif self.bad is None:
-            self.bad = (loss, norm)
-
-    def read(self) -> tuple[float, int, tuple | None]:
-        out = self.total, self.count, self.bad
-        self._reset()
-        return out
-
-    def reset(self) -> None:
-        """Forget what the optimizer's state was (after a rollback or resume loads another)."""
-
-
 class SyncFreeSteps(EagerSteps):
     """:class:`GraphedStep` for full batches (captured at the first one: a CUDA graph on CUDA, a
     compiled graph on a CPU), :class:`EagerSteps` for the run's first step (with Pyro's argument
@@ -409,4 +351,4 @@ def make_steps(kind: str, loss_fn: nn.Module, opt: torch.optim.Optimizer, params
     return SyncFreeSteps(loss_fn, opt, params, clip_norm)
 
 
-__all__ = ["GraphedStep", "fused_adam", "STEPS", "resolve_step", "make_steps"]
+__all__ = ["GraphedStep", "SyncFreeSteps", "fused_adam", "make_steps"]

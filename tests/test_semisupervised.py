@@ -231,6 +231,24 @@ def test_cli_trains_resumes_evaluates_and_reports_accuracy(tmp_path, capsys):
     assert "Style and content" in (out / "figures" / "index.md").read_text()
 
 
+def test_step_graphed_says_at_once_that_the_m2_loss_runs_eagerly(tmp_path, capsys):
+    """The M2 loss's shapes depend on which images are labelled, so no graph can hold it: the
+    first line says the step is eager and why, and the run is the eager run, loss for loss."""
+    data = _separable(tmp_path)
+    base = ["--dataset", "file", "--data-file", str(data), "--val-size", "15", "--semi-supervised",
+            "--labeled", "6", "--z-dim", "2", "--hidden", "16", "--batch-size", "20", "--epochs", "2",
+            "--no-eval"]  # fmt: skip
+    said, losses = {}, {}
+    for step in ("graphed", "eager"):
+        assert main(["train", *base, "--step", step, "--out", str(tmp_path / step)]) == 0
+        said[step] = capsys.readouterr().out
+        losses[step] = [r["train_loss"] for r in csv.DictReader(open(tmp_path / step / "metrics.csv"))]
+    first = next(line for line in said["graphed"].splitlines() if line.startswith("training step:"))
+    assert first.startswith("training step: eager (not graphed: the M2 loss splits each batch"), first
+    assert "could not be captured" not in said["graphed"]
+    assert losses["graphed"] == losses["eager"] and len(losses["eager"]) == 2
+
+
 def test_cli_refuses_an_enumeration_it_cannot_do(tmp_path, capsys):
     data = _separable(tmp_path, n=30)
     code = main(["train", "--dataset", "file", "--data-file", str(data), "--semi-supervised", "--labeled", "3",

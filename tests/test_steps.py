@@ -15,8 +15,9 @@ import torch
 
 from pyrovae import VAE, checkpoint, train
 from pyrovae.config import Config, ConfigError
-from pyrovae.graphs import GraphedStep, SyncFreeSteps, fused_adam, resolve_step
+from pyrovae.graphs import GraphedStep, SyncFreeSteps, fused_adam
 from pyrovae.objectives import ELBOLoss, make_elbo
+from pyrovae.step import resolve_step
 
 
 def _rows(run) -> list[dict]:

@@ -47,6 +47,9 @@ class Training:
 
     #: whether validation passes the batch's labels (a semi-supervised model validates without)
     validation_labels: ClassVar[bool] = True
+    #: why the training step cannot be captured as a graph (``--step graphed`` then runs it
+    #: eagerly and says so), or ``None`` where it can
+    uncapturable: ClassVar[str | None] = None
 
     def __init__(
         self, model: nn.Module, data: Dataset, cfg: Config, world: int = 1, progress: bool = False

@@ -24,6 +24,9 @@ class SemiSupervisedTraining(Training):
     (:class:`~pyrovae.semisupervised.SemiSupervision`)."""
 
     validation_labels = False  # validate the unlabelled ELBO, a bound on log p(x)
+    uncapturable = (
+        "the M2 loss splits each batch by which images are labelled, a shape known only from the data"
+    )
 
     def __init__(
         self, model: nn.Module, data: Dataset, cfg: Config, world: int = 1, progress: bool = False
