@@ -9,10 +9,11 @@ same loop with ``fused=True`` Adam is shown as the limit. The contestants:
 - pyrovae's training step (``pyrovae.step.svi_step`` on ``ELBOLoss``: the loss, a NaN/inf check
   of loss and gradients, fused Adam; Pyro's validation off, as ``fit`` runs after its first
   step), on ``TraceMeanField_ELBO`` (analytic KL, the baseline's objective) and ``Trace_ELBO``;
-- the step ``fit`` takes with ``--step graphed``: on a CPU the step's loss, gradients and
-  NaN/inf flag captured once and compiled by ``torch.compile`` (:mod:`pyrovae.compiled`; compiled
-  during the warm-up, its compile time not counted), fused Adam eager, the loss read every 50
-  steps; on CUDA a CUDA graph;
+- the step ``fit`` takes with ``--step graphed`` (and ``auto``, the default): on a CPU the step's
+  loss, gradients and NaN/inf flag traced once (:mod:`pyrovae.compiled`) and the graph replayed,
+  fused Adam eager, the loss read every 50 steps; on CUDA a CUDA graph;
+- the step ``fit`` takes with ``--step compiled``: that graph compiled by ``torch.compile``
+  (compiled during the warm-up, its compile time not counted);
 - a user's script: ``pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
   Trace_ELBO())`` (and with ``TraceMeanField_ELBO``), ``svi.step(x)``, Pyro's defaults otherwise;
 - the same script on the lean loop's network written directly in Pyro, without pyrovae (after Pyro's
@@ -201,12 +202,13 @@ def main(args: argparse.Namespace) -> None:
 
         return step
 
-    def pyrovae_graphed(kind: str):
-        """The step ``fit`` takes with ``--step graphed``: a CUDA graph on CUDA, a compiled graph
-        on a CPU (compiled at the first step); the loss read every 50 steps."""
+    def pyrovae_graphed(kind: str, step: str = "graphed"):
+        """The step ``fit`` takes with ``--step graphed``: a CUDA graph on CUDA, a traced graph on a
+        CPU (traced at the first step); with ``step="compiled"`` that graph compiled. The loss is
+        read every 50 steps."""
         vae = _fresh(cfg).to(device)
         params = list(vae.parameters())
-        steps = make_steps("graphed", ELBOLoss(vae, make_elbo(kind)), fused_adam(params, 1e-3), params)
+        steps = make_steps(step, ELBOLoss(vae, make_elbo(kind)), fused_adam(params, 1e-3), params)
 
         def step(x):
             steps(x, None, 1.0)
@@ -303,6 +305,11 @@ def main(args: argparse.Namespace) -> None:
         "user's SVI script (TraceMeanField)": user_script(pyro.infer.TraceMeanField_ELBO()),
         "plain Pyro VAE, no pyrovae (Trace_ELBO)": plain_pyro(),
     }
+    if device.type != "cuda":  # step compiled is the CPU's
+        contestants |= {
+            "pyrovae step (meanfield), --step compiled": pyrovae_graphed("meanfield", "compiled"),
+            "pyrovae step (trace), --step compiled": pyrovae_graphed("trace", "compiled"),
+        }
     if args.decompose:
         contestants |= {
             "lean hand loop, pyrovae's softplus": hand_loop(fused=False, softplus=fast_softplus),

@@ -1,17 +1,20 @@
-"""A step's tensor work captured once and compiled: what a CUDA graph does on a GPU, for the CPU.
+"""A step's tensor work captured once and replayed: what a CUDA graph does on a GPU, for the CPU.
 
 On a CPU a VAE's step is bound partly by Python: Pyro's traces, messages and distribution objects
 cost about a millisecond a step on the tutorial network, beside about five of arithmetic.
 :func:`capture` runs a function once under :func:`torch.fx.experimental.proxy_tensor.make_fx`, which
-records the ATen operations it dispatches (Pyro's Python runs then, and only then), and compiles
-the recorded graph with :func:`torch.compile` (Inductor: elementwise work fused into C++ loops).
-Random numbers are drawn by torch's own kernels (Inductor's ``fallback_random``), so a replay draws
-the same noise as the eager function from the same generator state.
+records the ATen operations it dispatches (Pyro's Python and autograd's bookkeeping run then, and
+only then). The recorded graph is replayed as it is, the same kernels on the same inputs as the
+eager function, so it computes the same numbers bit for bit; or, with ``compile=True``, compiled
+by :func:`torch.compile` (Inductor: elementwise work fused into C++ loops, the same numbers up to
+float32 rounding). Random numbers are drawn by torch's own kernels (Inductor's
+``fallback_random``), so a replay draws the same noise as the eager function from the same
+generator state.
 
 Every tensor the function reads without receiving it as an argument — parameters, buffers, β and
 the schedules' coefficients held as tensors, running totals it adds to — becomes an input of the
-compiled graph, passed anew at each call, so changes made to those tensors in place between calls
-(an optimizer's update, a schedule's ``fill_``) are seen. What is fixed at capture is what a CUDA
+graph, passed anew at each call, so changes made to those tensors in place between calls (an
+optimizer's update, a schedule's ``fill_``) are seen. What is fixed at capture is what a CUDA
 graph fixes: shapes, Python numbers and Python control flow.
 """
 
@@ -49,18 +52,23 @@ def _lift_constants(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[torch.Tens
     return gm, tensors
 
 
-def capture(fn: Callable, *example: torch.Tensor) -> Callable:
-    """``fn`` traced once on ``example``, and compiled at the first call.
+def capture(fn: Callable, *example: torch.Tensor, compile: bool = False) -> Callable:
+    """``fn`` traced once on ``example``, to be replayed; with ``compile``, compiled by
+    :func:`torch.compile` at the first call.
 
     The trace runs ``fn`` for real, once: it draws from the random generators and applies any
     in-place change ``fn`` makes, which the caller undoes if it must.
 
     :param fn: a function of tensors returning tensors (or lists of them), with no Python decision
         on a tensor's value (``.item()``, ``bool(tensor)``), which tracing cannot follow.
+    :param compile: fuse the graph's elementwise work (Inductor; needs a C++ compiler, and takes
+        seconds to compile where replaying the trace as it is takes none).
     :returns: a function of the same arguments, for inputs of ``example``'s shapes, dtypes and
         devices.
     """
     gm, tensors = _lift_constants(make_fx(fn)(*example))
+    if not compile:
+        return lambda *args: gm(*args, *tensors)
     run = torch.compile(gm, fullgraph=True, dynamic=False, options={"fallback_random": True})
     compiled = False
 

@@ -21,7 +21,7 @@ from .likelihoods import LIKELIHOODS
 from .nets import ACTIVATIONS, LABEL_LAYERS, NETS
 from .priors import PRIORS
 from .semisupervised import BATCHINGS
-from .step import STEPS
+from .step import STEPS, TRACE_PAYS_FROM
 
 
 def _opt(default, help: str, choices=None, domain=None):
@@ -237,8 +237,11 @@ class Config:
     )  # fmt: skip
     step: str = _opt(
         "auto", "training step: 'graphed' replays the step captured once for full batches (a CUDA graph on "
-        "CUDA, a graph compiled by torch.compile on a CPU), reading the loss every 50 steps; 'eager' reads it "
-        "every step; 'auto' is graphed on one CUDA device, else eager", STEPS,
+        "CUDA, a graph of tensor operations on a CPU), reading the loss every 50 steps; 'compiled' is the CPU's "
+        "graphed step compiled by torch.compile (faster, after seconds of compiling); 'eager' reads the loss "
+        f"every step; 'auto' is graphed in one process (on a CPU for runs of {TRACE_PAYS_FROM} steps or more), else "
+        "eager",
+        STEPS,
     )  # fmt: skip
     tensorboard: bool = _opt(False, "write TensorBoard event files to the run directory (needs tensorboard)")
     # -- evaluation at the end of training ---------------------------------------------------------

@@ -132,7 +132,8 @@ def fit(
             t0, failed, since, images = time.perf_counter(), None, c.step_in_epoch, 0
             coefs = training.schedule(epoch + max(c.step_in_epoch - 1, 0) / len(batches))
 
-            # 4a. steps; the loss is read every steps.every steps (1 for the eager step)
+            # 4a. steps; the loss is read every steps.every steps (1 for the eager step), and at once
+            # after an eager step (a first or last one) that found a non-finite loss
             vae.train()
             for s in range(c.step_in_epoch, len(batches)):
                 coefs = training.schedule(epoch + s / len(batches))  # at the fractional epoch
@@ -140,7 +141,8 @@ def fit(
                 steps(x, prepare(x, y), coefs["beta"], validate=first)  # Pyro's checks: first step only
                 first, images = False, images + len(x) * ctx.world
                 c.step, c.step_in_epoch = c.step + 1, s + 1
-                if (s + 1 - since) % steps.every and s + 1 < len(batches) and not (on_step or signals.caught):
+                read = on_step or signals.caught or steps.bad is not None or s + 1 == len(batches)
+                if (s + 1 - since) % steps.every and not read:
                     continue
                 total, done, bad = steps.read()
                 if bad is not None:
@@ -184,14 +186,15 @@ def _loop_and_steps(vae: VAE, training, data: Dataset, cfg: Config, ctx, meta: d
     """The run's state (a :class:`Loop` with its optimizer) and the training step it takes
     (``cfg.step``: see :mod:`pyrovae.graphs`)."""
     params = [p for p in vae.parameters() if p.requires_grad]
-    kind = resolve_step(cfg.step, ctx.device, ctx.world)
-    why = training.uncapturable if kind == "graphed" else None
+    kind = resolve_step(
+        cfg.step, ctx.device, ctx.world, steps=cfg.epochs * math.ceil(len(data.train) / cfg.batch_size)
+    )
+    why = training.uncapturable if kind != "eager" else None
     kind = "eager" if why else kind
-    if kind == "graphed":
+    if kind != "eager":
         training.coefficients_on(ctx.device)
     groups = decay_groups(vae, cfg.weight_decay) if cfg.weight_decay else params
-    opt = fused_adam(groups, cfg.lr, cfg.weight_decay) if kind == "graphed" else make_optimizer(
-        groups, cfg.lr, cfg.weight_decay)  # fmt: skip
+    opt = (make_optimizer if kind == "eager" else fused_adam)(groups, cfg.lr, cfg.weight_decay)
     meta = {"config": cfg.to_json(), "x_shape": list(data.x_shape), "num_classes": data.num_classes,
             **(meta or {})}  # fmt: skip
     loop = Loop(vae, opt, ctx.device, cfg.seed, ctx.rank, meta)

@@ -11,11 +11,12 @@ skipped steps accumulate on the device for the loop to read when it chooses.
 On CUDA the whole step — Pyro's differentiable loss, ``backward``, the gradient norm (and
 clipping), the optimizer — is captured once with :func:`torch.cuda.graph` and replayed, so Pyro's
 Python runs during capture only. On a CPU the step's loss, gradients (``torch.autograd.grad``),
-norm and flag are captured once as a graph of ATen operations and compiled
-(:func:`pyrovae.compiled.capture`), and fused Adam runs eagerly on the gradients it returns: there
-too Pyro's Python runs once, and the elementwise work is fused. Shapes are fixed by capture: a
-batch of another size (an epoch's last) needs the eager step. With ``graph=False`` the same step
-runs eagerly, so its logic is tested without capture.
+norm and flag are captured once as a graph of ATen operations (:func:`pyrovae.compiled.capture`)
+and replayed, and fused Adam runs eagerly on the gradients it returns: there too Pyro's Python
+runs once, and the replay computes what the eager step does, bit for bit. With ``compile=True`` the
+graph is compiled by :func:`torch.compile`, which fuses its elementwise work. Shapes are fixed by
+capture: a batch of another size (an epoch's last) needs the eager step. With ``graph=False`` the
+same step runs eagerly, so its logic is tested without capture.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .compiled import capture
-from .step import EagerSteps, grad_norm, norm_of
+from .step import EagerSteps, clip_coefficient, make_optimizer, norm_of
 
 #: Pyro's ELBO modules that read device tensors on the host: ``warn_if_nan`` (forward and
 #: backward) and ``torch_item`` (the ELBO's value beside its surrogate)
@@ -63,23 +64,24 @@ def _no_host_reads():
 
 
 def fused_adam(params: list, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """Adam (AdamW with ``weight_decay``) as :class:`GraphedStep` needs it: fused, so it honours a
-    device-side ``found_inf``, with the learning rate a device tensor, so a schedule can change it
+    """:func:`~pyrovae.step.make_optimizer`'s Adam, which must be fused here: a fused Adam honours a
+    device-side ``found_inf``, and its learning rate is a device tensor, so a schedule can change it
     between replays (``opt.param_groups[0]["lr"].fill_(new)``).
 
     :param params: parameters, or parameter groups (see :func:`pyrovae.step.decay_groups`).
+    :raises ValueError: where torch has no fused Adam for the parameters' device or dtype.
     """
-    params = list(params)
-    first = params[0]["params"][0] if isinstance(params[0], dict) else params[0]
-    lr_t = torch.tensor(float(lr), device=first.device)
-    cls = torch.optim.AdamW if weight_decay else torch.optim.Adam
-    return cls(params, lr=lr_t, weight_decay=weight_decay, fused=True)
+    opt = make_optimizer(params, lr, weight_decay)
+    if not opt.defaults.get("fused"):
+        raise ValueError("no fused Adam for these parameters' device or dtype, which the graphed step needs; "
+                         "take step eager")  # fmt: skip
+    return opt
 
 
 class GraphedStep:
     """One SVI step of ``loss_fn`` (an :class:`~pyrovae.objectives.ELBOLoss`) on batches shaped
     like ``x``, without host synchronisation: captured once and replayed (a CUDA graph on CUDA, a
-    compiled graph elsewhere), or run eagerly with ``graph=False``.
+    graph of ATen operations elsewhere), or run eagerly with ``graph=False``.
 
     :param loss_fn: ``loss_fn(x, y, beta)`` → the scalar loss of a batch.
     :param params: the parameters ``opt`` updates.
@@ -91,6 +93,8 @@ class GraphedStep:
         binarization), from the default generator of ``x``'s device.
     :param clip_norm: clip the gradient norm to this value.
     :param graph: capture the step (default); ``False`` runs it eagerly.
+    :param compile: on a CPU, compile the captured graph with :func:`torch.compile` (fused
+        elementwise work, seconds of compiling at capture); ignored on CUDA.
     :param warmup: eager steps before capture (CUDA needs some); parameters, optimizer state and
         the random stream are restored after them, so they leave no trace in training.
 
@@ -111,6 +115,7 @@ class GraphedStep:
         binarize: bool = False,
         clip_norm: float | None = None,
         graph: bool = True,
+        compile: bool = False,
         warmup: int = 3,
     ) -> None:
         if not opt.defaults.get("fused"):
@@ -128,10 +133,12 @@ class GraphedStep:
         opt.found_inf = self.found_inf  # read by the fused kernels at every step
         self.graphed = graph
         self._graph = None  # a CUDA graph
-        self._compiled = None  # the compiled gradients, and the indices of the parameters they are for
+        self._traced = (
+            None  # the captured gradients (on a CPU), and the indices of the parameters they are for
+        )
         self._used: list[int] = []
         if self.graphed:
-            self._capture(warmup) if device.type == "cuda" else self._compile()
+            self._capture(warmup) if device.type == "cuda" else self._trace(compile)
 
     # -- the step ---------------------------------------------------------------------------
     def _account(self, loss: Tensor, norm: Tensor) -> None:
@@ -146,15 +153,17 @@ class GraphedStep:
         x = torch.bernoulli(self.x) if self.binarize else self.x
         loss = self.loss_fn(x, self.y, self.beta)
         loss.backward()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = norm_of(grads)
         if self.clip_norm:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm, foreach=True)
-        else:
-            norm = grad_norm(self.params)
+            coef = clip_coefficient(norm, self.clip_norm)
+            for g in grads:
+                g.mul_(coef)
         self._account(loss.detach(), norm)
         self.opt.step()
 
     def _gradients(self, x: Tensor, y: Tensor | None = None) -> list[Tensor]:
-        """What the compiled graph computes: the step up to the optimizer, its gradients returned
+        """What the captured graph computes: the step up to the optimizer, its gradients returned
         (of the parameters the loss uses, whose indices it records at capture)."""
         with _no_host_reads():
             loss = self.loss_fn(torch.bernoulli(x) if self.binarize else x, y, self.beta)
@@ -162,15 +171,15 @@ class GraphedStep:
         self._used = [i for i, g in enumerate(grads) if g is not None]
         grads = [g for g in grads if g is not None]
         norm = norm_of(grads)
-        if self.clip_norm:  # as torch.nn.utils.clip_grad_norm_ scales them
-            coef = (self.clip_norm / (norm + 1e-6)).clamp(max=1.0)
+        if self.clip_norm:
+            coef = clip_coefficient(norm, self.clip_norm)
             grads = [g * coef for g in grads]
         self._account(loss.detach(), norm)
         return grads
 
     def _replay(self, x: Tensor, y: Tensor | None) -> None:
         with torch.no_grad():
-            grads = self._compiled(x) if y is None else self._compiled(x, y)
+            grads = self._traced(x) if y is None else self._traced(x, y)
         for p in self.params:  # a parameter the loss does not use keeps no gradient of an eager step
             p.grad = None
         for i, g in zip(self._used, grads, strict=True):
@@ -182,7 +191,7 @@ class GraphedStep:
         if x.shape != self.x.shape:
             raise ValueError(f"GraphedStep was built for batches of shape {tuple(self.x.shape)}, got "
                              f"{tuple(x.shape)}: take the eager step for this one")  # fmt: skip
-        if self._compiled is not None:  # takes x as it is: no captured input to fill
+        if self._traced is not None:  # takes x as it is: no captured input to fill
             self._replay(x, y)
             return self.loss
         self.x.copy_(x)
@@ -227,18 +236,18 @@ class GraphedStep:
         finally:
             self._restore(saved)
 
-    def _compile(self) -> None:
-        """Trace and compile (at a first call, whose effects are undone); on failure the model and
+    def _trace(self, compile: bool) -> None:
+        """Trace (and compile) at a first call, whose effects are undone; on failure the model and
         optimizer are as before, and the error propagates."""
         saved = self._snapshot()
         example = (self.x,) if self.y is None else (self.x, self.y)
         fn = (lambda x: self._gradients(x)) if self.y is None else (lambda x, y: self._gradients(x, y))
         try:
-            self._compiled = capture(fn, *example)
+            self._traced = capture(fn, *example, compile=compile)
             with torch.no_grad():
-                self._compiled(*example)  # compiles now, so a failure shows here, not in training
+                self._traced(*example)  # compiles now, so a failure shows here, not in training
         except Exception as e:
-            self._compiled = None
+            self._traced = None
             if "_local_scalar_dense" in str(e):  # make_fx's words for it are a paragraph
                 raise RuntimeError("the step reads a tensor's value in Python (.item(), bool(tensor)), which a "
                                    "captured graph cannot hold") from e  # fmt: skip
@@ -277,7 +286,7 @@ class GraphedStep:
 
 class SyncFreeSteps(EagerSteps):
     """:class:`GraphedStep` for full batches (captured at the first one: a CUDA graph on CUDA, a
-    compiled graph on a CPU), :class:`EagerSteps` for the run's first step (with Pyro's argument
+    graph of ATen operations on a CPU, compiled with ``compile=True``), :class:`EagerSteps` for the run's first step (with Pyro's argument
     checks) and for batches of another size (an epoch's last); the loss is read every
     :attr:`every` steps.
 
@@ -290,18 +299,22 @@ class SyncFreeSteps(EagerSteps):
     every = 50
 
     def __init__(self, loss_fn: nn.Module, opt: torch.optim.Optimizer, params: list[Tensor],
-                 clip_norm: float | None = None, graph: bool = True) -> None:  # fmt: skip
+                 clip_norm: float | None = None, graph: bool = True, compile: bool = False) -> None:  # fmt: skip
         super().__init__(loss_fn, opt, params, clip_norm)
         device = params[0].device
-        self.graph = graph
+        self.graph, self.compile = graph, compile and device.type != "cuda"
         self.beta, self._beta = torch.zeros((), device=device), 0.0
-        how = ("a CUDA graph" if device.type == "cuda" else
-               "captured once and compiled by torch.compile at the first full batch, then")  # fmt: skip
-        self.description = (
-            f"graphed ({how} replayed for full batches; the loss read every {self.every} steps)"
-            if self.graph else
-            f"synchronisation-free (the graphed step run eagerly; the loss read every {self.every} steps)"
-        )  # fmt: skip
+        every = f"the loss read every {self.every} steps"
+        if not graph:
+            self.description = f"synchronisation-free (the graphed step run eagerly; {every})"
+        elif device.type == "cuda":
+            self.description = f"graphed (a CUDA graph replayed for full batches; {every})"
+        elif self.compile:
+            self.description = (f"compiled (traced once and compiled by torch.compile at the first full batch, "
+                                f"then replayed for full batches; {every})")  # fmt: skip
+        else:
+            self.description = (f"graphed (traced once at the first full batch, then replayed for full batches; "
+                                f"{every})")  # fmt: skip
         self.step: GraphedStep | None = None
         self.failed: str | None = None  # why capture failed, once it has
 
@@ -319,7 +332,7 @@ class SyncFreeSteps(EagerSteps):
     def _build(self, x: Tensor, y: Tensor | None) -> bool:
         try:
             self.step = GraphedStep(self.loss_fn, self.params, self.opt, x, y, beta=self.beta,
-                                    clip_norm=self.clip_norm, graph=self.graph)  # fmt: skip
+                                    clip_norm=self.clip_norm, graph=self.graph, compile=self.compile)  # fmt: skip
         except Exception as e:  # noqa: BLE001 - any capture failure leaves the eager step, which works
             self.failed = f"{type(e).__name__}: {e}".splitlines()[0]
             from tqdm import tqdm
@@ -345,10 +358,11 @@ class SyncFreeSteps(EagerSteps):
 
 def make_steps(kind: str, loss_fn: nn.Module, opt: torch.optim.Optimizer, params: list[Tensor],
                clip_norm: float | None = None) -> EagerSteps:  # fmt: skip
-    """The steps of ``kind`` (``"eager"`` or ``"graphed"``, see :func:`resolve_step`)."""
+    """The steps of ``kind`` (``"eager"``, ``"graphed"`` or ``"compiled"``, see
+    :func:`~pyrovae.step.resolve_step`)."""
     if kind == "eager":
         return EagerSteps(loss_fn, opt, params, clip_norm)
-    return SyncFreeSteps(loss_fn, opt, params, clip_norm)
+    return SyncFreeSteps(loss_fn, opt, params, clip_norm, compile=kind == "compiled")
 
 
 __all__ = ["GraphedStep", "SyncFreeSteps", "fused_adam", "make_steps"]

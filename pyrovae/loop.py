@@ -61,7 +61,11 @@ class Loop:
         """Restore a checkpoint; ``keep_lr`` keeps the current learning-rate factor and rollback
         count (a NaN rollback restores the parameters, not the decision to lower the rate)."""
         self.vae.load_state_dict(ck["model"])
+        lrs = [group["lr"] for group in self.opt.param_groups]
         self.opt.load_state_dict(ck["optimizer"])
+        for group, lr in zip(self.opt.param_groups, lrs, strict=True):
+            if isinstance(lr, torch.Tensor) and not isinstance(group["lr"], torch.Tensor):
+                group["lr"] = lr.fill_(group["lr"])  # an older checkpoint's float: keep the rate a tensor
         # generator states are CPU byte tensors whatever the generator's device, while a checkpoint
         # loaded with map_location=cuda puts every tensor on the GPU
         rng = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in ck["rng"].items()}

@@ -14,20 +14,26 @@ import torch
 from pyro.infer.util import is_validation_enabled
 from torch import Tensor, nn
 
+from .errors import ConfigError
+
 
 def make_optimizer(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Adam (AdamW, decoupled weight decay, when ``weight_decay`` > 0), fused into one kernel per
     step where torch supports it (it updates all parameters in one pass instead of a Python loop
-    over them).
+    over them), with its learning rate a tensor on the parameters' device: the captured step
+    (:mod:`pyrovae.graphs`) reads it there, and the eager step takes the same optimizer, so both
+    make the same updates. Without a fused kernel for the device or dtype, torch's Adam loop.
 
     :param params: parameters, or parameter groups (see :func:`decay_groups`).
     """
+    params = list(params)
+    first = params[0]["params"][0] if isinstance(params[0], dict) else params[0]
     cls = torch.optim.AdamW if weight_decay else torch.optim.Adam
-    opts = dict(lr=lr, weight_decay=weight_decay) if weight_decay else dict(lr=lr)
     try:
-        return cls(params, fused=True, **opts)
+        lr_t = torch.tensor(float(lr), device=first.device)
+        return cls(params, lr=lr_t, weight_decay=weight_decay, fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
-        return cls(params, **opts)
+        return cls(params, lr=lr, weight_decay=weight_decay)
 
 
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -59,6 +65,13 @@ def grad_norm(params: list) -> torch.Tensor:
     return norm_of([p.grad for p in params if p.grad is not None])
 
 
+def clip_coefficient(norm: Tensor, max_norm: float) -> Tensor:
+    """The factor that scales gradients of total norm ``norm`` to at most ``max_norm``, as
+    :func:`torch.nn.utils.clip_grad_norm_` computes it. The eager and captured steps share it, so
+    they clip to the same bits."""
+    return (max_norm / (norm + 1e-6)).clamp(max=1.0)
+
+
 def svi_step(
     loss_fn, opt: torch.optim.Optimizer, params: list, x, y=None, clip_norm=None, beta: float = 1.0
 ) -> tuple[float, float]:
@@ -80,31 +93,45 @@ def svi_step(
         return math.nan, math.nan
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = norm_of(grads)
     if clip_norm:
-        norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
-    else:
-        norm = grad_norm(params)
+        coef = clip_coefficient(norm, clip_norm)
+        for g in grads:
+            g.mul_(coef)
     loss_v, norm_v = torch.stack([loss.detach(), norm.to(loss)]).tolist()  # one device sync
     if math.isfinite(loss_v) and math.isfinite(norm_v):
         opt.step()
     return loss_v, norm_v
 
 
-STEPS = ("auto", "eager", "graphed")
+STEPS = ("auto", "eager", "graphed", "compiled")
 """Choices of ``Config.step``: ``eager`` is :func:`svi_step` (the loss read after every step);
-``graphed`` is :class:`~pyrovae.graphs.GraphedStep` (captured once: a CUDA graph on CUDA, a graph
-compiled by ``torch.compile`` on a CPU); ``auto`` is ``graphed`` on a CUDA device (one process)
-and ``eager`` otherwise."""
+``graphed`` is :class:`~pyrovae.graphs.GraphedStep`, captured once and replayed (a CUDA graph on
+CUDA; on a CPU a graph of tensor operations, which makes the eager step's updates bit for bit);
+``compiled`` is the CPU's graphed step compiled by ``torch.compile``; ``auto`` is ``graphed`` in
+one process (on a CPU for runs of at least :data:`TRACE_PAYS_FROM` steps) and ``eager`` otherwise."""
+
+#: On a CPU ``auto`` captures the step for runs of at least this many steps: tracing takes a few
+#: tenths of a second, and each replay saves about a millisecond over the eager step.
+TRACE_PAYS_FROM = 1000
 
 
-def resolve_step(kind: str, device: torch.device, world: int = 1) -> str:
-    """The step ``kind`` (``Config.step``) runs on ``device`` with ``world`` processes."""
-    if kind == "graphed" and world > 1:
-        from .config import ConfigError
+def resolve_step(kind: str, device: torch.device, world: int = 1, steps: int | None = None) -> str:
+    """The step ``kind`` (``Config.step``) runs on ``device`` with ``world`` processes, for a run of
+    ``steps`` steps (``None``: unknown, as for a long run).
 
-        raise ConfigError("step graphed runs in one process; under torchrun use step eager (or auto)", "step")
+    :raises ConfigError: for ``graphed`` or ``compiled`` in more than one process, and for
+        ``compiled`` on CUDA.
+    """
+    if kind in ("graphed", "compiled") and world > 1:
+        raise ConfigError(f"step {kind} runs in one process; under torchrun use step eager (or auto)", "step")
+    if kind == "compiled" and device.type == "cuda":
+        raise ConfigError("step compiled compiles the CPU's step with torch.compile; on CUDA use step graphed "
+                          "(a CUDA graph, the faster there) or auto", "step")  # fmt: skip
     if kind == "auto":
-        return "graphed" if device.type == "cuda" and world == 1 else "eager"
+        short = device.type != "cuda" and steps is not None and steps < TRACE_PAYS_FROM
+        return "eager" if world > 1 or short else "graphed"
     return kind
 
 

@@ -38,7 +38,9 @@ def test_resume_reproduces_uninterrupted_run_exactly(tmp_path, tiny_data_file, t
 def test_nan_loss_stops_at_its_step_and_keeps_last_good_checkpoint(
     tmp_path, monkeypatch, tiny_data_file, poison_decoder, tiny_config
 ):
-    cfg = tiny_config(tiny_data_file(tmp_path), epochs=3)
+    """The eager step reads every step's loss, so it names the step (the decoder's Python runs at
+    every eager step; tests/test_steps.py poisons the graphed step)."""
+    cfg = tiny_config(tiny_data_file(tmp_path), epochs=3, step="eager")
     poison_decoder(11)
     with pytest.raises(TrainingError, match=r"epoch 2, step \d+"):
         train(cfg, tmp_path / "r", progress=False)
@@ -52,7 +54,8 @@ def test_nan_rollback_continues_with_lower_lr(
 ):
     data = tiny_data_file(tmp_path)
     poison_decoder(11)
-    train(tiny_config(data, epochs=3, on_nan="rollback"), tmp_path / "r", progress=False, evaluate=False)
+    train(tiny_config(data, epochs=3, on_nan="rollback", step="eager"), tmp_path / "r", progress=False,
+          evaluate=False)  # fmt: skip
     ck = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
     assert ck["state"]["epoch"] == 3 and ck["state"]["rollbacks"] == 1 and ck["state"]["lr_factor"] == 0.5
 

@@ -1,5 +1,5 @@
-"""``step`` (``--step``): the synchronisation-free step (``graphed``; a CUDA graph on CUDA, a
-compiled graph on a CPU) trains as the eager one, finds and rolls back a non-finite step it
+"""``step`` (``--step``): the synchronisation-free step (``graphed``: a CUDA graph on CUDA, a traced
+graph on a CPU; ``compiled``: that graph compiled by torch.compile) trains as the eager one, finds and rolls back a non-finite step it
 reads late, contains no host read (which a graph cannot hold), and falls back to the eager
 step where capture fails. tests/test_cuda.py replays the captured graph against the eager step."""
 
@@ -15,9 +15,10 @@ import torch
 
 from pyrovae import VAE, checkpoint, train
 from pyrovae.config import Config, ConfigError
+from pyrovae.fit import TrainingError
 from pyrovae.graphs import GraphedStep, SyncFreeSteps, fused_adam
 from pyrovae.objectives import ELBOLoss, make_elbo
-from pyrovae.step import resolve_step
+from pyrovae.step import TRACE_PAYS_FROM, resolve_step
 
 
 def _rows(run) -> list[dict]:
@@ -44,17 +45,23 @@ def _same_runs(a, b) -> None:
     ],
     ids=["plain", "warmup-clip", "capacity-decay", "iwae-cosine", "freebits"],
 )
-def test_the_graphed_step_trains_as_the_eager_step(tmp_path, tiny_data_file, tiny_config, options):
-    """108 training images in batches of 16: six full batches take the synchronisation-free step
-    (compiled; β, C and the learning rate fed as tensors), the seventh of 12 the eager one; the
-    loss is read once per epoch. Same losses, validation figures and parameters as the eager step."""
+@pytest.mark.parametrize("step", ["graphed", "compiled"])
+def test_the_graphed_step_trains_as_the_eager_step(tmp_path, tiny_data_file, tiny_config, options, step):
+    """96 training images in six batches of 16: the run's first step is eager (with Pyro's checks),
+    the others take the synchronisation-free step (captured, and compiled for ``compiled``; β, C and
+    the learning rate fed as tensors); the loss is read once per epoch. Same losses, validation figures and
+    parameters as the eager step: the graphed step's are the eager step's bit for bit (the same
+    kernels, the same Adam), the compiled step's agree to float32 rounding."""
     data = tiny_data_file(tmp_path)
-    for kind in ("eager", "graphed"):
+    for kind in ("eager", step):
         train(
             tiny_config(data, epochs=2, step=kind, **options), tmp_path / kind, progress=False, evaluate=False
         )
-    _same_runs(tmp_path / "eager", tmp_path / "graphed")
-    assert float(_rows(tmp_path / "graphed")[-1]["val_elbo"]) > float("-inf")
+    _same_runs(tmp_path / "eager", tmp_path / step)
+    if step == "graphed":
+        pa, pb = (checkpoint.load(tmp_path / k / "checkpoint.pt")["model"] for k in ("eager", step))
+        assert all(torch.equal(pa[name], pb[name]) for name in pa)
+    assert float(_rows(tmp_path / step)[-1]["val_elbo"]) > float("-inf")
 
 
 def test_a_scheduled_capacity_is_a_device_tensor_when_the_step_is_captured(
@@ -95,7 +102,7 @@ def test_a_non_finite_step_read_late_is_rolled_back(tmp_path, tiny_data_file, po
     decoder's Python runs at each step) skips it on the device, the loop learns of it when it
     reads the loss at the end of the epoch, and rolls back to the end of epoch 1 with half the
     learning rate, as the eager step does at once. tests/test_graphs.py skips a non-finite
-    compiled step."""
+    captured step."""
     data = tiny_data_file(tmp_path)
     poison_decoder(11)
     with _eager_graphed_step():
@@ -109,18 +116,14 @@ def test_a_non_finite_step_read_late_is_rolled_back(tmp_path, tiny_data_file, po
     )
 
 
-def test_a_non_finite_compiled_step_is_rolled_back_and_captured_again(tmp_path, tiny_data_file, tiny_config):
-    """A parameter turned NaN before the compiled step's 8th replay (epoch 2's third full batch):
-    the replay is skipped on the device, the loop learns of it at the end of the epoch, rolls back
-    to the end of epoch 1 with half the learning rate, and captures the step again for the
-    parameters and optimizer state it loaded; the run ends finite."""
-    data = tiny_data_file(tmp_path)
+def _poisoned_replay(at: int):
+    """Turn a parameter NaN before the captured step's ``at``-th replay; count the captures."""
     real_call, real_init = GraphedStep.__call__, GraphedStep.__init__
     calls, captures = [], []
 
     def call(self, x, y=None):
         calls.append(1)
-        if len(calls) == 8:
+        if len(calls) == at:
             with torch.no_grad():
                 self.params[0].fill_(float("nan"))
         return real_call(self, x, y)
@@ -129,7 +132,20 @@ def test_a_non_finite_compiled_step_is_rolled_back_and_captured_again(tmp_path, 
         captures.append(1)
         real_init(self, *args, **kwargs)
 
-    with mock.patch.object(GraphedStep, "__call__", call), mock.patch.object(GraphedStep, "__init__", init):
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(GraphedStep, "__call__", call))
+    stack.enter_context(mock.patch.object(GraphedStep, "__init__", init))
+    return stack, captures
+
+
+def test_a_non_finite_captured_step_is_rolled_back_and_captured_again(tmp_path, tiny_data_file, tiny_config):
+    """A parameter turned NaN before the captured step's 8th replay (epoch 2's third full batch):
+    the replay is skipped on the device, the loop learns of it at the end of the epoch, rolls back
+    to the end of epoch 1 with half the learning rate, and captures the step again for the
+    parameters and optimizer state it loaded; the run ends finite."""
+    data = tiny_data_file(tmp_path)
+    poisoned, captures = _poisoned_replay(8)
+    with poisoned:
         train(tiny_config(data, epochs=3, on_nan="rollback", step="graphed"), tmp_path / "r", progress=False,
               evaluate=False)  # fmt: skip
     ck = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
@@ -137,6 +153,24 @@ def test_a_non_finite_compiled_step_is_rolled_back_and_captured_again(tmp_path, 
     assert len(captures) == 2
     assert all(torch.isfinite(v).all() for v in ck["model"].values())
     assert [r["epoch"] for r in _rows(tmp_path / "r")] == ["1", "2", "3"]
+
+
+def test_a_non_finite_captured_step_stops_the_run_naming_the_steps_it_was_in(
+    tmp_path, tiny_data_file, tiny_config
+):
+    """With ``--on-nan stop`` (the default) the same poisoned replay stops the run when the loop
+    reads the loss at the end of epoch 2 (six steps of 16 images), naming the steps since the last
+    read, and keeps epoch 1's checkpoint."""
+    data = tiny_data_file(tmp_path)
+    poisoned, _ = _poisoned_replay(8)
+    with (
+        poisoned,
+        pytest.raises(TrainingError, match=r"non-finite loss or gradient at epoch 2, within steps 1-6"),
+    ):
+        train(tiny_config(data, epochs=3, step="graphed"), tmp_path / "r", progress=False, evaluate=False)
+    ck = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
+    assert ck["state"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
 
 
 @contextlib.contextmanager
@@ -197,31 +231,68 @@ def test_where_capture_fails_the_eager_step_trains_and_says_why(
     _same_runs(tmp_path / "eager", tmp_path / "fallback")
 
 
-def test_auto_is_graphed_on_one_cuda_device_and_graphed_refuses_torchrun():
-    assert resolve_step("auto", torch.device("cpu")) == "eager"
-    assert resolve_step("auto", torch.device("cuda", 0)) == "graphed"
-    assert resolve_step("auto", torch.device("cuda", 0), world=2) == "eager"
-    assert resolve_step("graphed", torch.device("cpu")) == "graphed"
-    with pytest.raises(ConfigError, match="one process") as e:
-        resolve_step("graphed", torch.device("cuda", 0), world=2)
-    assert e.value.option == "step"
-    with pytest.raises(ConfigError, match="auto, eager, graphed"):
+def test_auto_is_graphed_in_one_process_and_graphed_refuses_torchrun():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    for device in (cpu, cuda):
+        assert resolve_step("auto", device) == "graphed"
+        assert resolve_step("auto", device, steps=TRACE_PAYS_FROM) == "graphed"
+        assert resolve_step("auto", device, world=2) == "eager"
+    # on a CPU a short run does not repay the tracing
+    assert resolve_step("auto", cpu, steps=TRACE_PAYS_FROM - 1) == "eager"
+    assert resolve_step("auto", cuda, steps=10) == "graphed"
+    assert resolve_step("compiled", torch.device("cpu")) == "compiled"
+    for kind in ("graphed", "compiled"):
+        with pytest.raises(ConfigError, match="one process") as e:
+            resolve_step(kind, torch.device("cpu"), world=2)
+        assert e.value.option == "step"
+    with pytest.raises(ConfigError, match="on CUDA use step graphed"):
+        resolve_step("compiled", torch.device("cuda", 0))
+    with pytest.raises(ConfigError, match="auto, eager, graphed, compiled"):
         Config(step="fast").validate()
 
 
 def test_train_says_which_step_it_takes(tmp_path, tiny_data_file):
+    """``auto`` on a CPU: eager for this run of 6 steps (tracing would not pay); graphed traced,
+    compiled compiled; all three train to the same figures."""
     data = tiny_data_file(tmp_path)
     base = [sys.executable, "-m", "pyrovae", "train", "--dataset", "file", "--data-file", str(data), "--z-dim", "2",
             "--hidden", "8", "--batch-size", "16", "--val-size", "12", "--epochs", "1", "--no-eval"]  # fmt: skip
     said = {}
-    for kind in ("auto", "graphed"):
+    for kind in ("auto", "graphed", "compiled"):
         p = subprocess.run(
             [*base, "--step", kind, "--out", str(tmp_path / kind)], capture_output=True, text=True
         )
         assert p.returncode == 0, p.stderr
         said[kind] = p.stdout
-    assert "training step: eager" in said["auto"]  # no CUDA here
-    assert "training step: graphed (captured once and compiled by torch.compile" in said["graphed"]
-    assert float(_rows(tmp_path / "auto")[0]["train_loss"]) == pytest.approx(
-        float(_rows(tmp_path / "graphed")[0]["train_loss"])
-    )
+    assert "training step: eager (the loss read after every step)" in said["auto"]
+    assert "training step: graphed (traced once at the first full batch" in said["graphed"]
+    assert "training step: compiled (traced once and compiled by torch.compile" in said["compiled"]
+    for kind in ("graphed", "compiled"):
+        assert float(_rows(tmp_path / "auto")[0]["train_loss"]) == pytest.approx(
+            float(_rows(tmp_path / kind)[0]["train_loss"])
+        )
+
+
+def test_auto_traces_the_step_of_a_run_long_enough_to_repay_it(
+    tmp_path, tiny_data_file, tiny_config, monkeypatch
+):
+    """``auto`` on a CPU takes the graphed step for a run of at least ``TRACE_PAYS_FROM`` steps
+    (lowered here to this run's 12) and trains to the eager step's parameters bit for bit."""
+    monkeypatch.setattr("pyrovae.step.TRACE_PAYS_FROM", 12)
+    data = tiny_data_file(tmp_path)
+    seen = []
+    real = SyncFreeSteps.__init__
+
+    def init(self, *args, **kwargs):
+        seen.append(1)
+        real(self, *args, **kwargs)
+
+    with mock.patch.object(SyncFreeSteps, "__init__", init):
+        for kind in ("auto", "eager"):
+            train(tiny_config(data, epochs=2, step=kind), tmp_path / kind, progress=False, evaluate=False)
+        assert seen == [1]
+        train(tiny_config(data, epochs=1, step="auto"), tmp_path / "short", progress=False, evaluate=False)
+        assert seen == [1]  # 6 steps: eager
+    pa, pb = (checkpoint.load(tmp_path / k / "checkpoint.pt")["model"] for k in ("auto", "eager"))
+    assert all(torch.equal(pa[name], pb[name]) for name in pa)
+    _same_runs(tmp_path / "auto", tmp_path / "eager")
