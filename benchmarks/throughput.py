@@ -9,9 +9,10 @@ same loop with ``fused=True`` Adam is shown as the limit. The contestants:
 - pyrovae's training step (``pyrovae.step.svi_step`` on ``ELBOLoss``: the loss, a NaN/inf check
   of loss and gradients, fused Adam; Pyro's validation off, as ``fit`` runs after its first
   step), on ``TraceMeanField_ELBO`` (analytic KL, the baseline's objective) and ``Trace_ELBO``;
-- the step ``fit`` takes with ``--step graphed`` (and ``auto``, the default): on a CPU the step's
-  loss, gradients and NaN/inf flag traced once (:mod:`pyrovae.compiled`) and the graph replayed,
-  fused Adam eager, the loss read every 50 steps; on CUDA a CUDA graph;
+- the step ``fit`` takes with ``--step graphed`` (and ``auto``, the default, for a run of 1,000 steps
+  or more): on a CPU the step's loss, gradients and NaN/inf flag traced once
+  (:mod:`pyrovae.compiled`) and the graph replayed, fused Adam eager, the loss read every 50 steps;
+  on CUDA a CUDA graph;
 - the step ``fit`` takes with ``--step compiled``: that graph compiled by ``torch.compile``
   (compiled during the warm-up, its compile time not counted);
 - a user's script: ``pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
