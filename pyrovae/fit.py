@@ -27,7 +27,7 @@ from .evaluate import Prepare, split_active_units, validate
 from .graphs import fused_adam, make_steps
 from .loop import Counters, Loop, Signals, clone_state, deterministic_algorithms
 from .models import VAE
-from .step import decay_groups, make_optimizer, resolve_step
+from .step import TRACE_PAYS_FROM, decay_groups, make_optimizer, resolve_step
 from .variants import variant_of
 
 METRICS = ["epoch", "train_loss", "val_elbo", "val_recon", "val_kl", "val_active_units", "beta", "capacity",
@@ -186,9 +186,8 @@ def _loop_and_steps(vae: VAE, training, data: Dataset, cfg: Config, ctx, meta: d
     """The run's state (a :class:`Loop` with its optimizer) and the training step it takes
     (``cfg.step``: see :mod:`pyrovae.graphs`)."""
     params = [p for p in vae.parameters() if p.requires_grad]
-    kind = resolve_step(
-        cfg.step, ctx.device, ctx.world, steps=cfg.epochs * math.ceil(len(data.train) / cfg.batch_size)
-    )
+    planned = cfg.epochs * math.ceil(len(data.train) / cfg.batch_size)
+    kind = resolve_step(cfg.step, ctx.device, ctx.world, steps=planned)
     why = training.uncapturable if kind != "eager" else None
     kind = "eager" if why else kind
     if kind != "eager":
@@ -201,6 +200,9 @@ def _loop_and_steps(vae: VAE, training, data: Dataset, cfg: Config, ctx, meta: d
     steps = make_steps(kind, distributed.wrap(training.loss, ctx), opt, params, cfg.clip_norm)
     if why:
         steps.description = f"eager (not graphed: {why}; the loss read after every step)"
+    elif cfg.step == "auto" and kind == "eager" and ctx.world == 1:
+        steps.description = (f"eager (a run of {planned} steps, too short to repay tracing the graphed step, "
+                             f"which auto takes from {TRACE_PAYS_FROM}; the loss read after every step)")  # fmt: skip
     return loop, steps
 
 

@@ -133,9 +133,7 @@ class GraphedStep:
         opt.found_inf = self.found_inf  # read by the fused kernels at every step
         self.graphed = graph
         self._graph = None  # a CUDA graph
-        self._traced = (
-            None  # the captured gradients (on a CPU), and the indices of the parameters they are for
-        )
+        self._traced = None  # the captured gradients on a CPU; _used: the parameters they are for
         self._used: list[int] = []
         if self.graphed:
             self._capture(warmup) if device.type == "cuda" else self._trace(compile)
