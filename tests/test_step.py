@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pyrovae.config import Config
-from pyrovae.step import grad_norm
+from pyrovae.step import grad_norm, make_optimizer
 
 
 def test_grad_norm_is_the_total_norm_and_sees_nan_and_inf():
@@ -41,3 +41,20 @@ def test_weight_decay_skips_biases_and_the_priors_and_likelihoods_own_parameters
     for n, p in vae.named_parameters():
         moved = not torch.equal(p, before[n])
         assert moved == (id(p) in {id(q) for q in decay["params"]} and bool(before[n].abs().sum())), n
+
+
+def test_a_checkpoint_with_a_float_learning_rate_keeps_the_optimizers_tensor():
+    """Checkpoints written before the learning rate became a tensor hold a float; loading one must
+    leave the optimizer's tensor in place (a captured step reads the rate from it), set to that value."""
+    from pyrovae import VAE
+    from pyrovae.loop import Loop
+
+    vae = VAE((1, 4, 4), z_dim=2, hidden=(8,))
+    opt = make_optimizer(list(vae.parameters()), 1e-3)
+    lr = opt.param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor) and opt.defaults["fused"]
+    loop = Loop(vae, opt, torch.device("cpu"), 0, 0, {})
+    ck = loop.state_dict()
+    ck["optimizer"]["param_groups"][0]["lr"] = 0.25  # as an older checkpoint saved it
+    loop.load_state_dict(ck)
+    assert opt.param_groups[0]["lr"] is lr and lr.item() == 0.25
