@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .compiled import capture
-from .step import EagerSteps, clip_coefficient, make_optimizer, norm_of
+from .step import EagerSteps, make_optimizer, norm_and_clip
 
 #: Pyro's ELBO modules that read device tensors on the host: ``warn_if_nan`` (forward and
 #: backward) and ``torch_item`` (the ELBO's value beside its surrogate)
@@ -151,12 +151,7 @@ class GraphedStep:
         x = torch.bernoulli(self.x) if self.binarize else self.x
         loss = self.loss_fn(x, self.y, self.beta)
         loss.backward()
-        grads = [p.grad for p in self.params if p.grad is not None]
-        norm = norm_of(grads)
-        if self.clip_norm:
-            coef = clip_coefficient(norm, self.clip_norm)
-            for g in grads:
-                g.mul_(coef)
+        norm = norm_and_clip([p.grad for p in self.params if p.grad is not None], self.clip_norm)
         self._account(loss.detach(), norm)
         self.opt.step()
 
@@ -168,11 +163,7 @@ class GraphedStep:
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         self._used = [i for i, g in enumerate(grads) if g is not None]
         grads = [g for g in grads if g is not None]
-        norm = norm_of(grads)
-        if self.clip_norm:
-            coef = clip_coefficient(norm, self.clip_norm)
-            grads = [g * coef for g in grads]
-        self._account(loss.detach(), norm)
+        self._account(loss.detach(), norm_and_clip(grads, self.clip_norm))
         return grads
 
     def _replay(self, x: Tensor, y: Tensor | None) -> None:

@@ -60,16 +60,19 @@ def norm_of(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([g.reshape(-1).dot(g.reshape(-1)) for g in grads]).sum().sqrt()
 
 
-def grad_norm(params: list) -> torch.Tensor:
-    """The 2-norm of all gradients of ``params`` together (see :func:`norm_of`)."""
-    return norm_of([p.grad for p in params if p.grad is not None])
+def norm_and_clip(grads: list[Tensor], max_norm: float | None = None) -> Tensor:
+    """The gradients' total norm (:func:`norm_of`); with ``max_norm``, the gradients scaled in place
+    to at most that norm, by the factor :func:`torch.nn.utils.clip_grad_norm_` uses. The eager and
+    captured steps both clip here, so they clip to the same bits.
 
-
-def clip_coefficient(norm: Tensor, max_norm: float) -> Tensor:
-    """The factor that scales gradients of total norm ``norm`` to at most ``max_norm``, as
-    :func:`torch.nn.utils.clip_grad_norm_` computes it. The eager and captured steps share it, so
-    they clip to the same bits."""
-    return (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    :returns: the norm before clipping.
+    """
+    norm = norm_of(grads)
+    if max_norm:
+        coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(coef)
+    return norm
 
 
 def svi_step(
@@ -93,12 +96,7 @@ def svi_step(
         return math.nan, math.nan
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    grads = [p.grad for p in params if p.grad is not None]
-    norm = norm_of(grads)
-    if clip_norm:
-        coef = clip_coefficient(norm, clip_norm)
-        for g in grads:
-            g.mul_(coef)
+    norm = norm_and_clip([p.grad for p in params if p.grad is not None], clip_norm)
     loss_v, norm_v = torch.stack([loss.detach(), norm.to(loss)]).tolist()  # one device sync
     if math.isfinite(loss_v) and math.isfinite(norm_v):
         opt.step()
