@@ -17,6 +17,8 @@ same loop with ``fused=True`` Adam is shown as the limit. The contestants:
   (compiled during the warm-up, its compile time not counted);
 - a user's script: ``pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
   Trace_ELBO())`` (and with ``TraceMeanField_ELBO``), ``svi.step(x)``, Pyro's defaults otherwise;
+- the same script with ``pyrovae.SVI`` in place of ``pyro.infer.SVI`` (one name changed), after the
+  400 steps (``pyrovae.svi.TRACE_AFTER``) its default takes before it traces the step;
 - the same script on the lean loop's network written directly in Pyro, without pyrovae (after Pyro's
   VAE tutorial: ``pyro.module``, ``dist.Normal``, ``dist.Bernoulli`` on logits): what a Pyro user's
   script costs without pyrovae.
@@ -66,6 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import pyrovae
 from pyrovae import distributions as pvdist
 from pyrovae import functional
 from pyrovae.build import build_model
@@ -75,6 +78,7 @@ from pyrovae.graphs import fused_adam, make_steps
 from pyrovae.machine import describe
 from pyrovae.objectives import ELBOLoss, make_elbo
 from pyrovae.step import make_optimizer, svi_step
+from pyrovae.svi import TRACE_AFTER
 
 
 class LeanVAE(nn.Module):
@@ -237,6 +241,16 @@ def main(args: argparse.Namespace) -> None:
 
         return step
 
+    def pyrovae_svi(elbo):
+        """The user's script with ``pyrovae.SVI`` in place of ``pyro.infer.SVI``, after the steps its
+        default (``step="auto"``) takes before it traces the step."""
+        vae = _fresh(cfg).to(device)
+        svi = pyrovae.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
+        for i in range(TRACE_AFTER):
+            svi.step(batches[i % len(batches)])
+        assert svi.graphed, svi.failed
+        return svi.step
+
     def plain_pyro(fast: bool = False):
         plain = PlainPyroVAE(
             LeanVAE(softplus=fast_softplus if fast else F.softplus).copy_from(_fresh(cfg)), fast
@@ -304,6 +318,8 @@ def main(args: argparse.Namespace) -> None:
         "pyrovae step (trace), --step graphed": pyrovae_graphed("trace"),
         "user's SVI script (Trace_ELBO)": user_script(pyro.infer.Trace_ELBO()),
         "user's SVI script (TraceMeanField)": user_script(pyro.infer.TraceMeanField_ELBO()),
+        "user's script on pyrovae.SVI (Trace_ELBO)": pyrovae_svi(pyro.infer.Trace_ELBO()),
+        "user's script on pyrovae.SVI (TraceMeanField)": pyrovae_svi(pyro.infer.TraceMeanField_ELBO()),
         "plain Pyro VAE, no pyrovae (Trace_ELBO)": plain_pyro(),
     }
     if device.type != "cuda":  # step compiled is the CPU's

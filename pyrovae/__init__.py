@@ -30,13 +30,14 @@ from .objectives import ELBOLoss, make_elbo
 from .priors import PRIORS
 from .runs import train
 from .semisupervised import SSVAE, SemiSupervisedLoss
+from .svi import SVI
 from .sweep import sweep
 from .variants import MODELS
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "VAE", "SSVAE", "SemiSupervisedLoss", "Config", "ConfigError", "DataError", "Dataset", "Split", "Run", "TrainingError",
+    "VAE", "SVI", "SSVAE", "SemiSupervisedLoss", "Config", "ConfigError", "DataError", "Dataset", "Split", "Run", "TrainingError",
     "MODELS", "PRESETS", "PRIORS", "GUIDES", "LIKELIHOODS", "NETS", "CapacityELBO", "IWAE", "TCVAE", "ELBOLoss",
     "build_model", "load_dataset", "fit", "train", "load_run", "make_elbo", "sweep",
     "evaluate", "elbo_terms", "log_likelihood", "kl_per_dim", "active_units",

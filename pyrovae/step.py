@@ -17,7 +17,9 @@ from torch import Tensor, nn
 from .errors import ConfigError
 
 
-def make_optimizer(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def make_optimizer(
+    params, lr: float, weight_decay: float = 0.0, *, cls: type | None = None, **options
+) -> torch.optim.Optimizer:
     """Adam (AdamW, decoupled weight decay, when ``weight_decay`` > 0), fused into one kernel per
     step where torch supports it (it updates all parameters in one pass instead of a Python loop
     over them), with its learning rate a tensor on the parameters' device: the captured step
@@ -25,15 +27,18 @@ def make_optimizer(params, lr: float, weight_decay: float = 0.0) -> torch.optim.
     make the same updates. Without a fused kernel for the device or dtype, torch's Adam loop.
 
     :param params: parameters, or parameter groups (see :func:`decay_groups`).
+    :param cls: ``torch.optim.Adam`` or ``torch.optim.AdamW``, to choose it whatever the decay.
+    :param options: the optimizer's other arguments (``betas``, ``eps``, ``amsgrad``).
     """
     params = list(params)
     first = params[0]["params"][0] if isinstance(params[0], dict) else params[0]
-    cls = torch.optim.AdamW if weight_decay else torch.optim.Adam
+    cls = cls or (torch.optim.AdamW if weight_decay else torch.optim.Adam)
+    options["weight_decay"] = weight_decay
     try:
         lr_t = torch.tensor(float(lr), device=first.device)
-        return cls(params, lr=lr_t, weight_decay=weight_decay, fused=True)
+        return cls(params, lr=lr_t, fused=True, **options)
     except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
-        return cls(params, lr=lr, weight_decay=weight_decay)
+        return cls(params, lr=lr, **options)
 
 
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

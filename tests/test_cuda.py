@@ -241,3 +241,26 @@ def test_train_with_the_graphed_step_gives_the_eager_steps_figures(tmp_path, cap
     for a, b in zip(*rows, strict=True):
         for key in ("train_loss", "val_elbo", "beta", "lr"):
             assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-3), key
+
+
+def test_pyrovae_svi_on_cuda_captures_a_cuda_graph_and_trains_as_pyro_infer_svi():
+    """A user's script with pyrovae.SVI in place of pyro.infer.SVI on the GPU: its graphed step is a
+    CUDA graph, and the losses and parameters follow Pyro's SVI on the same batches and noise."""
+    import pyrovae
+
+    xs = [torch.bernoulli(torch.rand(64, 1, 28, 28, device=CUDA)) for _ in range(20)]
+    out = {}
+    for name, make in [("pyro", pyro.infer.SVI), ("ours", lambda *a: pyrovae.SVI(*a, step="graphed"))]:
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        vae = VAE((1, 28, 28), z_dim=10, hidden=(200,)).to(CUDA)
+        svi = make(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO())
+        losses = []
+        for x in xs:
+            torch.manual_seed(7)
+            losses.append(svi.step(x))
+        out[name] = losses, [p.detach().clone() for p in vae.parameters()], svi
+    assert out["ours"][2].graphed and not out["ours"][2].failed
+    assert out["ours"][0] == pytest.approx(out["pyro"][0], rel=1e-4)
+    for p, q in zip(out["ours"][1], out["pyro"][1], strict=True):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-5)
