@@ -90,7 +90,10 @@ class SVI(pyro.infer.SVI):
         :data:`TRACE_AFTER` calls have taken the same shapes and keyword values; ``"graphed"``
         traces from the second such call; ``"compiled"`` also compiles the trace (CPU only);
         ``"eager"`` never traces. On CUDA the trace is a CUDA graph. On a CPU the replayed step
-        makes the eager step's updates bit for bit; calls of other shapes take the eager step.
+        makes the eager step's updates bit for bit; calls of other shapes take the eager step. The
+        trace fixes what the program reads besides its arguments: pass what changes between steps
+        (a KL weight, an annealing factor) as an argument, ``svi.step(x, beta=b)``. (A pyrovae VAE's
+        own ``beta`` and train/eval mode are watched: a new value takes the eager step.)
 
     >>> vae = pyrovae.VAE((1, 4, 4), z_dim=2, hidden=(8,))
     >>> svi = pyrovae.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO())
@@ -124,7 +127,7 @@ class SVI(pyro.infer.SVI):
         """One SVI step on ``args`` and ``kwargs`` (passed to model and guide); returns the loss."""
         if self.optimizer is None:
             return self._first(*args, **kwargs)
-        key = _shape_key(args, kwargs)
+        key = self._key(args, kwargs)
         if key is not None and self._graph is None and not self.failed:
             self._counts[key] = n = self._counts.get(key, 0) + 1
             if self._ready(n, args[0].device):
@@ -135,6 +138,15 @@ class SVI(pyro.infer.SVI):
         return self._eager(args, kwargs)
 
     # -- the steps ---------------------------------------------------------------------------
+    def _key(self, args: tuple, kwargs: dict):
+        """:func:`_shape_key`, and what a pyrovae VAE reads of itself (its ``beta``, train or eval
+        mode), so that a new value is not replayed from the old one's trace."""
+        key = _shape_key(args, kwargs)
+        if key is None:
+            return None
+        owner = getattr(self.model, "__self__", None)
+        return key, getattr(owner, "beta", None), getattr(owner, "training", None)
+
     def _loss(self, args: tuple, kwargs: dict) -> Tensor:
         return self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
 
@@ -153,7 +165,7 @@ class SVI(pyro.infer.SVI):
         cls, options = self._adam[0], dict(self._adam[1])
         self.optimizer = make_optimizer(self.params, options.pop("lr", 1e-3), cls=cls, **options)
         self._store_size = len(pyro.get_param_store())
-        self._counts[_shape_key(args, kwargs)] = 1
+        self._counts[self._key(args, kwargs)] = 1
         return svi_step(lambda *_: loss, self.optimizer, self.params, None)[0]
 
     def _eager(self, args: tuple, kwargs: dict) -> float:

@@ -268,3 +268,25 @@ def test_a_plain_pyro_program_with_pyro_module_and_a_constrained_param(kind):
     for k, v in out["ours"][1].items():
         torch.testing.assert_close(v, out["pyro"][1][k], rtol=1e-4, atol=1e-6)
     assert abs(out["ours"][1]["temp"].item() - 2.0) > 0.05  # the constrained parameter trained
+
+
+def test_a_vae_beta_set_between_steps_is_not_replayed_from_the_trace():
+    batches = _batches(10)
+
+    def run(kind):
+        pyro.clear_param_store()
+        vae = _vae()
+        svi = pyrovae.SVI(
+            vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), pyro.infer.Trace_ELBO(), step=kind
+        )
+        torch.manual_seed(5)
+        losses = []
+        for i, b in enumerate(batches):
+            vae.beta = 0.1 * (i + 1)  # a warm-up written as a user might: on the model, not as an argument
+            losses.append(svi.step(b))
+        return losses, [p.detach().clone() for p in vae.parameters()]
+
+    graphed, g_params = run("graphed")
+    eager, e_params = run("eager")
+    assert all(torch.equal(a, b) for a, b in zip(g_params, e_params, strict=True))
+    torch.testing.assert_close(torch.tensor(graphed), torch.tensor(eager), rtol=1e-6, atol=0)
