@@ -245,10 +245,14 @@ class VAE(PyroModule):
         :param mean: mean training datum, shape ``x_shape``.
         """
         out = getattr(self.decoder, "out", None)
-        if out is None or getattr(out, "bias", None) is None:
+        from_mean = getattr(self.likelihood, "bias_from_mean", None)  # optional in the protocol
+        if out is None or getattr(out, "bias", None) is None or from_mean is None:
             return
-        target = self.likelihood.bias_from_mean(mean.to(out.bias))
-        if out.bias.numel() == target.numel():
-            out.bias.copy_(target.reshape(out.bias.shape))
-        elif out.bias.numel() == target.shape[0]:  # one bias per channel (conv decoder)
-            out.bias.copy_(target.reshape(target.shape[0], -1).mean(-1))
+        mean = mean.to(out.bias)
+        if out.bias.numel() == mean.numel():
+            out.bias.copy_(from_mean(mean).reshape(out.bias.shape))
+        elif out.bias.numel() == mean.shape[0]:
+            # one bias per channel (conv decoder): the output centred on the channel's mean value; the
+            # mean of per-pixel outputs is not, where a pixel's output is extreme (a continuous
+            # Bernoulli logit of -1e4 for an always-black pixel)
+            out.bias.copy_(from_mean(mean.reshape(mean.shape[0], -1).mean(-1)))

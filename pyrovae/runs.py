@@ -158,7 +158,7 @@ def train(
         print(data.describe())
     pyro.set_rng_seed(cfg.seed)  # the model's initial parameters
     vae = build_model(cfg, data.x_shape, data.num_classes)
-    if cfg.init_bias:
+    if cfg.init_bias and hasattr(vae, "init_output_bias"):  # optional for a model variant
         vae.init_output_bias(data.train.x.mean(0))
     board = None
     if cfg.tensorboard and rank0:
