@@ -54,7 +54,8 @@ def vae_parts(cfg: Config, x_shape: tuple[int, ...], k: int = 0) -> dict:
     ``label_layers`` and ``dropout`` (when it is not 0, which a user's network must then accept);
     guides ``scale`` (``cfg.guide_scale``) and ``layers``; priors ``x_shape``, ``components``,
     ``pseudo_inputs``, ``layers`` and ``num_classes``; likelihoods ``scale``
-    (``cfg.likelihood_scale``). Every one also gets ``cfg``. The prior is ``cfg.prior_family``
+    (``cfg.likelihood_scale``). Guides, priors and likelihoods also get ``cfg``; networks only the
+    options above. The prior is ``cfg.prior_family``
     (what ``prior="auto"`` stands for).
     """
     Encoder, Decoder = NETS[cfg.net]

@@ -186,7 +186,7 @@ class Config:
     )
     beta: float = _opt(1.0, "weight of the KL term (beta-VAE); the maximum of a schedule", domain=AT_LEAST_0)
     beta_schedule: str = _opt(
-        "constant", "'linear': warm-up from 0; 'cyclical': that ramp every --warmup-epochs",
+        "constant", "'linear': warm-up from 0; 'cyclical': cycles of --warmup-epochs, rising over the first half of each",
         ("constant", "linear", "cyclical"),
     )  # fmt: skip
     warmup_epochs: float = _opt(

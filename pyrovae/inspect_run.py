@@ -89,6 +89,7 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
 
     # 3. interpolation and traversal (a model that only completes given data has no prior to walk)
     kl = kl_per_dim(vae, test.x, y)
+    z = embed(vae, test.x, y)  # posterior means
     if variant.generates:
         a, b = (
             0,
@@ -109,18 +110,24 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
         )
         add("interpolation.png", "Latent interpolation",
             "Decoded points on a path between the posterior means of two test images.")  # fmt: skip
+        # without a KL per dimension (a VampPrior, say), the spread of the posterior means ranks them
+        spread = z.var(0) if kl is None and z.shape[-1] == vae.z_dim and len(z) > 1 else None
+        ranks, why = (
+            (kl, "largest KL")
+            if kl is not None
+            else (spread, "most active: the posterior means' largest variance")
+        )
         dims = (
-            kl.argsort(descending=True)[:8] if kl is not None else torch.arange(min(8, vae.z_dim))
+            ranks.argsort(descending=True)[:8] if ranks is not None else torch.arange(min(8, vae.z_dim))
         ).tolist()
         _, trav = traverse(vae, test.x[0], dims, y=None if y is None else y[0])
         plots.image_grid(trav.flatten(0, 1), out / "traversal.png",
                          f"Traversal of dimensions {dims} from -3 to 3 (one row each)", nrow=trav.shape[1])  # fmt: skip
         add("traversal.png", "Latent traversal",
             "Each row changes one latent dimension of a test image's posterior mean from -3 to 3 "
-            "(the dimensions with the largest KL first).")  # fmt: skip
+            + (f"(the dimensions with the {why} first)." if ranks is not None else "(the first dimensions)."))  # fmt: skip
 
     # 4. latent map, KL per dimension, active units
-    z = embed(vae, test.x, y)
     plots.latent_map(z, test.y, out / "latent_map.png")
     add("latent_map.png", "Latent map", "Posterior means of test images in 2-D, coloured by their label.")
     if kl is not None:

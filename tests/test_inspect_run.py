@@ -66,3 +66,25 @@ def test_inspect_says_over_which_images_it_counts_active_units(tiny_run):
     res = json.loads((tiny_run.path / "eval.json").read_text())
     assert "active over these 10 images" in index
     assert f"eval.json counts {res['active_units']} over all {res['n_images']} test images" in index
+
+
+def test_a_traversal_without_a_kl_per_dimension_ranks_the_dimensions_by_activity(tmp_path, tiny_data_file,
+                                                                                 tiny_config, monkeypatch):  # fmt: skip
+    """A VampPrior has no closed-form KL per dimension: the traversal then shows the dimensions whose
+    posterior means vary most over the test images (it showed dimensions 0-7, said to be by KL)."""
+    from pyrovae import inspect_run, train
+    from pyrovae.loaded import load_run
+    from pyrovae.posterior import embed
+
+    cfg = tiny_config(tiny_data_file(tmp_path), prior="vamp", pseudo_inputs=4, z_dim=12, epochs=2)
+    train(cfg, tmp_path / "run", progress=False, evaluate=False)
+    shown, real = [], inspect_run.traverse
+    monkeypatch.setattr(
+        inspect_run, "traverse", lambda vae, x, dims, **k: shown.append(dims) or real(vae, x, dims, **k)
+    )
+    assert main(["inspect", str(tmp_path / "run"), "--k", "5", "--n", "30"]) == 0
+    run = load_run(tmp_path / "run")
+    spread = embed(run.model, run.data.test.x[:30]).var(0)
+    assert shown == [spread.argsort(descending=True)[:8].tolist()]
+    assert shown[0] != list(range(8))
+    assert "most active" in (tmp_path / "run" / "figures" / "index.md").read_text()
