@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from .config import Config, ConfigError
+from .guides import GUIDES
 from .objectives import describe_objective
 from .schedules import settled_epoch, settled_rows
 
@@ -36,7 +37,8 @@ def list_runs(folder: str | Path) -> list[dict]:
     from ``eval.json``), ``k`` (importance samples of that log p(x)), ``n_ll_images`` and
     ``model`` (the model variant, then what it says of itself: prior/guide/likelihood and z for a
     VAE) and ``objective`` (what it trains on: the ELBO, its particles, β and its schedule, or the
-    objective that reshapes the KL term). Figures a run does not have yet are ``None``.
+    objective that reshapes the KL term), ``point`` (a point-estimate guide: ``val_elbo`` is then
+    log p(x, z*), not an ELBO). Figures a run does not have yet are ``None``.
 
     ``status`` is ``complete`` (all its epochs), ``stopped early`` (patience), ``incomplete``
     (a checkpoint short of its epochs: interrupted, or training now), ``not started`` (no
@@ -64,6 +66,9 @@ def _describe(path: Path, folder: Path) -> dict:
     settled = settled_epoch(cfg)
     vals = [float(r["val_elbo"]) for r in settled_rows(rows, settled) if r.get("val_elbo") not in (None, "")]
     row["val_elbo"] = max(vals) if vals else None
+    guide = GUIDES.get(cfg.guide)
+    # a point-estimate guide's validation figure is log p(x, z*), which no ELBO compares with
+    row["point"] = bool(getattr(guide, "point_estimate", False))
     row["epochs"] = f"{done}/{cfg.epochs}"
     row["model"], row["objective"] = _model_and_objective(cfg)
     if not (path / "checkpoint.pt").exists():
@@ -120,14 +125,20 @@ def table(runs: list[dict], folder: str | Path, sort: str = "path") -> str:
     if not runs:
         return f"no runs in {folder} (a run is a folder holding config.json)"
     key = SORT_KEYS[sort]
-    if key is not None:
-        runs = sorted(runs, key=lambda r: -r[key] if _number(r[key]) else math.inf)
-    cells = [list(COLUMNS.values())] + [[_cell(r[c]) for c in COLUMNS] for r in runs]
+    if key is not None:  # a point estimate's log p(x, z*) is no ELBO: such runs go last
+        runs = sorted(runs, key=lambda r: -r[key] if _number(r[key]) and not r.get("point") else math.inf)
+    cells = [list(COLUMNS.values())]
+    for r in runs:
+        cells.append([_cell(r[c]) + ("*" if c == "val_elbo" and r.get("point") and r[c] is not None else "")
+                      for c in COLUMNS])  # fmt: skip
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     note = ("figures in nats per image: best validation ELBO from metrics.csv, best.pt's (of the epochs from the "
             "end of a KL warm-up or the capacity's rise); test ELBO and importance-sampled log p(x) with K samples "
             "from eval.json (- : not evaluated)")  # fmt: skip
+    if any(r.get("point") for r in runs):
+        note += ("; *: a point-estimate guide (--guide delta), whose validation figure is log p(x, z*) at "
+                 "its code, not an ELBO, and which has no test ELBO or log p(x)")  # fmt: skip
     return "\n".join([*lines, "", f"{len(runs)} runs in {folder}; {note}"])
 
 

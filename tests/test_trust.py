@@ -274,6 +274,22 @@ def test_a_run_made_by_fit_opens_with_load_run_and_evaluate(data, tmp_path):
 
 
 # -- pyrovae runs ---------------------------------------------------------------------------
+def test_runs_marks_a_point_estimate_runs_figure_as_no_elbo_and_sorts_it_last(data, tmp_path, capsys):
+    """--guide delta: its validation figure is log p(x, z*), higher than any ELBO of the data, so an
+    unmarked column would rank it first by "best val ELBO"."""
+    folder = tmp_path / "runs"
+    assert _train(data, folder / "vae", "--epochs", "2") == 0
+    assert _train(data, folder / "point", "--epochs", "2", "--guide", "delta") == 0
+    capsys.readouterr()
+    assert main(["runs", str(folder), "--sort", "val"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[1:3]}
+    point_val = max(float(r["val_elbo"]) for r in _rows(folder / "point" / "metrics.csv"))
+    assert rows["point"][3] == f"{point_val:.2f}*" and rows["point"][4:6] == ["-", "-"]
+    assert [line.split()[0] for line in lines[1:3]] == ["vae", "point"]
+    assert "*: a point-estimate guide (--guide delta)" in lines[-1] and "not an ELBO" in lines[-1]
+
+
 def test_runs_lists_each_run_with_its_key_figures(data, tmp_path, capsys, interrupt_after_epoch):
     folder = tmp_path / "runs"
     assert _train(data, folder / "a", "--epochs", "2", "--beta", "4") == 0
