@@ -178,7 +178,7 @@ def train(
         hooks.append(board.on_epoch)
     try:
         vae = fit(vae, data, out, cfg, resume=resume, progress=progress, on_epoch=_chain(hooks),
-                  on_step=board.on_step if board else None, meta={"evaluate": evaluate})  # fmt: skip
+                  on_step=board.on_step if board else None, meta={"evaluate": evaluate, "made_by": "train"})  # fmt: skip
     except Exception:
         if fresh:
             _clean_failed_start(out)
