@@ -76,6 +76,27 @@ def test_a_run_trained_through_pyrovae_data_finds_mnist_in_any_shell(
     assert load_run(run).data.test.x.equal(R.load_data(Config(data_dir=str(mnist_dir))).test.x)
 
 
+def test_a_resumed_run_finds_moved_mnist_through_pyrovae_data_as_evaluate_does(
+    tmp_path, mnist_dir, monkeypatch, capsys
+):
+    gone = tmp_path / "gone" / "MNIST" / "raw"
+    gone.mkdir(parents=True)
+    for f in (mnist_dir / "MNIST" / "raw").iterdir():
+        (gone / f.name).symlink_to(f)
+    monkeypatch.delenv("PYROVAE_DATA")
+    run = str(tmp_path / "run")
+    assert main(["train", "--data-dir", str(tmp_path / "gone"), "--train-size", "256", "--val-size", "100",
+                 "--z-dim", "2", "--hidden", "8", "--epochs", "1", "--no-eval", "--quiet", "--out", run]) == 0  # fmt: skip
+    shutil.rmtree(tmp_path / "gone")
+    resume = ["train", "--out", run, "--resume", "--epochs", "2", "--quiet"]
+    assert main(resume) == 2
+    assert capsys.readouterr().err.startswith("error: MNIST files missing from")
+    monkeypatch.setenv("PYROVAE_DATA", str(mnist_dir))
+    assert main(resume) == 0
+    assert len(_rows(tmp_path / "run" / "metrics.csv")) == 2
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data_dir"] == str(mnist_dir)
+
+
 # -- samples as asked -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def conditional_run(tmp_path_factory, data):
