@@ -142,7 +142,8 @@ def run_setting(n_given: int, data: Dataset, args) -> dict:
     out = args.runs_dir / "cvae_quadrants" / f"{args.protocol}_q{n_given}"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model = fit(_model(cfg, data, args), data, out, cfg, progress=not args.quiet)
+    # a rerun of the setting replaces its run
+    model = fit(_model(cfg, data, args), data, out, cfg, overwrite=True, progress=not args.quiet)
     seconds = time.perf_counter() - t0
     epochs = len((out / "metrics.csv").read_text().splitlines()) - 1
 

@@ -156,7 +156,8 @@ def load_array(path: str | os.PathLike, labels: str | os.PathLike | None = None)
     """A user's data: a ``.pt`` tensor (or dict with ``"x"`` and optional ``"y"``) or ``.npy`` array
     of shape (N, ...) with values in [0, 1]; labels from ``labels`` (``.pt``/``.npy``) if given.
 
-    uint8 data is divided by 255; an array (N, H, W) is read as grey images (N, 1, H, W), so
+    uint8 data is divided by 255, other numbers converted to torch's default dtype (float64 to
+    float32, say), the model's; an array (N, H, W) is read as grey images (N, 1, H, W), so
     convolutional networks take it; (N, D) stays vectors, (N, C, H, W) images.
     """
     return _load_array(path, labels)[0]
@@ -167,10 +168,14 @@ def _load_array(path: str | os.PathLike, labels: str | os.PathLike | None = None
     path, notes = Path(path), []
     x, y = read_rows(path, labels)
     x = torch.as_tensor(x)
-    if not x.is_floating_point():
-        if x.dtype == torch.uint8:
-            notes.append("uint8 values divided by 255")
-        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    dtype = torch.get_default_dtype()  # the model's: float64 data into a float32 model fails deep in torch
+    if x.dtype == torch.uint8:
+        notes.append("uint8 values divided by 255")
+        x = x.to(dtype) / 255
+    elif x.dtype != dtype:
+        if x.is_floating_point():
+            notes.append(f"{x.dtype} values converted to {dtype}".replace("torch.", ""))
+        x = x.to(dtype)
     if x.dim() < 2 or x.shape[0] < 2:
         raise DataError(f"{path} holds a tensor of shape {tuple(x.shape)}; expected (N, ...) with N >= 2")
     if x.dim() == 3:  # (N, H, W): grey images, as numpy holds them

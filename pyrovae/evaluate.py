@@ -27,6 +27,13 @@ from .sites import latent_sites, site_kl_per_dim, site_log_prob, site_means, tra
 MAX_ELEMENTS = 2**23
 
 
+def in_model_dtype(vae: VAE, x: Tensor) -> Tensor:
+    """``x`` in the model's floating dtype: data of another (NumPy's float64, say) would fail in the
+    first layer with torch's "mat1 and mat2 must have the same dtype"."""
+    ref = next((p for p in vae.parameters() if p.is_floating_point()), None)
+    return x.to(ref.dtype) if ref is not None and x.is_floating_point() else x
+
+
 @contextmanager
 def cached_prior(vae: VAE) -> Iterator[None]:
     """The prior's ``cached()`` context where it has one (the VampPrior: its pseudo-inputs'
@@ -57,6 +64,7 @@ def elbo_terms(vae: VAE, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Te
     A model with its own ``elbo_terms`` (the semi-supervised VAE, which sums over its discrete
     label) computes them itself.
     """
+    x = in_model_dtype(vae, x)
     if hasattr(vae, "elbo_terms"):
         return vae.elbo_terms(x, y)
     recon, kls = traced_kl_terms(*traces(vae, x, y))
@@ -75,7 +83,7 @@ def log_likelihood(vae: VAE, x: Tensor, y: Tensor | None = None, k: int = 1000) 
     :returns: shape ``(batch,)``, nats.
     """
     with cached_prior(vae):
-        return _log_likelihood(vae, x, y, k)
+        return _log_likelihood(vae, in_model_dtype(vae, x), y, k)
 
 
 def _log_likelihood(vae: VAE, x: Tensor, y: Tensor | None, k: int) -> Tensor:
@@ -108,7 +116,7 @@ def posterior_mean_and_noise(
     """``E_q[z | x]`` and the variance of that estimate per datum and dimension: zero where the
     guide knows its mean analytically, ``s² / samples`` (``s²`` the sample variance) where the
     mean is a Monte Carlo average. Both of shape ``(batch, z_dim)``."""
-    q = vae.encode(x, y)
+    q = vae.encode(in_model_dtype(vae, x), y)
     try:
         mean = q.mean
         return mean, torch.zeros_like(mean)
@@ -121,6 +129,7 @@ def posterior_mean_and_noise(
 def kl_per_dim(vae: VAE, x: Tensor, y: Tensor | None = None) -> Tensor | None:
     """Mean analytic KL of each latent dimension over ``x``, shape ``(z_dim,)``; ``None`` unless
     both q and p factorize into univariate Normals (otherwise a per-dimension KL is undefined)."""
+    x = in_model_dtype(vae, x)
     if not hasattr(vae, "prior_dist"):  # a model of several latent sites: its first
         return next(iter(site_kl_per_dim(vae, x, y).values()))
     q, p = vae.encode(x, y), vae.prior_dist(y, like=x)

@@ -9,6 +9,7 @@ nothing is stored on the model. Everything a resumed run needs is in one place, 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import time
@@ -61,6 +62,7 @@ def fit(
     options: Config,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     prepare: Prepare | None = None,
     meta: dict | None = None,
@@ -69,11 +71,13 @@ def fit(
 ) -> VAE:
     """Train ``vae`` on ``data.train`` by SVI, validating on ``data.val`` at β = 1 every epoch.
 
-    ``out`` receives ``config.json`` (``options``, unless there is one: so :func:`~pyrovae.loaded.load_run`
-    opens the run), ``metrics.csv``, ``checkpoint.pt`` (every epoch and on SIGINT/SIGTERM,
-    atomically) and ``best.pt`` (best validation ELBO among the epochs from the one that ends a KL
-    warm-up or the capacity's rise). With ``resume`` the run continues from
-    ``checkpoint.pt``; on CPU it then ends with exactly the parameters of an uninterrupted run.
+    ``out`` receives ``config.json`` (``options``: so :func:`~pyrovae.loaded.load_run` opens the
+    run, where ``vae`` is the model they describe), ``metrics.csv``, ``checkpoint.pt`` (every epoch
+    and on SIGINT/SIGTERM, atomically) and ``best.pt`` (best validation ELBO among the epochs from
+    the one that ends a KL warm-up or the capacity's rise). ``options`` are checked before ``out``
+    is touched. A folder that holds a run is refused unless ``resume`` (the run continues from
+    ``checkpoint.pt``; on CPU it then ends with exactly the parameters of an uninterrupted run) or
+    ``overwrite`` (its run files are replaced, other files kept).
 
     :param options: a :class:`~pyrovae.config.Config`; fit reads the objective, optimization,
         binarization, seed and device fields and ignores the model's.
@@ -91,7 +95,7 @@ def fit(
     the semi-supervised VAE, say, trains on its own loss over batches mixing labelled and
     unlabelled images and logs the accuracies of q(y|x) (``val_accuracy``, ``test_accuracy``).
     """
-    cfg, out = options, Path(out)
+    cfg, out = options.validate(), Path(out)
     from .build import resolve_device
 
     _check_binary_validation(vae, data)
@@ -99,9 +103,8 @@ def fit(
     progress = progress and ctx.main
 
     # 1. the run directory; model, data and random streams on the device
-    if ctx.main and not (out / "config.json").exists():  # so load_run and `pyrovae evaluate` open it
-        out.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_text(out / "config.json", options.to_json())
+    if ctx.main:
+        _open_out(out, cfg, resume, overwrite)
     pyro.set_rng_seed(cfg.seed + 1000 * ctx.rank)  # each rank its own z draws
     vae.to(ctx.device)
     train, val = data.train.to(ctx.device), data.val.to(ctx.device)
@@ -182,6 +185,20 @@ def fit(
     return vae.eval()
 
 
+def _open_out(out: Path, cfg: Config, resume: bool, overwrite: bool) -> None:
+    """Refuse a folder holding another run (a stale ``config.json`` would describe the wrong
+    model), as :func:`~pyrovae.runs.train` does, then write ``config.json``."""
+    from .runs import RUN_FILES, _refuse_occupied, _remove_run_files, resumed_config
+
+    if resume and (out / "config.json").exists():
+        resumed_config(out, dataclasses.asdict(cfg))
+    elif not resume and any((out / name).exists() for name in RUN_FILES if name != "config.json"):
+        _refuse_occupied(out, overwrite)  # a config.json alone is a start that failed: replaced
+        _remove_run_files(out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_text(out / "config.json", cfg.to_json())  # so load_run and `pyrovae evaluate` open it
+
+
 def _loop_and_steps(vae: VAE, training, data: Dataset, cfg: Config, ctx, meta: dict | None):
     """The run's state (a :class:`Loop` with its optimizer) and the training step it takes
     (``cfg.step``: see :mod:`pyrovae.graphs`)."""
@@ -195,7 +212,7 @@ def _loop_and_steps(vae: VAE, training, data: Dataset, cfg: Config, ctx, meta: d
     groups = decay_groups(vae, cfg.weight_decay) if cfg.weight_decay else params
     opt = (make_optimizer if kind == "eager" else fused_adam)(groups, cfg.lr, cfg.weight_decay)
     meta = {"config": cfg.to_json(), "x_shape": list(data.x_shape), "num_classes": data.num_classes,
-            **(meta or {})}  # fmt: skip
+            "made_by": "fit", **(meta or {})}  # fmt: skip
     loop = Loop(vae, opt, ctx.device, cfg.seed, ctx.rank, meta)
     steps = make_steps(kind, distributed.wrap(training.loss, ctx), opt, params, cfg.clip_norm)
     if why:

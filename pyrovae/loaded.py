@@ -125,9 +125,12 @@ def load_run(path: str | Path, which: str = "best", device: str | None = None, d
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
+        why = ("the run was made by fit() on a model config.json does not describe (your own components, say), "
+               "which cannot be rebuilt from it: build that model in Python and load the state into it, "
+               f"model.load_state_dict(pyrovae.checkpoint.load('{path / name}')['model'])"
+               if ckpt.get("made_by") == "fit" else "was config.json edited, or the run made by another model?")  # fmt: skip
         raise checkpoint.CheckpointError(
-            f"{path / name} does not fit the model {path / 'config.json'} describes "
-            f"({str(e).splitlines()[0]}); was config.json edited, or the run made by another model?"
+            f"{path / name} does not fit the model {path / 'config.json'} describes ({str(e).splitlines()[0]}); {why}"
         ) from None
     model.to(run_device(cfg.device) if device is None else resolve_device(device)).eval()
     return Run(path, cfg, model)

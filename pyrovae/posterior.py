@@ -1,8 +1,9 @@
 """Posterior inspection: the functions behind ``pyrovae inspect`` and the notebooks.
 
-Each takes a model and tensors on the model's device and returns tensors or distributions
-there; :func:`embed` and :func:`anomaly_scores`, which go through whole data sets a batch at a
-time, take data anywhere and return results on the data's device. Nothing here draws pictures
+Each takes a model and tensors on the model's device (in any floating dtype: they are converted
+to the model's) and returns tensors or distributions there; :func:`embed` and
+:func:`anomaly_scores`, which go through whole data sets a batch at a time, take data anywhere
+and return results on the data's device. Nothing here draws pictures
 (see :mod:`pyrovae.plots`). Data are generated and decoded through the model's Pyro program
 (``poutine.trace`` / ``condition``, :class:`~pyro.infer.Predictive`), never by calling its
 decoder: a hierarchical prior is sampled ancestrally, and a latent code is decoded by
@@ -18,7 +19,7 @@ from pyro import poutine
 from pyro.infer import Predictive
 from torch import Tensor
 
-from .evaluate import elbo_terms, is_point_estimate, log_likelihood, posterior_mean
+from .evaluate import elbo_terms, in_model_dtype, is_point_estimate, log_likelihood, posterior_mean
 from .models import VAE
 
 
@@ -44,19 +45,20 @@ def _program_mean(vae: VAE, n: int, y: Tensor | None = None, values: dict | None
 
 def encode(vae: VAE, x: Tensor, y: Tensor | None = None) -> pyro.distributions.Distribution:
     """q(z | x, y): batch shape ``(batch,)``, event shape ``(z_dim,)``."""
-    return vae.encode(x, y)
+    return vae.encode(in_model_dtype(vae, x), y)
 
 
 @torch.no_grad()
 def posterior_samples(vae: VAE, x: Tensor, y: Tensor | None = None, num_samples: int = 16) -> Tensor:
     """z ~ q(z | x, y), shape ``(num_samples, batch, z_dim)``."""
-    return vae.encode(x, y).sample((num_samples,))
+    return vae.encode(in_model_dtype(vae, x), y).sample((num_samples,))
 
 
 @torch.no_grad()
 def reconstruct(vae: VAE, x: Tensor, y: Tensor | None = None, sample: bool = False) -> Tensor:
     """The mean of p(x | z) at the posterior mean of z, or at one posterior sample (``sample``);
     with ``sample`` the pixels are drawn from p(x | z) too."""
+    x = in_model_dtype(vae, x)
     site = _first_latent(vae, x, y)
     z = vae.encode(x, y).sample() if sample else posterior_mean(vae, x, y)
     return _program_mean(vae, len(x), y, {site: z}, mean=not sample)
@@ -101,7 +103,7 @@ def interpolate(
     :returns: the latent path ``(steps, z_dim)`` (endpoints equal the encodings) and the decoded
         means ``(steps, *x_shape)``.
     """
-    pair = torch.stack([x1, x2])
+    pair = in_model_dtype(vae, torch.stack([x1, x2]))
     yy = None if y is None else y.reshape(1).expand(2)
     za, zb = posterior_mean(vae, pair, yy)
     t = torch.linspace(0, 1, steps, device=pair.device, dtype=pair.dtype)
@@ -124,6 +126,7 @@ def traverse(
     :returns: latents ``(len(dims), len(values), z_dim)`` and decoded means
         ``(len(dims), len(values), *x_shape)``.
     """
+    x = in_model_dtype(vae, x)
     values = torch.linspace(-3, 3, 9) if values is None else values
     values = values.to(x)
     z0 = posterior_mean(vae, x[None], None if y is None else y.reshape(1))[0]  # (z_dim,)
@@ -148,6 +151,7 @@ def posterior_predictive(
     """
     from .sites import latent_sites
 
+    x = in_model_dtype(vae, x)
     model = poutine.uncondition(vae.model)  # sample "x" instead of clamping it to the data
     sites = (*latent_sites(vae, x, y), "x")
     predictive = Predictive(model, guide=vae.guide, num_samples=num_samples, return_sites=sites)

@@ -24,6 +24,7 @@ from .fit import EpochHook, fit
 from .loaded import (  # a run read back lived here: its names stay importable from this module
     EVAL_BINARIZE_SEED,  # noqa: F401
     Run,
+    _moved_mnist,
     evaluate_run,  # noqa: F401
     finish,
     load_data,
@@ -144,6 +145,9 @@ def train(
     """
     out = Path(out)
     cfg.validate()
+    before = Config.load(out / "config.json") if resume and (out / "config.json").exists() else None
+    if before is not None and cfg.data_dir == before.data_dir:  # not given anew: found as load_run finds it,
+        cfg.data_dir = _moved_mnist(cfg)  # in $PYROVAE_DATA where the saved folder lost MNIST
     for name in ("data_dir", "data_file", "labels_file"):  # so the run can be used from any folder
         if getattr(cfg, name):
             setattr(cfg, name, str(Path(getattr(cfg, name)).resolve()))
@@ -178,7 +182,7 @@ def train(
         hooks.append(board.on_epoch)
     try:
         vae = fit(vae, data, out, cfg, resume=resume, progress=progress, on_epoch=_chain(hooks),
-                  on_step=board.on_step if board else None, meta={"evaluate": evaluate})  # fmt: skip
+                  on_step=board.on_step if board else None, meta={"evaluate": evaluate, "made_by": "train"})  # fmt: skip
     except Exception:
         if fresh:
             _clean_failed_start(out)

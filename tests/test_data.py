@@ -94,3 +94,24 @@ def test_grey_image_arrays_are_single_channel_images_and_the_run_says_what_was_d
     assert "data:" not in capsys.readouterr().out  # --quiet: no such line
     np.save(tmp_path / "v.npy", np.random.rand(60, 12).astype("float32"))
     assert load_array(tmp_path / "v.npy").x.shape == (60, 12)  # vectors stay vectors
+
+
+@pytest.mark.parametrize("binarize", [[], ["--binarize", "none", "--likelihood", "cbernoulli"]])
+def test_float64_arrays_are_read_in_the_models_dtype_by_train_and_the_run_commands(
+    tmp_path, capsys, binarize
+):
+    data = tmp_path / "x64.npy"
+    np.save(data, np.random.default_rng(0).random((60, 8, 8)))  # NumPy's default dtype, float64
+    assert load_array(data).x.dtype == torch.float32
+    args = _train_args(tmp_path, data, *binarize)
+    args.remove("--quiet")
+    assert main(args) == 0
+    assert "float64 values converted to float32" in capsys.readouterr().out.splitlines()[0]
+    run = str(tmp_path / "r")
+    assert main(["evaluate", run, "--data-file", str(data), "--k", "2", "--quiet"]) == 0
+    assert (
+        main(["score", run, "--data-file", str(data), "-o", str(tmp_path / "s.csv"), "--k", "2", "--quiet"])
+        == 0
+    )
+    assert main(["embed", run, "--data-file", str(data), "-o", str(tmp_path / "e.npy"), "--quiet"]) == 0
+    assert np.load(tmp_path / "e.npy").shape == (60, 2)

@@ -35,6 +35,31 @@ def test_dtype_follows_the_input(tiny_run):
         vae.float()
 
 
+def test_float64_data_is_taken_in_a_float32_models_dtype(tiny_run):
+    from pyrovae.evaluate import elbo_terms, kl_per_dim, log_likelihood, posterior_mean
+
+    vae, x = tiny_run.model, tiny_run.data.test.x[:8]
+    calls = {
+        "encode": lambda x: P.encode(vae, x).mean,
+        "posterior_samples": lambda x: P.posterior_samples(vae, x, num_samples=2),
+        "reconstruct": lambda x: P.reconstruct(vae, x),
+        "interpolate": lambda x: P.interpolate(vae, x[0], x[1], 3)[1],
+        "traverse": lambda x: P.traverse(vae, x[0], [0, 1])[1],
+        "posterior_predictive": lambda x: P.posterior_predictive(vae, x, num_samples=2)["x"],
+        "embed": lambda x: P.embed(vae, x),
+        "anomaly_scores": lambda x: P.anomaly_scores(vae, x, k=2)["neg_log_likelihood"],
+        "elbo_terms": lambda x: elbo_terms(vae, x)[0],
+        "log_likelihood": lambda x: log_likelihood(vae, x, k=2),
+        "posterior_mean": lambda x: posterior_mean(vae, x),
+        "kl_per_dim": lambda x: kl_per_dim(vae, x),
+    }
+    for name, call in calls.items():
+        torch.manual_seed(0)
+        got = call(x.double())
+        torch.manual_seed(0)
+        assert got.dtype == torch.float32 and torch.allclose(got, call(x), atol=1e-5), name
+
+
 @pytest.mark.parametrize("method", ["linear", "spherical"])
 def test_interpolation_endpoints_are_the_encodings(tiny_run, method):
     x = tiny_run.data.test.x[:2]

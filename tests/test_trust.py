@@ -76,6 +76,27 @@ def test_a_run_trained_through_pyrovae_data_finds_mnist_in_any_shell(
     assert load_run(run).data.test.x.equal(R.load_data(Config(data_dir=str(mnist_dir))).test.x)
 
 
+def test_a_resumed_run_finds_moved_mnist_through_pyrovae_data_as_evaluate_does(
+    tmp_path, mnist_dir, monkeypatch, capsys
+):
+    gone = tmp_path / "gone" / "MNIST" / "raw"
+    gone.mkdir(parents=True)
+    for f in (mnist_dir / "MNIST" / "raw").iterdir():
+        (gone / f.name).symlink_to(f)
+    monkeypatch.delenv("PYROVAE_DATA")
+    run = str(tmp_path / "run")
+    assert main(["train", "--data-dir", str(tmp_path / "gone"), "--train-size", "256", "--val-size", "100",
+                 "--z-dim", "2", "--hidden", "8", "--epochs", "1", "--no-eval", "--quiet", "--out", run]) == 0  # fmt: skip
+    shutil.rmtree(tmp_path / "gone")
+    resume = ["train", "--out", run, "--resume", "--epochs", "2", "--quiet"]
+    assert main(resume) == 2
+    assert capsys.readouterr().err.startswith("error: MNIST files missing from")
+    monkeypatch.setenv("PYROVAE_DATA", str(mnist_dir))
+    assert main(resume) == 0
+    assert len(_rows(tmp_path / "run" / "metrics.csv")) == 2
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data_dir"] == str(mnist_dir)
+
+
 # -- samples as asked -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def conditional_run(tmp_path_factory, data):
@@ -271,6 +292,77 @@ def test_a_run_made_by_fit_opens_with_load_run_and_evaluate(data, tmp_path):
         assert torch.equal(v, run.model.state_dict()[k])
     assert main(["evaluate", str(tmp_path / "fit"), "--quiet"]) == 0
     assert json.loads((tmp_path / "fit" / "eval.json").read_text())["k"] == 3
+
+
+def test_fit_checks_its_options_before_writing_anything(data, tmp_path):
+    from pyrovae import fit
+    from pyrovae.build import build_model
+
+    cfg = Config(
+        dataset="file", data_file=str(data), z_dim=2, hidden=[8], batch_size=16, val_size=10, epochs=1
+    )
+    d = R.load_data(cfg)
+    for bad, says in [
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"lr": -1}, "lr must be positive"),
+    ]:
+        with pytest.raises(ConfigError, match=says):
+            fit(
+                build_model(cfg, d.x_shape),
+                d,
+                tmp_path / "bad",
+                Config(**{**vars(cfg), **bad}),
+                progress=False,
+            )
+        assert not (tmp_path / "bad").exists()
+
+
+def test_fit_refuses_a_folder_holding_another_run_as_train_does(data, tmp_path):
+    from pyrovae import fit
+    from pyrovae.build import build_model
+
+    def cfg(**kw):
+        return Config(**{**dict(dataset="file", data_file=str(data), hidden=[8], batch_size=16, val_size=10,
+                                epochs=1), **kw})  # fmt: skip
+
+    d, out = R.load_data(cfg()), tmp_path / "fit"
+    fit(build_model(cfg(z_dim=4), d.x_shape), d, out, cfg(z_dim=4), progress=False)
+    with pytest.raises(ConfigError, match="already holds files: continue its run with .*overwrite=True"):
+        fit(build_model(cfg(z_dim=8), d.x_shape), d, out, cfg(z_dim=8), progress=False)
+    assert load_run(out).model.z_dim == 4  # the run is as it was
+    with pytest.raises(ConfigError, match="contradict the saved run \\(z_dim: saved 4, given 8\\)"):
+        fit(build_model(cfg(z_dim=8), d.x_shape), d, out, cfg(z_dim=8, epochs=2), resume=True, progress=False)
+    fit(build_model(cfg(z_dim=4), d.x_shape), d, out, cfg(z_dim=4, epochs=2), resume=True, progress=False)
+    assert len(_rows(out / "metrics.csv")) == 2 and load_run(out).config.epochs == 2
+    fit(build_model(cfg(z_dim=8), d.x_shape), d, out, cfg(z_dim=8), overwrite=True, progress=False)
+    assert load_run(out).model.z_dim == 8 and len(_rows(out / "metrics.csv")) == 1
+
+
+def test_a_run_fit_made_of_a_users_components_says_how_to_load_it(data, tmp_path, capsys):
+    import math
+
+    from torch import nn
+
+    from pyrovae import VAE, checkpoint, fit
+
+    class LinearDecoder(nn.Module):  # as docs/python-api.md writes it
+        def __init__(self, z_dim, x_shape=(1, 8, 8)):
+            super().__init__()
+            self.x_shape = tuple(x_shape)
+            self.linear = nn.Linear(z_dim, math.prod(self.x_shape))
+
+        def forward(self, z, y=None):
+            return self.linear(z).reshape(*z.shape[:-1], *self.x_shape)
+
+    cfg = Config(dataset="file", data_file=str(data), z_dim=16, batch_size=16, val_size=10, epochs=1)
+    d, out = R.load_data(cfg), tmp_path / "lin"
+    vae = fit(VAE(d.x_shape, 16, decoder=LinearDecoder(16)), d, out, cfg, progress=False)
+    assert main(["evaluate", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "made by fit() on a model config.json does not describe" in err and "edited" not in err
+    again = VAE(d.x_shape, 16, decoder=LinearDecoder(16))  # what the message says to do
+    again.load_state_dict(checkpoint.load(out / "best.pt")["model"])
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in vae.state_dict().items())
 
 
 # -- pyrovae runs ---------------------------------------------------------------------------
