@@ -97,6 +97,14 @@ MISTAKES = [
     ("score strings", ["score", "{w}/run", "--data-file", "{w}/strings.npy", "-o", "{w}/s.csv"], "not numbers", None),
     ("score the wrong shape", ["score", "{w}/run", "--data-file", "{w}/wide.npy", "-o", "{w}/s.csv", "--quiet"],
      "rows of shape (1, 8, 9)", None),
+    ("evaluate the wrong shape", ["evaluate", "{w}/run", "--data-file", "{w}/wide.npy", "--k", "2", "--quiet"],
+     "wide.npy has rows of shape (1, 8, 9) but the run was trained on (1, 8, 8)", None),
+    ("reconstruct the wrong shape", ["reconstruct", "{w}/run", "--data-file", "{w}/wide.npy", "-o", "{w}/r.png"],
+     "rows of shape (1, 8, 9)", None),
+    ("inspect the wrong shape", ["inspect", "{w}/run", "--data-file", "{w}/wide.npy", "--k", "2", "--n", "4"],
+     "rows of shape (1, 8, 9)", None),
+    ("score with the run's data of the wrong shape", ["score", "{w}/run", "--split", "test", "--run-data-file",
+     "{w}/wide.npy", "-o", "{w}/s.csv", "--quiet"], "rows of shape (1, 8, 9)", None),
     ("flag 200 %", ["score", "{w}/run", "--split", "test", "--threshold-from", "val", "--fpr", "2", "-o",
                     "{w}/s.csv", "--quiet"], "--fpr must be between 0 and 1", None),
     ("embed to a text file", ["embed", "{w}/run", "--split", "test", "-o", "{w}/z.txt"], ".npy or .csv", None),
@@ -196,6 +204,17 @@ def test_a_non_finite_loss_gets_advice_that_fits(world, tmp_path, capsys, monkey
     assert err.startswith("error: non-finite loss") and says in err and never not in err, err
     assert len(err.splitlines()) == 1
     assert not (tmp_path / "r").exists()  # a run that never finished an epoch leaves nothing
+
+
+def test_evaluate_takes_a_file_smaller_than_a_training_batch(world, tmp_path, capsys):
+    """A run's batch size is a training option: evaluating on a small file of the right shape
+    is no mistake (it used to be refused with advice to lower a --batch-size evaluate has not)."""
+    run = tmp_path / "run"
+    shutil.copytree(world["dir"] / "run", run)
+    np.save(tmp_path / "small.npy", np.random.default_rng(0).random((12, 8, 8)).astype(np.float32))
+    args = ["evaluate", str(run), "--data-file", str(tmp_path / "small.npy"), "--k", "2", "--quiet"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert json.loads((run / "eval.json").read_text())["n_images"] == 1
 
 
 def test_score_creates_its_output_folder_as_sample_does(world, tmp_path):
