@@ -136,6 +136,7 @@ def load_run(path: str | Path, which: str = "best", device: str | None = None, d
     cfg.data_file = data_file or cfg.data_file
     name = {"best": "best.pt", "last": "checkpoint.pt"}.get(which, which)
     ckpt = checkpoint.load(path / name)
+    _check_same_config(cfg, ckpt, path, name)
     shape = ckpt.get("x_shape")
     if shape is None:
         raise checkpoint.CheckpointError(f"{path / name} does not record the data shape")
@@ -149,6 +150,28 @@ def load_run(path: str | Path, which: str = "best", device: str | None = None, d
         ) from None
     model.to(run_device(cfg.device) if device is None else resolve_device(device)).eval()
     return Run(path, cfg, model)
+
+
+def _check_same_config(cfg: Config, ckpt: dict, path: Path, name: str) -> None:
+    """Refuse a checkpoint whose stored options differ from ``config.json``'s, where the weights
+    would load into a model of another kind and be evaluated silently (its ``guide_scale``, say);
+    options that may change on resume (:data:`pyrovae.runs.RESUMABLE`) may differ."""
+    from .runs import RESUMABLE  # runs imports this module
+
+    try:
+        stored = json.loads(ckpt.get("config") or "{}")
+    except (TypeError, ValueError):
+        stored = {}
+    stored = stored if isinstance(stored, dict) else {}
+    saved = dataclasses.asdict(cfg)
+    # an option the checkpoint does not record was added since it was written: nothing to compare
+    differ = [k for k, v in stored.items() if k in saved and k not in RESUMABLE and saved[k] != v]
+    if differ:
+        detail = ", ".join(f"{k}: {name} {stored[k]!r}, config.json {saved[k]!r}" for k in differ)
+        raise checkpoint.CheckpointError(
+            f"{path / name} was made with other options than {path / 'config.json'} holds ({detail}); "
+            "was config.json edited, or the run made by another model?"
+        )
 
 
 def _moved_mnist(cfg: Config) -> str | None:

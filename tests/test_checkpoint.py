@@ -1,5 +1,6 @@
 """Checkpoints: atomic writes, and truncated or pickled files refused clearly."""
 
+import json
 import os
 
 import pytest
@@ -55,3 +56,20 @@ def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
         checkpoint.atomic_write(path, broken)
     assert torch.equal(checkpoint.load(path)["model"]["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_options_a_resume_may_change_do_not_make_a_checkpoint_anothers(tmp_path, capsys, tiny_data_file):
+    """best.pt records the options it was trained with; those a resume may change (eval_k,
+    device) are not taken for a sign of a checkpoint made by another model."""
+    data = tiny_data_file(tmp_path)
+    out = tmp_path / "run"
+    assert main(_train(data, out, 1)) == 0
+    assert (
+        main(_train(data, out, 1, "--resume", "--eval-k", "2", "--eval-n-test", "3", "--device", "cpu")) == 0
+    )
+    assert json.loads(torch.load(out / "best.pt", weights_only=True)["config"])["eval_k"] == 1000
+    for which in ("best", "last"):
+        assert (
+            main(["evaluate", str(out), "--k", "2", "--n-test", "3", "--checkpoint", which, "--quiet"]) == 0
+        )
+    assert "error" not in capsys.readouterr().err

@@ -30,8 +30,12 @@ def world(tmp_path_factory, tiny_data_file):
     data = tiny_data_file(w, n=90, classes=3)
     assert _train(data, w / "run") == 0
     assert _train(data, w / "crun", "--conditional", "--classes", "0,1") == 0
-    for name in ("badconfig", "truncated", "garbage"):
+    assert _train(data, w / "exprun", "--guide-scale", "exp") == 0
+    for name in ("badconfig", "truncated", "garbage", "edited", "swapped"):
         shutil.copytree(w / "run", w / name)
+    config = json.loads((w / "edited" / "config.json").read_text())
+    (w / "edited" / "config.json").write_text(json.dumps({**config, "activation": "tanh"}))
+    shutil.copy(w / "exprun" / "best.pt", w / "swapped" / "best.pt")  # another model, the same shapes
     (w / "badconfig" / "config.json").write_text('{"z_dim": 2,')
     best = (w / "truncated" / "best.pt").read_bytes()
     (w / "truncated" / "best.pt").write_bytes(best[: len(best) // 2])
@@ -80,6 +84,11 @@ MISTAKES = [
     ("damaged config.json", ["evaluate", "{w}/badconfig"], "is not valid JSON", None),
     ("no such checkpoint", ["evaluate", "{w}/run", "--checkpoint", "nothere.pt"], "no checkpoint at", None),
     ("truncated best.pt", ["evaluate", "{w}/truncated"], "--checkpoint last", "resume from"),
+    ("config.json edited", ["evaluate", "{w}/edited", "--k", "2"],
+     "(activation: best.pt 'softplus', config.json 'tanh'); was config.json edited", None),
+    ("another run's best.pt", ["evaluate", "{w}/swapped", "--k", "2"],
+     "(--guide-scale: best.pt 'exp', config.json 'softplus'); was config.json edited", None),
+    ("another run's best.pt, sampled", ["sample", "{w}/swapped", "-o", "{w}/s.png"], "--guide-scale", None),
     ("8 bytes of garbage", ["evaluate", "{w}/garbage"], "truncated or corrupted", "pickled"),
     ("sample no images", ["sample", "{w}/run", "-n", "0", "-o", "{w}/s.png"], "positive integer", None),
     ("sample as GIF", ["sample", "{w}/run", "-o", "{w}/s.gif"], "name a .png", None),
