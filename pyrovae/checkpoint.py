@@ -8,6 +8,7 @@ disk, then renamed over the target, so a crash at any moment leaves the old or t
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,16 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded, with what to do about it."""
 
 
+#: The name of :func:`atomic_write`'s temporary file of ``name``: ``.name.XXXXXXXX.tmp`` (tempfile's
+#: eight random characters), hidden, so only :func:`remove_temporaries` ever sees what a write
+#: killed midway left.
+TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Call ``write(file_object)`` on a temporary file, then rename it over ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # TEMPORARY
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it: a temporary file is owner-only
         with os.fdopen(fd, "wb") as f:
@@ -38,6 +45,19 @@ def atomic_write(path: str | Path, write) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_write` in ``folder``: partial files that a
+    process killed during a write (``kill -9``, a power cut) left behind, which no later write
+    reuses. Call it only where no other process writes into ``folder``.
+
+    :returns: the files removed.
+    """
+    stale = [p for p in Path(folder).glob(".*.tmp") if TEMPORARY.fullmatch(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def _umask() -> int:

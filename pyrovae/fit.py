@@ -102,6 +102,8 @@ def fit(
     if ctx.main and not (out / "config.json").exists():  # so load_run and `pyrovae evaluate` open it
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.write_text(out / "config.json", options.to_json())
+    if ctx.main:  # this run's files are written by this process alone from here on
+        checkpoint.remove_temporaries(out)
     pyro.set_rng_seed(cfg.seed + 1000 * ctx.rank)  # each rank its own z draws
     vae.to(ctx.device)
     train, val = data.train.to(ctx.device), data.val.to(ctx.device)
