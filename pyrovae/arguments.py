@@ -162,9 +162,6 @@ def parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--n-test", type=_positive, default=None,
                    help="test images for log p(x) (default: the run's eval_n_test)")  # fmt: skip
-    e.add_argument(
-        "--checkpoint", default="best", help="'best', 'last' or a file name in RUN (default: best)"
-    )
     e.add_argument("--seed", type=int, default=0, help="seed of the estimates' samples (default: 0)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -281,6 +278,8 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_argument(p: argparse.ArgumentParser) -> None:
+    """The options of a command that reads one run: which run, its checkpoint, and where its data
+    and device are now."""
     p.add_argument("run", type=Path, help="run directory")
     p.add_argument("--device", default=None, help=RUN_DEVICE_HELP)
     p.add_argument(
@@ -288,3 +287,6 @@ def _run_argument(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--data-file", default=None,
                    help="the run's data file, if it moved since training (default: the run's)")  # fmt: skip
+    p.add_argument(
+        "--checkpoint", default="best", help="'best', 'last' or a file name in RUN (default: best)"
+    )

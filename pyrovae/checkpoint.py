@@ -80,7 +80,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     """Load a checkpoint safely; refuses pickled objects and reports truncation clearly."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}")
+        raise CheckpointError(f"no checkpoint at {path}; {_missing(path)}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -104,6 +104,19 @@ def load_error_cause(msg: str) -> str:
     lines = [line.strip() for line in msg.splitlines() if line.strip()]
     cause = next((lines[i + 1] for i, line in enumerate(lines[:-1]) if line.endswith("error:")), lines[0])
     return cause[:120]
+
+
+def _missing(path: Path) -> str:
+    """What to do without the file ``path``: use the run's other checkpoint, where it has one."""
+    folder = path.parent
+    if path.name == "best.pt" and (folder / "checkpoint.pt").exists():
+        return "the run's last checkpoint is there: use it (--checkpoint last), or train the run again"
+    if path.name == "checkpoint.pt" and (folder / "best.pt").exists():
+        return "the run's best.pt is there: use it (--checkpoint best)"
+    if path.name in ("best.pt", "checkpoint.pt"):
+        return (f"{folder} holds no checkpoint: train the run (pyrovae train --out {folder}, --resume to go "
+                "on from its config.json), or copy its files anew if it came from elsewhere")  # fmt: skip
+    return f"name 'best', 'last' or a checkpoint file in {folder}"
 
 
 def _other_checkpoint(path: Path) -> str:

@@ -31,8 +31,11 @@ def world(tmp_path_factory, tiny_data_file):
     assert _train(data, w / "run") == 0
     assert _train(data, w / "crun", "--conditional", "--classes", "0,1") == 0
     assert _train(data, w / "exprun", "--guide-scale", "exp") == 0
-    for name in ("badconfig", "truncated", "garbage", "edited", "swapped"):
+    for name in ("badconfig", "truncated", "garbage", "edited", "swapped", "nobest", "nockpt"):
         shutil.copytree(w / "run", w / name)
+    (w / "nobest" / "best.pt").unlink()
+    (w / "nockpt" / "best.pt").unlink()
+    (w / "nockpt" / "checkpoint.pt").unlink()
     config = json.loads((w / "edited" / "config.json").read_text())
     (w / "edited" / "config.json").write_text(json.dumps({**config, "activation": "tanh"}))
     shutil.copy(w / "exprun" / "best.pt", w / "swapped" / "best.pt")  # another model, the same shapes
@@ -89,6 +92,10 @@ MISTAKES = [
     ("another run's best.pt", ["evaluate", "{w}/swapped", "--k", "2"],
      "(--guide-scale: best.pt 'exp', config.json 'softplus'); was config.json edited", None),
     ("another run's best.pt, sampled", ["sample", "{w}/swapped", "-o", "{w}/s.png"], "--guide-scale", None),
+    ("sample a truncated best.pt", ["sample", "{w}/truncated", "-o", "{w}/s.png"], "--checkpoint last", None),
+    ("best.pt missing", ["reconstruct", "{w}/nobest", "-o", "{w}/r.png"],
+     "nobest/best.pt; the run's last checkpoint is there: use it (--checkpoint last)", None),
+    ("no checkpoint at all", ["inspect", "{w}/nockpt"], "holds no checkpoint: train the run", None),
     ("8 bytes of garbage", ["evaluate", "{w}/garbage"], "truncated or corrupted", "pickled"),
     ("sample no images", ["sample", "{w}/run", "-n", "0", "-o", "{w}/s.png"], "positive integer", None),
     ("sample as GIF", ["sample", "{w}/run", "-o", "{w}/s.gif"], "name a .png", None),
@@ -213,6 +220,16 @@ def test_a_non_finite_loss_gets_advice_that_fits(world, tmp_path, capsys, monkey
     assert err.startswith("error: non-finite loss") and says in err and never not in err, err
     assert len(err.splitlines()) == 1
     assert not (tmp_path / "r").exists()  # a run that never finished an epoch leaves nothing
+
+
+@pytest.mark.parametrize("command", [["sample", "-o", "{t}/s.png"], ["reconstruct", "-o", "{t}/r.png"],
+                                     ["inspect", "--n", "5", "--k", "2"], ["evaluate", "--k", "2", "--quiet"]])  # fmt: skip
+def test_the_advice_for_a_damaged_best_pt_can_be_followed(world, tmp_path, capsys, command):
+    run = tmp_path / "run"
+    shutil.copytree(world["dir"] / "truncated", run)
+    args = [command[0], str(run), *(a.format(t=tmp_path) for a in command[1:])]
+    assert main(args) == 2 and "(--checkpoint last)" in capsys.readouterr().err
+    assert main([*args, "--checkpoint", "last"]) == 0, capsys.readouterr().err
 
 
 def test_evaluate_takes_a_file_smaller_than_a_training_batch(world, tmp_path, capsys):
