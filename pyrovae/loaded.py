@@ -15,7 +15,7 @@ import torch
 
 from . import checkpoint
 from .build import build_model, resolve_device, run_device
-from .config import Config, ConfigError
+from .config import Config, ConfigError, check_seed
 from .data import (
     DataError,
     Dataset,
@@ -223,6 +223,7 @@ def evaluate_run(run: Run, k: int | None = None, n_test: int | None = None, seed
     n_test = n_test if n_test is not None else cfg.eval_n_test
     if k < 1 or (n_test is not None and n_test < 1):
         raise ConfigError("k and n_test must be positive", "k")
+    check_seed(seed)
     test, variant = run.data.test.to(run.device), variant_of(run.model)
     pyro.set_rng_seed(seed)
     res = evaluate(run.model, Split(test.x, variant.test_labels(run.model, test.y)), k=k, n_ll=n_test,
