@@ -14,7 +14,7 @@ import types
 import typing
 from pathlib import Path
 
-from .config import PRESETS, Config
+from .config import PRESETS, SEED, Config
 from .distributed import rank
 
 
@@ -68,6 +68,17 @@ def _positive(value: str) -> int:
     return n
 
 
+def _seed(value: str) -> int:
+    """A seed: an integer from 0 to 2**32 - 1 (see :data:`~pyrovae.config.SEED`)."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if not SEED[0](n):
+        raise argparse.ArgumentTypeError(f"expected {SEED[1]}, got {value!r}")
+    return n
+
+
 def flag(name: str) -> str:
     """The command-line flag of a config field, without its dashes: ``z_dim`` -> ``z-dim``."""
     return name.replace("_", "-")
@@ -90,7 +101,7 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
         elif choices is not None:
             p.add_argument(option, type=_choice_type(f.name, choices), metavar="NAME", **kw)
         else:
-            p.add_argument(option, type=t, **kw)
+            p.add_argument(option, type=_seed if f.metadata.get("domain") is SEED else t, **kw)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -162,10 +173,7 @@ def parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--n-test", type=_positive, default=None,
                    help="test images for log p(x) (default: the run's eval_n_test)")  # fmt: skip
-    e.add_argument(
-        "--checkpoint", default="best", help="'best', 'last' or a file name in RUN (default: best)"
-    )
-    e.add_argument("--seed", type=int, default=0, help="seed of the estimates' samples (default: 0)")
+    e.add_argument("--seed", type=_seed, default=0, help="seed of the estimates' samples (default: 0)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("sample", help="a grid of images generated from the prior")
@@ -177,7 +185,7 @@ def parser() -> argparse.ArgumentParser:
                    help="number of images (default: 64, or about 64 in rows of one class for a conditional run; 8 completions for a structured one)")  # fmt: skip
     s.add_argument("--label", type=int, default=None,
                    help="class to generate, for a conditional run (default: one row per class)")  # fmt: skip
-    s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    s.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
 
     r = sub.add_parser("reconstruct", help="test images next to their reconstructions")
     _run_argument(r)
@@ -199,7 +207,7 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--storage", default=None,
                    help="Optuna storage URL shared by several worker processes (default: OUT/study.db)")  # fmt: skip
     w.add_argument("--study-name", default=None, help="study name in the storage (default: OUT's name)")
-    w.add_argument("--sampler-seed", type=int, default=None,
+    w.add_argument("--sampler-seed", type=_seed, default=None,
                    help="seed of the TPE sampler, for a reproducible one-process sweep (default: random)")  # fmt: skip
     w.add_argument("--no-prune", action="store_true", help="train every trial to the end")
     w.add_argument("--preset", type=_choice_type("preset", list(PRESETS)), metavar="NAME",
@@ -218,7 +226,7 @@ def parser() -> argparse.ArgumentParser:
     dg = sub.add_parser("disentanglement", help="BetaVAE, FactorVAE, MIG and DCI scores of a dsprites run, "
                         "and a labelled traversal -> RUN/disentanglement.json, RUN/traversal.png")  # fmt: skip
     _run_argument(dg)
-    dg.add_argument("--seed", type=int, default=0, help="seed of the metrics' samples (default: 0)")
+    dg.add_argument("--seed", type=_seed, default=0, help="seed of the metrics' samples (default: 0)")
     dg.add_argument("--scale", type=float, default=1.0,
                     help="fraction of disentanglement_lib's sample sizes (default: 1, its protocol)")  # fmt: skip
 
@@ -276,11 +284,13 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="MNIST folder, if it moved since training")
     p.add_argument("--run-data-file", default=None,
                    help="the run's own data file, if it moved since training (for --split and --threshold-from val)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo estimates (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the Monte Carlo estimates (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _run_argument(p: argparse.ArgumentParser) -> None:
+    """The options of a command that reads one run: which run, its checkpoint, and where its data
+    and device are now."""
     p.add_argument("run", type=Path, help="run directory")
     p.add_argument("--device", default=None, help=RUN_DEVICE_HELP)
     p.add_argument(
@@ -288,3 +298,6 @@ def _run_argument(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--data-file", default=None,
                    help="the run's data file, if it moved since training (default: the run's)")  # fmt: skip
+    p.add_argument(
+        "--checkpoint", default="best", help="'best', 'last' or a file name in RUN (default: best)"
+    )

@@ -8,6 +8,7 @@ disk, then renamed over the target, so a crash at any moment leaves the old or t
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,16 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded, with what to do about it."""
 
 
+#: The name of :func:`atomic_write`'s temporary file of ``name``: ``.name.XXXXXXXX.tmp`` (tempfile's
+#: eight random characters), hidden, so only :func:`remove_temporaries` ever sees what a write
+#: killed midway left.
+TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Call ``write(file_object)`` on a temporary file, then rename it over ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # TEMPORARY
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it: a temporary file is owner-only
         with os.fdopen(fd, "wb") as f:
@@ -38,6 +45,19 @@ def atomic_write(path: str | Path, write) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_write` in ``folder``: partial files that a
+    process killed during a write (``kill -9``, a power cut) left behind, which no later write
+    reuses. Call it only where no other process writes into ``folder``.
+
+    :returns: the files removed.
+    """
+    stale = [p for p in Path(folder).glob(".*.tmp") if TEMPORARY.fullmatch(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def _umask() -> int:
@@ -60,7 +80,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     """Load a checkpoint safely; refuses pickled objects and reports truncation clearly."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}")
+        raise CheckpointError(f"no checkpoint at {path}; {_missing(path)}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -84,6 +104,19 @@ def load_error_cause(msg: str) -> str:
     lines = [line.strip() for line in msg.splitlines() if line.strip()]
     cause = next((lines[i + 1] for i, line in enumerate(lines[:-1]) if line.endswith("error:")), lines[0])
     return cause[:120]
+
+
+def _missing(path: Path) -> str:
+    """What to do without the file ``path``: use the run's other checkpoint, where it has one."""
+    folder = path.parent
+    if path.name == "best.pt" and (folder / "checkpoint.pt").exists():
+        return "the run's last checkpoint is there: use it (--checkpoint last), or train the run again"
+    if path.name == "checkpoint.pt" and (folder / "best.pt").exists():
+        return "the run's best.pt is there: use it (--checkpoint best)"
+    if path.name in ("best.pt", "checkpoint.pt"):
+        return (f"{folder} holds no checkpoint: train the run (pyrovae train --out {folder}, --resume to go "
+                "on from its config.json), or copy its files anew if it came from elsewhere")  # fmt: skip
+    return f"name 'best', 'last' or a checkpoint file in {folder}"
 
 
 def _other_checkpoint(path: Path) -> str:

@@ -128,7 +128,7 @@ def _command(args: argparse.Namespace) -> int:
         output_file(args.output, IMAGE_FORMATS)
     else:  # evaluate, inspect and disentanglement write into the run
         writable_folder(args.run, "results")
-    which = getattr(args, "checkpoint", "best")
+    which = args.checkpoint
     run = load_run(args.run, which, args.device, args.data_dir, args.data_file)
     if args.command == "evaluate":
         from .evaluate import summary

@@ -42,6 +42,7 @@ NATS = (lambda v: v >= 0, ">= 0 nats")
 PROBABILITY = (lambda v: 0 <= v < 1, "a probability in [0, 1)")
 SIZES = (lambda v: bool(v) and min(v) >= 1, "positive layer sizes")
 CLASSES = (lambda v: bool(v) and min(v) >= 0, "class indices 0, 1, ...")
+SEED = (lambda v: 0 <= v < 2**32, "an integer from 0 to 2**32 - 1")  # what NumPy, and so Pyro, is seeded with
 
 
 class _Models:
@@ -229,7 +230,7 @@ class Config:
         "stop", "on a NaN/inf loss: stop, or roll back to the last good state with half the lr",
         ("stop", "rollback"),
     )  # fmt: skip
-    seed: int = _opt(0, "seeds torch, Pyro and the batch order")
+    seed: int = _opt(0, "seeds torch, Pyro and the batch order", domain=SEED)
     device: str = _opt("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
     deterministic: bool = _opt(
         False, "bit-exact resume on CUDA: deterministic kernels and a fixed cuBLAS workspace (slower on a "
@@ -345,6 +346,11 @@ class Config:
         if self.binarize == "auto":
             return LIKELIHOODS[self.likelihood].needs_binary
         return self.binarize == "dynamic"
+
+
+def check_seed(seed: int, name: str = "seed") -> None:
+    """Refuse a seed outside 0 to 2**32 - 1 (:data:`SEED`), naming the option ``name``."""
+    _check_field(name, seed, SEED)
 
 
 def _check_field(name: str, value, domain) -> None:

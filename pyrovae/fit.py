@@ -105,6 +105,7 @@ def fit(
     # 1. the run directory; model, data and random streams on the device
     if ctx.main:
         _open_out(out, cfg, resume, overwrite)
+        checkpoint.remove_temporaries(out)  # this run's files are written by this process alone from here on
     pyro.set_rng_seed(cfg.seed + 1000 * ctx.rank)  # each rank its own z draws
     vae.to(ctx.device)
     train, val = data.train.to(ctx.device), data.val.to(ctx.device)

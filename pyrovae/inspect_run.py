@@ -31,9 +31,9 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
     :param n: test images used for the latent map, KL bars and anomaly ranking.
     """
     pyro.set_rng_seed(seed)
-    out = run.path / "figures"
-    out.mkdir(exist_ok=True)
     vae, test = run.model, run.data.test.subset(slice(0, n)).to(run.device)
+    out = run.path / "figures"
+    out.mkdir(exist_ok=True)  # once the data is read: data refused leaves no empty folder
     variant = variant_of(vae)
     y = variant.inputs(
         vae, test.x, test.y

@@ -15,7 +15,7 @@ import torch
 
 from . import checkpoint
 from .build import build_model, resolve_device, run_device
-from .config import Config, ConfigError
+from .config import Config, ConfigError, check_seed
 from .data import (
     DataError,
     Dataset,
@@ -36,11 +36,19 @@ EVAL_BINARIZE_SEED = 0  # validation and test sets are binarized once, identical
 
 
 # -- data -----------------------------------------------------------------------------------
-def load_data(cfg: Config) -> Dataset:
+def load_data(cfg: Config, x_shape: tuple[int, ...] | None = None) -> Dataset:
     """The config's data set, checked against the likelihood; validation and test are binarized
-    once with a fixed seed when training binarizes, so figures compare across runs."""
+    once with a fixed seed when training binarizes, so figures compare across runs.
+
+    :param x_shape: the shape of one datum of the trained model the data is for (a run read
+        back): data of another shape is refused, and the batch size, a training option, is not
+        checked.
+    """
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.data_file, cfg.labels_file, cfg.val_size, cfg.split_seed,
                         cfg.image_size, cfg.train_size if cfg.dataset == "dsprites" else None)  # fmt: skip
+    if x_shape is not None:  # before any other check: a file of the wrong shape is the mistake to name
+        check_shape(cfg.data_file or cfg.dataset, data.x_shape, x_shape,
+                    "give the run's own data file, or one shaped like it")  # fmt: skip
     data = select_classes(data, cfg.classes, cfg.exclude_classes)
     if cfg.train_size is not None and cfg.train_size < len(data.train):
         data.train = data.train.subset(slice(0, cfg.train_size))
@@ -54,7 +62,7 @@ def load_data(cfg: Config) -> Dataset:
             "set binarize dynamic, or use a likelihood for grey values (cbernoulli, normal, laplace)",
             "binarize",
         )
-    if cfg.batch_size > len(data.train):
+    if x_shape is None and cfg.batch_size > len(data.train):
         raise ConfigError(
             f"batch_size {cfg.batch_size} is larger than the {len(data.train)} training data; lower it",
             "batch_size",
@@ -65,6 +73,16 @@ def load_data(cfg: Config) -> Dataset:
         data.test.x = binarize(data.test.x, torch.Generator().manual_seed(EVAL_BINARIZE_SEED))
         data.notes.append("binarized: training data afresh every epoch, validation and test once (seed 0)")
     return data
+
+
+def check_shape(name: str, shape: tuple[int, ...], x_shape: tuple[int, ...], advice: str) -> None:
+    """Refuse data ``name`` whose rows have ``shape`` where the run was trained on ``x_shape``,
+    before the model fails on them with an error about matrix sizes; ``advice`` says what to give."""
+    if tuple(shape) != tuple(x_shape):
+        raise DataError(
+            f"{name} has rows of shape {tuple(shape)} but the run was trained on {tuple(x_shape)}; {advice}",
+            "data_file",
+        )
 
 
 # -- loading a run --------------------------------------------------------------------------
@@ -85,7 +103,7 @@ class Run:
         """The run's data set, loaded on first use (validation/test binarized as in training), on
         the model's device, so ``run.model`` takes ``run.data``'s tensors as they are."""
         if self._data is None:
-            self._data = load_data(self.config)
+            self._data = load_data(self.config, self.model.x_shape)
         d, device = self._data, self.device
         if any(s.x.device != device for s in (d.train, d.val, d.test)):  # a copy: data given to train stays
             self._data = dataclasses.replace(d, train=d.train.to(device), val=d.val.to(device),
@@ -118,6 +136,7 @@ def load_run(path: str | Path, which: str = "best", device: str | None = None, d
     cfg.data_file = data_file or cfg.data_file
     name = {"best": "best.pt", "last": "checkpoint.pt"}.get(which, which)
     ckpt = checkpoint.load(path / name)
+    _check_same_config(cfg, ckpt, path, name)
     shape = ckpt.get("x_shape")
     if shape is None:
         raise checkpoint.CheckpointError(f"{path / name} does not record the data shape")
@@ -134,6 +153,28 @@ def load_run(path: str | Path, which: str = "best", device: str | None = None, d
         ) from None
     model.to(run_device(cfg.device) if device is None else resolve_device(device)).eval()
     return Run(path, cfg, model)
+
+
+def _check_same_config(cfg: Config, ckpt: dict, path: Path, name: str) -> None:
+    """Refuse a checkpoint whose stored options differ from ``config.json``'s, where the weights
+    would load into a model of another kind and be evaluated silently (its ``guide_scale``, say);
+    options that may change on resume (:data:`pyrovae.runs.RESUMABLE`) may differ."""
+    from .runs import RESUMABLE  # runs imports this module
+
+    try:
+        stored = json.loads(ckpt.get("config") or "{}")
+    except (TypeError, ValueError):
+        stored = {}
+    stored = stored if isinstance(stored, dict) else {}
+    saved = dataclasses.asdict(cfg)
+    # an option the checkpoint does not record was added since it was written: nothing to compare
+    differ = [k for k, v in stored.items() if k in saved and k not in RESUMABLE and saved[k] != v]
+    if differ:
+        detail = ", ".join(f"{k}: {name} {stored[k]!r}, config.json {saved[k]!r}" for k in differ)
+        raise checkpoint.CheckpointError(
+            f"{path / name} was made with other options than {path / 'config.json'} holds ({detail}); "
+            "was config.json edited, or the run made by another model?"
+        )
 
 
 def _moved_mnist(cfg: Config) -> str | None:
@@ -185,6 +226,7 @@ def evaluate_run(run: Run, k: int | None = None, n_test: int | None = None, seed
     n_test = n_test if n_test is not None else cfg.eval_n_test
     if k < 1 or (n_test is not None and n_test < 1):
         raise ConfigError("k and n_test must be positive", "k")
+    check_seed(seed)
     test, variant = run.data.test.to(run.device), variant_of(run.model)
     pyro.set_rng_seed(seed)
     res = evaluate(run.model, Split(test.x, variant.test_labels(run.model, test.y)), k=k, n_ll=n_test,

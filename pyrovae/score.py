@@ -22,7 +22,7 @@ from torch import Tensor
 from .config import ConfigError
 from .data import DataError, binarize, check_values, is_binary, read_rows
 from .evaluate import cached_prior, is_point_estimate
-from .loaded import EVAL_BINARIZE_SEED, Run
+from .loaded import EVAL_BINARIZE_SEED, Run, check_shape
 from .posterior import anomaly_scores, embed, posterior_samples, reconstruct
 
 SPLITS = ("train", "val", "test")
@@ -87,9 +87,7 @@ def batches(run: Run, rows: Rows, batch_size: int) -> Iterator[tuple[int, Tensor
             x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         if x.dim() == len(vae.x_shape):  # (N, H, W) grey images for a (1, H, W) model
             x = x.unsqueeze(1)
-        if tuple(x.shape[1:]) != tuple(vae.x_shape):
-            raise DataError(f"{rows.name} has rows of shape {tuple(x.shape[1:])} but the run was trained on "
-                            f"{tuple(vae.x_shape)}; score data shaped like the training data")  # fmt: skip
+        check_shape(rows.name, x.shape[1:], vae.x_shape, "score data shaped like the training data")
         check_values(x, f"{rows.name} (rows {start}-{stop - 1})")
         if needs_binary and not is_binary(x):
             x = binarize(x, g)

@@ -1,5 +1,6 @@
 """Checkpoints: atomic writes, and truncated or pickled files refused clearly."""
 
+import json
 import os
 
 import pytest
@@ -55,3 +56,49 @@ def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
         checkpoint.atomic_write(path, broken)
     assert torch.equal(checkpoint.load(path)["model"]["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_options_a_resume_may_change_do_not_make_a_checkpoint_anothers(tmp_path, capsys, tiny_data_file):
+    """best.pt records the options it was trained with; those a resume may change (eval_k,
+    device) are not taken for a sign of a checkpoint made by another model."""
+    data = tiny_data_file(tmp_path)
+    out = tmp_path / "run"
+    assert main(_train(data, out, 1)) == 0
+    assert (
+        main(_train(data, out, 1, "--resume", "--eval-k", "2", "--eval-n-test", "3", "--device", "cpu")) == 0
+    )
+    assert json.loads(torch.load(out / "best.pt", weights_only=True)["config"])["eval_k"] == 1000
+    for which in ("best", "last"):
+        assert (
+            main(["evaluate", str(out), "--k", "2", "--n-test", "3", "--checkpoint", which, "--quiet"]) == 0
+        )
+    assert "error" not in capsys.readouterr().err
+
+
+def test_resume_removes_what_a_write_killed_midway_left(tmp_path, tiny_data_file):
+    """``kill -9`` during a checkpoint write leaves atomic_write's hidden temporary file, partial;
+    resuming the run removes it, and nothing else of the folder."""
+    data = tiny_data_file(tmp_path)
+    out = tmp_path / "run"
+    assert main(_train(data, out, 1)) == 0
+    blob = (out / "best.pt").read_bytes()
+    stale = [out / ".best.pt.u8ps2e17.tmp", out / ".checkpoint.pt.a_0b9zqx.tmp"]
+    for path in stale:
+        path.write_bytes(blob[: len(blob) // 3])
+    kept = [out / ".notes.tmp", out / "mine.tmp", out / ".best.pt.short.tmp"]  # not of atomic_write's pattern
+    for path in kept:
+        path.write_text("the user's")
+    assert main(_train(data, out, 2, "--resume")) == 0
+    assert not any(path.exists() for path in stale)
+    assert all(path.read_text() == "the user's" for path in kept)
+    assert [p.name for p in out.glob(".*.tmp") if p not in kept] == []
+
+
+def test_the_temporary_file_pattern_is_atomic_writes(tmp_path, monkeypatch):
+    """remove_temporaries recognizes the names atomic_write's temporary files really get."""
+    names = []
+    real = checkpoint.os.replace
+    monkeypatch.setattr(checkpoint.os, "replace", lambda src, dst: names.append(src) or real(src, dst))
+    for _ in range(20):
+        checkpoint.write_text(tmp_path / "eval.json", "{}")
+    assert all(checkpoint.TEMPORARY.fullmatch(os.path.basename(n)) for n in names)

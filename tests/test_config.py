@@ -13,7 +13,8 @@ def test_config_round_trip_and_validation(tmp_path):
     with pytest.raises(ConfigError, match="Did you mean 'vamp'"):
         Config(prior="vampp").validate()
     for bad, msg in [(dict(batch_size=0), "batch_size"), (dict(beta=-1.0), "beta"), (dict(lr=0.0), "lr"),
-                     (dict(hidden=[0]), "hidden"), (dict(elbo="iwae"), "num_particles")]:  # fmt: skip
+                     (dict(hidden=[0]), "hidden"), (dict(elbo="iwae"), "num_particles"),
+                     (dict(seed=-1), "seed must be an integer from 0 to 2"), (dict(seed=2**32), "seed")]:  # fmt: skip
         with pytest.raises(ConfigError, match=msg):
             Config(**bad).validate()
 

@@ -30,8 +30,15 @@ def world(tmp_path_factory, tiny_data_file):
     data = tiny_data_file(w, n=90, classes=3)
     assert _train(data, w / "run") == 0
     assert _train(data, w / "crun", "--conditional", "--classes", "0,1") == 0
-    for name in ("badconfig", "truncated", "garbage"):
+    assert _train(data, w / "exprun", "--guide-scale", "exp") == 0
+    for name in ("badconfig", "truncated", "garbage", "edited", "swapped", "nobest", "nockpt"):
         shutil.copytree(w / "run", w / name)
+    (w / "nobest" / "best.pt").unlink()
+    (w / "nockpt" / "best.pt").unlink()
+    (w / "nockpt" / "checkpoint.pt").unlink()
+    config = json.loads((w / "edited" / "config.json").read_text())
+    (w / "edited" / "config.json").write_text(json.dumps({**config, "activation": "tanh"}))
+    shutil.copy(w / "exprun" / "best.pt", w / "swapped" / "best.pt")  # another model, the same shapes
     (w / "badconfig" / "config.json").write_text('{"z_dim": 2,')
     best = (w / "truncated" / "best.pt").read_bytes()
     (w / "truncated" / "best.pt").write_bytes(best[: len(best) // 2])
@@ -57,6 +64,12 @@ MISTAKES = [
     ("batch size 0", [*T, *R, "--batch-size", "0"], "--batch-size must be a positive integer", None),
     ("learning rate 0", [*T, *R, "--lr", "0"], "--lr must be positive", None),
     ("eval-k 0", [*T, *R, "--eval-k", "0"], "--eval-k must be a positive integer", None),
+    ("a negative seed", [*T, *R, "--seed", "-1"], "--seed: expected an integer from 0 to 2**32 - 1, got '-1'", None),
+    ("a seed too large", [*T, *R, "--seed", "99999999999"], "--seed: expected an integer from 0 to 2**32 - 1", None),
+    ("evaluate with a negative seed", ["evaluate", "{w}/run", "--seed", "-1"], "--seed: expected an integer", None),
+    ("sample with a negative seed", ["sample", "{w}/run", "--seed", "-1", "-o", "{w}/s.png"],
+     "--seed: expected an integer", None),
+    ("sweep with a negative seed", [*SWEEP, "--sampler-seed", "-1"], "--sampler-seed: expected an integer", None),
     ("file data without a file", ["train", "--dataset", "file", "--out", "{w}/new", "--quiet"],
      "needs --data-file", None),
     ("data file missing", [*T[:4], "{w}/missing.pt", *T[5:], *R], "does not exist", "--data-file, --data-file"),
@@ -80,6 +93,15 @@ MISTAKES = [
     ("damaged config.json", ["evaluate", "{w}/badconfig"], "is not valid JSON", None),
     ("no such checkpoint", ["evaluate", "{w}/run", "--checkpoint", "nothere.pt"], "no checkpoint at", None),
     ("truncated best.pt", ["evaluate", "{w}/truncated"], "--checkpoint last", "resume from"),
+    ("config.json edited", ["evaluate", "{w}/edited", "--k", "2"],
+     "(activation: best.pt 'softplus', config.json 'tanh'); was config.json edited", None),
+    ("another run's best.pt", ["evaluate", "{w}/swapped", "--k", "2"],
+     "(--guide-scale: best.pt 'exp', config.json 'softplus'); was config.json edited", None),
+    ("another run's best.pt, sampled", ["sample", "{w}/swapped", "-o", "{w}/s.png"], "--guide-scale", None),
+    ("sample a truncated best.pt", ["sample", "{w}/truncated", "-o", "{w}/s.png"], "--checkpoint last", None),
+    ("best.pt missing", ["reconstruct", "{w}/nobest", "-o", "{w}/r.png"],
+     "nobest/best.pt; the run's last checkpoint is there: use it (--checkpoint last)", None),
+    ("no checkpoint at all", ["inspect", "{w}/nockpt"], "holds no checkpoint: train the run", None),
     ("8 bytes of garbage", ["evaluate", "{w}/garbage"], "truncated or corrupted", "pickled"),
     ("sample no images", ["sample", "{w}/run", "-n", "0", "-o", "{w}/s.png"], "positive integer", None),
     ("sample as GIF", ["sample", "{w}/run", "-o", "{w}/s.gif"], "name a .png", None),
@@ -97,6 +119,14 @@ MISTAKES = [
     ("score strings", ["score", "{w}/run", "--data-file", "{w}/strings.npy", "-o", "{w}/s.csv"], "not numbers", None),
     ("score the wrong shape", ["score", "{w}/run", "--data-file", "{w}/wide.npy", "-o", "{w}/s.csv", "--quiet"],
      "rows of shape (1, 8, 9)", None),
+    ("evaluate the wrong shape", ["evaluate", "{w}/run", "--data-file", "{w}/wide.npy", "--k", "2", "--quiet"],
+     "wide.npy has rows of shape (1, 8, 9) but the run was trained on (1, 8, 8)", None),
+    ("reconstruct the wrong shape", ["reconstruct", "{w}/run", "--data-file", "{w}/wide.npy", "-o", "{w}/r.png"],
+     "rows of shape (1, 8, 9)", None),
+    ("inspect the wrong shape", ["inspect", "{w}/run", "--data-file", "{w}/wide.npy", "--k", "2", "--n", "4"],
+     "rows of shape (1, 8, 9)", None),
+    ("score with the run's data of the wrong shape", ["score", "{w}/run", "--split", "test", "--run-data-file",
+     "{w}/wide.npy", "-o", "{w}/s.csv", "--quiet"], "rows of shape (1, 8, 9)", None),
     ("flag 200 %", ["score", "{w}/run", "--split", "test", "--threshold-from", "val", "--fpr", "2", "-o",
                     "{w}/s.csv", "--quiet"], "--fpr must be between 0 and 1", None),
     ("embed to a text file", ["embed", "{w}/run", "--split", "test", "-o", "{w}/z.txt"], ".npy or .csv", None),
@@ -196,6 +226,27 @@ def test_a_non_finite_loss_gets_advice_that_fits(world, tmp_path, capsys, monkey
     assert err.startswith("error: non-finite loss") and says in err and never not in err, err
     assert len(err.splitlines()) == 1
     assert not (tmp_path / "r").exists()  # a run that never finished an epoch leaves nothing
+
+
+@pytest.mark.parametrize("command", [["sample", "-o", "{t}/s.png"], ["reconstruct", "-o", "{t}/r.png"],
+                                     ["inspect", "--n", "5", "--k", "2"], ["evaluate", "--k", "2", "--quiet"]])  # fmt: skip
+def test_the_advice_for_a_damaged_best_pt_can_be_followed(world, tmp_path, capsys, command):
+    run = tmp_path / "run"
+    shutil.copytree(world["dir"] / "truncated", run)
+    args = [command[0], str(run), *(a.format(t=tmp_path) for a in command[1:])]
+    assert main(args) == 2 and "(--checkpoint last)" in capsys.readouterr().err
+    assert main([*args, "--checkpoint", "last"]) == 0, capsys.readouterr().err
+
+
+def test_evaluate_takes_a_file_smaller_than_a_training_batch(world, tmp_path, capsys):
+    """A run's batch size is a training option: evaluating on a small file of the right shape
+    is no mistake (it used to be refused with advice to lower a --batch-size evaluate has not)."""
+    run = tmp_path / "run"
+    shutil.copytree(world["dir"] / "run", run)
+    np.save(tmp_path / "small.npy", np.random.default_rng(0).random((12, 8, 8)).astype(np.float32))
+    args = ["evaluate", str(run), "--data-file", str(tmp_path / "small.npy"), "--k", "2", "--quiet"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert json.loads((run / "eval.json").read_text())["n_images"] == 1
 
 
 def test_score_creates_its_output_folder_as_sample_does(world, tmp_path):

@@ -137,6 +137,8 @@ def test_evaluate_refuses_k_0_instead_of_using_the_runs_k(conditional_run):
     run = load_run(conditional_run)
     with pytest.raises(ConfigError, match="positive"):
         R.evaluate_run(run, k=0)
+    with pytest.raises(ConfigError, match="seed must be an integer from 0 to 2"):  # not NumPy's ValueError
+        R.evaluate_run(run, k=2, seed=-1)
 
 
 # -- resume ---------------------------------------------------------------------------------
