@@ -120,7 +120,11 @@ def fit(
 
     # 3. resume
     if resume and ckpt_path.exists():
-        loop.load_state_dict(checkpoint.load(ckpt_path, map_location=ctx.device))
+        from .loaded import _check_same_config  # loaded imports runs, which imports this module
+
+        saved = checkpoint.load(ckpt_path, map_location=ctx.device)
+        _check_same_config(cfg, saved, out, "checkpoint.pt")  # an edited config.json must not train on
+        loop.load_state_dict(saved)
     good = clone_state(loop.state_dict())  # what a NaN rollback returns to
     if progress:
         tqdm.write(f"training step: {steps.description}")

@@ -30,6 +30,24 @@ def test_resume_refuses_contradicting_config(tmp_path, tiny_data_file, tiny_conf
         train(tiny_config(data, z_dim=3), tmp_path / "r", resume=True, progress=False)
 
 
+def test_resume_refuses_a_config_json_edited_since_the_checkpoint(tmp_path, tiny_data_file, tiny_config):
+    """An edited activation would otherwise resume the saved weights in another network, silently;
+    `pyrovae train --resume` says so in one error line (CheckpointError is a user error there)."""
+    import json
+
+    from pyrovae.checkpoint import CheckpointError
+    from pyrovae.cli import main
+
+    data = tiny_data_file(tmp_path)
+    train(tiny_config(data, epochs=1), tmp_path / "r", progress=False, evaluate=False)
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    (tmp_path / "r" / "config.json").write_text(json.dumps({**saved, "activation": "relu"}))
+    with pytest.raises(CheckpointError, match="activation: checkpoint.pt 'softplus', config.json 'relu'"):
+        train(tiny_config(data, epochs=2, activation="relu"), tmp_path / "r", resume=True, progress=False)
+    assert main(["train", "--out", str(tmp_path / "r"), "--resume", "--epochs", "2", "--quiet"]) == 2
+    assert len((tmp_path / "r" / "metrics.csv").read_text().splitlines()) == 2  # still the one epoch
+
+
 def test_resume_refuses_fewer_epochs_than_the_run_has_trained(tmp_path, tiny_data_file, tiny_config, capsys):
     """Its config.json would otherwise say 1 epoch of a model trained for 2."""
     from pyrovae.cli import main
