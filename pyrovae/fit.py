@@ -261,7 +261,7 @@ def _interrupt(loop: Loop, ctx, ckpt_path: Path, signum: int, epoch: int, s: int
         checkpoint.save(loop.state_dict(), ckpt_path)
     raise Interrupted(
         f"stopped by signal {signum} at epoch {epoch + 1}, step {s + 1}; "
-        f"checkpoint written to {ckpt_path}: continue with resume"
+        f"checkpoint written to {ckpt_path}: the run can be resumed"
     )
 
 

@@ -115,6 +115,8 @@ def test_signal_writes_checkpoint_and_resume_is_exact(tmp_path, reference, sig, 
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     assert "--resume" in err and "Traceback" not in err
+    assert f"checkpoint written to {out / 'checkpoint.pt'}: the run can be resumed (continue with: pyrovae train " \
+           f"--resume --out {out})" in err  # fmt: skip
     ck = checkpoint.load(out / "checkpoint.pt")
     assert ck["state"]["epoch"] < 40
     subprocess.run(_cmd(data, out) + ["--resume"], check=True, env=_env(), capture_output=True)
