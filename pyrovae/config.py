@@ -344,7 +344,7 @@ class Config:
     def resolve_binarize(self) -> bool:
         """Whether training batches are dynamically binarized."""
         if self.binarize == "auto":
-            return LIKELIHOODS[self.likelihood].needs_binary
+            return getattr(LIKELIHOODS[self.likelihood], "needs_binary", False)  # optional in the protocol
         return self.binarize == "dynamic"
 
 

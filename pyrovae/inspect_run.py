@@ -113,9 +113,9 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
         # without a KL per dimension (a VampPrior, say), the spread of the posterior means ranks them
         spread = z.var(0) if kl is None and z.shape[-1] == vae.z_dim and len(z) > 1 else None
         ranks, why = (
-            (kl, "largest KL")
+            (kl, "the dimensions with the largest KL first")
             if kl is not None
-            else (spread, "most active: the posterior means' largest variance")
+            else (spread, "the most active dimensions first, by the variance of their posterior means")
         )
         dims = (
             ranks.argsort(descending=True)[:8] if ranks is not None else torch.arange(min(8, vae.z_dim))
@@ -125,7 +125,7 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
                          f"Traversal of dimensions {dims} from -3 to 3 (one row each)", nrow=trav.shape[1])  # fmt: skip
         add("traversal.png", "Latent traversal",
             "Each row changes one latent dimension of a test image's posterior mean from -3 to 3 "
-            + (f"(the dimensions with the {why} first)." if ranks is not None else "(the first dimensions)."))  # fmt: skip
+            + (f"({why})." if ranks is not None else "(the first dimensions)."))  # fmt: skip
 
     # 4. latent map, KL per dimension, active units
     plots.latent_map(z, test.y, out / "latent_map.png")

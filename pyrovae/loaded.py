@@ -55,7 +55,7 @@ def load_data(cfg: Config, x_shape: tuple[int, ...] | None = None) -> Dataset:
         data.notes.append(f"training on the first {cfg.train_size} (train_size)")
     check_values(data.train.x, "training data")
     MODELS[cfg.model].prepare_data(data, cfg)  # e.g. hide labels
-    needs_binary = LIKELIHOODS[cfg.likelihood].needs_binary
+    needs_binary = getattr(LIKELIHOODS[cfg.likelihood], "needs_binary", False)  # optional in the protocol
     if needs_binary and not cfg.resolve_binarize() and not is_binary(data.train.x):
         raise DataError(
             f"the {cfg.likelihood} likelihood is only normalized on {{0, 1}} but the data has grey values; "

@@ -173,16 +173,15 @@ def test_conv_decoder_with_a_continuous_bernoulli_starts_at_the_mean_and_trains(
 
 def test_a_likelihood_without_bias_from_mean_trains_with_the_default_init_bias(tmp_path, tiny_data_file,
                                                                               tiny_config, monkeypatch):  # fmt: skip
-    """bias_from_mean is optional in the protocol (docs/python-api.md): without it the decoder keeps
-    its own initialization instead of the run failing with an AttributeError."""
+    """bias_from_mean, support and needs_binary are optional in the protocol (docs/python-api.md):
+    without them the decoder keeps its own initialization instead of the run failing with an
+    AttributeError."""
     import pyro.distributions as dist
     from pyro.nn import PyroModule
 
     from pyrovae import train
 
-    class PlainBernoulli(PyroModule):
-        support, needs_binary = "binary", True
-
+    class PlainBernoulli(PyroModule):  # the protocol's minimum: no support, needs_binary or bias_from_mean
         def __init__(self, x_shape):
             super().__init__()
             self.x_shape = tuple(x_shape)
@@ -191,7 +190,7 @@ def test_a_likelihood_without_bias_from_mean_trains_with_the_default_init_bias(t
             return dist.Bernoulli(logits=out).to_event(len(self.x_shape))
 
     monkeypatch.setitem(LIKELIHOODS, "plainbern", PlainBernoulli)
-    cfg = tiny_config(tiny_data_file(tmp_path), likelihood="plainbern", epochs=2)
+    cfg = tiny_config(tiny_data_file(tmp_path), likelihood="plainbern", epochs=2, binarize="dynamic")
     assert cfg.init_bias
     run = train(cfg, tmp_path / "run", progress=False, evaluate=False)
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
