@@ -95,6 +95,7 @@ class SVI(pyro.infer.SVI):
         (a KL weight, an annealing factor) as an argument, ``svi.step(x, beta=b)``. (A pyrovae VAE's
         own ``beta`` and train/eval mode are watched: a new value takes the eager step.)
 
+    >>> import pyro, torch, pyrovae
     >>> vae = pyrovae.VAE((1, 4, 4), z_dim=2, hidden=(8,))
     >>> svi = pyrovae.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO())
     >>> loss = svi.step(torch.ones(3, 1, 4, 4))
