@@ -171,10 +171,12 @@ def _check_same_config(cfg: Config, ckpt: dict, path: Path, name: str) -> None:
     differ = [k for k, v in stored.items() if k in saved and k not in RESUMABLE and saved[k] != v]
     if differ:
         detail = ", ".join(f"{k}: {name} {stored[k]!r}, config.json {saved[k]!r}" for k in differ)
-        raise checkpoint.CheckpointError(
+        error = checkpoint.CheckpointError(
             f"{path / name} was made with other options than {path / 'config.json'} holds ({detail}); "
             "was config.json edited, or the run made by another model?"
         )
+        error.options = differ  # so the command line names each as its flag, one-word ones too
+        raise error
 
 
 def _moved_mnist(cfg: Config) -> str | None:

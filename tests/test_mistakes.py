@@ -94,7 +94,7 @@ MISTAKES = [
     ("no such checkpoint", ["evaluate", "{w}/run", "--checkpoint", "nothere.pt"], "no checkpoint at", None),
     ("truncated best.pt", ["evaluate", "{w}/truncated"], "--checkpoint last", "resume from"),
     ("config.json edited", ["evaluate", "{w}/edited", "--k", "2"],
-     "(activation: best.pt 'softplus', config.json 'tanh'); was config.json edited", None),
+     "(--activation: best.pt 'softplus', config.json 'tanh'); was config.json edited", None),
     ("another run's best.pt", ["evaluate", "{w}/swapped", "--k", "2"],
      "(--guide-scale: best.pt 'exp', config.json 'softplus'); was config.json edited", None),
     ("another run's best.pt, sampled", ["sample", "{w}/swapped", "-o", "{w}/s.png"], "--guide-scale", None),

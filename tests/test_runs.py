@@ -30,7 +30,9 @@ def test_resume_refuses_contradicting_config(tmp_path, tiny_data_file, tiny_conf
         train(tiny_config(data, z_dim=3), tmp_path / "r", resume=True, progress=False)
 
 
-def test_resume_refuses_a_config_json_edited_since_the_checkpoint(tmp_path, tiny_data_file, tiny_config):
+def test_resume_refuses_a_config_json_edited_since_the_checkpoint(
+    tmp_path, tiny_data_file, tiny_config, capsys
+):
     """An edited activation would otherwise resume the saved weights in another network, silently;
     `pyrovae train --resume` says so in one error line (CheckpointError is a user error there)."""
     import json
@@ -45,6 +47,7 @@ def test_resume_refuses_a_config_json_edited_since_the_checkpoint(tmp_path, tiny
     with pytest.raises(CheckpointError, match="activation: checkpoint.pt 'softplus', config.json 'relu'"):
         train(tiny_config(data, epochs=2, activation="relu"), tmp_path / "r", resume=True, progress=False)
     assert main(["train", "--out", str(tmp_path / "r"), "--resume", "--epochs", "2", "--quiet"]) == 2
+    assert "(--activation: checkpoint.pt 'softplus', config.json 'relu')" in capsys.readouterr().err
     assert len((tmp_path / "r" / "metrics.csv").read_text().splitlines()) == 2  # still the one epoch
 
 
