@@ -336,8 +336,9 @@ def summary(res: dict) -> str:
             f"{res['n_images']} images; {units}{binarized}"
         )
     acc = f"test accuracy of q(y|x) {100 * res['test_accuracy']:.2f} %; " if "test_accuracy" in res else ""
+    of = f" of the classes it was trained on, {res['test_classes']}" if res.get("test_classes") else ""
     return acc + (
-        f"test ELBO {res['elbo']:.2f} nats/image over {res['n_images']} images; importance-sampled "
+        f"test ELBO {res['elbo']:.2f} nats/image over {res['n_images']} images{of}; importance-sampled "
         f"log p(x) {res['log_likelihood']:.2f} nats/image (K={res['k']}, first {res['n_ll_images']} "
         f"images, whose ELBO is {res['elbo_ll_images']:.2f}); {units}{binarized}"
     )

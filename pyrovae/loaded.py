@@ -26,6 +26,7 @@ from .data import (
     is_binary,
     load_dataset,
     select_classes,
+    trained_classes,
 )
 from .evaluate import evaluate
 from .likelihoods import LIKELIHOODS
@@ -230,9 +231,16 @@ def evaluate_run(run: Run, k: int | None = None, n_test: int | None = None, seed
         raise ConfigError("k and n_test must be positive", "k")
     check_seed(seed)
     test, variant = run.data.test.to(run.device), variant_of(run.model)
+    labels, classes = variant.test_labels(run.model, test.y), None
+    if labels is not None and (cfg.classes or cfg.exclude_classes):
+        # log p(x | y) of a label the model never trained on goes through untrained weights: no figure
+        classes = trained_classes(run.model.num_classes, cfg.classes, cfg.exclude_classes)
+        seen = torch.isin(labels, torch.tensor(classes, device=labels.device)).nonzero().squeeze(1)
+        test, labels = test.subset(seen), labels[seen]
     pyro.set_rng_seed(seed)
-    res = evaluate(run.model, Split(test.x, variant.test_labels(run.model, test.y)), k=k, n_ll=n_test,
-                   progress=progress)  # fmt: skip
+    res = evaluate(run.model, Split(test.x, labels), k=k, n_ll=n_test, progress=progress)
+    if classes is not None:
+        res["test_classes"] = classes
     res.update(variant.test_scores(run.model, test))
     res["seed"] = seed
     res["binarized"] = (

@@ -1,4 +1,5 @@
-"""``--classes`` / ``--exclude-classes``: training and validation on some classes, testing on all."""
+"""``--classes`` / ``--exclude-classes``: training and validation on some classes, testing on all (a
+conditional model: on those it trained on)."""
 
 import numpy as np
 import pytest
@@ -54,3 +55,28 @@ def test_bad_classes_exit_2_and_leave_nothing(files, tmp_path, capsys, flags, la
     assert _train(files, tmp_path / "run", *flags, labels=labels) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_conditional_run_is_evaluated_on_the_classes_it_was_trained_on(files, tmp_path, capsys):
+    """An unconditional run is tested on every class (anomaly detection is what --classes is for);
+    a conditional one scores log p(x | y), and a label it never saw goes through untrained weights,
+    so its test figures are of the classes it trained on, and say so."""
+    import json
+
+    from pyrovae import evaluate
+    from pyrovae.data import Split
+
+    assert _train(files, tmp_path / "cond", "--conditional", "--classes", "0,2") == 0
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "cond" / "eval.json").read_text())
+    run = load_run(tmp_path / "cond")
+    seen = torch.isin(run.data.test.y, torch.tensor([0, 2]))
+    assert res["test_classes"] == [0, 2] and res["n_images"] == int(seen.sum()) < len(run.data.test.y)
+    assert f"over {res['n_images']} images of the classes it was trained on, [0, 2]" in out
+    torch.manual_seed(0)
+    again = evaluate(run.model, Split(run.data.test.x[seen], run.data.test.y[seen]), k=3)
+    assert again["elbo"] == pytest.approx(res["elbo"], rel=1e-3)  # the same images; its own Monte Carlo draws
+
+    assert _train(files, tmp_path / "plain", "--classes", "0,2") == 0  # unconditional: every test image
+    res = json.loads((tmp_path / "plain" / "eval.json").read_text())
+    assert "test_classes" not in res and res["n_images"] == len(run.data.test.y)
