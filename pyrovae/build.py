@@ -18,6 +18,7 @@ from .config import Config, ConfigError
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .nets import NETS
+from .priors import PRIORS
 
 
 def construct(cls, *args, **options):
@@ -29,6 +30,35 @@ def construct(cls, *args, **options):
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         options = {k: v for k, v in options.items() if k in params}
     return cls(*args, **options)
+
+
+def _takes(cls, name: str) -> bool:
+    """Whether :func:`construct` would pass ``cls`` the option ``name`` (or cannot tell)."""
+    if cls is None or hasattr(cls, "from_config"):
+        return True
+    params = inspect.signature(cls).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def unused_options(cfg: Config, given) -> list[tuple[str, str]]:
+    """Of the option names ``given``, those ``cfg``'s run does not read, each with what would read
+    it: a schedule's length without the schedule, a component's option that the chosen component
+    does not take (``components`` with the normal prior, say). Only what is certain is named; a
+    model variant that builds its own parts may ignore more.
+    """
+    prior, guide = PRIORS.get(cfg.prior_family), GUIDES.get(cfg.guide)
+    rules = {
+        "warmup_epochs": (cfg.beta_schedule != "constant", "a β schedule (--beta-schedule linear or cyclical)"),
+        "capacity_epochs": (cfg.capacity is not None, "--capacity"),
+        "gamma": (cfg.capacity is not None, "--capacity"),
+        "lr_decay": (cfg.lr_schedule == "exponential", "--lr-schedule exponential"),
+        "components": (_takes(prior, "components"), "a prior that takes it (--prior mixture)"),
+        "pseudo_inputs": (_takes(prior, "pseudo_inputs"), "a prior that takes it (--prior vamp)"),
+        "flow_layers": (_takes(prior, "layers") or _takes(guide, "layers"), "--prior flow or --guide iaf"),
+        "likelihood_scale": (_takes(LIKELIHOODS.get(cfg.likelihood), "scale"),
+                             "a likelihood that takes it (--likelihood normal or laplace)"),
+    }  # fmt: skip
+    return [(name, what) for name, (used, what) in rules.items() if name in given and not used]
 
 
 def build_model(cfg: Config, x_shape: tuple[int, ...], num_classes: int = 0):

@@ -26,6 +26,7 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .build import unused_options
     from .evaluate import summary
     from .runs import resumed_config, train
 
@@ -35,6 +36,8 @@ def _train(args: argparse.Namespace) -> int:
         given = {**PRESETS[args.preset], **given}
     cfg = resumed_config(out, given) if args.resume else Config.from_preset(args.preset, **given)
     writable_folder(out, "the run")
+    for name, what in unused_options(cfg, given) if _speaks() else []:  # accepted, but said
+        print(f"note: --{flag(name)} is not used by this run: only {what} reads it", file=sys.stderr)
     run = train(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
                 evaluate=args.eval)  # fmt: skip
     if not _speaks():

@@ -195,3 +195,23 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
     p.stdout.close()  # before it has written anything
     err = p.stderr.read().decode()
     assert p.wait() == 141 and err == ""
+
+
+def test_train_says_which_given_options_the_run_does_not_read(tmp_path, tiny_data_file, capsys):
+    """An option the configuration never reads (a schedule's length without the schedule, a
+    component's option the chosen component does not take) is accepted, and said, not ignored
+    silently; the same options where they are read draw no note."""
+    data = tiny_data_file(tmp_path)
+    common = ["train", "--dataset", "file", "--data-file", str(data), "--z-dim", "2", "--hidden", "8",
+              "--batch-size", "16", "--epochs", "1", "--val-size", "12", "--no-eval", "--quiet"]  # fmt: skip
+    unused = ["--components", "3", "--pseudo-inputs", "4", "--flow-layers", "2", "--likelihood-scale", "0.1",
+              "--warmup-epochs", "3", "--capacity-epochs", "2", "--gamma", "5", "--lr-decay", "0.5"]  # fmt: skip
+    assert main([*common, *unused, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    for option in unused[::2]:
+        assert f"note: {option} is not used by this run: only " in err, option
+    assert "only a prior that takes it (--prior mixture) reads it" in err
+    used = ["--prior", "mixture", "--components", "3", "--beta-schedule", "linear", "--warmup-epochs", "3",
+            "--lr-schedule", "exponential", "--lr-decay", "0.5", "--guide", "iaf", "--flow-layers", "2"]  # fmt: skip
+    assert main([*common, *used, "--out", str(tmp_path / "b")]) == 0
+    assert "note:" not in capsys.readouterr().err
