@@ -105,12 +105,12 @@ class Config:
     split_seed: int = _opt(0, "seed of the train/validation split (fixed across runs)")
     classes: list[int] | None = _opt(
         None,
-        "train and validate on these classes only, e.g. 0,1,2 (labelled data; the test set keeps all)",
+        "train and validate on these classes only, e.g. 0,1,2 (labelled data; the test set keeps all, but a conditional run is tested on these)",
         domain=CLASSES,
     )
     exclude_classes: list[int] | None = _opt(
         None,
-        "leave these classes out of training and validation, e.g. 7 (the test set keeps all)",
+        "leave these classes out of training and validation, e.g. 7 (the test set keeps all; a conditional run is tested without them)",
         domain=CLASSES,
     )
     # -- model; rules across fields: the variant's check (pyrovae.variants), pyrovae.build ---------

@@ -272,7 +272,7 @@ def select_classes(data: Dataset, keep: list[int] | None = None, drop: list[int]
         data.val = data.val.subset(torch.isin(data.val.y, wanted))
     data.notes.append(
         f"training and validation on classes {chosen} only ({len(data.train)} / {len(data.val)} images); "
-        "the test set keeps every class"
+        "the test set keeps every class (a conditional model is tested on the trained ones)"
     )
     return data
 
