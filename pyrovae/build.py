@@ -26,14 +26,11 @@ def construct(cls, *args, **options):
     it takes ``**kwargs``); ``cls.from_config(*args, **options)`` if it defines one."""
     if hasattr(cls, "from_config"):
         return cls.from_config(*args, **options)
-    params = inspect.signature(cls).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        options = {k: v for k, v in options.items() if k in params}
-    return cls(*args, **options)
+    return cls(*args, **{k: v for k, v in options.items() if _takes(cls, k)})
 
 
 def _takes(cls, name: str) -> bool:
-    """Whether :func:`construct` would pass ``cls`` the option ``name`` (or cannot tell)."""
+    """Whether :func:`construct` passes ``cls`` the option ``name`` (or cannot tell: ``from_config``)."""
     if cls is None or hasattr(cls, "from_config"):
         return True
     params = inspect.signature(cls).parameters

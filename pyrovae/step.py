@@ -104,6 +104,9 @@ def svi_step(
     norm = norm_and_clip([p.grad for p in params if p.grad is not None], clip_norm)
     loss_v, norm_v = torch.stack([loss.detach(), norm.to(loss)]).tolist()  # one device sync
     if math.isfinite(loss_v) and math.isfinite(norm_v):
+        found_inf = getattr(opt, "found_inf", None)
+        if found_inf is not None:  # left by a graphed step's flag: this step decided on the host
+            found_inf.zero_()
         opt.step()
     return loss_v, norm_v
 
@@ -157,9 +160,6 @@ class EagerSteps:
         self.total, self.count, self.bad = 0.0, 0, None
 
     def __call__(self, x: Tensor, y: Tensor | None, beta: float, validate: bool = False) -> None:
-        found_inf = getattr(self.opt, "found_inf", None)
-        if found_inf is not None:  # left by a graphed step: this step decides on the host
-            found_inf.zero_()
         with pyro.validation_enabled(validate and is_validation_enabled()):
             loss, norm = svi_step(self.loss_fn, self.opt, self.params, x, y, self.clip_norm, beta=beta)
         if math.isfinite(loss) and math.isfinite(norm):

@@ -170,9 +170,6 @@ class SVI(pyro.infer.SVI):
         return svi_step(lambda *_: loss, self.optimizer, self.params, None)[0]
 
     def _eager(self, args: tuple, kwargs: dict) -> float:
-        found_inf = getattr(self.optimizer, "found_inf", None)
-        if found_inf is not None:  # left by the traced step: this step decides on the host
-            found_inf.zero_()
         with pyro.validation_enabled(False):
             loss = svi_step(lambda *_: self._loss(args, kwargs), self.optimizer, self.params, None)[0]
         if len(pyro.get_param_store()) != self._store_size:
