@@ -240,7 +240,7 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--threshold-from", default=None, metavar="val|FILE",
                     help="add an 'anomalous' column, thresholded on the run's validation split (val) or "
                          "on a file of normal data")  # fmt: skip
-    sc.add_argument("--fpr", type=float, default=0.05,
+    sc.add_argument("--fpr", type=float, default=None,
                     help="fraction of the --threshold-from data to flag (default: 0.05)")  # fmt: skip
     sc.add_argument("--threshold-score", default=None,
                     help="score column to threshold (default: neg_log_likelihood, or neg_recon for an autoencoder)")  # fmt: skip
@@ -275,7 +275,8 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--data-file", default=None,
                        help="a .npy (read through a memory map) or .pt array shaped like the training data")  # fmt: skip
-    which.add_argument("--split", choices=["train", "val", "test"], help="one of the run's own splits")
+    which.add_argument("--split", type=_choice_type("split", ["train", "val", "test"]), metavar="NAME",
+                       help="one of the run's own splits: train, val or test")  # fmt: skip
     p.add_argument("--labels-file", default=None, help="labels of --data-file, one per row (.npy or .pt)")
     p.add_argument(
         "--checkpoint", default="best", help="'best', 'last' or a file name in RUN (default: best)"

@@ -40,7 +40,7 @@ def _takes(cls, name: str) -> bool:
 def unused_options(cfg: Config, given) -> list[tuple[str, str]]:
     """Of the option names ``given``, those ``cfg``'s run does not read, each with what would read
     it: a schedule's length without the schedule, a component's option that the chosen component
-    does not take (``components`` with the normal prior, say). Only what is certain is named; a
+    does not take (``components`` with the normal prior, say), where a label enters without a label. Only what is certain is named; a
     model variant that builds its own parts may ignore more.
     """
     prior, guide = PRIORS.get(cfg.prior_family), GUIDES.get(cfg.guide)
@@ -54,6 +54,9 @@ def unused_options(cfg: Config, given) -> list[tuple[str, str]]:
         "flow_layers": (_takes(prior, "layers") or _takes(guide, "layers"), "--prior flow or --guide iaf"),
         "likelihood_scale": (_takes(LIKELIHOODS.get(cfg.likelihood), "scale"),
                              "a likelihood that takes it (--likelihood normal or laplace)"),
+        "guide_scale": (_takes(guide, "scale"), "a guide that takes it (--guide diag, fullrank or iaf)"),
+        "label_layers": (cfg.conditional or cfg.semi_supervised, "a model with a label (--conditional or "
+                         "--semi-supervised)"),
     }  # fmt: skip
     return [(name, what) for name, (used, what) in rules.items() if name in given and not used]
 
@@ -117,7 +120,9 @@ def _net_options(cfg: Config, *nets) -> dict:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` takes CUDA when present; asking for CUDA without it is an error."""
+    """``auto`` takes CUDA when present; asking for CUDA without it is an error. Any case is
+    accepted (``CPU``), as for every choice on the command line."""
+    name = name.strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -146,6 +151,6 @@ def run_device(name: str) -> torch.device:
     try:
         return resolve_device(name)
     except ConfigError:
-        if name == "cpu" or not name.startswith("cuda"):
+        if name.lower() == "cpu" or not name.lower().startswith("cuda"):
             raise
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

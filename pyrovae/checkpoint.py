@@ -28,17 +28,20 @@ TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
 
 def atomic_write(path: str | Path, write) -> None:
     """Call ``write(file_object)`` on a temporary file, then rename it over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # TEMPORARY
+    path, tmp = Path(path), None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # TEMPORARY
         os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it: a temporary file is owner-only
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # a full disk, say: named as the file asked for, not its hidden temporary
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

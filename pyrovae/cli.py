@@ -28,8 +28,9 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError)
 def _train(args: argparse.Namespace) -> int:
     from .build import unused_options
     from .evaluate import summary
-    from .runs import resumed_config, train
+    from .runs import refuse_resume_and_overwrite, resumed_config, train
 
+    refuse_resume_and_overwrite(args.resume, args.overwrite)  # before looking for the run to resume
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
     out = _train_out(args)
     if args.resume and args.preset:  # a preset's options are checked against the saved run like any
@@ -87,6 +88,8 @@ def _score_or_embed(args: argparse.Namespace) -> int:
     from . import score as S
     from .loaded import load_run
 
+    if args.command == "score":
+        _check_threshold_options(args)
     output_file(args.output, (".npy", ".csv") if args.command == "embed" else (".csv",))
     run = load_run(args.run, args.checkpoint, args.device, args.data_dir, args.run_data_file)
     rows = S.open_rows(run, args.data_file, args.labels_file, args.split)
@@ -113,6 +116,17 @@ def _score_or_embed(args: argparse.Namespace) -> int:
         f"scored {res['n']} rows of {rows.name} (K={args.k}); means: {means}{note}{flagged}; wrote {args.output}"
     )
     return 0
+
+
+def _check_threshold_options(args: argparse.Namespace) -> None:
+    """``--fpr`` and ``--threshold-score`` shape the threshold of ``--threshold-from``; alone they
+    would be ignored."""
+    given = [o for o in ("fpr", "threshold_score") if getattr(args, o) is not None]
+    if args.threshold_from is None and given:
+        raise ConfigError(f"--{flag(given[0])} sets the threshold that --threshold-from computes, and no "
+                          "--threshold-from was given: add --threshold-from val (or a file of normal "
+                          "data), or drop it")  # fmt: skip
+    args.fpr = 0.05 if args.fpr is None else args.fpr
 
 
 def _command(args: argparse.Namespace) -> int:

@@ -97,6 +97,9 @@ def fit(
     """
     cfg, out = options.validate(), Path(out)
     from .build import resolve_device
+    from .runs import refuse_resume_and_overwrite
+
+    refuse_resume_and_overwrite(resume, overwrite)
 
     _check_binary_validation(vae, data)
     ctx = distributed.init(resolve_device(cfg.device))
@@ -106,7 +109,7 @@ def fit(
     if ctx.main:
         _open_out(out, cfg, resume, overwrite)
         checkpoint.remove_temporaries(out)  # this run's files are written by this process alone from here on
-    pyro.set_rng_seed(cfg.seed + 1000 * ctx.rank)  # each rank its own z draws
+    pyro.set_rng_seed((cfg.seed + 1000 * ctx.rank) % 2**32)  # each rank its own z draws, a valid seed
     vae.to(ctx.device)
     train, val = data.train.to(ctx.device), data.val.to(ctx.device)
     labels = bool(getattr(vae, "num_classes", 0) or getattr(vae, "condition_shape", None))

@@ -38,7 +38,8 @@ def list_runs(folder: str | Path) -> list[dict]:
     ``model`` (the model variant, then what it says of itself: prior/guide/likelihood and z for a
     VAE) and ``objective`` (what it trains on: the ELBO, its particles, β and its schedule, or the
     objective that reshapes the KL term), ``point`` (a point-estimate guide: ``val_elbo`` is then
-    log p(x, z*), not an ELBO). Figures a run does not have yet are ``None``.
+    log p(x, z*), not an ELBO) and ``conditional`` (a conditional VAE: its figures bound or estimate
+    log p(x | y) given the true label, not log p(x)). Figures a run does not have yet are ``None``.
 
     ``status`` is ``complete`` (all its epochs), ``stopped early`` (patience), ``incomplete``
     (a checkpoint short of its epochs: interrupted, or training now), ``not started`` (no
@@ -69,6 +70,7 @@ def _describe(path: Path, folder: Path) -> dict:
     guide = GUIDES.get(cfg.guide)
     # a point-estimate guide's validation figure is log p(x, z*), which no ELBO compares with
     row["point"] = bool(getattr(guide, "point_estimate", False))
+    row["conditional"] = bool(cfg.conditional)
     row["epochs"] = f"{done}/{cfg.epochs}"
     row["model"], row["objective"] = _model_and_objective(cfg)
     if not (path / "checkpoint.pt").exists():
@@ -125,21 +127,35 @@ def table(runs: list[dict], folder: str | Path, sort: str = "path") -> str:
     if not runs:
         return f"no runs in {folder} (a run is a folder holding config.json)"
     key = SORT_KEYS[sort]
-    if key is not None:  # a point estimate's log p(x, z*) is no ELBO: such runs go last
-        runs = sorted(runs, key=lambda r: -r[key] if _number(r[key]) and not r.get("point") else math.inf)
+    if key is not None:  # log p(x, z*) is no ELBO, log p(x | y) no log p(x): such runs are ranked after
+        runs = sorted(runs, key=lambda r: (2, 0) if not _number(r[key]) or r.get("point")
+                      else (int(bool(r.get("conditional"))), -r[key]))  # fmt: skip
     cells = [list(COLUMNS.values())]
     for r in runs:
-        cells.append([_cell(r[c]) + ("*" if c == "val_elbo" and r.get("point") and r[c] is not None else "")
-                      for c in COLUMNS])  # fmt: skip
+        cells.append([_cell(r[c]) + _mark(r, c) for c in COLUMNS])
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     note = ("figures in nats per image: best validation ELBO from metrics.csv, best.pt's (of the epochs from the "
             "end of a KL warm-up or the capacity's rise); test ELBO and importance-sampled log p(x) with K samples "
             "from eval.json (- : not evaluated)")  # fmt: skip
+    if any(r.get("conditional") for r in runs):
+        note += ("; ^: a conditional run (--conditional), whose figures bound or estimate log p(x | y) given "
+                 "the true label, which no unconditional run's log p(x) compares with: ranked after them")  # fmt: skip
     if any(r.get("point") for r in runs):
         note += ("; *: a point-estimate guide (--guide delta), whose validation figure is log p(x, z*) at "
                  "its code, not an ELBO, and which has no test ELBO or log p(x)")  # fmt: skip
     return "\n".join([*lines, "", f"{len(runs)} runs in {folder}; {note}"])
+
+
+def _mark(r: dict, column: str) -> str:
+    """The mark of a figure that is not what its column's header says."""
+    if r[column] is None:
+        return ""
+    if column == "val_elbo" and r.get("point"):
+        return "*"
+    if column in ("val_elbo", "elbo", "log_likelihood") and r.get("conditional"):
+        return "^"
+    return ""
 
 
 def _number(v) -> bool:

@@ -133,6 +133,7 @@ def load_run(path: str | Path, which: str = "best", device: str | None = None, d
         )
     cfg = Config.load(path / "config.json")
     _check_registered(cfg, path)
+    _check_moved_data(cfg, path, data_dir, data_file)
     cfg.data_dir = data_dir or _moved_mnist(cfg)
     cfg.data_file = data_file or cfg.data_file
     name = {"best": "best.pt", "last": "checkpoint.pt"}.get(which, which)
@@ -178,6 +179,24 @@ def _check_same_config(cfg: Config, ckpt: dict, path: Path, name: str) -> None:
         )
         error.options = differ  # so the command line names each as its flag, one-word ones too
         raise error
+
+
+def _check_moved_data(cfg: Config, path: Path, data_dir: str | None, data_file: str | None) -> None:
+    """Refuse a new place for data the run never read: it would be ignored, and the run's own data
+    used, without a word (a file given to a run trained on MNIST evaluates MNIST)."""
+    source = {"mnist": "MNIST", "dsprites": "dSprites" if cfg.data_file else "rendered dSprites"}.get(
+        cfg.dataset, f"the data file {cfg.data_file}"
+    )
+    if data_file and not cfg.data_file:
+        raise ConfigError(
+            f"{path} was trained on {source}, not on a data file, so the data file given for it would be "
+            "ignored: drop it (`pyrovae score` and `pyrovae embed` put other data through a run)"
+        )
+    if data_dir and cfg.dataset != "mnist":
+        raise ConfigError(
+            f"{path} was trained on {source}, not on MNIST, so the MNIST folder given for it would be "
+            "ignored: drop it"
+        )
 
 
 def _moved_mnist(cfg: Config) -> str | None:

@@ -86,6 +86,15 @@ def _open_run_dir(out: Path, cfg: Config, resume: bool, overwrite: bool, saved: 
     return True
 
 
+def refuse_resume_and_overwrite(resume: bool, overwrite: bool) -> None:
+    """Refuse both at once: one keeps the run in the folder, the other deletes it."""
+    if resume and overwrite:
+        raise ConfigError(
+            "--resume (resume=True) continues the run in the folder and --overwrite (overwrite=True) "
+            "replaces it: give one of them"
+        )
+
+
 def _refuse_occupied(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(
@@ -145,6 +154,7 @@ def train(
     """
     out = Path(out)
     cfg.validate()
+    refuse_resume_and_overwrite(resume, overwrite)
     before = Config.load(out / "config.json") if resume and (out / "config.json").exists() else None
     if before is not None and cfg.data_dir == before.data_dir:  # not given anew: found as load_run finds it,
         cfg.data_dir = _moved_mnist(cfg)  # in $PYROVAE_DATA where the saved folder lost MNIST

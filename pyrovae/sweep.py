@@ -106,7 +106,7 @@ def sweep(
     )  # fmt: skip
     # a resumed study's sampler starts afresh: offset its seed so it does not repeat trial 0's draw
     study.sampler = optuna.samplers.TPESampler(
-        seed=None if sampler_seed is None else sampler_seed + len(study.get_trials(deepcopy=False))
+        seed=None if sampler_seed is None else (sampler_seed + len(study.get_trials(deepcopy=False))) % 2**32
     )
     _resume_interrupted(study)
     left = trials - _finished(study)

@@ -102,3 +102,29 @@ def test_the_temporary_file_pattern_is_atomic_writes(tmp_path, monkeypatch):
     for _ in range(20):
         checkpoint.write_text(tmp_path / "eval.json", "{}")
     assert all(checkpoint.TEMPORARY.fullmatch(os.path.basename(n)) for n in names)
+
+
+def test_a_full_disk_names_the_file_asked_for_and_leaves_no_temporary(
+    tmp_path, capsys, monkeypatch, tiny_data_file
+):
+    """A write that fails midway (no space left) is reported as the file the user knows, not as the
+    hidden temporary file that was being written, and that temporary is gone."""
+    import errno
+
+    data = tiny_data_file(tmp_path)
+
+    def full(obj, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "file", "--data-file", str(data), "--z-dim", "2", "--hidden", "8", "--epochs", "1",
+            "--batch-size", "16", "--val-size", "10", "--no-eval", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith(f"error: cannot use {out}/") and ".pt: No space left on device; free space" in err
+    ), err
+    assert ".tmp" not in err
+    assert not [p for p in tmp_path.rglob(".*.tmp")]

@@ -5,7 +5,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from pyrovae import load_run
 from pyrovae.cli import main
 
 
@@ -31,6 +33,12 @@ def test_one_epoch_on_real_mnist_then_evaluate_sample_reconstruct(tmp_path, mnis
     assert main(["sample", str(run), "-o", str(tmp_path / "s.png"), "-n", "16"]) == 0
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["reconstruct", str(run), "-o", str(tmp_path / "r.png")]) == 0
+    # a data file for a run that read none would be ignored, and MNIST evaluated: refused
+    torch.save(torch.zeros(5, 1, 28, 28), tmp_path / "other.pt")
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data-file", str(tmp_path / "other.pt")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {run} was trained on MNIST, not on a data file" in err and "pyrovae score" in err
 
 
 def test_console_script_reports_user_errors_without_traceback(tmp_path):
@@ -183,6 +191,11 @@ def test_names_are_case_insensitive_quiet_is_quiet_and_plate_nesting_is_not_gues
     assert "log p(x)" not in err and "epoch 1/1" not in err  # no progress bars with --quiet
     assert "Guessed max_plate_nesting" not in caplog.text
     assert json.loads((tmp_path / "r" / "config.json").read_text())["prior"] == "learned"
+    scores = tmp_path / "s.csv"
+    assert main(["score", str(tmp_path / "r"), "--split", "TEST", "--device", "CPU", "--k", "2", "-o", str(scores),
+                 "--quiet"]) == 0  # fmt: skip
+    n_test = len(load_run(tmp_path / "r").data.test.x)
+    assert len(scores.read_text().splitlines()) - 1 == n_test
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
@@ -215,3 +228,13 @@ def test_train_says_which_given_options_the_run_does_not_read(tmp_path, tiny_dat
             "--lr-schedule", "exponential", "--lr-decay", "0.5", "--guide", "iaf", "--flow-layers", "2"]  # fmt: skip
     assert main([*common, *used, "--out", str(tmp_path / "b")]) == 0
     assert "note:" not in capsys.readouterr().err
+    # where a label enters, with no label; a guide's scale, for a guide without one
+    assert main([*common, "--label-layers", "every", "--out", str(tmp_path / "c")]) == 0
+    assert (
+        "note: --label-layers is not used by this run: only a model with a label" in capsys.readouterr().err
+    )
+    assert main([*common, "--guide", "delta", "--guide-scale", "exp", "--conditional", "--label-layers", "input",
+                 "--out", str(tmp_path / "d")]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "note: --guide-scale is not used by this run: only a guide that takes it" in err
+    assert "--label-layers" not in err

@@ -190,3 +190,14 @@ def test_two_workers_share_one_study(tmp_path, data_file):
     params = {(r["z_dim"], r["lr"], r["hidden"]) for r in rows}
     assert len(params) == len(rows)
     assert sorted(p.name for p in (out / "trials").iterdir()) == [f"{n:04d}" for n in numbers]
+
+
+def test_the_largest_sampler_seed_resumes(tmp_path, data_file):
+    """A resumed study offsets its sampler's seed by the trials it has; near 2**32 that must wrap,
+    as Optuna refuses larger seeds."""
+    space = tmp_path / "space.toml"
+    space.write_text(SPACE)
+    out, seed = tmp_path / "sweep", str(2**32 - 1)
+    assert main(_args(space, out, data_file, 1, "--sampler-seed", seed, "--no-prune")) == 0
+    assert main(_args(space, out, data_file, 2, "--sampler-seed", seed, "--no-prune", "--resume")) == 0
+    assert [r["state"] for r in _rows(out)] == ["COMPLETE", "COMPLETE"]

@@ -384,6 +384,28 @@ def test_runs_marks_a_point_estimate_runs_figure_as_no_elbo_and_sorts_it_last(da
     assert "*: a point-estimate guide (--guide delta)" in lines[-1] and "not an ELBO" in lines[-1]
 
 
+def test_runs_marks_a_conditional_runs_figures_as_given_the_label_and_ranks_them_after(
+    data, tmp_path, capsys
+):
+    """A conditional run's ELBO and log p(x) are of p(x | y): the label is given, so they are not
+    comparable with an unconditional run's log p(x), and "best first" would mix the two."""
+    folder = tmp_path / "runs"
+    assert _train(data, folder / "cvae", "--epochs", "2", "--conditional") == 0
+    assert _train(data, folder / "vae", "--epochs", "1", "--lr", "1e-5") == 0  # poor, so it would rank last
+    capsys.readouterr()
+    figures = {
+        n: json.loads((folder / n / "eval.json").read_text())["log_likelihood"] for n in ("cvae", "vae")
+    }
+    assert figures["cvae"] > figures["vae"]  # ranked by the number alone, the conditional run would be first
+    assert main(["runs", str(folder), "--sort", "ll"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:3]] == ["vae", "cvae"]
+    cvae = lines[2].split()
+    assert cvae[5] == f"{figures['cvae']:.2f}^" and cvae[4].endswith("^") and cvae[3].endswith("^")
+    assert "^" not in lines[1]
+    assert "^: a conditional run (--conditional)" in lines[-1] and "log p(x | y)" in lines[-1]
+
+
 def test_runs_lists_each_run_with_its_key_figures(data, tmp_path, capsys, interrupt_after_epoch):
     folder = tmp_path / "runs"
     assert _train(data, folder / "a", "--epochs", "2", "--beta", "4") == 0
