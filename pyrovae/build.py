@@ -40,8 +40,8 @@ def _takes(cls, name: str) -> bool:
 def unused_options(cfg: Config, given) -> list[tuple[str, str]]:
     """Of the option names ``given``, those ``cfg``'s run does not read, each with what would read
     it: a schedule's length without the schedule, a component's option that the chosen component
-    does not take (``components`` with the normal prior, say), where a label enters without a label. Only what is certain is named; a
-    model variant that builds its own parts may ignore more.
+    does not take (``components`` with the normal prior, say), where a label enters without a
+    label. Only what is certain is named; a model variant that builds its own parts may ignore more.
     """
     prior, guide = PRIORS.get(cfg.prior_family), GUIDES.get(cfg.guide)
     rules = {

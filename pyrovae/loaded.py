@@ -125,6 +125,8 @@ def load_run(path: str | Path, which: str = "best", device: str | None = None, d
         option, where the GPU it names is absent the CPU.
     :param data_dir: where MNIST is now, if it moved since training.
     :param data_file: where the run's data file is now, if it moved since training.
+    :raises ConfigError: for a ``data_file`` given for a run that read none, or a ``data_dir`` for a
+        run not trained on MNIST: the run's own data would be used regardless.
     """
     path = Path(path)
     if not (path / "config.json").exists():
