@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.distributions import kl_divergence
 
 from .data import Split
+from .errors import ConfigError
 from .models import VAE
 from .sites import latent_sites, site_kl_per_dim, site_log_prob, site_means, traced_kl_terms, traces
 
@@ -82,6 +83,7 @@ def log_likelihood(vae: VAE, x: Tensor, y: Tensor | None = None, k: int = 1000) 
 
     :returns: shape ``(batch,)``, nats.
     """
+    _check_counts(k)
     with cached_prior(vae):
         return _log_likelihood(vae, in_model_dtype(vae, x), y, k)
 
@@ -210,7 +212,10 @@ def evaluate(
 ) -> dict:
     """ELBO on all of ``data`` and the importance-sampled ``log p(x)`` on its first ``n_ll``.
 
-    The model is evaluated in eval mode (dropout off), whatever its mode.
+    The model is evaluated in eval mode (dropout off), whatever its mode, and given the labels of
+    ``data`` its variant evaluates with (:meth:`~pyrovae.variants.Variant.test_labels`): a
+    conditional model's, so its figures are of log p(x | y); none for the semi-supervised VAE,
+    whose figures sum over y, as ``eval.json``'s do.
 
     :returns: a dict of mean nats per datum (``elbo``, ``recon``, ``kl``, ``log_likelihood``, and
         ``elbo_ll_images``, the ELBO over the images that ``log_likelihood`` covers) and
@@ -218,14 +223,29 @@ def evaluate(
         point-estimate guide (an autoencoder) only ``recon`` (log p(x|z*)), ``log_joint``
         (log p(x, z*)) and the counts: it has no ELBO and no importance-sampled log p(x).
     """
+    from .variants import MODELS  # (variants import this module)
+
+    _check_counts(k, n_ll)
+    variant = MODELS.get(getattr(vae, "variant", "vae"))
+    if variant is not None and data.y is not None:
+        data = Split(data.x, variant.test_labels(vae, data.y), data.factors)
     with cached_prior(vae), eval_mode(vae):
         return _evaluate(vae, data, k, n_ll, batch_size, ll_batch_size, progress)
+
+
+def _check_counts(k: int, n_ll: int | None = None) -> None:
+    if k < 1:
+        raise ConfigError(f"k, the importance samples per datum, must be at least 1, got {k}", "k")
+    if n_ll is not None and n_ll < 1:
+        raise ConfigError(
+            f"n_ll, the data log p(x) is estimated on, must be at least 1 (or None: all), got {n_ll}"
+        )
 
 
 def _evaluate(vae: VAE, data: Split, k: int, n_ll: int | None, batch_size: int, ll_batch_size: int,
               progress: bool) -> dict:  # fmt: skip
     first = data.subset(slice(0, batch_size))
-    if not hasattr(vae, "elbo_terms") and len(latent_sites(vae, first.x, first.y)) > 1:
+    if not hasattr(vae, "elbo_terms") and len(latent_sites(vae, in_model_dtype(vae, first.x), first.y)) > 1:
         recon, kl, common = _layers(vae, data, batch_size)
     else:
         recon, kl, common = _one_layer(vae, data, batch_size)

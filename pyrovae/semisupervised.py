@@ -78,6 +78,8 @@ class SSVAE(VAE):
     >>> labelled = pyro.infer.Trace_ELBO().loss(ss.model, ss.guide, x, torch.tensor([0, 1, 2, 0, 1]))
     """
 
+    variant = "semisupervised"  # so evaluation, built in Python too, sums over y as eval.json does
+
     def __init__(
         self,
         x_shape: Sequence[int],

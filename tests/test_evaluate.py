@@ -100,3 +100,22 @@ def test_vamp_prior_posteriors_computed_once_per_evaluation_give_the_same_log_li
         assert type(fast).__name__ == "DiagonalNormalMixture" and fast.log_prob(z).shape == (4, 5)
         assert torch.allclose(fast.log_prob(z), p.log_prob(z).detach(), atol=1e-5)
         assert fast.sample((6,)).shape == (6, 3)
+
+
+def test_float64_data_gives_the_float32_figures_and_bad_counts_say_what_to_give():
+    """NumPy's float64 images, evaluated by a float32 model, give the figures of their float32
+    copy; K or the number of images below 1 is refused by name."""
+    vae = VAE((1, 4, 4), 2, hidden=(8,))
+    x = torch.bernoulli(torch.full((12, 1, 4, 4), 0.3, dtype=torch.float64))
+    pyro.set_rng_seed(0)
+    wide = E.evaluate(vae, Split(x), k=5, n_ll=6)
+    pyro.set_rng_seed(0)
+    narrow = E.evaluate(vae, Split(x.float()), k=5, n_ll=6)
+    for key in ("elbo", "log_likelihood", "recon", "kl"):
+        assert wide[key] == pytest.approx(narrow[key], abs=1e-5), key
+    with pytest.raises(ValueError, match="k, the importance samples per datum, must be at least 1, got 0"):
+        E.evaluate(vae, Split(x), k=0)
+    with pytest.raises(ValueError, match="n_ll, the data log p\\(x\\) is estimated on, must be at least 1"):
+        E.evaluate(vae, Split(x), k=5, n_ll=0)
+    with pytest.raises(ValueError, match="must be at least 1, got 0"):
+        E.log_likelihood(vae, x, k=0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyrovae import SSVAE, Config, ConfigError, load_run
+from pyrovae import SSVAE, Config, ConfigError, evaluate, load_run
 from pyrovae.cli import main
 from pyrovae.data import Split
 from pyrovae.semisupervised import (
@@ -225,6 +225,14 @@ def test_cli_trains_resumes_evaluates_and_reports_accuracy(tmp_path, capsys):
     assert res["elbo"] <= res["log_likelihood"] + 0.5
     assert main(["evaluate", str(out), "--k", "5", "--quiet"]) == 0
     assert "test accuracy of q(y|x)" in capsys.readouterr().out
+    # in Python, on the run's labelled test split, the same figures: log p(x) summed over y, not log p(x, y)
+    pyro.set_rng_seed(0)  # evaluate's default --seed
+    again, saved = (
+        evaluate(run.model, run.data.test, k=5, n_ll=run.config.eval_n_test),
+        json.loads((out / "eval.json").read_text()),
+    )
+    assert again["elbo"] == pytest.approx(saved["elbo"], abs=1e-5)
+    assert again["log_likelihood"] == pytest.approx(saved["log_likelihood"], abs=1e-5)
     assert main(["sample", str(out), "--label", "2", "-n", "8", "-o", str(tmp_path / "s.png")]) == 0
     assert main(["sample", str(out), "--label", "3", "-o", str(tmp_path / "s.png")]) == 2
     assert main(["inspect", str(out), "--k", "5", "--n", "15"]) == 0
