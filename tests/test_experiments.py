@@ -32,8 +32,8 @@ SMOKE = {
     "latent_dim.py": [*TINY, "--z-dims", "2", "5", "--quiet"],
     "overfitting.py": [*TINY, "--val-size", "500", "--quiet"],
     "kl_vanishing.py": [*TINY, "--z-dim", "8", "--hidden", "32", "--val-size", "500", "--quiet"],
-    "anomaly_mnist.py": [*TINY, "--digits", "1", "--z-dim", "4", "--n-pca", "300", "--quiet"],
-    "embedding.py": [*TINY, "--z-dims", "2", "3", "--n-probe", "300", "--n-map", "60", "--quiet"],
+    "anomaly_mnist.py": [*TINY, "--digits", "1", "--z-dim", "4", "--n-pca", "1000", "--quiet"],
+    "embedding.py": [*TINY, "--z-dims", "2", "3", "--n-probe", "1000", "--n-map", "60", "--quiet"],
     "ss_vae.py": [*TINY, "--labels", "100", "--quiet"],
     "ss_vae_pyro_protocol.py": [*TINY, "--labels", "100", "--quiet"],
     "disentanglement.py": [
@@ -149,10 +149,17 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
             f"| 1 | 3 | {cells} |" in text and f"| mean |  | {cells} |" in text
         )  # one digit: its row is the mean
         assert "Command: `" in text and (tmp_path / "results" / "anomaly_mnist.png").exists()
+        n_pca = len(load_run(tmp_path / "runs" / "anomaly-ae-without-1").data.train)  # below --n-pca 1000
+        assert f"fitted on {n_pca} binarized training images" in " ".join(text.split())
     elif name == "embedding.py":
         assert [(r["z_dim"], r["method"]) for r in result] == [(2, "VAE"), (2, "PCA"), (3, "VAE"), (3, "PCA")]
         assert all(r["knn"] > 0.2 for r in result if r["method"] == "PCA")  # chance is 0.1
         assert (tmp_path / "results" / "embedding.png").exists()
+        from pyrovae.loaded import load_run
+
+        text = " ".join((tmp_path / "results" / "embedding.md").read_text().split())
+        n_train = len(load_run(tmp_path / "runs" / "embedding-z2").data.train)  # below --n-probe 1000
+        assert f"codes of the first {n_train} training images" in text
     elif name == "ss_vae.py":
         res = json.loads((tmp_path / "runs" / "ss_vae-100-seed0" / "eval.json").read_text())
         assert result[0]["test"] == pytest.approx(100 * res["test_accuracy"])
