@@ -130,6 +130,7 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
         assert by["early stopping"] == {**by["none"], "setting": "early stopping"}
         assert by["dropout"]["best_val"] != by["none"]["best_val"]
         assert (tmp_path / "results" / "overfitting.png").exists()
+        assert (tmp_path / "results" / "overfitting.md").read_text().startswith("# Overfitting on 600 images")
     elif name == "kl_vanishing.py":
         assert [r["setting"] for r in result] == ["none", "warm-up", "cyclical", "free bits"]
         assert all(0 <= r["au"] <= 8 and len(r["au_curve"]) == 1 for r in result)
@@ -330,3 +331,20 @@ def test_disentanglement_names_any_beta_and_refuses_an_unknown_model(tmp_path, m
         "tcvae": {"tc_beta": 6.0},
         "capacity": {"capacity": 25.0, "gamma": 1000.0, "capacity_epochs": 4.0},
     }
+
+
+@pytest.mark.parametrize(
+    ("name", "option", "default"),
+    [("kl_vanishing.py", "--train-size", "10000"), ("overfitting.py", "--train-size", "1000"),
+     ("disentanglement.py", "--image-size", "64; pass 32 on a CPU")],
+)  # fmt: skip
+def test_help_states_the_real_default(name, option, default, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    spec = importlib.util.spec_from_file_location(name[:-3], EXPERIMENTS / name)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit):
+        mod.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert re.search(rf"{option} \w+ [^-]*\(default: {re.escape(default)}\)", text), text
+    assert mod.parse_args([]).__dict__[option[2:].replace("-", "_")] == int(default.split(";")[0])
