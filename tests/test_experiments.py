@@ -83,7 +83,7 @@ def test_every_script_is_listed():
 
 
 @pytest.mark.parametrize("name", sorted(SMOKE))
-def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
+def test_script_runs(name, mnist_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(EXPERIMENTS))
     spec = importlib.util.spec_from_file_location(name[:-3], EXPERIMENTS / name)
     mod = importlib.util.module_from_spec(spec)
@@ -175,6 +175,11 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
         assert f"| 100 | 1 | {r['test']:.2f} (epoch 1) |" in text and "Command: `" in text
     else:  # the user-written prior and guide trained: far above the untrained ~ -540 nats
         assert -450 < result["elbo"] < result["log_likelihood"] + 2 and result["log_likelihood"] < 0
+        out = capsys.readouterr().out  # the report names the images scored and how they were binarized
+        assert (
+            "(K=50), nats/image on the first 50 MNIST test images (binarized once, seed 0; trained on 600"
+            in out
+        )
 
 
 def _check_disentanglement(result: list[dict], tmp_path: Path) -> None:
