@@ -250,7 +250,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "capacity (default: beta1 beta4 beta16 capacity tcvae)")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of each model (default: 0 1)")
     p.add_argument(
-        "--image-size", type=int, default=64, help="dSprites image side (default: 64; 32 on a CPU)"
+        "--image-size", type=int, default=64, help="dSprites image side (default: 64; pass 32 on a CPU)"
     )
     p.add_argument("--z-dim", type=int, default=10, help="latent dimensions (default: 10)")
     p.add_argument(

@@ -75,7 +75,7 @@ def main(args: argparse.Namespace) -> list[dict]:
             )
             print(rows[-1])
             maps.append((z_dim, method, te[: args.n_map], y_test[: args.n_map]))
-    _write(args, rows, maps)
+    _write(args, rows, maps, n)
     return rows
 
 
@@ -86,7 +86,7 @@ def _two_d(codes: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
     return TSNE(init="pca", random_state=seed, perplexity=perplexity).fit_transform(codes), "t-SNE"
 
 
-def _write(args: argparse.Namespace, rows: list[dict], maps: list) -> None:
+def _write(args: argparse.Namespace, rows: list[dict], maps: list, n_probe: int) -> None:
     from pyrovae import plots
 
     table = markdown_table(
@@ -104,7 +104,7 @@ Budget: {args.epochs} epochs per latent size with the tutorial network (784-400-
 1e-3, batch 256) on {args.train_size or 50000} training images, Bernoulli likelihood on dynamically
 binarized MNIST; {train_s / 60:.1f} CPU-minutes of training in all, on {args.threads} thread(s) of a
 2-core machine shared with other
-jobs (1-minute load average {os.getloadavg()[0]:.1f} when it ended). Probes fitted on the codes of the first {min(args.n_probe, 50000)}
+jobs (1-minute load average {os.getloadavg()[0]:.1f} when it ended). Probes fitted on the codes of the first {n_probe}
 training images (binarized once, seed 0) and scored on all 10,000 test images (binarized once, seed 0).
 VAE codes are posterior means E[z|x]; PCA (same dimension) is fitted on the same training images.
 

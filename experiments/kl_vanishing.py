@@ -118,9 +118,12 @@ thread (OMP_NUM_THREADS=1) on a 2-core machine shared with other jobs.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # "resolve": the --train-size below replaces budget_options's, whose help says the default is all
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                conflict_handler="resolve")  # fmt: skip
     budget_options(p, epochs=15, k=200, n_test=300)
-    p.set_defaults(train_size=10000)
+    p.add_argument("--train-size", type=int, default=10000,
+                   help="use only the first N training images (default: 10000)")  # fmt: skip
     p.add_argument("--z-dim", type=int, default=64, help="latent dimensions (default: 64)")
     p.add_argument(
         "--hidden", type=int, nargs="+", default=[512, 512], help="hidden layers (default: 512 512)"

@@ -4,9 +4,9 @@ stopping, learning-rate decay, and all of them together.
     python experiments/overfitting.py
 
 Each setting is an ordinary run (``pyrovae.train``) of the tutorial networks on the first 1,000
-training images. After every epoch the hook of the run layer reads the epoch's checkpoint and
-measures the *training* ELBO the way the validation ELBO is measured (eval mode, the 1,000
-images binarized once), so the two curves compare. Writes ``overfitting.md`` and
+training images (``--train-size``). After every epoch the hook of the run layer reads the epoch's
+checkpoint and measures the *training* ELBO the way the validation ELBO is measured (eval mode, the
+1,000 images binarized once), so the two curves compare. Writes ``overfitting.md`` and
 ``overfitting.png`` to ``experiments/results/``. Nats per image, dynamically binarized MNIST.
 """
 
@@ -105,7 +105,9 @@ def main(args: argparse.Namespace) -> list[dict]:
             for r in rows
         ],  # fmt: skip
     )
-    (args.results_dir / "overfitting.md").write_text(f"""# Overfitting on 1,000 images, and its remedies
+    (
+        args.results_dir / "overfitting.md"
+    ).write_text(f"""# Overfitting on {args.train_size:,} images, and its remedies
 
 Command: `{command_line()}`
 
@@ -141,9 +143,12 @@ machine shared with other jobs.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # "resolve": the --train-size below replaces budget_options's, whose help says the default is all
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                conflict_handler="resolve")  # fmt: skip
     budget_options(p, epochs=200, k=200, n_test=300)
-    p.set_defaults(train_size=1000)
+    p.add_argument("--train-size", type=int, default=1000,
+                   help="use only the first N training images (default: 1000)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32, help="images per step (default: 32)")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default: 3e-3)")
     p.add_argument("--val-size", type=int, default=2000, help="validation images (default: 2000)")

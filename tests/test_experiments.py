@@ -32,8 +32,8 @@ SMOKE = {
     "latent_dim.py": [*TINY, "--z-dims", "2", "5", "--quiet"],
     "overfitting.py": [*TINY, "--val-size", "500", "--quiet"],
     "kl_vanishing.py": [*TINY, "--z-dim", "8", "--hidden", "32", "--val-size", "500", "--quiet"],
-    "anomaly_mnist.py": [*TINY, "--digits", "1", "--z-dim", "4", "--n-pca", "300", "--quiet"],
-    "embedding.py": [*TINY, "--z-dims", "2", "3", "--n-probe", "300", "--n-map", "60", "--quiet"],
+    "anomaly_mnist.py": [*TINY, "--digits", "1", "--z-dim", "4", "--n-pca", "1000", "--quiet"],
+    "embedding.py": [*TINY, "--z-dims", "2", "3", "--n-probe", "1000", "--n-map", "60", "--quiet"],
     "ss_vae.py": [*TINY, "--labels", "100", "--quiet"],
     "ss_vae_pyro_protocol.py": [*TINY, "--labels", "100", "--quiet"],
     "disentanglement.py": [
@@ -83,7 +83,7 @@ def test_every_script_is_listed():
 
 
 @pytest.mark.parametrize("name", sorted(SMOKE))
-def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
+def test_script_runs(name, mnist_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(EXPERIMENTS))
     spec = importlib.util.spec_from_file_location(name[:-3], EXPERIMENTS / name)
     mod = importlib.util.module_from_spec(spec)
@@ -130,6 +130,7 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
         assert by["early stopping"] == {**by["none"], "setting": "early stopping"}
         assert by["dropout"]["best_val"] != by["none"]["best_val"]
         assert (tmp_path / "results" / "overfitting.png").exists()
+        assert (tmp_path / "results" / "overfitting.md").read_text().startswith("# Overfitting on 600 images")
     elif name == "kl_vanishing.py":
         assert [r["setting"] for r in result] == ["none", "warm-up", "cyclical", "free bits"]
         assert all(0 <= r["au"] <= 8 and len(r["au_curve"]) == 1 for r in result)
@@ -149,10 +150,17 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
             f"| 1 | 3 | {cells} |" in text and f"| mean |  | {cells} |" in text
         )  # one digit: its row is the mean
         assert "Command: `" in text and (tmp_path / "results" / "anomaly_mnist.png").exists()
+        n_pca = len(load_run(tmp_path / "runs" / "anomaly-ae-without-1").data.train)  # below --n-pca 1000
+        assert f"fitted on {n_pca} binarized training images" in " ".join(text.split())
     elif name == "embedding.py":
         assert [(r["z_dim"], r["method"]) for r in result] == [(2, "VAE"), (2, "PCA"), (3, "VAE"), (3, "PCA")]
         assert all(r["knn"] > 0.2 for r in result if r["method"] == "PCA")  # chance is 0.1
         assert (tmp_path / "results" / "embedding.png").exists()
+        from pyrovae.loaded import load_run
+
+        text = " ".join((tmp_path / "results" / "embedding.md").read_text().split())
+        n_train = len(load_run(tmp_path / "runs" / "embedding-z2").data.train)  # below --n-probe 1000
+        assert f"codes of the first {n_train} training images" in text
     elif name == "ss_vae.py":
         res = json.loads((tmp_path / "runs" / "ss_vae-100-seed0" / "eval.json").read_text())
         assert result[0]["test"] == pytest.approx(100 * res["test_accuracy"])
@@ -167,6 +175,11 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
         assert f"| 100 | 1 | {r['test']:.2f} (epoch 1) |" in text and "Command: `" in text
     else:  # the user-written prior and guide trained: far above the untrained ~ -540 nats
         assert -450 < result["elbo"] < result["log_likelihood"] + 2 and result["log_likelihood"] < 0
+        out = capsys.readouterr().out  # the report names the images scored and how they were binarized
+        assert (
+            "(K=50), nats/image on the first 50 MNIST test images (binarized once, seed 0; trained on 600"
+            in out
+        )
 
 
 def _check_disentanglement(result: list[dict], tmp_path: Path) -> None:
@@ -323,3 +336,20 @@ def test_disentanglement_names_any_beta_and_refuses_an_unknown_model(tmp_path, m
         "tcvae": {"tc_beta": 6.0},
         "capacity": {"capacity": 25.0, "gamma": 1000.0, "capacity_epochs": 4.0},
     }
+
+
+@pytest.mark.parametrize(
+    ("name", "option", "default"),
+    [("kl_vanishing.py", "--train-size", "10000"), ("overfitting.py", "--train-size", "1000"),
+     ("disentanglement.py", "--image-size", "64; pass 32 on a CPU")],
+)  # fmt: skip
+def test_help_states_the_real_default(name, option, default, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    spec = importlib.util.spec_from_file_location(name[:-3], EXPERIMENTS / name)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit):
+        mod.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert re.search(rf"{option} \w+ [^-]*\(default: {re.escape(default)}\)", text), text
+    assert mod.parse_args([]).__dict__[option[2:].replace("-", "_")] == int(default.split(";")[0])
