@@ -1,10 +1,11 @@
-"""Shared pieces of the experiment scripts: budget options and result tables."""
+"""Shared pieces of the experiment scripts: budget options, result tables and the entry point."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -42,3 +43,23 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def run_script(
+    main: Callable[[argparse.Namespace], object], parse_args: Callable[[], argparse.Namespace]
+) -> None:
+    """Run a script's ``main`` as ``pyrovae`` runs a command: a user error (a refused option, a missing
+    data set, an unreadable checkpoint) is one ``error:`` line on stderr and exit status 2, no traceback.
+
+    :param main: the script's ``main(args)``
+    :param parse_args: the script's argument parser, called with ``sys.argv``
+    """
+    from pyrovae.cli import USER_ERRORS, _message
+    from pyrovae.fit import TrainingError
+
+    args = parse_args()
+    try:
+        main(args)
+    except USER_ERRORS + (TrainingError,) as e:
+        print(f"error: {' '.join(_message(e).splitlines())}", file=sys.stderr)
+        sys.exit(2)

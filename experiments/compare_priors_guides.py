@@ -16,9 +16,9 @@ import pyrovae
 from pyrovae.config import Config, ConfigError
 
 try:
-    from _common import budget_options, command_line, markdown_table
+    from _common import budget_options, command_line, markdown_table, run_script
 except ImportError:  # imported as experiments.compare_priors_guides
-    from experiments._common import budget_options, command_line, markdown_table
+    from experiments._common import budget_options, command_line, markdown_table, run_script
 
 PRIORS = ["normal", "mixture", "vamp", "flow"]
 GUIDES = ["diag", "iaf"]
@@ -110,4 +110,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

@@ -42,9 +42,9 @@ from pyrovae.posterior import sample_prior
 from pyrovae.runs import RESUMABLE
 
 try:
-    from _common import budget_options, command_line, markdown_table
+    from _common import budget_options, command_line, markdown_table, run_script
 except ImportError:
-    from experiments._common import budget_options, command_line, markdown_table
+    from experiments._common import budget_options, command_line, markdown_table, run_script
 
 #: Networks between ``--label-layers input`` and ``every``, registered while the script runs: the
 #: label shifting every layer's units (as if concatenated to each layer's input), and FiLM in every
@@ -398,4 +398,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

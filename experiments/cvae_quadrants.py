@@ -61,9 +61,9 @@ from pyrovae.structured import BaselineNet, quadrant_mask
 from pyrovae.variants.structured import StructuredCVAE, completion_grid
 
 try:
-    from _common import budget_options, command_line, markdown_table
+    from _common import budget_options, command_line, markdown_table, run_script
 except ImportError:
-    from experiments._common import budget_options, command_line, markdown_table
+    from experiments._common import budget_options, command_line, markdown_table, run_script
 
 #: Pyro's CVAE tutorial, negative conditional log-likelihood for 1 / 2 / 3 given quadrants.
 PYRO_PUBLISHED = {"baseline": (100.4, 61.9, 25.4), "cvae": (71.8, 51.0, 24.2)}
@@ -386,4 +386,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

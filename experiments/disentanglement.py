@@ -26,9 +26,9 @@ from pyrovae.config import Config
 from pyrovae.disentanglement import SETTINGS, disentangle_run
 
 try:
-    from _common import budget_options, command_line, markdown_table
+    from _common import budget_options, command_line, markdown_table, run_script
 except ImportError:
-    from experiments._common import budget_options, command_line, markdown_table
+    from experiments._common import budget_options, command_line, markdown_table, run_script
 
 METRICS = ["beta_vae", "factor_vae", "mig", "dci_disentanglement"]
 
@@ -291,4 +291,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

@@ -25,9 +25,9 @@ from pyrovae.config import Config
 from pyrovae.loaded import load_data
 
 try:
-    from _common import budget_options, command_line, markdown_table
+    from _common import budget_options, command_line, markdown_table, run_script
 except ImportError:
-    from experiments._common import budget_options, command_line, markdown_table
+    from experiments._common import budget_options, command_line, markdown_table, run_script
 
 
 def settings(args: argparse.Namespace) -> dict[str, dict]:
@@ -132,4 +132,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

@@ -28,9 +28,9 @@ from pyrovae.evaluate import validate
 from pyrovae.loaded import load_data
 
 try:
-    from _common import budget_options, command_line, markdown_table
+    from _common import budget_options, command_line, markdown_table, run_script
 except ImportError:
-    from experiments._common import budget_options, command_line, markdown_table
+    from experiments._common import budget_options, command_line, markdown_table, run_script
 
 
 def settings(args: argparse.Namespace) -> dict[str, dict]:
@@ -154,4 +154,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

@@ -23,9 +23,9 @@ import pyrovae
 from pyrovae.config import Config
 
 try:
-    from _common import budget_options, command_line, markdown_table
+    from _common import budget_options, command_line, markdown_table, run_script
 except ImportError:
-    from experiments._common import budget_options, command_line, markdown_table
+    from experiments._common import budget_options, command_line, markdown_table, run_script
 
 #: test accuracy (%) of the anchors: Kingma et al. (2014), Table 1 (M2); Pyro's SS-VAE tutorial
 ANCHORS = {100: (88.03, 93.19), 1000: (96.40, None), 3000: (None, 95.82)}
@@ -203,4 +203,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

@@ -34,9 +34,9 @@ from torch import nn
 from torchvision.datasets import MNIST
 
 try:
-    from _common import budget_options, command_line, markdown_table
+    from _common import budget_options, command_line, markdown_table, run_script
 except ImportError:
-    from experiments._common import budget_options, command_line, markdown_table
+    from experiments._common import budget_options, command_line, markdown_table, run_script
 
 
 def _clipped(f, eps=1e-7):
@@ -233,4 +233,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

@@ -323,3 +323,24 @@ def test_disentanglement_names_any_beta_and_refuses_an_unknown_model(tmp_path, m
         "tcvae": {"tc_beta": 6.0},
         "capacity": {"capacity": 25.0, "gamma": 1000.0, "capacity_epochs": 4.0},
     }
+
+
+def _script(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(EXPERIMENTS / name), *args], capture_output=True, text=True)
+
+
+def test_a_user_error_in_any_script_is_one_error_line(mnist_dir, tmp_path):
+    """A refused option or an occupied run folder ends a script as it ends ``pyrovae``: one
+    ``error:`` line and status 2, no traceback."""
+    data = ["--data-dir", str(mnist_dir)]
+    quadrants = _script("cvae_quadrants.py", *TINY, *data, "--quadrants", "4", "--runs-dir", str(tmp_path / "runs"),
+                        "--results-dir", str(tmp_path / "results"))  # fmt: skip
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    occupied = _script("mnist_vae.py", "--epochs", "1", "--quiet", *data, "--out", str(tmp_path / "run"))
+    for script, says in [(quadrants, "--quadrants 1, 2 or 3"), (occupied, "--overwrite")]:
+        assert script.returncode == 2 and "Traceback" not in script.stderr, script.stderr
+        assert (
+            script.stderr.startswith("error: ") and script.stderr.count("\n") == 1 and says in script.stderr
+        )
+    assert not (tmp_path / "runs").exists()
