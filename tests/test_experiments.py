@@ -344,3 +344,15 @@ def test_a_user_error_in_any_script_is_one_error_line(mnist_dir, tmp_path):
             script.stderr.startswith("error: ") and script.stderr.count("\n") == 1 and says in script.stderr
         )
     assert not (tmp_path / "runs").exists()
+
+
+def test_compare_priors_guides_refuses_an_unknown_name_before_training(tmp_path):
+    """A mistyped prior is a usage error that writes nothing; "refused" in the table is kept for a
+    known pair that cannot be combined (vamp x iaf, in test_script_runs)."""
+    script = _script("compare_priors_guides.py", "--priors", "nromal", "--guides", "diag",
+                     "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"))  # fmt: skip
+    assert (
+        script.returncode == 2 and "invalid choice: 'nromal'" in script.stderr and "'normal'" in script.stderr
+    )
+    assert "Traceback" not in script.stderr and not script.stdout
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
