@@ -22,7 +22,7 @@ import time
 import torch
 
 import pyrovae
-from pyrovae.config import Config
+from pyrovae.config import Config, ConfigError
 from pyrovae.disentanglement import SETTINGS, disentangle_run
 
 try:
@@ -106,11 +106,10 @@ def _run(out, cfg: Config, name: str, seed: int, scale: dict, args: argparse.Nam
 
 def _reused(out, cfg: Config, args: argparse.Namespace) -> dict:
     """The row a previous invocation saved in ``out``, if it trained exactly ``cfg``."""
-    saved = Config.load(out / "config.json")
-    if not (out / "experiment_row.json").exists() or dataclasses.asdict(saved) != dataclasses.asdict(cfg):
-        raise SystemExit(
-            f"error: --reuse: {out} holds no finished run with these options; run without --reuse"
-        )
+    finished = (out / "experiment_row.json").exists() and (out / "config.json").exists()
+    if not finished or dataclasses.asdict(Config.load(out / "config.json")) != dataclasses.asdict(cfg):
+        # a ConfigError: run_script makes it one error line and status 2, as pyrovae's own
+        raise ConfigError(f"--reuse: {out} holds no finished run with these options; run without --reuse")
     args.reused = True
     row = json.loads((out / "experiment_row.json").read_text())
     # derived from the run's scores, not the saved row (older rows saved a list by another rule)

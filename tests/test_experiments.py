@@ -213,7 +213,9 @@ def _check_disentanglement_reuse(mod, args: list[str], result: list[dict], tmp_p
     text = (tmp_path / "again" / "disentanglement.md").read_text()
     assert "read back here (--reuse)" in text and "-0.000" not in text
     assert re.search(r"\| tcvae16 \| 0 \| [^\n]*\| pos_x \|", text)
-    with pytest.raises(SystemExit, match="holds no finished run with these options"):
+    from pyrovae.config import ConfigError
+
+    with pytest.raises(ConfigError, match="holds no finished run with these options"):
         mod.main(mod.parse_args(args + ["--reuse", "--lr", "0.01", "--results-dir", str(tmp_path / "other")]))
     assert not (tmp_path / "other").exists()  # a refused --reuse writes nothing
 
@@ -356,3 +358,12 @@ def test_compare_priors_guides_refuses_an_unknown_name_before_training(tmp_path)
     )
     assert "Traceback" not in script.stderr and not script.stdout
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_disentanglement_reuse_without_runs_is_one_error_line(tmp_path):
+    """--reuse where no run was ever made is refused as a run with other options is, writing nothing."""
+    script = _script("disentanglement.py", "--reuse", "--models", "beta16", "--seeds", "0",
+                     "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"))  # fmt: skip
+    assert script.returncode == 2 and "Traceback" not in script.stderr, script.stderr
+    assert script.stderr.startswith("error: --reuse: ") and "holds no finished run" in script.stderr
+    assert script.stderr.count("\n") == 1 and not (tmp_path / "results").exists()
