@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def resumable(out: Path, cfg) -> bool:
+    """Whether ``out`` holds a run of ``cfg``, finished or not, up to the options a resume may change
+    (:data:`pyrovae.runs.RESUMABLE`): a script continues such a run and replaces any other, so a
+    rerun with other options trains afresh instead of refusing to resume.
+
+    :param out: the run directory
+    :param cfg: the :class:`pyrovae.config.Config` the script would train
+    """
+    from pyrovae.config import Config
+    from pyrovae.runs import RESUMABLE
+
+    if not (out / "checkpoint.pt").exists() or not (out / "config.json").exists():
+        return False
+    saved = dataclasses.asdict(Config.load(out / "config.json"))
+    return all(saved.get(k) == v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE)
 
 
 def budget_options(p: argparse.ArgumentParser, epochs: int, k: int = 1000, n_test: int = 1000) -> None:

@@ -367,3 +367,21 @@ def test_disentanglement_reuse_without_runs_is_one_error_line(tmp_path):
     assert script.returncode == 2 and "Traceback" not in script.stderr, script.stderr
     assert script.stderr.startswith("error: --reuse: ") and "holds no finished run" in script.stderr
     assert script.stderr.count("\n") == 1 and not (tmp_path / "results").exists()
+
+
+def test_ss_vae_reruns_with_other_options(mnist_dir, tmp_path, monkeypatch):
+    """A rerun with more epochs continues the run; one with another --lr or --train-size replaces it,
+    where resuming would refuse the contradicting options."""
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    spec = importlib.util.spec_from_file_location("ss_vae", EXPERIMENTS / "ss_vae.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    base = [*SMOKE["ss_vae.py"], "--data-dir", str(mnist_dir), "--runs-dir", str(tmp_path / "runs"),
+            "--results-dir", str(tmp_path / "results")]  # fmt: skip
+    run = tmp_path / "runs" / "ss_vae-100-seed0"
+    mod.main(mod.parse_args(base))
+    (more,) = mod.main(mod.parse_args([*base, "--epochs", "2"]))
+    assert more["epochs"] == 2  # resumed: the first epoch was kept
+    (other,) = mod.main(mod.parse_args([*base, "--lr", "0.002", "--train-size", "500"]))
+    saved = json.loads((run / "config.json").read_text())
+    assert other["epochs"] == 1 and (saved["lr"], saved["train_size"]) == (0.002, 500)
