@@ -29,25 +29,34 @@ def resumable(out: Path, cfg) -> bool:
     return all(saved.get(k) == v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE)
 
 
-def budget_options(p: argparse.ArgumentParser, epochs: int, k: int = 1000, n_test: int = 1000) -> None:
-    p.add_argument("--epochs", type=int, default=epochs, help=f"training epochs per run (default: {epochs})")
-    p.add_argument(
-        "--train-size", type=int, default=None, help="use only the first N training images (default: all)"
-    )
-    p.add_argument("--k", type=int, default=k, help=f"importance samples for log p(x) (default: {k})")
-    p.add_argument("--n-test", type=int, default=n_test, help=f"test images for log p(x) (default: {n_test})")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (default: $PYROVAE_DATA)")
-    p.add_argument(
-        "--runs-dir", type=Path, default=Path("runs"), help="where run directories go (default: runs/)"
-    )
-    p.add_argument(
-        "--results-dir",
-        type=Path,
-        default=RESULTS,
-        help="where tables and figures go (default: experiments/results)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+def budget_options(
+    p: argparse.ArgumentParser, epochs: int, k: int = 1000, n_test: int = 1000, omit: tuple[str, ...] = ()
+) -> None:
+    """Add the options every experiment shares to ``p``.
+
+    :param omit: options the script never reads (``"--k"``, ``"--runs-dir"``...), left out so that
+        none is accepted and then ignored
+    """
+    options = {
+        "--epochs": dict(type=int, default=epochs, help=f"training epochs per run (default: {epochs})"),
+        "--train-size": dict(
+            type=int, default=None, help="use only the first N training images (default: all)"
+        ),
+        "--k": dict(type=int, default=k, help=f"importance samples for log p(x) (default: {k})"),
+        "--n-test": dict(type=int, default=n_test, help=f"test images for log p(x) (default: {n_test})"),
+        "--seed": dict(type=int, default=0, help="random seed (default: 0)"),
+        "--data-dir": dict(default=None, help="folder holding MNIST/raw (default: $PYROVAE_DATA)"),
+        "--runs-dir": dict(type=Path, default=Path("runs"), help="where run directories go (default: runs/)"),
+        "--results-dir": dict(
+            type=Path, default=RESULTS, help="where tables and figures go (default: experiments/results)"
+        ),
+        "--quiet": dict(action="store_true", help="no progress bars"),
+    }
+    unknown = set(omit) - set(options)
+    assert not unknown, f"budget_options has no {unknown}"
+    for flag, spec in options.items():
+        if flag not in omit:
+            p.add_argument(flag, **spec)
 
 
 def command_line() -> str:

@@ -243,7 +243,7 @@ def _verdict(by_model: dict[str, list[dict]], options: dict[str, dict]) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    budget_options(p, epochs=3, k=50, n_test=500)
+    budget_options(p, epochs=3, k=50, n_test=500, omit=("--data-dir",))  # dSprites is made, not read
     p.add_argument("--models", nargs="+", default=["beta1", "beta4", "beta16", "capacity", "tcvae"],
                    help="models to train: betaB (β-VAE, β = B), tcvaeB (β-TCVAE, β = B), tcvae (β = --tc-beta), "
                         "capacity (default: beta1 beta4 beta16 capacity tcvae)")  # fmt: skip

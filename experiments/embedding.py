@@ -132,7 +132,7 @@ Maps (`embedding.png`): the first {args.n_map} test images, the code itself for 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    budget_options(p, epochs=5)
+    budget_options(p, epochs=5, omit=("--k", "--n-test"))  # codes only: no log p(x)
     p.add_argument(
         "--z-dims", type=int, nargs="+", default=[2, 10, 50], help="latent sizes (default: 2 10 50)"
     )

@@ -11,6 +11,7 @@ import pytest
 
 EXPERIMENTS = Path(__file__).parents[1] / "experiments"
 TINY = ["--epochs", "1", "--train-size", "600", "--k", "3", "--n-test", "20"]
+NO_LOG_PX = TINY[:4]  # for the scripts that estimate no log p(x): they take no --k, --n-test
 SMOKE = {
     "mnist_vae.py": ["--epochs", "1", "--k", "3", "--n-test", "20", "--quiet", "--overwrite"],
     "compare_priors_guides.py": [
@@ -33,9 +34,9 @@ SMOKE = {
     "overfitting.py": [*TINY, "--val-size", "500", "--quiet"],
     "kl_vanishing.py": [*TINY, "--z-dim", "8", "--hidden", "32", "--val-size", "500", "--quiet"],
     "anomaly_mnist.py": [*TINY, "--digits", "1", "--z-dim", "4", "--n-pca", "300", "--quiet"],
-    "embedding.py": [*TINY, "--z-dims", "2", "3", "--n-probe", "300", "--n-map", "60", "--quiet"],
+    "embedding.py": [*NO_LOG_PX, "--z-dims", "2", "3", "--n-probe", "300", "--n-map", "60", "--quiet"],
     "ss_vae.py": [*TINY, "--labels", "100", "--quiet"],
-    "ss_vae_pyro_protocol.py": [*TINY, "--labels", "100", "--quiet"],
+    "ss_vae_pyro_protocol.py": [*NO_LOG_PX, "--labels", "100", "--quiet"],
     "disentanglement.py": [
         *TINY,
         "--image-size",
@@ -88,9 +89,13 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location(name[:-3], EXPERIMENTS / name)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    args = SMOKE[name] + ["--data-dir", str(mnist_dir)]
+    args = SMOKE[name] + (
+        [] if name == "disentanglement.py" else ["--data-dir", str(mnist_dir)]
+    )  # dSprites is made
     if name == "mnist_vae.py":
         args += ["--out", str(tmp_path / "run")]
+    elif name == "ss_vae_pyro_protocol.py":  # trains in-process, keeping no run directory
+        args += ["--results-dir", str(tmp_path / "results")]
     elif name != "custom_components.py":
         args += ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
     result = mod.main(mod.parse_args(args))
@@ -281,8 +286,8 @@ def test_cvae_quadrants_pyro_protocol(mnist_dir, tmp_path, monkeypatch):
         "--results-dir",
         str(tmp_path),
     ]
-    tiny = [*TINY, "--z-dim", "4", "--hidden", "32", "--quiet", *common]
-    default = mod.main(mod.parse_args([*tiny, "--quadrants", "2"]))
+    tiny = [*NO_LOG_PX, "--z-dim", "4", "--hidden", "32", "--quiet", *common]
+    default = mod.main(mod.parse_args([*tiny, "--k", "3", "--n-test", "20", "--quadrants", "2"]))
     result = mod.main(mod.parse_args([*tiny, "--quadrants", "1", "3", "--protocol", "pyro"]))
     assert [r["n_given"] for r in result] == [1, 3] and all(r["protocol"] == "pyro" for r in result)
     for r in result:  # grey targets: the cross-entropy includes their entropy, still finite and positive
@@ -385,3 +390,17 @@ def test_ss_vae_reruns_with_other_options(mnist_dir, tmp_path, monkeypatch):
     (other,) = mod.main(mod.parse_args([*base, "--lr", "0.002", "--train-size", "500"]))
     saved = json.loads((run / "config.json").read_text())
     assert other["epochs"] == 1 and (saved["lr"], saved["train_size"]) == (0.002, 500)
+
+
+@pytest.mark.parametrize(
+    "name, given",
+    [("ss_vae_pyro_protocol.py", ["--k", "3"]), ("ss_vae_pyro_protocol.py", ["--n-test", "20"]),
+     ("ss_vae_pyro_protocol.py", ["--runs-dir", "r"]), ("embedding.py", ["--k", "3"]),
+     ("embedding.py", ["--n-test", "20"]), ("disentanglement.py", ["--data-dir", "d"]),
+     ("cvae_quadrants.py", ["--protocol", "pyro", "--k", "3"]),
+     ("cvae_quadrants.py", ["--protocol", "pyro", "--n-test", "20"])],
+)  # fmt: skip
+def test_an_option_the_script_would_ignore_is_refused(name, given, tmp_path):
+    script = _script(name, *given, "--results-dir", str(tmp_path / "results"))
+    assert script.returncode == 2 and "error:" in script.stderr and "Traceback" not in script.stderr
+    assert given[-2] in script.stderr.splitlines()[-1] and not (tmp_path / "results").exists()
