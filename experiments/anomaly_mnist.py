@@ -35,9 +35,9 @@ from pyrovae.data import binarize
 from pyrovae.score import Rows, score
 
 try:
-    from _common import budget_options, command_line, markdown_table
+    from _common import budget_options, command_line, markdown_table, run_script
 except ImportError:
-    from experiments._common import budget_options, command_line, markdown_table
+    from experiments._common import budget_options, command_line, markdown_table, run_script
 
 #: column -> (how the table names it); higher is more anomalous for every score
 SCORES = {
@@ -197,4 +197,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

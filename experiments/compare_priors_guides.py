@@ -16,9 +16,9 @@ import pyrovae
 from pyrovae.config import Config, ConfigError
 
 try:
-    from _common import budget_options, command_line, markdown_table
+    from _common import budget_options, command_line, markdown_table, run_script
 except ImportError:  # imported as experiments.compare_priors_guides
-    from experiments._common import budget_options, command_line, markdown_table
+    from experiments._common import budget_options, command_line, markdown_table, run_script
 
 PRIORS = ["normal", "mixture", "vamp", "flow"]
 GUIDES = ["diag", "iaf"]
@@ -98,11 +98,22 @@ def _figure(done, args):
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     budget_options(p, epochs=5)
+    # a mistyped name is a usage error before anything trains; only a known pair can be refused
     p.add_argument(
-        "--priors", nargs="+", default=PRIORS, help=f"priors to compare (default: {' '.join(PRIORS)})"
+        "--priors",
+        nargs="+",
+        default=PRIORS,
+        choices=sorted(pyrovae.PRIORS),
+        metavar="PRIOR",
+        help=f"priors to compare, of {', '.join(sorted(pyrovae.PRIORS))} (default: {' '.join(PRIORS)})",
     )
     p.add_argument(
-        "--guides", nargs="+", default=GUIDES, help=f"guides to compare (default: {' '.join(GUIDES)})"
+        "--guides",
+        nargs="+",
+        default=GUIDES,
+        choices=sorted(pyrovae.GUIDES),
+        metavar="GUIDE",
+        help=f"guides to compare, of {', '.join(sorted(pyrovae.GUIDES))} (default: {' '.join(GUIDES)})",
     )
     p.add_argument("--z-dim", type=int, default=32, help="latent dimensions (default: 32)")
     p.add_argument("--hidden", type=int, default=400, help="hidden units (default: 400)")
@@ -110,4 +121,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

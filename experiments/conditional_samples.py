@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import os
 import time
 from functools import partial
@@ -39,12 +38,11 @@ from pyrovae.data import Split, load_mnist
 from pyrovae.evaluate import posterior_mean
 from pyrovae.nets import NETS, MLPDecoder, MLPEncoder
 from pyrovae.posterior import sample_prior
-from pyrovae.runs import RESUMABLE
 
 try:
-    from _common import budget_options, command_line, markdown_table
+    from _common import budget_options, command_line, markdown_table, resumable, run_script
 except ImportError:
-    from experiments._common import budget_options, command_line, markdown_table
+    from experiments._common import budget_options, command_line, markdown_table, resumable, run_script
 
 #: Networks between ``--label-layers input`` and ``every``, registered while the script runs: the
 #: label shifting every layer's units (as if concatenated to each layer's input), and FiLM in every
@@ -152,11 +150,7 @@ def get_run(name: str, args: argparse.Namespace) -> pyrovae.Run:
     cfg = variant_config(name, args)
     size = f"-n{args.train_size}" if args.train_size else ""
     out = args.runs_dir / f"conditional-{name}-e{args.epochs}-s{args.seed}{size}"
-    same = False
-    if (out / "checkpoint.pt").exists() and not args.retrain:
-        saved = dataclasses.asdict(Config.load(out / "config.json"))
-        given = dataclasses.asdict(cfg)
-        same = all(saved[k] == v for k, v in given.items() if k not in RESUMABLE)
+    same = not args.retrain and resumable(out, cfg)
     return pyrovae.train(cfg, out, resume=same, overwrite=not same, progress=not args.quiet)
 
 
@@ -398,4 +392,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

@@ -24,6 +24,11 @@ from pyrovae.data import load_dataset
 from pyrovae.evaluate import evaluate
 from pyrovae.nets import MLPEncoder
 
+try:
+    from _common import run_script
+except ImportError:  # imported as experiments.custom_components
+    from experiments._common import run_script
+
 
 class StudentTPrior(PyroModule):
     """p(z) = prod_d StudentT(z_d; nu, 0, 1) with a learned degrees-of-freedom nu."""
@@ -93,4 +98,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

@@ -61,9 +61,9 @@ from pyrovae.structured import BaselineNet, quadrant_mask
 from pyrovae.variants.structured import StructuredCVAE, completion_grid
 
 try:
-    from _common import budget_options, command_line, markdown_table
+    from _common import budget_options, command_line, markdown_table, run_script
 except ImportError:
-    from experiments._common import budget_options, command_line, markdown_table
+    from experiments._common import budget_options, command_line, markdown_table, run_script
 
 #: Pyro's CVAE tutorial, negative conditional log-likelihood for 1 / 2 / 3 given quadrants.
 PYRO_PUBLISHED = {"baseline": (100.4, 61.9, 25.4), "cvae": (71.8, 51.0, 24.2)}
@@ -360,6 +360,7 @@ network), on reported test images.
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     budget_options(p, epochs=10, k=100)
+    p.set_defaults(k=None, n_test=None)  # unset, to tell a given one that --protocol pyro would ignore
     p.add_argument(
         "--protocol",
         choices=PROTOCOLS,
@@ -382,8 +383,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)"
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.protocol == "pyro" and (args.k, args.n_test) != (None, None):
+        p.error("--k and --n-test size the default protocol's importance-sampled log p, which --protocol pyro "
+                "does not report: leave them out")  # fmt: skip
+    args.k = 100 if args.k is None else args.k
+    args.n_test = 1000 if args.n_test is None else args.n_test
+    return args
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

@@ -22,13 +22,13 @@ import time
 import torch
 
 import pyrovae
-from pyrovae.config import Config
+from pyrovae.config import Config, ConfigError
 from pyrovae.disentanglement import SETTINGS, disentangle_run
 
 try:
-    from _common import budget_options, command_line, markdown_table
+    from _common import budget_options, command_line, markdown_table, run_script
 except ImportError:
-    from experiments._common import budget_options, command_line, markdown_table
+    from experiments._common import budget_options, command_line, markdown_table, run_script
 
 METRICS = ["beta_vae", "factor_vae", "mig", "dci_disentanglement"]
 
@@ -106,11 +106,10 @@ def _run(out, cfg: Config, name: str, seed: int, scale: dict, args: argparse.Nam
 
 def _reused(out, cfg: Config, args: argparse.Namespace) -> dict:
     """The row a previous invocation saved in ``out``, if it trained exactly ``cfg``."""
-    saved = Config.load(out / "config.json")
-    if not (out / "experiment_row.json").exists() or dataclasses.asdict(saved) != dataclasses.asdict(cfg):
-        raise SystemExit(
-            f"error: --reuse: {out} holds no finished run with these options; run without --reuse"
-        )
+    finished = (out / "experiment_row.json").exists() and (out / "config.json").exists()
+    if not finished or dataclasses.asdict(Config.load(out / "config.json")) != dataclasses.asdict(cfg):
+        # a ConfigError: run_script makes it one error line and status 2, as pyrovae's own
+        raise ConfigError(f"--reuse: {out} holds no finished run with these options; run without --reuse")
     args.reused = True
     row = json.loads((out / "experiment_row.json").read_text())
     # derived from the run's scores, not the saved row (older rows saved a list by another rule)
@@ -244,7 +243,7 @@ def _verdict(by_model: dict[str, list[dict]], options: dict[str, dict]) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    budget_options(p, epochs=3, k=50, n_test=500)
+    budget_options(p, epochs=3, k=50, n_test=500, omit=("--data-dir",))  # dSprites is made, not read
     p.add_argument("--models", nargs="+", default=["beta1", "beta4", "beta16", "capacity", "tcvae"],
                    help="models to train: betaB (β-VAE, β = B), tcvaeB (β-TCVAE, β = B), tcvae (β = --tc-beta), "
                         "capacity (default: beta1 beta4 beta16 capacity tcvae)")  # fmt: skip
@@ -291,4 +290,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

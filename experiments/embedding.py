@@ -35,9 +35,9 @@ from pyrovae.data import binarize
 from pyrovae.posterior import embed
 
 try:
-    from _common import budget_options, command_line, markdown_table
+    from _common import budget_options, command_line, markdown_table, run_script
 except ImportError:
-    from experiments._common import budget_options, command_line, markdown_table
+    from experiments._common import budget_options, command_line, markdown_table, run_script
 
 
 def probe_accuracies(train_codes: np.ndarray, y_train: np.ndarray, test_codes: np.ndarray,
@@ -132,7 +132,7 @@ Maps (`embedding.png`): the first {args.n_map} test images, the code itself for 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    budget_options(p, epochs=5)
+    budget_options(p, epochs=5, omit=("--k", "--n-test"))  # codes only: no log p(x)
     p.add_argument(
         "--z-dims", type=int, nargs="+", default=[2, 10, 50], help="latent sizes (default: 2 10 50)"
     )
@@ -144,4 +144,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

@@ -25,9 +25,9 @@ from pyrovae.config import Config
 from pyrovae.loaded import load_data
 
 try:
-    from _common import budget_options, command_line, markdown_table
+    from _common import budget_options, command_line, markdown_table, run_script
 except ImportError:
-    from experiments._common import budget_options, command_line, markdown_table
+    from experiments._common import budget_options, command_line, markdown_table, run_script
 
 
 def settings(args: argparse.Namespace) -> dict[str, dict]:
@@ -118,12 +118,8 @@ thread (OMP_NUM_THREADS=1) on a 2-core machine shared with other jobs.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    # "resolve": the --train-size below replaces budget_options's, whose help says the default is all
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                conflict_handler="resolve")  # fmt: skip
-    budget_options(p, epochs=15, k=200, n_test=300)
-    p.add_argument("--train-size", type=int, default=10000,
-                   help="use only the first N training images (default: 10000)")  # fmt: skip
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    budget_options(p, epochs=15, k=200, n_test=300, train_size=10000)
     p.add_argument("--z-dim", type=int, default=64, help="latent dimensions (default: 64)")
     p.add_argument(
         "--hidden", type=int, nargs="+", default=[512, 512], help="hidden layers (default: 512 512)"
@@ -135,4 +131,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

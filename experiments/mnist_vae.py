@@ -15,6 +15,11 @@ import pyrovae
 from pyrovae.config import PRESETS, Config
 from pyrovae.evaluate import summary
 
+try:
+    from _common import run_script
+except ImportError:  # imported as experiments.mnist_vae
+    from experiments._common import run_script
+
 
 def main(args: argparse.Namespace) -> dict:
     # 1. configure: a preset, then the options given here
@@ -59,4 +64,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

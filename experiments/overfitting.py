@@ -28,9 +28,9 @@ from pyrovae.evaluate import validate
 from pyrovae.loaded import load_data
 
 try:
-    from _common import budget_options, command_line, markdown_table
+    from _common import budget_options, command_line, markdown_table, run_script
 except ImportError:
-    from experiments._common import budget_options, command_line, markdown_table
+    from experiments._common import budget_options, command_line, markdown_table, run_script
 
 
 def settings(args: argparse.Namespace) -> dict[str, dict]:
@@ -143,12 +143,8 @@ machine shared with other jobs.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    # "resolve": the --train-size below replaces budget_options's, whose help says the default is all
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                conflict_handler="resolve")  # fmt: skip
-    budget_options(p, epochs=200, k=200, n_test=300)
-    p.add_argument("--train-size", type=int, default=1000,
-                   help="use only the first N training images (default: 1000)")  # fmt: skip
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    budget_options(p, epochs=200, k=200, n_test=300, train_size=1000)
     p.add_argument("--batch-size", type=int, default=32, help="images per step (default: 32)")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default: 3e-3)")
     p.add_argument("--val-size", type=int, default=2000, help="validation images (default: 2000)")
@@ -159,4 +155,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

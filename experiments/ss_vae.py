@@ -6,7 +6,8 @@ number of labelled training images, beside the paper's and Pyro's tutorial's fig
 Writes ``ss_vae.md``, the accuracy-against-epoch curves ``ss_vae.png`` and the style/content
 figure of the first run (``ss_vae_style.png``) to ``experiments/results/`` (``ss_vae_alpha46.md``
 and so on with ``--aux-weight 46``). Each run is a
-``pyrovae train --semi-supervised --labeled N`` run directory; a run left unfinished is resumed.
+``pyrovae train --semi-supervised --labeled N`` run directory; a run with the same options (up to
+--epochs) is resumed, one with other options is replaced.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import pyrovae
 from pyrovae.config import Config
 
 try:
-    from _common import budget_options, command_line, markdown_table
+    from _common import budget_options, command_line, markdown_table, resumable, run_script
 except ImportError:
-    from experiments._common import budget_options, command_line, markdown_table
+    from experiments._common import budget_options, command_line, markdown_table, resumable, run_script
 
 #: test accuracy (%) of the anchors: Kingma et al. (2014), Table 1 (M2); Pyro's SS-VAE tutorial
 ANCHORS = {100: (88.03, 93.19), 1000: (96.40, None), 3000: (None, 95.82)}
@@ -37,7 +38,7 @@ def _run(args: argparse.Namespace, n: int, epochs: int) -> dict:
                  data_dir=args.data_dir, eval_k=args.k, eval_n_test=args.n_test, aux_weight=args.aux_weight,
                  label_layers=args.label_layers, labeled_batches=args.labeled_batches)  # fmt: skip
     out = args.runs_dir / f"ss_vae-{n}{_suffix(args).replace('_', '-')}-seed{args.seed}"
-    resume = (out / "checkpoint.pt").exists()
+    resume = resumable(out, cfg)  # the same run, unfinished or to more epochs; other options train afresh
     cpu = time.process_time()
     run = pyrovae.train(cfg, out, resume=resume, overwrite=not resume, progress=not args.quiet)
     # CPU time of every sitting of the run (a resumed run adds to it)
@@ -203,4 +204,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

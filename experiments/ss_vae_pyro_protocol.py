@@ -34,9 +34,9 @@ from torch import nn
 from torchvision.datasets import MNIST
 
 try:
-    from _common import budget_options, command_line, markdown_table
+    from _common import budget_options, command_line, markdown_table, run_script
 except ImportError:
-    from experiments._common import budget_options, command_line, markdown_table
+    from experiments._common import budget_options, command_line, markdown_table, run_script
 
 
 def _clipped(f, eps=1e-7):
@@ -218,7 +218,7 @@ test images (grey), at the epoch of best accuracy on the 10,000 validation image
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    budget_options(p, epochs=6)
+    budget_options(p, epochs=6, omit=("--k", "--n-test", "--runs-dir"))  # trains in-process, no log p(x)
     p.add_argument("--labels", type=int, nargs="+", default=[100], help="labelled images (default: 100)")
     p.add_argument("--batch-size", type=int, default=100, help="images per batch (default: 100)")
     p.add_argument("--aux-weight", type=float, default=46.0, help="alpha per labelled image (default: 46)")
@@ -233,4 +233,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

@@ -11,6 +11,7 @@ import pytest
 
 EXPERIMENTS = Path(__file__).parents[1] / "experiments"
 TINY = ["--epochs", "1", "--train-size", "600", "--k", "3", "--n-test", "20"]
+NO_LOG_PX = TINY[:4]  # for the scripts that estimate no log p(x): they take no --k, --n-test
 SMOKE = {
     "mnist_vae.py": ["--epochs", "1", "--k", "3", "--n-test", "20", "--quiet", "--overwrite"],
     "compare_priors_guides.py": [
@@ -33,9 +34,9 @@ SMOKE = {
     "overfitting.py": [*TINY, "--val-size", "500", "--quiet"],
     "kl_vanishing.py": [*TINY, "--z-dim", "8", "--hidden", "32", "--val-size", "500", "--quiet"],
     "anomaly_mnist.py": [*TINY, "--digits", "1", "--z-dim", "4", "--n-pca", "1000", "--quiet"],
-    "embedding.py": [*TINY, "--z-dims", "2", "3", "--n-probe", "1000", "--n-map", "60", "--quiet"],
+    "embedding.py": [*NO_LOG_PX, "--z-dims", "2", "3", "--n-probe", "1000", "--n-map", "60", "--quiet"],
     "ss_vae.py": [*TINY, "--labels", "100", "--quiet"],
-    "ss_vae_pyro_protocol.py": [*TINY, "--labels", "100", "--quiet"],
+    "ss_vae_pyro_protocol.py": [*NO_LOG_PX, "--labels", "100", "--quiet"],
     "disentanglement.py": [
         *TINY,
         "--image-size",
@@ -88,9 +89,13 @@ def test_script_runs(name, mnist_dir, tmp_path, monkeypatch, capsys):
     spec = importlib.util.spec_from_file_location(name[:-3], EXPERIMENTS / name)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    args = SMOKE[name] + ["--data-dir", str(mnist_dir)]
+    args = SMOKE[name] + (
+        [] if name == "disentanglement.py" else ["--data-dir", str(mnist_dir)]
+    )  # dSprites is made
     if name == "mnist_vae.py":
         args += ["--out", str(tmp_path / "run")]
+    elif name == "ss_vae_pyro_protocol.py":  # trains in-process, keeping no run directory
+        args += ["--results-dir", str(tmp_path / "results")]
     elif name != "custom_components.py":
         args += ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
     result = mod.main(mod.parse_args(args))
@@ -226,7 +231,9 @@ def _check_disentanglement_reuse(mod, args: list[str], result: list[dict], tmp_p
     text = (tmp_path / "again" / "disentanglement.md").read_text()
     assert "read back here (--reuse)" in text and "-0.000" not in text
     assert re.search(r"\| tcvae16 \| 0 \| [^\n]*\| pos_x \|", text)
-    with pytest.raises(SystemExit, match="holds no finished run with these options"):
+    from pyrovae.config import ConfigError
+
+    with pytest.raises(ConfigError, match="holds no finished run with these options"):
         mod.main(mod.parse_args(args + ["--reuse", "--lr", "0.01", "--results-dir", str(tmp_path / "other")]))
     assert not (tmp_path / "other").exists()  # a refused --reuse writes nothing
 
@@ -292,8 +299,8 @@ def test_cvae_quadrants_pyro_protocol(mnist_dir, tmp_path, monkeypatch):
         "--results-dir",
         str(tmp_path),
     ]
-    tiny = [*TINY, "--z-dim", "4", "--hidden", "32", "--quiet", *common]
-    default = mod.main(mod.parse_args([*tiny, "--quadrants", "2"]))
+    tiny = [*NO_LOG_PX, "--z-dim", "4", "--hidden", "32", "--quiet", *common]
+    default = mod.main(mod.parse_args([*tiny, "--k", "3", "--n-test", "20", "--quadrants", "2"]))
     result = mod.main(mod.parse_args([*tiny, "--quadrants", "1", "3", "--protocol", "pyro"]))
     assert [r["n_given"] for r in result] == [1, 3] and all(r["protocol"] == "pyro" for r in result)
     for r in result:  # grey targets: the cross-entropy includes their entropy, still finite and positive
@@ -353,3 +360,77 @@ def test_help_states_the_real_default(name, option, default, monkeypatch, capsys
     text = " ".join(capsys.readouterr().out.split())
     assert re.search(rf"{option} \w+ [^-]*\(default: {re.escape(default)}\)", text), text
     assert mod.parse_args([]).__dict__[option[2:].replace("-", "_")] == int(default.split(";")[0])
+
+
+def _script(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(EXPERIMENTS / name), *args], capture_output=True, text=True)
+
+
+def test_a_user_error_in_any_script_is_one_error_line(mnist_dir, tmp_path):
+    """A refused option or an occupied run folder ends a script as it ends ``pyrovae``: one
+    ``error:`` line and status 2, no traceback."""
+    data = ["--data-dir", str(mnist_dir)]
+    quadrants = _script("cvae_quadrants.py", *TINY, *data, "--quadrants", "4", "--runs-dir", str(tmp_path / "runs"),
+                        "--results-dir", str(tmp_path / "results"))  # fmt: skip
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    occupied = _script("mnist_vae.py", "--epochs", "1", "--quiet", *data, "--out", str(tmp_path / "run"))
+    for script, says in [(quadrants, "--quadrants 1, 2 or 3"), (occupied, "--overwrite")]:
+        assert script.returncode == 2 and "Traceback" not in script.stderr, script.stderr
+        assert (
+            script.stderr.startswith("error: ") and script.stderr.count("\n") == 1 and says in script.stderr
+        )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_compare_priors_guides_refuses_an_unknown_name_before_training(tmp_path):
+    """A mistyped prior is a usage error that writes nothing; "refused" in the table is kept for a
+    known pair that cannot be combined (vamp x iaf, in test_script_runs)."""
+    script = _script("compare_priors_guides.py", "--priors", "nromal", "--guides", "diag",
+                     "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"))  # fmt: skip
+    assert (
+        script.returncode == 2 and "invalid choice: 'nromal'" in script.stderr and "'normal'" in script.stderr
+    )
+    assert "Traceback" not in script.stderr and not script.stdout
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_disentanglement_reuse_without_runs_is_one_error_line(tmp_path):
+    """--reuse where no run was ever made is refused as a run with other options is, writing nothing."""
+    script = _script("disentanglement.py", "--reuse", "--models", "beta16", "--seeds", "0",
+                     "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"))  # fmt: skip
+    assert script.returncode == 2 and "Traceback" not in script.stderr, script.stderr
+    assert script.stderr.startswith("error: --reuse: ") and "holds no finished run" in script.stderr
+    assert script.stderr.count("\n") == 1 and not (tmp_path / "results").exists()
+
+
+def test_ss_vae_reruns_with_other_options(mnist_dir, tmp_path, monkeypatch):
+    """A rerun with more epochs continues the run; one with another --lr or --train-size replaces it,
+    where resuming would refuse the contradicting options."""
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    spec = importlib.util.spec_from_file_location("ss_vae", EXPERIMENTS / "ss_vae.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    base = [*SMOKE["ss_vae.py"], "--data-dir", str(mnist_dir), "--runs-dir", str(tmp_path / "runs"),
+            "--results-dir", str(tmp_path / "results")]  # fmt: skip
+    run = tmp_path / "runs" / "ss_vae-100-seed0"
+    mod.main(mod.parse_args(base))
+    (more,) = mod.main(mod.parse_args([*base, "--epochs", "2"]))
+    assert more["epochs"] == 2  # resumed: the first epoch was kept
+    (other,) = mod.main(mod.parse_args([*base, "--lr", "0.002", "--train-size", "500"]))
+    saved = json.loads((run / "config.json").read_text())
+    assert other["epochs"] == 1 and (saved["lr"], saved["train_size"]) == (0.002, 500)
+
+
+@pytest.mark.parametrize(
+    "name, given",
+    [("ss_vae_pyro_protocol.py", ["--k", "3"]), ("ss_vae_pyro_protocol.py", ["--n-test", "20"]),
+     ("ss_vae_pyro_protocol.py", ["--runs-dir", "r"]), ("embedding.py", ["--k", "3"]),
+     ("embedding.py", ["--n-test", "20"]), ("disentanglement.py", ["--data-dir", "d"]),
+     ("cvae_quadrants.py", ["--protocol", "pyro", "--k", "3"]),
+     ("cvae_quadrants.py", ["--protocol", "pyro", "--n-test", "20"])],
+)  # fmt: skip
+def test_an_option_the_script_would_ignore_is_refused(name, given, tmp_path):
+    script = _script(name, *given, "--results-dir", str(tmp_path / "results"))
+    assert script.returncode == 2 and "error:" in script.stderr and "Traceback" not in script.stderr
+    assert given[-2] in script.stderr.splitlines()[-1] and not (tmp_path / "results").exists()
