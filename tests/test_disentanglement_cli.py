@@ -115,3 +115,15 @@ def test_the_docs_python_snippets_run():
     second: dict = {}
     exec(blocks[1].replace("print(", "value = ("), second)
     assert 0.85 < second["value"] < 0.95  # "about 0.9"
+
+
+def test_too_small_a_scale_is_refused_naming_the_smallest_that_works(dsprites_run, capsys):
+    (dsprites_run / "disentanglement.json").unlink(missing_ok=True)
+    assert main(["disentanglement", str(dsprites_run), "--scale", "1e-6", "--seed", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "--scale 0.005 or more" in err
+    assert not (dsprites_run / "disentanglement.json").exists()
+    # the smallest scale named keeps every sample size at 25 points or more (and runs, in the test above)
+    sizes = [n for o in D.settings(0.005).values() for k, n in o.items() if k.startswith("num_")]
+    assert min(n for n in sizes if n != 20) == 25  # 20: MIG's bins, not a sample size
