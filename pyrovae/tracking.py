@@ -2,7 +2,8 @@
 
 ``pyrovae train --tensorboard`` writes them to the run directory (``tensorboard --logdir RUN``):
 
-- ``train/loss`` every optimizer step (the training objective, as trained);
+- ``train/loss`` every optimizer step: the training objective, as trained, in nats per image of
+  the step's batch (the scale of ``train/epoch_loss``, which is its mean over the epoch's images);
 - every epoch, the columns of ``metrics.csv`` under the same names (``val/elbo``, ``val/recon``,
   ``val/kl``, ``val/active_units``, ``train/epoch_loss``, ``beta``, ``lr``, ``weight_norm``),
   with the epoch as the step, and ``samples``, a grid of 64 images from the model.
