@@ -10,7 +10,7 @@ pytest.importorskip("tensorboard")
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from pyrovae import checkpoint  # noqa: E402
+from pyrovae import checkpoint, tracking  # noqa: E402
 from pyrovae.cli import main  # noqa: E402
 
 
@@ -60,6 +60,24 @@ def test_step_loss_is_per_image_so_a_short_last_batch_does_not_jump(tmp_path, ti
         # weighted by batch size, the per-image losses make the epoch's train_loss (nats per image)
         assert (20 * a + 20 * b + 8 * c) / 48 == pytest.approx(float(row["train_loss"]), rel=1e-5)
         assert c == pytest.approx(float(row["train_loss"]), rel=0.5)  # not a sum, 8/20 the others
+
+
+def test_structured_run_logs_its_own_columns_and_no_prior_samples(tmp_path, tiny_data_file):
+    data = tiny_data_file(tmp_path, n=96)
+    out = tmp_path / "sc"
+    assert main(["train", "--model", "structured", "--quadrants", "1", "--baseline-epochs", "1", "--epochs", "2",
+                 "--dataset", "file", "--data-file", str(data), "--z-dim", "2", "--hidden", "8", "--batch-size",
+                 "16", "--val-size", "16", "--no-eval", "--quiet", "--tensorboard", "--out", str(out)]) == 0  # fmt: skip
+    events = EventAccumulator(str(out), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    logged = events.Scalars("val/baseline_nll")
+    assert [e.value for e in logged] == pytest.approx([float(r["val_baseline_nll"]) for r in rows], rel=1e-6)
+    # every numeric metrics.csv column is logged, under tracking.tag's name
+    for column in rows[0]:
+        if column != "epoch" and rows[0][column] != "":
+            assert tracking.tag(column) in events.Tags()["scalars"], column
+    assert "samples" not in events.Tags()["images"]  # the model draws no image from nothing
 
 
 def test_missing_tensorboard_is_a_clear_error(tmp_path, monkeypatch, capsys, tiny_data_file):
