@@ -274,7 +274,10 @@ def disentangle_run(run, seed: int = 0, scale: float | dict[str, float] = 1.0, n
         raise ConfigError(f"{run.path} trained on {cfg.dataset}; the disentanglement scores need data with known "
                           "factors: train with --dataset dsprites")  # fmt: skip
     if vae.num_classes:
-        raise ConfigError("the disentanglement scores encode images without labels; this run is conditional")
+        what = {"conditional": "a conditional VAE (--conditional)",
+                "semisupervised": "a semi-supervised VAE (--semi-supervised)"}.get(cfg.model, f"a {cfg.model} run")  # fmt: skip
+        raise ConfigError(f"the disentanglement scores encode images without labels, and {run.path} is {what}, "
+                          "whose encoder needs one: score a run trained without labels")  # fmt: skip
     settings(scale, dci_trees)  # refuse too small a scale before rendering anything
     data = ground_truth(cfg.data_file, cfg.image_size)
     code = vae_code(vae, data)
