@@ -228,7 +228,7 @@ def parser() -> argparse.ArgumentParser:
     _run_argument(dg)
     dg.add_argument("--seed", type=_seed, default=0, help="seed of the metrics' samples (default: 0)")
     dg.add_argument("--scale", type=float, default=1.0,
-                    help="fraction of disentanglement_lib's sample sizes (default: 1, its protocol)")  # fmt: skip
+                    help="fraction of disentanglement_lib's sample sizes, at least 0.005 (default: 1, its protocol)")  # fmt: skip
 
     sc = sub.add_parser("score", help="anomaly scores of every datum of a file or split -> CSV")
     _data_arguments(sc)

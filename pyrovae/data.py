@@ -388,6 +388,9 @@ def load_dsprites(
     origin = f"read from {Path(data_file).name}" if data_file else "rendered"
     notes = [f"{origin} at {image_size}x{image_size}, factors {dict(zip(source.factor_names, source.factor_sizes, strict=True))}",
              f"{n} images split at random (split_seed {split_seed})"]  # fmt: skip
+    if n_hold < val_size:  # said, as the run then validates on fewer images than asked
+        notes.append(f"val_size {val_size} capped at a tenth of the {n} images: {n_hold} validation and "
+                     f"{n_hold} test images")  # fmt: skip
     val, test, train = splits
     return Dataset(
         train,

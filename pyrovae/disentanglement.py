@@ -182,6 +182,37 @@ SETTINGS = {
 """disentanglement_lib's sample sizes, the defaults of :func:`scores`."""
 
 
+MIN_SAMPLES = 25
+"""The fewest points a scaled sample size may keep: below it a classifier may see one class only
+and a score means little. At ``scale`` 0.005 the smallest sizes (5,000) keep exactly this many."""
+
+_FIXED = ("batch_size", "num_bins", "n_estimators")
+
+
+def settings(scale: float | dict[str, float] = 1.0, dci_trees: int = 100) -> dict[str, dict[str, int]]:
+    """:data:`SETTINGS` with every sample size scaled (see :func:`scores`).
+
+    :raises ConfigError: where a scaled sample size falls below :data:`MIN_SAMPLES`, naming the
+        smallest scale that keeps every sample size of that metric at it.
+    """
+    from .config import ConfigError
+
+    frac = scale if isinstance(scale, dict) else dict.fromkeys(SETTINGS, scale)
+    s = {m: {k: (v if k in _FIXED else round(v * frac.get(m, 1.0))) for k, v in o.items()}
+         for m, o in SETTINGS.items()}  # fmt: skip
+    for m, o in s.items():
+        small = {k: n for k, n in o.items() if k not in _FIXED and not n >= MIN_SAMPLES}
+        if small:
+            k, n = next(iter(small.items()))
+            least = MIN_SAMPLES / min(v for k, v in SETTINGS[m].items() if k not in _FIXED)
+            name = f"scale[{m!r}]" if isinstance(scale, dict) else "--scale"
+            raise ConfigError(f"{name} {frac.get(m, 1.0):g} leaves {m} {n} points for {k}, too few for a "
+                              f"meaningful score (at least {MIN_SAMPLES} needed): use {name} {least:g} or "
+                              "more")  # fmt: skip
+    s["dci"]["n_estimators"] = dci_trees
+    return s
+
+
 def scores(
     data, code: Code, seed: int = 0, scale: float | dict[str, float] = 1.0, dci_trees: int = 100
 ) -> dict:
@@ -190,13 +221,11 @@ def scores(
 
     :param scale: fraction of :data:`SETTINGS`' sample sizes (batch sizes and bins kept), for
         quick looks; 1 is disentanglement_lib's protocol. A dict gives one per metric (by the
-        names of :data:`SETTINGS`; those it omits keep 1).
+        names of :data:`SETTINGS`; those it omits keep 1). Each sample size must keep at least
+        :data:`MIN_SAMPLES` points (``scale`` 0.005 or more), else :class:`ConfigError`.
     :param dci_trees: boosting stages of DCI's trees (100, scikit-learn's default, as there).
     """
-    frac = scale if isinstance(scale, dict) else dict.fromkeys(SETTINGS, scale)
-    s = {m: {k: (v if k in ("batch_size", "num_bins", "n_estimators") else max(2, round(v * frac.get(m, 1.0)))) for k, v in o.items()}
-         for m, o in SETTINGS.items()}  # fmt: skip
-    s["dci"]["n_estimators"] = dci_trees
+    s = settings(scale, dci_trees)
     b, f = (
         beta_vae_score(data, code, seed, **s["beta_vae"]),
         factor_vae_score(data, code, seed, **s["factor_vae"]),
@@ -245,7 +274,11 @@ def disentangle_run(run, seed: int = 0, scale: float | dict[str, float] = 1.0, n
         raise ConfigError(f"{run.path} trained on {cfg.dataset}; the disentanglement scores need data with known "
                           "factors: train with --dataset dsprites")  # fmt: skip
     if vae.num_classes:
-        raise ConfigError("the disentanglement scores encode images without labels; this run is conditional")
+        what = {"conditional": "a conditional VAE (--conditional)",
+                "semisupervised": "a semi-supervised VAE (--semi-supervised)"}.get(cfg.model, f"a {cfg.model} run")  # fmt: skip
+        raise ConfigError(f"the disentanglement scores encode images without labels, and {run.path} is {what}, "
+                          "whose encoder needs one: score a run trained without labels")  # fmt: skip
+    settings(scale, dci_trees)  # refuse too small a scale before rendering anything
     data = ground_truth(cfg.data_file, cfg.image_size)
     code = vae_code(vae, data)
     res = scores(data, code, seed, scale, dci_trees)

@@ -209,7 +209,7 @@ class ArraySprites(GroundTruth):
         x = torch.empty(len(rows), 1, self.imgs.shape[-2], self.imgs.shape[-1])
         x[order, 0] = torch.as_tensor(np.asarray(self.imgs[rows[order]]), dtype=torch.float32)
         k = x.shape[-1] // self.image_size
-        if k > 1:  # a pixel of the smaller image is on where most of its k x k block is
+        if k > 1:  # a pixel of the smaller image is on where at least half its k x k block is
             x = (torch.nn.functional.avg_pool2d(x, k) >= 0.5).float()
         return x
 

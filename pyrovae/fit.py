@@ -43,7 +43,9 @@ parameters weight decay shrinks."""
 #: once the epoch's checkpoint is written; an exception it raises (a pruned Optuna trial, say)
 #: ends the fit there and propagates, leaving a resumable run.
 EpochHook = Callable[[dict], None]
-#: A hook called after every optimizer step with the step count and that step's loss.
+#: A hook called after every optimizer step with the step count and that step's loss in nats per
+#: image: the objective summed over the step's batch (over all processes under torchrun) divided
+#: by its number of images, as ``train_loss`` is per image over an epoch.
 StepHook = Callable[[int, float], None]
 
 
@@ -84,7 +86,8 @@ def fit(
     :param prepare: makes each batch's condition ``y`` from ``(x, y)``; see :data:`Prepare`.
     :param meta: extra entries for every checkpoint (what a loader needs to rebuild the model).
     :param on_epoch: called after each epoch with its metrics row (see :data:`EpochHook`).
-    :param on_step: called after each step with the step count and loss (see :data:`StepHook`).
+    :param on_step: called after each step with the step count and loss per image (see
+        :data:`StepHook`).
         Hooks run in the main process only (rank 0 under torchrun).
     :returns: the model with the best validation ELBO's parameters (or accuracy: ``options.monitor``),
         in eval mode (dropout off).
@@ -159,9 +162,9 @@ def fit(
                 if bad is not None:
                     failed = (since, s, *bad)
                     break
+                if on_step is not None and ctx.main:  # per image, as train_loss: batches differ in size
+                    on_step(c.step, total / images)
                 c.loss_sum, c.seen, since, images = c.loss_sum + total, c.seen + images, s + 1, 0
-                if on_step is not None and ctx.main:
-                    on_step(c.step, total)
                 bar.update(done)
                 bar.set_postfix(loss=f"{c.loss_sum / c.seen:.2f}", refresh=False)
                 if signals.caught is not None:

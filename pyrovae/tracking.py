@@ -2,10 +2,14 @@
 
 ``pyrovae train --tensorboard`` writes them to the run directory (``tensorboard --logdir RUN``):
 
-- ``train/loss`` every optimizer step (the training objective, as trained);
-- every epoch, the columns of ``metrics.csv`` under the same names (``val/elbo``, ``val/recon``,
-  ``val/kl``, ``val/active_units``, ``train/epoch_loss``, ``beta``, ``lr``, ``weight_norm``),
-  with the epoch as the step, and ``samples``, a grid of 64 images from the model.
+- ``train/loss`` every optimizer step: the training objective, as trained, in nats per image of
+  the step's batch (the scale of ``train/epoch_loss``, which is its mean over the epoch's images);
+- every epoch, every numeric column of ``metrics.csv`` (:func:`tag` names it: ``val/elbo``,
+  ``val/recon``, ``val/kl``, ``val/active_units``, ``train/epoch_loss``, ``beta``, ``lr``,
+  ``weight_norm``, ``seconds`` and a variant's own, such as ``val/baseline_nll`` or
+  ``val/accuracy``), with the epoch as the step, and ``samples``, a grid of 64 images drawn from
+  the prior, for a model that draws images from nothing (not the structured CVAE, which only
+  completes given pixels).
 
 TensorBoard is an optional extra (``pip install 'pyrovae[tensorboard]'``).
 """
@@ -19,6 +23,7 @@ import torch
 from .config import ConfigError
 from .evaluate import eval_mode
 from .models import VAE
+from .variants import variant_of
 
 #: metrics.csv column -> TensorBoard tag
 TAGS = {
@@ -32,6 +37,23 @@ TAGS = {
     "lr": "lr",
     "weight_norm": "weight_norm",
 }
+
+
+def tag(column: str) -> str:
+    """The TensorBoard tag of a ``metrics.csv`` column: :data:`TAGS`' name, else the column with
+    its ``val_``, ``test_`` or ``train_`` prefix as a section (``val_baseline_nll`` ->
+    ``val/baseline_nll``)."""
+    if column in TAGS:
+        return TAGS[column]
+    head, _, rest = column.partition("_")
+    return f"{head}/{rest}" if rest and head in ("val", "test", "train") else column
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # an empty cell (no capacity, say) or a text column
+        return None
 
 
 def require_tensorboard() -> None:
@@ -68,10 +90,12 @@ class TensorBoard:
 
     def on_epoch(self, row: dict) -> None:
         epoch = int(row["epoch"])
-        for column, tag in TAGS.items():
-            if row.get(column) not in (None, ""):
-                self.writer.add_scalar(tag, float(row[column]), epoch)
-        if not getattr(self.vae, "condition_shape", None):  # a structured CVAE needs a condition per image
+        for column, value in row.items():
+            number = _number(value)
+            if column != "epoch" and number is not None:
+                self.writer.add_scalar(tag(column), number, epoch)
+        # a model that completes given pixels would draw completions of a blank image
+        if variant_of(self.vae).generates and not getattr(self.vae, "condition_shape", None):
             self.writer.add_image("samples", self._grid(), epoch)
         self.writer.flush()
 

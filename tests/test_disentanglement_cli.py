@@ -115,3 +115,32 @@ def test_the_docs_python_snippets_run():
     second: dict = {}
     exec(blocks[1].replace("print(", "value = ("), second)
     assert 0.85 < second["value"] < 0.95  # "about 0.9"
+
+
+def test_too_small_a_scale_is_refused_naming_the_smallest_that_works(dsprites_run, capsys):
+    (dsprites_run / "disentanglement.json").unlink(missing_ok=True)
+    assert main(["disentanglement", str(dsprites_run), "--scale", "1e-6", "--seed", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "--scale 0.005 or more" in err
+    assert not (dsprites_run / "disentanglement.json").exists()
+    # the smallest scale named keeps every sample size at 25 points or more (and runs, in the test above)
+    sizes = [n for o in D.settings(0.005).values() for k, n in o.items() if k.startswith("num_")]
+    assert min(n for n in sizes if n != 20) == 25  # 20: MIG's bins, not a sample size
+
+
+def test_a_run_whose_encoder_needs_a_label_is_refused_naming_what_it_is(tmp_path, capsys):
+    from test_dsprites import _tiny_npz
+
+    npz = _tiny_npz(tmp_path / "dsprites.npz")
+    common = ["train", "--dataset", "dsprites", "--data-file", str(npz), "--image-size", "32", "--val-size", "4",
+              "--z-dim", "2", "--hidden", "8", "--batch-size", "8", "--epochs", "1", "--no-eval", "--quiet"]  # fmt: skip
+    for name, extra, what in [("m2", ["--semi-supervised", "--labeled", "6"], "a semi-supervised VAE"),
+                              ("cvae", ["--conditional"], "a conditional VAE")]:  # fmt: skip
+        assert main([*common, *extra, "--out", str(tmp_path / name)]) == 0
+        capsys.readouterr()
+        assert main(["disentanglement", str(tmp_path / name), "--scale", "0.01"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and what in err, err
+        assert name == "cvae" or "conditional" not in err  # an M2 run is not called conditional
+        assert not (tmp_path / name / "disentanglement.json").exists()

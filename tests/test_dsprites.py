@@ -151,3 +151,15 @@ def test_npz_errors(tmp_path):
         from_npz(tmp_path / "missing.npz")
     with pytest.raises(ConfigError, match="image_size applies only to dataset dsprites"):
         Config(image_size=32).validate()
+
+
+def test_a_val_size_above_a_tenth_is_capped_and_the_data_line_says_so(tmp_path, capsys):
+    from pyrovae.cli import main
+
+    npz = _tiny_npz(tmp_path / "dsprites.npz")  # 48 images: at most 4 for validation and 4 for test
+    assert main(["train", "--dataset", "dsprites", "--data-file", str(npz), "--image-size", "32", "--val-size", "10",
+                 "--z-dim", "2", "--hidden", "8", "--batch-size", "8", "--epochs", "1", "--no-eval",
+                 "--out", str(tmp_path / "run")]) == 0  # fmt: skip
+    data_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("data:"))
+    assert "40 train / 4 validation / 4 test" in data_line
+    assert "val_size 10 capped at a tenth of the 48 images: 4 validation and 4 test images" in data_line

@@ -10,7 +10,7 @@ pytest.importorskip("tensorboard")
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from pyrovae import checkpoint  # noqa: E402
+from pyrovae import checkpoint, tracking  # noqa: E402
 from pyrovae.cli import main  # noqa: E402
 
 
@@ -35,16 +35,49 @@ def test_tensorboard_events_match_metrics(tmp_path, tiny_data_file):
     assert [e.value for e in events.Scalars("beta")] == pytest.approx([2 / 9, 23 / 27], rel=1e-5)
     steps = events.Scalars("train/loss")
     assert [e.step for e in steps] == [1, 2, 3, 4, 5, 6]
-    # per-step losses are batch sums: each epoch's sum over its 48 images is metrics.csv's train_loss
+    # per-step losses are per image: the mean of each epoch's three batches of 16 is its train_loss
     for epoch, row in enumerate(rows):
-        total = sum(e.value for e in steps[3 * epoch : 3 * epoch + 3])
-        assert total / 48 == pytest.approx(float(row["train_loss"]), rel=1e-5)
+        mean = sum(e.value for e in steps[3 * epoch : 3 * epoch + 3]) / 3
+        assert mean == pytest.approx(float(row["train_loss"]), rel=1e-5)
     grids = events.Images("samples")
     assert [g.step for g in grids] == [1, 2] and grids[0].width > 8 * 8
     # tracking leaves the run's random streams alone: the same parameters as an untracked run
     assert _train(data, tmp_path / "plain") == 0
     a, b = (checkpoint.load(tmp_path / p / "checkpoint.pt")["model"] for p in ("tb", "plain"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_step_loss_is_per_image_so_a_short_last_batch_does_not_jump(tmp_path, tiny_data_file):
+    data = tiny_data_file(tmp_path, n=60)  # 48 training images: batches of 20, 20 and 8
+    assert _train(data, tmp_path / "tb", "--tensorboard", "--batch-size", "20") == 0
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    rows = list(csv.DictReader(open(tmp_path / "tb" / "metrics.csv")))
+    steps = [e.value for e in events.Scalars("train/loss")]
+    assert len(steps) == 6
+    for epoch, row in enumerate(rows):
+        a, b, c = steps[3 * epoch : 3 * epoch + 3]
+        # weighted by batch size, the per-image losses make the epoch's train_loss (nats per image)
+        assert (20 * a + 20 * b + 8 * c) / 48 == pytest.approx(float(row["train_loss"]), rel=1e-5)
+        assert c == pytest.approx(float(row["train_loss"]), rel=0.5)  # not a sum, 8/20 the others
+
+
+def test_structured_run_logs_its_own_columns_and_no_prior_samples(tmp_path, tiny_data_file):
+    data = tiny_data_file(tmp_path, n=96)
+    out = tmp_path / "sc"
+    assert main(["train", "--model", "structured", "--quadrants", "1", "--baseline-epochs", "1", "--epochs", "2",
+                 "--dataset", "file", "--data-file", str(data), "--z-dim", "2", "--hidden", "8", "--batch-size",
+                 "16", "--val-size", "16", "--no-eval", "--quiet", "--tensorboard", "--out", str(out)]) == 0  # fmt: skip
+    events = EventAccumulator(str(out), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    logged = events.Scalars("val/baseline_nll")
+    assert [e.value for e in logged] == pytest.approx([float(r["val_baseline_nll"]) for r in rows], rel=1e-6)
+    # every numeric metrics.csv column is logged, under tracking.tag's name
+    for column in rows[0]:
+        if column != "epoch" and rows[0][column] != "":
+            assert tracking.tag(column) in events.Tags()["scalars"], column
+    assert "samples" not in events.Tags()["images"]  # the model draws no image from nothing
 
 
 def test_missing_tensorboard_is_a_clear_error(tmp_path, monkeypatch, capsys, tiny_data_file):
