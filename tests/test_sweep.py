@@ -149,6 +149,12 @@ BAD = {
     "log of zero": ("[weight_decay]\nlow = 0.0\nhigh = 0.1\nlog = true\n", "low > 0"),
     "fixed option": ('[device]\nchoices = ["cpu"]\n', "fixed for the whole sweep"),
     "malformed": ("z_dim = 3\n", "needs a table"),
+    "step of zero": ("[lr]\nlow = 1e-4\nhigh = 1e-2\nstep = 0\n", "lr: step must be a positive number"),
+    "negative step": ("[z_dim]\nlow = 2\nhigh = 9\nstep = -1\n", "z_dim: step must be a positive integer"),
+    "float step of an integer": ("[z_dim]\nlow = 2\nhigh = 9\nstep = 1.5\n", "integer option"),
+    "log not a boolean": ('[lr]\nlow = 1e-4\nhigh = 1e-2\nlog = "yes"\n', "log must be true or false"),
+    "a word among numbers": ('[z_dim]\nchoices = [2, "x"]\n', "z_dim = 'x' is refused: z_dim takes int"),
+    "a number among lists": ("[hidden]\nchoices = [[64], 32]\n", "hidden takes a list of integers"),
 }
 
 
