@@ -96,7 +96,9 @@ def _figures(study, trials, out: Path, objective: str) -> None:
     values.legend()
     plots.save(fig, out / "trials.png")
     if len({p for t in done for p in t.params}) >= 2 and len(done) >= 2:
-        importances = optuna.importance.get_param_importances(study)
+        # named, not Optuna's default (PED-ANOVA since Optuna 4), so the axis label below stays true
+        fanova = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        importances = optuna.importance.get_param_importances(study, evaluator=fanova)
         fig, ax = plots.plt.subplots(figsize=(6, 1.5 + 0.4 * len(importances)))
         ax.barh(list(importances)[::-1], list(importances.values())[::-1])
         ax.set_xlabel("importance for the objective (Optuna, fANOVA)")

@@ -43,7 +43,13 @@ def _rows(out):
     return list(csv.DictReader(open(out / "trials.csv")))
 
 
-def test_sweep_best_trial_resume(tmp_path, data_file, capsys):
+def test_sweep_best_trial_resume(tmp_path, data_file, capsys, monkeypatch):
+    import optuna
+
+    evaluators = []  # importances.png says fANOVA: the evaluator must be it, whatever Optuna's default
+    importances = optuna.importance.get_param_importances
+    monkeypatch.setattr(optuna.importance, "get_param_importances",
+                        lambda study, **kw: evaluators.append(kw.get("evaluator")) or importances(study, **kw))  # fmt: skip
     space = tmp_path / "space.toml"
     space.write_text(SPACE)
     out = tmp_path / "sweep"
@@ -70,6 +76,7 @@ def test_sweep_best_trial_resume(tmp_path, data_file, capsys):
     assert best["test"]["elbo"] <= best["test"]["log_likelihood"] + 1
     assert [p.name for p in (out / "trials").iterdir() if (p / "eval.json").exists()] == [run.name]
     assert (out / "trials.png").exists() and (out / "importances.png").exists()
+    assert evaluators and all(isinstance(e, optuna.importance.FanovaImportanceEvaluator) for e in evaluators)
     # one line says it all: the best trial, its test figures (those of best.json) and the files
     assert len(said) == 1 and f"best trial {best['trial']} of {out}" in said[0], said
     assert f"test: {best['test']['elbo']:.2f} ELBO, {best['test']['log_likelihood']:.2f} log p(x)" in said[0]
