@@ -81,6 +81,13 @@ def sweep(
         raise ConfigError(
             "sweeps run on Optuna, which is not installed: pip install 'pyrovae[sweep]'"
         ) from None
+    from .distributed import world_size
+
+    if world_size() > 1:  # every rank would open the same study and sweep folder, racing
+        raise ConfigError(
+            "a sweep runs each trial in one process and is not started under torchrun; to run trials "
+            "in parallel, start several `pyrovae sweep` workers sharing one --storage (docs/operations.md)"
+        )
     out = Path(out)
     base.validate()
     if objective not in OBJECTIVES:

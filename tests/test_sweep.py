@@ -214,3 +214,22 @@ def test_the_largest_sampler_seed_resumes(tmp_path, data_file):
     assert main(_args(space, out, data_file, 1, "--sampler-seed", seed, "--no-prune")) == 0
     assert main(_args(space, out, data_file, 2, "--sampler-seed", seed, "--no-prune", "--resume")) == 0
     assert [r["state"] for r in _rows(out)] == ["COMPLETE", "COMPLETE"]
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_sweep_under_torchrun_is_refused_at_once(tmp_path, data_file, capsys, monkeypatch, rank):
+    """torchrun's ranks would each open the same study and folder; one line (from rank 0) says
+    how a sweep uses several processes instead, and nothing is written."""
+    for name, value in {"WORLD_SIZE": "2", "RANK": rank, "LOCAL_RANK": rank, "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    space = tmp_path / "space.toml"
+    space.write_text(SPACE)
+    out = tmp_path / "sweep"
+    assert main(_args(space, out, data_file, 2)) == 2
+    err = capsys.readouterr().err
+    if rank == "0":
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        assert "not started under torchrun" in err and "--storage" in err
+    else:
+        assert err == ""
+    assert not out.exists()
