@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -233,3 +234,40 @@ def test_a_sweep_under_torchrun_is_refused_at_once(tmp_path, data_file, capsys, 
     else:
         assert err == ""
     assert not out.exists()
+
+
+def test_a_trial_that_fails_to_train_is_recorded_and_the_sweep_goes_on(
+    tmp_path, data_file, capsys, monkeypatch
+):
+    """lr 1e6 diverges (a TrainingError): that trial is FAIL with its reason, the others go on and
+    the best comes from them; if none completes, one error line says why. No traceback, --quiet."""
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.get_logger("optuna")  # Optuna's handler, made now if not yet
+    for h in logging.getLogger("optuna").handlers:  # it holds the stderr of when it was made
+        if type(h) is logging.StreamHandler:  # Optuna's own: pytest's capture handlers are subclasses
+            monkeypatch.setattr(h, "stream", sys.stderr)
+    space = tmp_path / "space.toml"
+    space.write_text("[lr]\nchoices = [1e6, 1e-3]\n")
+    out = tmp_path / "sweep"
+    assert main(_args(space, out, data_file, 4, "--sampler-seed", "0", "--no-prune")) == 0
+    err = capsys.readouterr().err
+    rows = _rows(out)
+    failed = [r for r in rows if r["state"] == "FAIL"]
+    assert len(rows) == 4 and failed and all(float(r["lr"]) == 1e6 for r in failed)
+    assert all("non-finite" in r["reason"] for r in failed)
+    assert all(r["state"] == "COMPLETE" and not r["reason"] for r in rows if float(r["lr"]) == 1e-3)
+    best = json.loads((out / "best.json").read_text())
+    assert best["params"]["lr"] == 1e-3 and best["trials"]["fail"] == len(failed)
+    assert "Traceback" not in err
+    assert [line.split(" failed")[0] for line in err.strip().splitlines()] == [
+        f"warning: trial {r['number']}" for r in failed
+    ]
+
+    space.write_text("[lr]\nchoices = [1e6]\n")
+    out = tmp_path / "diverges"
+    assert main(_args(space, out, data_file, 2, "--no-prune")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "no trial of the sweep" in errors[0] and "non-finite" in errors[0]
+    assert [r["state"] for r in _rows(out)] == ["FAIL", "FAIL"] and not (out / "best.json").exists()
