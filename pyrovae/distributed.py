@@ -50,6 +50,11 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def world_size() -> int:
+    """The number of processes torchrun started (1 when not distributed), known before :func:`init`."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def check_devices(device: torch.device) -> torch.device:
     """Refuse, before any work, more processes on this node than GPUs when training on CUDA."""
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -67,7 +72,7 @@ def check_devices(device: torch.device) -> torch.device:
 
 def init(device: torch.device) -> Context:
     """Join the process group torchrun describes, if any (NCCL on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world <= 1:
         return Context(device=device)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))

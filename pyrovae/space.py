@@ -88,9 +88,9 @@ def check_space(space: dict, base: Config) -> None:
             values = _check_range(name, spec, hints[name])
         for value in values:  # each end, each choice, through the option's own checks
             try:
+                _check_type(name, value, hints[name])  # first: the checks below assume the type
                 cfg = Config.from_dict({**dataclasses.asdict(base), name: value})
                 cfg.validate()
-                _check_type(name, value, hints[name])
             except (ConfigError, TypeError) as e:
                 raise ConfigError(f"space: {name} = {value!r} is refused: {e}", "space") from None
 
@@ -108,6 +108,18 @@ def _check_range(name: str, spec: dict, hint) -> list:
         raise ConfigError(f"space: {name} is an integer option: low and high must be integers", "space")
     if not low < high:
         raise ConfigError(f"space: {name}: low {low} must be below high {high}", "space")
+    if "log" in spec and not isinstance(spec["log"], bool):
+        raise ConfigError(f"space: {name}: log must be true or false, got {spec['log']!r}", "space")
+    if "step" in spec:
+        step = spec["step"]
+        number = int if kind is int else int | float
+        if not isinstance(step, number) or isinstance(step, bool) or not step > 0:
+            what = f"a positive integer ({name} is an integer option)" if kind is int else "a positive number"
+            example = max(1, (high - low) // 4) if kind is int else float(f"{(high - low) / 10:.1g}")
+            raise ConfigError(
+                f"space: {name}: step must be {what}, got {step!r}; write e.g. step = {example}, or leave it out",
+                "space",
+            )
     if spec.get("log") and low <= 0:
         raise ConfigError(f"space: {name}: a log scale needs low > 0, got {low}", "space")
     if spec.get("log") and "step" in spec:
@@ -129,7 +141,8 @@ def _check_type(name: str, value, hint) -> None:
     else:
         ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if not ok and value is not None:
-        raise TypeError(f"{name} takes {getattr(kind, '__name__', kind)}, got {value!r}")
+        what = "a list of integers, e.g. [64]" if typing.get_origin(kind) is list else kind.__name__
+        raise TypeError(f"{name} takes {what}, got {value!r}")
 
 
 def suggest(trial, space: dict) -> dict:

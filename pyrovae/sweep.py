@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import checkpoint
 from .config import Config, ConfigError
-from .fit import Interrupted
+from .fit import Interrupted, TrainingError
 from .schedules import settled_epoch, settled_rows
 from .space import OBJECTIVES, load_space, suggest
 from .sweep_results import report
@@ -64,7 +64,9 @@ def sweep(
     the importance-sampled log p(x) of the first ``eval_n_test`` validation images with
     ``eval_k`` samples (``"ll"``), in nats per image. With ``prune``, Optuna's median pruner
     stops a trial whose validation ELBO after an epoch is below the median of earlier trials'
-    at that epoch (after 5 complete trials; never after its last epoch). The study stops once it holds ``trials`` finished
+    at that epoch (after 5 complete trials; never after its last epoch). A trial that fails to
+    train (:class:`~pyrovae.fit.TrainingError`: a non-finite loss, say) is recorded as failed,
+    with its reason, and the study goes on. The study stops once it holds ``trials`` finished
     trials; a process still training its trial then finishes it.
 
     At the end the best trial's run is evaluated on the test set (its ``eval.json`` and figures)
@@ -81,6 +83,13 @@ def sweep(
         raise ConfigError(
             "sweeps run on Optuna, which is not installed: pip install 'pyrovae[sweep]'"
         ) from None
+    from .distributed import world_size
+
+    if world_size() > 1:  # every rank would open the same study and sweep folder, racing
+        raise ConfigError(
+            "a sweep runs each trial in one process and is not started under torchrun; to run trials "
+            "in parallel, start several `pyrovae sweep` workers sharing one --storage (docs/operations.md)"
+        )
     out = Path(out)
     base.validate()
     if objective not in OBJECTIVES:
@@ -111,10 +120,10 @@ def sweep(
     _resume_interrupted(study)
     left = trials - _finished(study)
     if left > 0:
-        with _quiet_interruptions():
+        with _quiet_tracebacks():
             try:
                 study.optimize(
-                    _Objective(space, base, out, objective, progress), n_trials=left, catch=(ConfigError,),
+                    _Objective(space, base, out, objective, progress), n_trials=left, catch=(ConfigError, TrainingError),
                     callbacks=[lambda study, _: _finished(study) >= trials and study.stop()],
                 )  # fmt: skip
             except (Interrupted, KeyboardInterrupt):
@@ -151,10 +160,11 @@ def _resume_interrupted(study) -> None:
             study.enqueue_trial(t.params, user_attrs={"resumes": t.number, "run": t.user_attrs["run"]})
 
 
-class _quiet_interruptions:
-    """Optuna logs a failed trial's traceback, then its value; an interruption is no failure of
-    the code, and the command line says what happened in one line. (A filter on Optuna's
-    handlers: records of its child loggers pass no logger's filter but their own.)"""
+class _quiet_tracebacks:
+    """Optuna logs a failed trial's traceback, then its value; an interruption or a trial that
+    fails to train (:class:`~pyrovae.fit.TrainingError`) is no failure of the code, and the
+    command line says what happened in one line. (A filter on Optuna's handlers: records of its
+    child loggers pass no logger's filter but their own.)"""
 
     def __enter__(self):
         import logging
@@ -166,7 +176,7 @@ class _quiet_interruptions:
 
     def _keep(self, record) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, Interrupted | KeyboardInterrupt):
+        if isinstance(exc, Interrupted | KeyboardInterrupt | TrainingError):
             self.dropped = True
             return False
         return not (self.dropped and "failed with value" in record.getMessage())
@@ -240,6 +250,10 @@ class _Objective:
                 print(f"trial {trial.number}: {params} as trial {same.number}: its run reused")
             if same.state == optuna.trial.TrialState.PRUNED:
                 raise optuna.TrialPruned(f"the same options as trial {same.number}, which was pruned")
+            if same.state == optuna.trial.TrialState.FAIL:
+                self._failed(
+                    trial, f"the same options as trial {same.number}: {same.user_attrs['fail_reason']}"
+                )
             return same.value
         name = trial.user_attrs.get("run", f"trials/{trial.number:04d}")  # an interrupted trial's own
         run_dir = self.out / name
@@ -273,19 +287,37 @@ class _Objective:
         except (Interrupted, KeyboardInterrupt):
             trial.set_user_attr("interrupted", True)  # its run is resumable: the next resume continues it
             raise
+        except TrainingError as e:
+            self._failed(trial, str(e))
         if self.objective == "elbo":  # best.pt's: the best of the epochs after any warm-up or rise of C
             settled = settled_epoch(cfg)
             return max(float(r["val_elbo"]) for r in settled_rows(curve, settled))
         return _validation_ll(run)
 
+    @staticmethod
+    def _failed(trial, reason: str) -> None:
+        """Record why ``trial`` failed to train, say so in one line, and fail it (Optuna catches
+        the error and goes on with the next trial)."""
+        import sys
+
+        reason = " ".join(reason.splitlines())
+        trial.set_user_attr("fail_reason", reason)
+        print(
+            f"warning: trial {trial.number} failed to train and is recorded as FAIL: {reason}",
+            file=sys.stderr,
+        )
+        raise TrainingError(reason)
+
 
 def _same_options(trial):
-    """An earlier complete or pruned trial with ``trial``'s options, if any: the same options and
-    seed would train the same run again."""
+    """An earlier complete, pruned or failed (to train) trial with ``trial``'s options, if any: the
+    same options and seed would train the same run again."""
     import optuna
 
     S = optuna.trial.TrialState
-    for t in trial.study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED)):
+    for t in trial.study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.FAIL)):
+        if t.state == S.FAIL and "fail_reason" not in t.user_attrs:
+            continue  # an interruption, continued by its own trial
         if t.number != trial.number and t.params == trial.params and "run" in t.user_attrs:
             return t
     return None

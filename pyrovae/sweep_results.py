@@ -26,8 +26,10 @@ def report(study, out: Path, objective: str, progress: bool = True) -> dict:
     checkpoint.write_text(out / "trials.csv", trials_csv(trials))
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
+        failed = [t for t in trials if "fail_reason" in t.user_attrs]
+        why = f" ({len(failed)} failed to train; trial {failed[0].number}: {failed[0].user_attrs['fail_reason']})"
         raise ConfigError(
-            f"no trial of the sweep in {out} completed; see trials.csv for their states", "trials"
+            f"no trial of the sweep in {out} completed{why if failed else ''}; see trials.csv for their states"
         )
     best = study.best_trial
     run = load_run(out / best.user_attrs["run"])
@@ -46,13 +48,14 @@ def report(study, out: Path, objective: str, progress: bool = True) -> dict:
 
 def trials_csv(trials) -> str:
     """One row per trial: number, state, value (complete trials), epochs reported, best validation
-    ELBO, options, run folder (relative to the sweep folder) and seconds."""
+    ELBO, options, run folder (relative to the sweep folder), seconds and, for a trial that failed
+    to train, the reason."""
     import optuna
 
     names = sorted({p for t in trials for p in t.params})
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["number", "state", "value", "epochs", "best_val_elbo", *names, "run", "seconds"])
+    w.writerow(["number", "state", "value", "epochs", "best_val_elbo", *names, "run", "seconds", "reason"])
     for t in trials:
         curve = t.intermediate_values
         seconds = t.duration.total_seconds() if t.duration is not None else ""
@@ -62,7 +65,7 @@ def trials_csv(trials) -> str:
         state = "INTERRUPTED" if t.state.name == "FAIL" and t.user_attrs.get("interrupted") else t.state.name
         w.writerow([t.number, state, value, len(curve),
                     max(curve.values()) if curve else "", *[t.params.get(n, "") for n in names],
-                    t.user_attrs.get("run", ""), seconds])  # fmt: skip
+                    t.user_attrs.get("run", ""), seconds, t.user_attrs.get("fail_reason", "")])  # fmt: skip
     return buf.getvalue()
 
 
@@ -96,7 +99,9 @@ def _figures(study, trials, out: Path, objective: str) -> None:
     values.legend()
     plots.save(fig, out / "trials.png")
     if len({p for t in done for p in t.params}) >= 2 and len(done) >= 2:
-        importances = optuna.importance.get_param_importances(study)
+        # named, not Optuna's default (PED-ANOVA since Optuna 4), so the axis label below stays true
+        fanova = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        importances = optuna.importance.get_param_importances(study, evaluator=fanova)
         fig, ax = plots.plt.subplots(figsize=(6, 1.5 + 0.4 * len(importances)))
         ax.barh(list(importances)[::-1], list(importances.values())[::-1])
         ax.set_xlabel("importance for the objective (Optuna, fANOVA)")

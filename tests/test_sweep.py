@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -43,7 +44,13 @@ def _rows(out):
     return list(csv.DictReader(open(out / "trials.csv")))
 
 
-def test_sweep_best_trial_resume(tmp_path, data_file, capsys):
+def test_sweep_best_trial_resume(tmp_path, data_file, capsys, monkeypatch):
+    import optuna
+
+    evaluators = []  # importances.png says fANOVA: the evaluator must be it, whatever Optuna's default
+    importances = optuna.importance.get_param_importances
+    monkeypatch.setattr(optuna.importance, "get_param_importances",
+                        lambda study, **kw: evaluators.append(kw.get("evaluator")) or importances(study, **kw))  # fmt: skip
     space = tmp_path / "space.toml"
     space.write_text(SPACE)
     out = tmp_path / "sweep"
@@ -70,6 +77,7 @@ def test_sweep_best_trial_resume(tmp_path, data_file, capsys):
     assert best["test"]["elbo"] <= best["test"]["log_likelihood"] + 1
     assert [p.name for p in (out / "trials").iterdir() if (p / "eval.json").exists()] == [run.name]
     assert (out / "trials.png").exists() and (out / "importances.png").exists()
+    assert evaluators and all(isinstance(e, optuna.importance.FanovaImportanceEvaluator) for e in evaluators)
     # one line says it all: the best trial, its test figures (those of best.json) and the files
     assert len(said) == 1 and f"best trial {best['trial']} of {out}" in said[0], said
     assert f"test: {best['test']['elbo']:.2f} ELBO, {best['test']['log_likelihood']:.2f} log p(x)" in said[0]
@@ -149,6 +157,12 @@ BAD = {
     "log of zero": ("[weight_decay]\nlow = 0.0\nhigh = 0.1\nlog = true\n", "low > 0"),
     "fixed option": ('[device]\nchoices = ["cpu"]\n', "fixed for the whole sweep"),
     "malformed": ("z_dim = 3\n", "needs a table"),
+    "step of zero": ("[lr]\nlow = 1e-4\nhigh = 1e-2\nstep = 0\n", "lr: step must be a positive number"),
+    "negative step": ("[z_dim]\nlow = 2\nhigh = 9\nstep = -1\n", "z_dim: step must be a positive integer"),
+    "float step of an integer": ("[z_dim]\nlow = 2\nhigh = 9\nstep = 1.5\n", "integer option"),
+    "log not a boolean": ('[lr]\nlow = 1e-4\nhigh = 1e-2\nlog = "yes"\n', "log must be true or false"),
+    "a word among numbers": ('[z_dim]\nchoices = [2, "x"]\n', "z_dim = 'x' is refused: z_dim takes int"),
+    "a number among lists": ("[hidden]\nchoices = [[64], 32]\n", "hidden takes a list of integers"),
 }
 
 
@@ -201,3 +215,59 @@ def test_the_largest_sampler_seed_resumes(tmp_path, data_file):
     assert main(_args(space, out, data_file, 1, "--sampler-seed", seed, "--no-prune")) == 0
     assert main(_args(space, out, data_file, 2, "--sampler-seed", seed, "--no-prune", "--resume")) == 0
     assert [r["state"] for r in _rows(out)] == ["COMPLETE", "COMPLETE"]
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_sweep_under_torchrun_is_refused_at_once(tmp_path, data_file, capsys, monkeypatch, rank):
+    """torchrun's ranks would each open the same study and folder; one line (from rank 0) says
+    how a sweep uses several processes instead, and nothing is written."""
+    for name, value in {"WORLD_SIZE": "2", "RANK": rank, "LOCAL_RANK": rank, "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    space = tmp_path / "space.toml"
+    space.write_text(SPACE)
+    out = tmp_path / "sweep"
+    assert main(_args(space, out, data_file, 2)) == 2
+    err = capsys.readouterr().err
+    if rank == "0":
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        assert "not started under torchrun" in err and "--storage" in err
+    else:
+        assert err == ""
+    assert not out.exists()
+
+
+def test_a_trial_that_fails_to_train_is_recorded_and_the_sweep_goes_on(
+    tmp_path, data_file, capsys, monkeypatch
+):
+    """lr 1e6 diverges (a TrainingError): that trial is FAIL with its reason, the others go on and
+    the best comes from them; if none completes, one error line says why. No traceback, --quiet."""
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.get_logger("optuna")  # Optuna's handler, made now if not yet
+    for h in logging.getLogger("optuna").handlers:  # it holds the stderr of when it was made
+        if type(h) is logging.StreamHandler:  # Optuna's own: pytest's capture handlers are subclasses
+            monkeypatch.setattr(h, "stream", sys.stderr)
+    space = tmp_path / "space.toml"
+    space.write_text("[lr]\nchoices = [1e6, 1e-3]\n")
+    out = tmp_path / "sweep"
+    assert main(_args(space, out, data_file, 4, "--sampler-seed", "0", "--no-prune")) == 0
+    err = capsys.readouterr().err
+    rows = _rows(out)
+    failed = [r for r in rows if r["state"] == "FAIL"]
+    assert len(rows) == 4 and failed and all(float(r["lr"]) == 1e6 for r in failed)
+    assert all("non-finite" in r["reason"] for r in failed)
+    assert all(r["state"] == "COMPLETE" and not r["reason"] for r in rows if float(r["lr"]) == 1e-3)
+    best = json.loads((out / "best.json").read_text())
+    assert best["params"]["lr"] == 1e-3 and best["trials"]["fail"] == len(failed)
+    assert "Traceback" not in err
+    assert [line.split(" failed")[0] for line in err.strip().splitlines()] == [
+        f"warning: trial {r['number']}" for r in failed
+    ]
+
+    space.write_text("[lr]\nchoices = [1e6]\n")
+    out = tmp_path / "diverges"
+    assert main(_args(space, out, data_file, 2, "--no-prune")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "no trial of the sweep" in errors[0] and "non-finite" in errors[0]
+    assert [r["state"] for r in _rows(out)] == ["FAIL", "FAIL"] and not (out / "best.json").exists()
