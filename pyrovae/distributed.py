@@ -37,6 +37,14 @@ class Context:
         the batch holds fewer indices than processes (see :func:`empty_share_loss`)."""
         return idx.tensor_split(self.world)[self.rank] if self.active else idx
 
+    def gather(self, obj: object) -> list:
+        """Every rank's ``obj`` (picklable), by rank, on every rank; ``[obj]`` in one process."""
+        if not self.active:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
     def broadcast(self, values: list[float]) -> list[float]:
         """Rank 0's values on every rank, so decisions (early stopping) agree."""
         if not self.active:

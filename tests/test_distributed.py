@@ -86,3 +86,30 @@ def test_more_processes_than_gpus_is_refused_before_any_work(monkeypatch):
     assert check_devices(torch.device("cpu")) == torch.device("cpu")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert check_devices(torch.device("cuda")) == torch.device("cuda")
+
+
+def test_two_process_resume_restores_each_ranks_random_streams(tmp_path, tiny_data_file):
+    """3 epochs equal 2 epochs and a resume to 3 under torchrun: with a sampling guide and
+    dynamic binarization of grey data every rank draws its own noise, and each must resume its own."""
+    data = tiny_data_file(tmp_path, n=100, binary=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    noisy = ["--guide", "diag", "--binarize", "dynamic"]
+
+    def torchrun(*args):
+        res = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pyrovae",
+             *args],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    torchrun(*_args(data, tmp_path / "whole", epochs=3), *noisy)
+    torchrun(*_args(data, tmp_path / "parts", epochs=2), *noisy)
+    torchrun("train", "--out", str(tmp_path / "parts"), "--resume", "--epochs", "3", "--quiet")
+    whole = checkpoint.load(tmp_path / "whole" / "checkpoint.pt")
+    parts = checkpoint.load(tmp_path / "parts" / "checkpoint.pt")
+    assert parts["state"]["step"] == whole["state"]["step"] == 15
+    for k, v in whole["model"].items():
+        assert torch.equal(v, parts["model"][k]), k
+    assert len(parts["rng_ranks"]) == 2
+    assert not torch.equal(parts["rng_ranks"][0]["noise"], parts["rng_ranks"][1]["noise"])
