@@ -33,8 +33,17 @@ class Context:
         return self.world > 1
 
     def shard(self, idx: Tensor) -> Tensor:
-        """This rank's contiguous share of a global batch of indices."""
+        """This rank's contiguous share of a global batch of indices; empty on the last ranks when
+        the batch holds fewer indices than processes (see :func:`empty_share_loss`)."""
         return idx.tensor_split(self.world)[self.rank] if self.active else idx
+
+    def gather(self, obj: object) -> list:
+        """Every rank's ``obj`` (picklable), by rank, on every rank; ``[obj]`` in one process."""
+        if not self.active:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
 
     def broadcast(self, values: list[float]) -> list[float]:
         """Rank 0's values on every rank, so decisions (early stopping) agree."""
@@ -43,6 +52,18 @@ class Context:
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.broadcast(t, 0)
         return t.tolist()
+
+
+def empty_share_loss(module: nn.Module) -> Tensor:
+    """The loss of a rank whose share of a global batch is empty (a last batch with fewer images
+    than processes): zero, with a zero gradient for every parameter of ``module``.
+
+    Each parameter takes part, so DDP's all-reduce, which waits for every parameter's gradient,
+    runs as on the other ranks; the zeros leave the averaged gradient that of the other ranks'
+    images, as one process would compute it. (A slice of no elements: ``0 * p`` would turn an
+    inf parameter into a NaN gradient.)
+    """
+    return torch.stack([p.reshape(-1)[:0].sum() for p in module.parameters() if p.requires_grad]).sum()
 
 
 def rank() -> int:

@@ -234,6 +234,8 @@ def from_npz(path: str | os.PathLike, image_size: int = 64) -> ArraySprites:
         raise DataError(f"data file {path} does not exist; give the path of DeepMind's dSprites .npz")
     try:
         f = np.load(path, allow_pickle=False)
+        if isinstance(f, np.ndarray):  # a .npy holds one array, not the three named ones
+            raise ValueError(f"a single array of shape {f.shape}, not an .npz archive")
         imgs, classes, values = f["imgs"], f["latents_classes"], f["latents_values"]
     except (KeyError, ValueError, OSError) as e:
         raise DataError(

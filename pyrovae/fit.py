@@ -182,7 +182,7 @@ def fit(
             # 4c. validate at beta = 1, record, checkpoint, early stopping
             row = _validate(vae, val, val_prepare, training, ctx, epoch, len(batches), lr, coefs["capacity"],
                             seconds)  # fmt: skip
-            good = _end_epoch(loop, row, cfg, out, ctx.main, settled=epoch + 1 >= training.settled())
+            good = _end_epoch(loop, row, cfg, out, ctx, settled=epoch + 1 >= training.settled())
             if on_epoch is not None and ctx.main:
                 on_epoch(dict(loop.c.rows[-1]))
             if progress:
@@ -308,7 +308,8 @@ def _validate(vae, val: Split, prepare, training, ctx, epoch: int, steps: int, l
     }  # fmt: skip
 
 
-def _end_epoch(loop: Loop, row: dict, cfg: Config, out: Path, main: bool, settled: bool = True) -> dict:
+def _end_epoch(loop: Loop, row: dict, cfg: Config, out: Path, ctx: distributed.Context,
+               settled: bool = True) -> dict:  # fmt: skip
     """Record the row, count the epoch, write ``best.pt`` when it improved, ``checkpoint.pt`` and
     ``metrics.csv``; returns the state a NaN rollback would return to.
 
@@ -325,10 +326,13 @@ def _end_epoch(loop: Loop, row: dict, cfg: Config, out: Path, main: bool, settle
     if not settled:
         c.best = -math.inf
     snap = loop.state_dict()
-    if main:  # one writer; every rank holds the same parameters
+    # every rank's random streams (its z draws and binarization differ), so each resumes its own
+    ranks = ctx.gather(snap["rng"]) if ctx.active else None
+    if ctx.main:  # one writer; every rank holds the same parameters
+        saved = snap if ranks is None else {**snap, "rng_ranks": ranks}
         if improved:
-            checkpoint.save(snap, out / "best.pt")
-        checkpoint.save(snap, out / "checkpoint.pt")
+            checkpoint.save(saved, out / "best.pt")
+        checkpoint.save(saved, out / "checkpoint.pt")
         checkpoint.write_text(out / "metrics.csv", metrics_csv(c.rows))
     return clone_state(snap)
 

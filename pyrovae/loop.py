@@ -37,7 +37,7 @@ class Loop:
 
     def __init__(self, vae: VAE, opt: torch.optim.Optimizer, device: torch.device, seed: int, rank: int,
                  meta: dict) -> None:  # fmt: skip
-        self.vae, self.opt, self.device, self.meta = vae, opt, device, meta
+        self.vae, self.opt, self.device, self.meta, self.rank = vae, opt, device, meta, rank
         self.data_rng = torch.Generator(device=device).manual_seed(seed)  # batch order: same on every rank
         self.noise_rng = torch.Generator(device=device).manual_seed(seed + 1000 * rank + 1)  # binarization
         self.c = Counters()
@@ -68,7 +68,11 @@ class Loop:
                 group["lr"] = lr.fill_(group["lr"])  # an older checkpoint's float: keep the rate a tensor
         # generator states are CPU byte tensors whatever the generator's device, while a checkpoint
         # loaded with map_location=cuda puts every tensor on the GPU
-        rng = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in ck["rng"].items()}
+        # this rank's own streams where the checkpoint holds every rank's (``rng_ranks``, written
+        # under torchrun at the end of an epoch); else the one set there is, rank 0's
+        ranks = ck.get("rng_ranks")
+        own = ranks[self.rank] if ranks is not None and self.rank < len(ranks) else ck["rng"]
+        rng = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in own.items()}
         torch.set_rng_state(rng["torch"])
         self.data_rng.set_state(rng["data"])
         self.noise_rng.set_state(rng["noise"])

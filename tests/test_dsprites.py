@@ -141,6 +141,12 @@ def test_npz_errors(tmp_path):
     np.savez(bad, images=np.zeros((2, 64, 64)))
     with pytest.raises(DataError, match="imgs, latents_classes and latents_values"):
         from_npz(bad)
+    plain = tmp_path / "imgs.npy"  # the images alone, saved with np.save
+    np.save(plain, np.zeros((2, 64, 64), np.uint8))
+    with pytest.raises(
+        DataError, match=r"could not read .*imgs.npy as dSprites \(ValueError: a single array"
+    ):
+        from_npz(plain)
     part = tmp_path / "part.npz"
     f = np.load(_tiny_npz(tmp_path / "full.npz"))
     np.savez(part, imgs=f["imgs"][:-1], latents_classes=f["latents_classes"][:-1],

@@ -76,6 +76,8 @@ MISTAKES = [
     ("data file not a tensor", [*T[:4], "{w}/garbage.pt", *T[5:], *R], "could not read", None),
     ("data of strings", [*T[:4], "{w}/strings.npy", *T[5:], *R], "not numbers", None),
     ("data outside [0, 1]", [*T[:4], "{w}/big.npy", *T[5:], *R], "expects [0, 1]", None),
+    ("dSprites from a plain .npy", ["train", "--dataset", "dsprites", "--data-file", "{w}/big.npy", *T[5:], *R],
+     "could not read", "IndexError"),
     ("train over a run", [*T[:-1], "{w}/run", *R], "already holds files", None),
     ("resume nothing", ["train", "--resume", "--out", "{w}/none", "--quiet"], "holds no run", None),
     ("resume with another z", ["train", "--resume", "--out", "{w}/run", "--z-dim", "7", "--quiet"],
