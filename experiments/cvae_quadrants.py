@@ -169,6 +169,9 @@ def run_setting(n_given: int, data: Dataset, args) -> dict:
             .item()
         )
     res |= {"seconds": seconds, "epochs": str(epochs)}
+    args.results_dir.mkdir(
+        parents=True, exist_ok=True
+    )  # once a run has trained: a refused option writes nothing
     completion_grid(model, test_x[:10], args.results_dir / _figure_name(args.protocol, n_given))
     return res
 
@@ -225,7 +228,6 @@ def splits(data: Dataset, args) -> Dataset:
 
 
 def main(args: argparse.Namespace) -> list[dict]:
-    args.results_dir.mkdir(parents=True, exist_ok=True)
     pyro.set_rng_seed(args.seed)
     data = splits(load_dataset("mnist", args.data_dir), args)
     rows = []

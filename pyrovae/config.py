@@ -98,7 +98,10 @@ class Config:
         "auto", "'dynamic': a fresh Bernoulli draw every epoch; 'auto': dynamic for Bernoulli",
         ("auto", "dynamic", "none"),
     )  # fmt: skip
-    val_size: int = _opt(10000, "validation images held out of the training set", domain=POSITIVE_INT)
+    val_size: int = _opt(
+        10000, "validation images held out of the training set (a data file's or dSprites' validation and test "
+        "splits hold at most a tenth of its images each)", domain=POSITIVE_INT,
+    )  # fmt: skip
     train_size: int | None = _opt(
         None, "use only the first N training images, for quick runs (None: all)", domain=POSITIVE
     )

@@ -153,6 +153,11 @@ class VAE(PyroModule):
         """The condition as rows of ``condition_dim`` features in ``like``'s dtype: labels one-hot
         encoded, conditioning tensors flattened; ``None`` for an unconditional model.
 
+        Integer labels are class indices, of any shape (Pyro's particle and enumeration dimensions
+        included); floating ``y`` whose last dimension is ``num_classes`` is taken as one-hot rows
+        already (a float vector of labels is indices). So a batch of ``num_classes`` images drawn
+        ``k`` times, indices of shape ``(k, num_classes)``, is not mistaken for one-hot rows.
+
         Labels outside ``[0, num_classes)`` are refused while Pyro's validation is on (its default;
         training turns it off after its first step); with it off they encode as rows of zeros."""
         if not self.condition_dim:
@@ -170,7 +175,7 @@ class VAE(PyroModule):
                     f"condition y has shape {tuple(y.shape)}; expected (batch, *{self.condition_shape})"
                 )
             return y.reshape(y.shape[0], -1).to(like.dtype)
-        if y.dim() == 1 or y.shape[-1] != self.num_classes:
+        if not y.is_floating_point() or y.dim() == 1 or y.shape[-1] != self.num_classes:
             y = y.long()
             # F.one_hot checks the labels on the host at every call, which a captured step cannot
             # hold: here the check follows Pyro's validation, on for the first step and evaluation

@@ -380,7 +380,7 @@ def test_a_user_error_in_any_script_is_one_error_line(mnist_dir, tmp_path):
         assert (
             script.stderr.startswith("error: ") and script.stderr.count("\n") == 1 and says in script.stderr
         )
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
 
 
 def test_compare_priors_guides_refuses_an_unknown_name_before_training(tmp_path):

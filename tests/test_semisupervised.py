@@ -272,3 +272,16 @@ def test_style_and_content_decodes_one_style_with_every_class(ss, x):
     assert torch.allclose(grid[:, 1], ss.decode(z, torch.ones(5, dtype=torch.long)).mean)
     assert not torch.allclose(grid[:, 0], grid[:, 1])
     assert accuracy(ss, Split(x, ss.classify(x).probs.argmax(-1))) == 1.0
+
+
+def test_a_batch_of_as_many_images_as_classes_is_not_taken_for_one_hot_labels(ss):
+    """q(y|x)'s draws for a batch of K images have shape (k, K), as one-hot rows would: they are
+    class indices all the same (a run evaluated on 10 MNIST images crashed, and 3 images with 3
+    classes gave a wrong log p(x) silently)."""
+    from pyrovae.evaluate import log_likelihood
+
+    x = torch.bernoulli(torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(2))).double()
+    pyro.set_rng_seed(0)
+    three = log_likelihood(ss, x[:K], k=4000)  # a batch of K = 3 images
+    four = log_likelihood(ss, x, k=4000)[:K]
+    assert torch.allclose(three, four, atol=0.1), (three, four)
