@@ -235,3 +235,18 @@ def check_evaluation(monkeypatch):
         return res
 
     return check
+
+
+@pytest.fixture
+def optuna_to_stderr(monkeypatch):
+    """Optuna's own log handler writing to the ``sys.stderr`` of the test (capsys's), not to the
+    stderr of when the handler was made, so a test can read what a sweep prints; returns optuna."""
+    import logging
+    import sys
+
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.get_logger("optuna")  # Optuna's handler, made now if not yet
+    for h in logging.getLogger("optuna").handlers:
+        if type(h) is logging.StreamHandler:  # Optuna's own: pytest's capture handlers are subclasses
+            monkeypatch.setattr(h, "stream", sys.stderr)
+    return optuna

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -237,15 +236,10 @@ def test_a_sweep_under_torchrun_is_refused_at_once(tmp_path, data_file, capsys, 
 
 
 def test_a_trial_that_fails_to_train_is_recorded_and_the_sweep_goes_on(
-    tmp_path, data_file, capsys, monkeypatch
+    tmp_path, data_file, capsys, monkeypatch, optuna_to_stderr
 ):
     """lr 1e6 diverges (a TrainingError): that trial is FAIL with its reason, the others go on and
     the best comes from them; if none completes, one error line says why. No traceback, --quiet."""
-    optuna = pytest.importorskip("optuna")
-    optuna.logging.get_logger("optuna")  # Optuna's handler, made now if not yet
-    for h in logging.getLogger("optuna").handlers:  # it holds the stderr of when it was made
-        if type(h) is logging.StreamHandler:  # Optuna's own: pytest's capture handlers are subclasses
-            monkeypatch.setattr(h, "stream", sys.stderr)
     space = tmp_path / "space.toml"
     space.write_text("[lr]\nchoices = [1e6, 1e-3]\n")
     out = tmp_path / "sweep"
