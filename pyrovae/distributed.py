@@ -111,4 +111,17 @@ def wrap(loss: nn.Module, ctx: Context) -> nn.Module:
     if not ctx.active:
         return loss
     ids = [ctx.device.index] if ctx.device is not None and ctx.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(loss, device_ids=ids)
+    return nn.parallel.DistributedDataParallel(_EmptyShare(loss), device_ids=ids)
+
+
+class _EmptyShare(nn.Module):
+    """``loss``, and :func:`empty_share_loss` for a rank whose share of the batch is empty (Pyro's
+    plates need a size): only a distributed run has such shares, so only it pays the check. Inside
+    DDP, so DDP's forward prepares the all-reduce as on the other ranks."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        return empty_share_loss(self.loss) if x.shape[0] == 0 else self.loss(x, *args, **kwargs)

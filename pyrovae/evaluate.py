@@ -227,8 +227,8 @@ def evaluate(
 
     _check_counts(k, n_ll)
     variant = MODELS.get(getattr(vae, "variant", "vae"))
-    if variant is not None and data.y is not None:
-        data = Split(data.x, variant.test_labels(vae, data.y), data.factors)
+    y = data.y if variant is None or data.y is None else variant.test_labels(vae, data.y)
+    data = Split(in_model_dtype(vae, data.x), y, data.factors)  # once, for every figure below
     with cached_prior(vae), eval_mode(vae):
         return _evaluate(vae, data, k, n_ll, batch_size, ll_batch_size, progress)
 
@@ -245,7 +245,7 @@ def _check_counts(k: int, n_ll: int | None = None) -> None:
 def _evaluate(vae: VAE, data: Split, k: int, n_ll: int | None, batch_size: int, ll_batch_size: int,
               progress: bool) -> dict:  # fmt: skip
     first = data.subset(slice(0, batch_size))
-    if not hasattr(vae, "elbo_terms") and len(latent_sites(vae, in_model_dtype(vae, first.x), first.y)) > 1:
+    if not hasattr(vae, "elbo_terms") and len(latent_sites(vae, first.x, first.y)) > 1:
         recon, kl, common = _layers(vae, data, batch_size)
     else:
         recon, kl, common = _one_layer(vae, data, batch_size)

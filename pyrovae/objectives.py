@@ -16,7 +16,6 @@ from typing import Any, NamedTuple
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch import Tensor, nn
 
-from .distributed import empty_share_loss
 from .elbos import IWAE, TCVAE, CapacityELBO, FreeBitsELBO, total_correlation  # noqa: F401 - their former home
 from .errors import ConfigError
 from .schedules import beta_at, capacity_at, cyclical, linear_warmup  # noqa: F401 - their former home
@@ -205,8 +204,6 @@ class ELBOLoss(nn.Module):
         self.vae, self.elbo, self.world = vae, elbo, world
 
     def forward(self, x: Tensor, y: Tensor | None = None, beta: float = 1.0) -> Tensor:
-        if x.shape[0] == 0:  # this rank's share of a short last batch (Pyro's plates need a size)
-            return empty_share_loss(self.vae)
         loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, y, beta=beta)
         return loss if self.world == 1 else self.world * loss
 

@@ -37,7 +37,6 @@ from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
 from .data import Split
-from .distributed import empty_share_loss
 from .models import VAE, _num_data, _scaled
 from .nets import MLPEncoder
 
@@ -229,8 +228,6 @@ class SemiSupervisedLoss(nn.Module):
         self.labelled_elbo = Trace_ELBO(**opts)  # nothing to enumerate once y is observed
 
     def forward(self, x: Tensor, y: Tensor, beta: float = 1.0) -> Tensor:
-        if x.shape[0] == 0:  # this rank's share of a short last batch (Pyro's plates need a size)
-            return empty_share_loss(self.vae)
         labelled = y != UNLABELED
         loss = x.new_zeros(())
         if not labelled.all():
