@@ -20,17 +20,19 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded, with what to do about it."""
 
 
-#: The name of :func:`atomic_write`'s temporary file of ``name``: ``.name.XXXXXXXX.tmp`` (tempfile's
-#: eight random characters), hidden, so only :func:`remove_temporaries` ever sees what a write
-#: killed midway left.
-TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
+#: The name of :func:`atomic_write`'s temporary file of ``name``: ``.name.PID.XXXXXXXX.tmp`` (the
+#: writing process, tempfile's eight random characters), hidden, so only :func:`remove_temporaries`
+#: ever sees what a write killed midway left. Files of earlier versions have no PID.
+TEMPORARY = re.compile(r"\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp")
 
 
 def atomic_write(path: str | Path, write) -> None:
     """Call ``write(file_object)`` on a temporary file, then rename it over ``path``."""
     path, tmp = Path(path), None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # TEMPORARY
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"
+        )  # TEMPORARY
         os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it: a temporary file is owner-only
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -53,14 +55,33 @@ def atomic_write(path: str | Path, write) -> None:
 def remove_temporaries(folder: str | Path) -> list[Path]:
     """Remove the temporary files of :func:`atomic_write` in ``folder``: partial files that a
     process killed during a write (``kill -9``, a power cut) left behind, which no later write
-    reuses. Call it only where no other process writes into ``folder``.
+    reuses. A file whose writing process still runs on this machine (a concurrent ``pyrovae
+    evaluate`` writing ``eval.json``, say) is left to finish.
 
     :returns: the files removed.
     """
-    stale = [p for p in Path(folder).glob(".*.tmp") if TEMPORARY.fullmatch(p.name) and p.is_file()]
+    stale = []
+    for p in Path(folder).glob(".*.tmp"):
+        match = TEMPORARY.fullmatch(p.name)
+        if match and p.is_file() and not (match["pid"] and _running(int(match["pid"]))):
+            stale.append(p)
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not inside a write while it tidies up
+    if os.name == "nt":
+        return True  # Windows' os.kill terminates the process: leave the file
+    try:
+        os.kill(pid, 0)  # signal 0: is there such a process? (sends nothing)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _umask() -> int:

@@ -48,16 +48,20 @@ def report(study, out: Path, objective: str, progress: bool = True) -> dict:
 
 def trials_csv(trials) -> str:
     """One row per trial: number, state, value (complete trials), epochs reported, best validation
-    ELBO, options, run folder (relative to the sweep folder), seconds and, for a trial that failed
-    to train, the reason."""
+    ELBO, options, run folder (relative to the sweep folder), seconds and a reason: why a trial
+    failed to train, or which trial's run it reused (its epochs and ELBO are that run's)."""
     import optuna
 
     names = sorted({p for t in trials for p in t.params})
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["number", "state", "value", "epochs", "best_val_elbo", *names, "run", "seconds", "reason"])
+    by_number = {t.number: t for t in trials}
     for t in trials:
-        curve = t.intermediate_values
+        same = by_number.get(t.user_attrs.get("same_as"))
+        curve = (
+            same.intermediate_values if same is not None else t.intermediate_values
+        )  # a reused run's epochs
         seconds = t.duration.total_seconds() if t.duration is not None else ""
         value = (
             t.value if t.state == optuna.trial.TrialState.COMPLETE else ""
@@ -65,8 +69,17 @@ def trials_csv(trials) -> str:
         state = "INTERRUPTED" if t.state.name == "FAIL" and t.user_attrs.get("interrupted") else t.state.name
         w.writerow([t.number, state, value, len(curve),
                     max(curve.values()) if curve else "", *[t.params.get(n, "") for n in names],
-                    t.user_attrs.get("run", ""), seconds, t.user_attrs.get("fail_reason", "")])  # fmt: skip
+                    t.user_attrs.get("run", ""), seconds, _reason(t)])  # fmt: skip
     return buf.getvalue()
+
+
+def _reason(trial) -> str:
+    """Why a trial failed to train, or whose run it reused (it trained nothing itself)."""
+    if "fail_reason" in trial.user_attrs:
+        return trial.user_attrs["fail_reason"]
+    if "same_as" in trial.user_attrs:
+        return f"the same options as trial {trial.user_attrs['same_as']}: its run reused"
+    return ""
 
 
 def _figures(study, trials, out: Path, objective: str) -> None:

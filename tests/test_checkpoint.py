@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -77,18 +79,26 @@ def test_options_a_resume_may_change_do_not_make_a_checkpoint_anothers(tmp_path,
 
 def test_resume_removes_what_a_write_killed_midway_left(tmp_path, tiny_data_file):
     """``kill -9`` during a checkpoint write leaves atomic_write's hidden temporary file, partial;
-    resuming the run removes it, and nothing else of the folder."""
+    resuming the run removes it, and nothing else of the folder: not a write still under way in
+    another process (``pyrovae evaluate`` writing eval.json beside a resumed run)."""
     data = tiny_data_file(tmp_path)
     out = tmp_path / "run"
     assert main(_train(data, out, 1)) == 0
     blob = (out / "best.pt").read_bytes()
-    stale = [out / ".best.pt.u8ps2e17.tmp", out / ".checkpoint.pt.a_0b9zqx.tmp"]
-    for path in stale:
-        path.write_bytes(blob[: len(blob) // 3])
-    kept = [out / ".notes.tmp", out / "mine.tmp", out / ".best.pt.short.tmp"]  # not of atomic_write's pattern
-    for path in kept:
-        path.write_text("the user's")
-    assert main(_train(data, out, 2, "--resume")) == 0
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    writing = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = [out / ".best.pt.u8ps2e17.tmp", out / f".checkpoint.pt.{dead.pid}.a_0b9zqx.tmp"]
+        for path in stale:
+            path.write_bytes(blob[: len(blob) // 3])
+        kept = [out / ".notes.tmp", out / "mine.tmp", out / ".best.pt.short.tmp"]  # not atomic_write's
+        kept.append(out / f".eval.json.{writing.pid}.k2j4l5m6.tmp")
+        for path in kept:
+            path.write_text("the user's")
+        assert main(_train(data, out, 2, "--resume")) == 0
+    finally:
+        writing.kill()
     assert not any(path.exists() for path in stale)
     assert all(path.read_text() == "the user's" for path in kept)
     assert [p.name for p in out.glob(".*.tmp") if p not in kept] == []

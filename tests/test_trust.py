@@ -214,6 +214,17 @@ def test_sweep_trials_train_on_their_own_classes_and_never_twice(data, tmp_path,
     for r in rows:
         by_option.setdefault(r["exclude_classes"], set()).add((r["run"], r["value"]))
     assert all(len(v) == 1 for v in by_option.values()) and len(by_option) == 2
+    # a reused row shows the epochs and ELBO of the run it reused, and says whose it is
+    first = {}
+    for r in rows:
+        source = first.setdefault(r["run"], r)
+        assert (
+            (r["epochs"], r["best_val_elbo"])
+            == (source["epochs"], source["best_val_elbo"])
+            == ("2", r["value"])
+        )
+        said = f"the same options as trial {source['number']}: its run reused" if r is not source else ""
+        assert r["reason"] == said
 
 
 def test_resumed_sweep_draws_new_options_and_names_a_changed_one(data, tmp_path, capsys):
