@@ -351,7 +351,10 @@ def load_dataset(
                             full.subset(perm[2 * n_hold :]))  # fmt: skip
         k = int(full.y.max()) + 1 if full.y is not None else 0
         split = "80/10/10" if n_hold == max(1, n // 10) else f"with val_size {n_hold} for validation and test"
-        notes.append(f"{n} rows split {split} at random (split_seed {split_seed})")
+        capped = (
+            f"; val_size {val_size} capped at a tenth" if n_hold < val_size != 10000 else ""
+        )  # 10000: MNIST's
+        notes.append(f"{n} rows split {split} at random (split_seed {split_seed}{capped})")
         return Dataset(train, val, test, k, Path(data_file).stem, notes)
     raise DataError(f"unknown dataset {name!r}; choose 'mnist', 'file' or 'dsprites'")
 

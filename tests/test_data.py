@@ -90,6 +90,7 @@ def test_grey_image_arrays_are_single_channel_images_and_the_run_says_what_was_d
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("data: x, 48 train / 6 validation / 6 test of shape (1, 8, 8)")
     assert "uint8 values divided by 255" in first and "(N, H, W)" in first and "80/10/10" in first
+    assert "val_size 100 capped at a tenth" in first  # asked for 100 of 60 images: said
     assert main([*args, "--overwrite", "--quiet"]) == 0
     assert "data:" not in capsys.readouterr().out  # --quiet: no such line
     np.save(tmp_path / "v.npy", np.random.rand(60, 12).astype("float32"))
