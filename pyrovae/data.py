@@ -319,6 +319,12 @@ def check_options(cfg) -> None:
                           "dataset")  # fmt: skip
 
 
+def hold_out(n: int, val_size: int, seed: int) -> tuple[int, Tensor]:
+    """The size of a validation and a test set of at most ``val_size`` and a tenth of ``n`` rows each
+    (at least one), and the random permutation (``seed``) whose first rows they take."""
+    return max(1, min(val_size, n // 10)), torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
 def load_dataset(
     name: str = "mnist",
     data_dir: str | None = None,
@@ -330,11 +336,13 @@ def load_dataset(
     train_size: int | None = None,
 ) -> Dataset:
     """Load a data set and split it. ``name`` is ``"mnist"``, ``"file"`` with ``data_file``, or
-    ``"dsprites"`` (rendered, or DeepMind's ``.npz`` as ``data_file``; see :func:`load_dsprites`).
+    ``"dsprites"`` (rendered, or DeepMind's ``.npz`` as ``data_file``; see :func:`pyrovae.dsprites.load_dsprites`).
 
     A user's file is split into train / validation / test (80 / 10 / 10 unless ``val_size`` fits).
     """
     if name == "dsprites":
+        from .dsprites import load_dsprites
+
         return load_dsprites(data_file, image_size, val_size, split_seed, train_size)
     if name == "mnist":
         train, test, k = load_mnist(data_dir)
@@ -345,8 +353,7 @@ def load_dataset(
             raise DataError("dataset 'file' needs data_file, the path of a .pt or .npy array", "data_file")
         full, notes = _load_array(data_file, labels_file)
         n = len(full)
-        n_hold = max(1, min(val_size, n // 10))
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+        n_hold, perm = hold_out(n, val_size, split_seed)
         val, test, train = (full.subset(perm[:n_hold]), full.subset(perm[n_hold : 2 * n_hold]),
                             full.subset(perm[2 * n_hold :]))  # fmt: skip
         k = int(full.y.max()) + 1 if full.y is not None else 0
@@ -357,53 +364,6 @@ def load_dataset(
         notes.append(f"{n} rows split {split} at random (split_seed {split_seed}{capped})")
         return Dataset(train, val, test, k, Path(data_file).stem, notes)
     raise DataError(f"unknown dataset {name!r}; choose 'mnist', 'file' or 'dsprites'")
-
-
-def load_dsprites(
-    data_file: str | None = None,
-    image_size: int = 64,
-    val_size: int = 10000,
-    split_seed: int = 0,
-    train_size: int | None = None,
-) -> Dataset:
-    """dSprites split at random (``split_seed``) into validation and test sets of ``val_size``
-    images (at most a tenth each) and a training set of the rest, or of its first ``train_size``.
-
-    Only the images of the splits are made: rendered (:class:`~pyrovae.dsprites.DSprites`) or
-    read from DeepMind's ``.npz`` (``data_file``). Each split holds the factor classes
-    (``factors``, ``(N, 5)``) and the shape as label ``y``; ``ground_truth`` draws any image.
-    Float32 images take 4 bytes a pixel: all 737,280 at 64 × 64 would be 12 GB, at 32 × 32 3 GB.
-    """
-    from . import dsprites
-
-    try:
-        source = dsprites.ground_truth(data_file, image_size)
-    except ValueError as e:
-        raise DataError(str(e), "image_size") from None
-    n = len(source)
-    n_hold = max(1, min(val_size, n // 10))
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
-    parts = [perm[:n_hold], perm[n_hold : 2 * n_hold], perm[2 * n_hold :][:train_size]]
-    splits = []
-    for index in parts:
-        classes = source.classes(index)  # (N, F)
-        splits.append(Split(source.images(classes), classes[:, 0].clone(), classes))
-    origin = f"read from {Path(data_file).name}" if data_file else "rendered"
-    notes = [f"{origin} at {image_size}x{image_size}, factors {dict(zip(source.factor_names, source.factor_sizes, strict=True))}",
-             f"{n} images split at random (split_seed {split_seed})"]  # fmt: skip
-    if n_hold < val_size:  # said, as the run then validates on fewer images than asked
-        notes.append(f"val_size {val_size} capped at a tenth of the {n} images: {n_hold} validation and "
-                     f"{n_hold} test images")  # fmt: skip
-    val, test, train = splits
-    return Dataset(
-        train,
-        val,
-        test,
-        num_classes=source.factor_sizes[0],
-        name=source.name,
-        notes=notes,
-        ground_truth=source,
-    )
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None = None, device=None):

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .data import DataError, Dataset, Split, hold_out
+
 FACTORS = ("shape", "scale", "orientation", "pos_x", "pos_y")
 SIZES = (3, 6, 40, 32, 32)
 SHAPES = ("square", "ellipse", "heart")
@@ -182,8 +184,6 @@ class ArraySprites(GroundTruth):
     def __init__(
         self, imgs: np.ndarray, classes: np.ndarray, values: np.ndarray, image_size: int, name: str
     ) -> None:
-        from .data import DataError
-
         self.name = name
         self.factor_sizes = tuple(int(m) + 1 for m in classes.max(0))
         if len(self.factor_sizes) != len(FACTORS):
@@ -227,8 +227,6 @@ def from_npz(path: str | os.PathLike, image_size: int = 64) -> ArraySprites:
     """DeepMind's ``dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz``: ``imgs`` (N, 64, 64),
     ``latents_classes`` and ``latents_values`` (N, 6) whose first column, colour, has one value
     and is dropped. A file in the same layout with fewer values per factor also works."""
-    from .data import DataError
-
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file {path} does not exist; give the path of DeepMind's dSprites .npz")
@@ -248,3 +246,47 @@ def from_npz(path: str | os.PathLike, image_size: int = 64) -> ArraySprites:
     if classes.shape[1] == 6:  # colour: one value in dSprites
         classes, values = classes[:, 1:], values[:, 1:]
     return ArraySprites(imgs, classes.astype(np.int64), values, image_size, path.name)
+
+
+def load_dsprites(
+    data_file: str | None = None,
+    image_size: int = 64,
+    val_size: int = 10000,
+    split_seed: int = 0,
+    train_size: int | None = None,
+) -> Dataset:
+    """dSprites split at random (``split_seed``) into validation and test sets of ``val_size``
+    images (at most a tenth each) and a training set of the rest, or of its first ``train_size``.
+
+    Only the images of the splits are made: rendered (:class:`DSprites`) or
+    read from DeepMind's ``.npz`` (``data_file``). Each split holds the factor classes
+    (``factors``, ``(N, 5)``) and the shape as label ``y``; ``ground_truth`` draws any image.
+    Float32 images take 4 bytes a pixel: all 737,280 at 64 × 64 would be 12 GB, at 32 × 32 3 GB.
+    """
+    try:
+        source = ground_truth(data_file, image_size)
+    except ValueError as e:
+        raise DataError(str(e), "image_size") from None
+    n = len(source)
+    n_hold, perm = hold_out(n, val_size, split_seed)
+    parts = [perm[:n_hold], perm[n_hold : 2 * n_hold], perm[2 * n_hold :][:train_size]]
+    splits = []
+    for index in parts:
+        classes = source.classes(index)  # (N, F)
+        splits.append(Split(source.images(classes), classes[:, 0].clone(), classes))
+    origin = f"read from {Path(data_file).name}" if data_file else "rendered"
+    notes = [f"{origin} at {image_size}x{image_size}, factors {dict(zip(source.factor_names, source.factor_sizes, strict=True))}",
+             f"{n} images split at random (split_seed {split_seed})"]  # fmt: skip
+    if n_hold < val_size:  # said, as the run then validates on fewer images than asked
+        notes.append(f"val_size {val_size} capped at a tenth of the {n} images: {n_hold} validation and "
+                     f"{n_hold} test images")  # fmt: skip
+    val, test, train = splits
+    return Dataset(
+        train,
+        val,
+        test,
+        num_classes=source.factor_sizes[0],
+        name=source.name,
+        notes=notes,
+        ground_truth=source,
+    )
