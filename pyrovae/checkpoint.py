@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +30,34 @@ TEMPORARY = re.compile(r"\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp")
 
 def atomic_write(path: str | Path, write) -> None:
     """Call ``write(file_object)`` on a temporary file, then rename it over ``path``."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write in the block (by name: a memory map, say), renamed
+    over ``path`` when the block ends, removed if it raises, so ``path`` holds its old content or
+    the whole new one, never part of it."""
     path, tmp = Path(path), None
     try:
         fd, tmp = tempfile.mkstemp(
             dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"
         )  # TEMPORARY
         os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it: a temporary file is owner-only
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        os.close(fd)
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):  # a full disk, say: named as the file asked for, not its hidden temporary
+        if isinstance(e, OSError) and e.filename in (None, tmp):
+            # a full disk, say: named as the file asked for, not its hidden temporary
             raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)

@@ -10,7 +10,8 @@ output is datum ``i`` of the input. The estimators are those of :mod:`pyrovae.ev
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pyro
 import torch
 from torch import Tensor
 
+from .checkpoint import atomic_file
 from .config import ConfigError
 from .data import DataError, binarize, check_values, is_binary, read_rows
 from .evaluate import cached_prior, is_point_estimate
@@ -211,8 +213,9 @@ def embed_rows(run: Run, rows: Rows, output: str | Path, samples: int | None = N
     pyro.set_rng_seed(seed)
     bar = _bar(progress, n, "embedding")
     output.parent.mkdir(parents=True, exist_ok=True)
-    array = np.lib.format.open_memmap(output, "w+", np.float32, shape) if output.suffix == ".npy" else None
-    with _writer(None if array is not None else output, output) as write:
+    npy = output.suffix == ".npy"
+    with atomic_file(output) if npy else nullcontext() as tmp, _writer(None if npy else output) as write:
+        array = np.lib.format.open_memmap(tmp, "w+", np.float32, shape) if npy else None
         labelled = rows.y is not None
         write(["index", *(["label"] if labelled else []), *(["sample"] if samples else []),
                *(f"z{i}" for i in range(vae.z_dim))])  # fmt: skip
@@ -231,34 +234,24 @@ def embed_rows(run: Run, rows: Rows, output: str | Path, samples: int | None = N
                     for s, row in enumerate(zi):
                         write([start + i, *label, *([s] if samples else []), *(f"{v:.9g}" for v in row)])
             bar.update(len(x))
-    if array is not None:
-        array.flush()
-        del array
+        if array is not None:
+            array.flush()
+            del array  # closed before the rename
     bar.close()
     return shape
 
 
-class _writer:
-    """A CSV row writer on ``path`` (or one that drops rows, for ``None``), as a context; a file
-    left half-written by an error is removed, so no output passes for a complete one."""
-
-    def __init__(self, path: str | Path | None, also_remove: Path | None = None) -> None:
-        self.path, self.also_remove = path, also_remove
-
-    def __enter__(self):
-        if self.path is None:
-            return lambda row: None
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)  # as figures do
-        self.file = open(self.path, "w", newline="")
-        return csv.writer(self.file).writerow
-
-    def __exit__(self, kind, *exc) -> None:
-        if self.path is not None:
-            self.file.close()
-        if kind is not None:
-            for path in (self.path, self.also_remove):
-                if path is not None:
-                    Path(path).unlink(missing_ok=True)
+@contextmanager
+def _writer(path: str | Path | None) -> Iterator[Callable[[list], object]]:
+    """A CSV row writer on ``path`` (or one that drops rows, for ``None``), as a context: rows go
+    to a temporary file renamed over ``path`` at the end (:func:`~pyrovae.checkpoint.atomic_file`),
+    so an error leaves no half-written file, and a file already at ``path`` as it was."""
+    if path is None:
+        yield lambda row: None
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # as figures do
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+        yield csv.writer(f).writerow
 
 
 def _bar(progress: bool, total: int, desc: str):

@@ -256,3 +256,18 @@ def test_a_bad_row_late_in_the_file_leaves_no_output(run_dir, tmp_path, capsys, 
     assert main([*args, "-o", str(tmp_path / output)]) == 2
     assert "rows 40-49" in capsys.readouterr().err
     assert not (tmp_path / output).exists()
+
+
+@pytest.mark.parametrize("command,output", [("score", "s.csv"), ("embed", "z.npy"), ("embed", "z.csv")])
+def test_a_failed_run_keeps_the_file_already_there(run_dir, tmp_path, capsys, command, output):
+    """Output is written beside the file and renamed over it at the end: a failure midway leaves
+    an earlier result whole, and no temporary file."""
+    x = _images(50)[0].astype(np.float32) / 255
+    x[47, 0, 0] = 2.0  # in the last batch of 10
+    np.save(tmp_path / "late.npy", x)
+    (tmp_path / output).write_text("old\n")
+    args = [command, str(run_dir), "--data-file", str(tmp_path / "late.npy"), "--batch-size", "10", "--quiet"]
+    assert main([*args, "-o", str(tmp_path / output)]) == 2
+    assert "rows 40-49" in capsys.readouterr().err
+    assert (tmp_path / output).read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["late.npy", output]
