@@ -277,7 +277,12 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
                        help="a .npy (read through a memory map) or .pt array shaped like the training data")  # fmt: skip
     which.add_argument("--split", type=_choice_type("split", ["train", "val", "test"]), metavar="NAME",
                        help="one of the run's own splits: train, val or test")  # fmt: skip
-    p.add_argument("--labels-file", default=None, help="labels of --data-file, one per row (.npy or .pt)")
+    p.add_argument(
+        "--labels-file",
+        default=None,
+        help="labels of --data-file, one class index per row (.npy or .pt); a conditional run "
+        "takes those of the classes it was trained on",
+    )
     p.add_argument(
         "--checkpoint", default="best", help="'best', 'last' or a file name in RUN (default: best)"
     )

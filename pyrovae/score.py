@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .checkpoint import atomic_file
 from .config import ConfigError
-from .data import DataError, binarize, check_values, is_binary, read_rows
+from .data import DataError, binarize, check_values, is_binary, read_rows, trained_classes
 from .evaluate import cached_prior, is_point_estimate
 from .loaded import EVAL_BINARIZE_SEED, Run, check_shape
 from .posterior import anomaly_scores, embed, posterior_samples, reconstruct
@@ -81,6 +81,8 @@ def batches(run: Run, rows: Rows, batch_size: int) -> Iterator[tuple[int, Tensor
         raise ConfigError(
             f"the run is conditional on labels but {rows.name} has none; give labels_file", "labels_file"
         )
+    if vae.num_classes:
+        check_labels(run, rows.y, rows.name)
     for start in range(0, len(rows), batch_size):
         stop = min(start + batch_size, len(rows))
         x = rows.x[start:stop]
@@ -95,6 +97,23 @@ def batches(run: Run, rows: Rows, batch_size: int) -> Iterator[tuple[int, Tensor
             x = binarize(x, g)
         y = None if rows.y is None else rows.y[start:stop].to(ref.device)
         yield start, x.to(ref.device, ref.dtype), y
+
+
+def check_labels(run: Run, y: Tensor, name: str) -> None:
+    """Refuse labels ``y`` of the data ``name`` that are not of a class the conditional ``run``
+    was trained on, before the model meets them: it has no weights for a label past its classes,
+    and untrained ones for a class it never saw (``classes``, ``exclude_classes``)."""
+    cfg = run.config
+    classes = trained_classes(run.model.num_classes, cfg.classes, cfg.exclude_classes)
+    bad = (~torch.isin(y, torch.tensor(classes, device=y.device))).nonzero().squeeze(1)
+    if len(bad):
+        i, more = int(bad[0]), f" (and {len(bad) - 1} other rows)" if len(bad) > 1 else ""
+        raise DataError(
+            f"label {int(y[i])} is not a class this model was trained on ({', '.join(map(str, classes))}): "
+            f"it labels row {i} of {name}{more}; give only labels of those classes (labels_file), or drop "
+            "those rows",
+            "labels_file",
+        )
 
 
 def score_names(run: Run) -> list[str]:

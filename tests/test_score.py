@@ -12,9 +12,10 @@ import torch
 
 from pyrovae import Config, load_run, train
 from pyrovae.cli import main
+from pyrovae.data import DataError
 from pyrovae.evaluate import elbo_terms, log_likelihood
 from pyrovae.posterior import posterior_mean, reconstruct
-from pyrovae.score import Rows, score, score_batch, threshold_from
+from pyrovae.score import Rows, open_rows, score, score_batch, threshold_from
 
 SHAPE = (8, 8)
 
@@ -48,6 +49,14 @@ def _train(files, out, **options):
 def run_dir(files, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "vae"
     _train(files, out, exclude_classes=[2])
+    return out
+
+
+@pytest.fixture(scope="module")
+def cond_dir(files, tmp_path_factory):
+    """A conditional run of three classes that trained on two, 0 and 1."""
+    out = tmp_path_factory.mktemp("run") / "cvae01"
+    _train(files, out, conditional=True, prior="conditional", classes=[0, 1])
     return out
 
 
@@ -271,3 +280,27 @@ def test_a_failed_run_keeps_the_file_already_there(run_dir, tmp_path, capsys, co
     assert "rows 40-49" in capsys.readouterr().err
     assert (tmp_path / output).read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["late.npy", output]
+
+
+@pytest.mark.parametrize("label", [2, 5])  # a class the run never trained on, one past its classes
+@pytest.mark.parametrize("command,output", [("score", "s.csv"), ("embed", "z.npy")])
+def test_labels_of_classes_not_trained_on_are_refused(
+    cond_dir, files, tmp_path, capsys, command, output, label
+):
+    """Labels the model was not trained on are refused before it runs, as ``sample --label`` refuses
+    them: one line, status 2, no output; in Python a DataError without Pyro's dump of its trace."""
+    y = np.load(files / "y.npy") % 2
+    y[120:] = label  # late in the file, after batches that would be written
+    np.save(tmp_path / "y.npy", y)
+    args = [command, str(cond_dir), "--data-file", str(files / "x.npy"), "--labels-file", str(tmp_path / "y.npy"),
+            "--batch-size", "10", "-o", str(tmp_path / output), "--quiet"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: label {label} is not a class this model was trained on (0, 1): it labels "
+                          "row 120 of ") and "(and 29 other rows)" in err and "--labels-file" in err  # fmt: skip
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / output).exists()
+    run = load_run(cond_dir)
+    rows = open_rows(run, files / "x.npy", tmp_path / "y.npy")
+    with pytest.raises(DataError, match=f"label {label} is not a class") as e:
+        score(run, rows, k=2, progress=False)
+    assert "Trace" not in str(e.value)
