@@ -183,12 +183,25 @@ def _load_array(path: str | os.PathLike, labels: str | os.PathLike | None = None
         notes.append("(N, H, W) array read as single-channel images (N, 1, H, W)")
     check_values(x, str(path))
     if y is not None:
-        y = torch.as_tensor(y).long().reshape(-1)
+        y = class_indices(y, labels or path)
         if y.shape[0] != x.shape[0]:
             raise DataError(f"{x.shape[0]} data points but {y.shape[0]} labels; give one label per row")
         if (y < 0).any():
             raise DataError("labels must be class indices 0, 1, ..., K-1")
     return Split(x, y), notes
+
+
+def class_indices(y, what: str | os.PathLike) -> Tensor:
+    """Labels ``y`` (an array or tensor) as class indices, one ``long`` per row; labels of ``what``
+    that are not whole numbers are refused rather than truncated to a class."""
+    y = torch.as_tensor(np.asarray(y)).reshape(-1)
+    if y.is_floating_point():
+        bad = (~torch.isfinite(y) | (y != y.round())).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise DataError(f"{what} holds labels that are not whole numbers ({y[i].item():g} in row {i}); "
+                            "give one class index per row (0, 1, ...)", "labels_file")  # fmt: skip
+    return y.long()
 
 
 def read_rows(path: Path, labels: str | os.PathLike | None = None, mmap: bool = False):

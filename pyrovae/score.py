@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .checkpoint import atomic_file
 from .config import ConfigError
-from .data import DataError, binarize, check_values, is_binary, read_rows, trained_classes
+from .data import DataError, binarize, check_values, class_indices, is_binary, read_rows, trained_classes
 from .evaluate import cached_prior, is_point_estimate
 from .loaded import EVAL_BINARIZE_SEED, Run, check_shape
 from .posterior import anomaly_scores, embed, posterior_samples, reconstruct
@@ -61,7 +61,7 @@ def open_rows(run: Run, data_file: str | Path | None = None, labels_file: str | 
     if x.ndim < 2 or x.shape[0] == 0:
         raise DataError(f"{path} holds an array of shape {tuple(x.shape)}; expected (N, ...) rows, N >= 1")
     if y is not None:
-        y = torch.as_tensor(np.asarray(y)).long().reshape(-1)
+        y = class_indices(y, labels_file or path)
         if y.shape[0] != x.shape[0]:
             raise DataError(
                 f"{x.shape[0]} rows but {y.shape[0]} labels; give one label per row", "labels_file"

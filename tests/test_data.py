@@ -53,6 +53,17 @@ def test_npy_with_labels_and_wrong_label_count(tmp_path):
         load_array(tmp_path / "x.npy", tmp_path / "y.npy")
 
 
+def test_labels_that_are_not_whole_numbers_are_refused_not_truncated(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.random.rand(30, 4).round().astype("float32"))
+    np.save(tmp_path / "y.npy", (np.arange(30) % 3).astype("float32"))  # whole numbers in floats: fine
+    assert load_array(tmp_path / "x.npy", tmp_path / "y.npy").y.tolist()[:4] == [0, 1, 2, 0]
+    np.save(tmp_path / "y.npy", np.arange(30) % 3 + 0.5)
+    assert main(_train_args(tmp_path, tmp_path / "x.npy", "--labels-file", str(tmp_path / "y.npy"))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "holds labels that are not whole numbers (0.5 in row 0)" in err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
 def test_data_root_order(tmp_path, monkeypatch):
     monkeypatch.setenv("PYROVAE_DATA", str(tmp_path / "env"))
     assert data_root(str(tmp_path / "flag")) == (tmp_path / "flag", False)

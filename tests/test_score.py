@@ -229,6 +229,7 @@ def test_conditional_run_needs_labels(files, tmp_path):
         (["--data-file", "{wide}"], "rows of shape (1, 8, 9)"),
         (["--data-file", "{grey}"], "expects [0, 1]"),
         (["--data-file", "{x}", "--labels-file", "{short}"], "150 rows but 3 labels"),
+        (["--data-file", "{x}", "--labels-file", "{half}"], "not whole numbers (1.5 in row 1)"),
         (["--split", "test", "--k", "0"], "--k"),
         (["--split", "test", "--threshold-from", "val", "--fpr", "1.5"], "--fpr must be between 0 and 1"),
         (["--split", "test", "--threshold-from", "val", "--threshold-score", "elbo"], "no score 'elbo'"),
@@ -238,8 +239,9 @@ def test_bad_input_exits_2_with_a_message(run_dir, files, tmp_path, capsys, extr
     np.save(tmp_path / "wide.npy", np.zeros((4, 8, 9), np.uint8))
     np.save(tmp_path / "grey.npy", np.full((4, 8, 8), 3.0))
     np.save(tmp_path / "short.npy", np.zeros(3, np.int64))
+    np.save(tmp_path / "half.npy", np.load(files / "y.npy") + np.arange(150) % 2 / 2)
     paths = {"wide": tmp_path / "wide.npy", "grey": tmp_path / "grey.npy", "short": tmp_path / "short.npy",
-             "x": files / "x.npy"}  # fmt: skip
+             "half": tmp_path / "half.npy", "x": files / "x.npy"}  # fmt: skip
     extra = [e.format(**paths) for e in extra]
     assert main(["score", str(run_dir), *extra, "-o", str(tmp_path / "s.csv"), "--quiet"]) == 2
     assert message in capsys.readouterr().err
