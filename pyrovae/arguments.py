@@ -276,7 +276,8 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     which.add_argument("--data-file", default=None,
                        help="a .npy (read through a memory map) or .pt array shaped like the training data")  # fmt: skip
     which.add_argument("--split", type=_choice_type("split", ["train", "val", "test"]), metavar="NAME",
-                       help="one of the run's own splits: train, val or test")  # fmt: skip
+                       help="one of the run's own splits: train, val or test (of a conditional run trained "
+                            "on some classes, their images only)")  # fmt: skip
     p.add_argument(
         "--labels-file",
         default=None,

@@ -96,7 +96,8 @@ def _score_or_embed(args: argparse.Namespace) -> int:
     if args.command == "embed":
         shape = S.embed_rows(run, rows, args.output, args.samples, args.batch_size, args.seed, not args.quiet)
         print(
-            f"wrote {args.output}: {'posterior draws' if args.samples else 'posterior means'} of shape {shape}"
+            f"wrote {args.output}: {'posterior draws' if args.samples else 'posterior means'} of {rows.name}, "
+            f"shape {shape}"
         )
         return 0
     threshold, note = None, ""

@@ -11,7 +11,7 @@ import torch
 from . import plots
 from .data import trained_classes
 from .evaluate import active_units, kl_per_dim, posterior_mean_and_noise
-from .loaded import Run
+from .loaded import Run, trained_rows
 from .posterior import (
     anomaly_scores,
     embed,
@@ -31,7 +31,10 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
     :param n: test images used for the latent map, KL bars and anomaly ranking.
     """
     pyro.set_rng_seed(seed)
-    vae, test = run.model, run.data.test.subset(slice(0, n)).to(run.device)
+    vae, test = run.model, run.data.test
+    if (trained := trained_rows(run, test.y if vae.num_classes else None)) is not None:
+        test = test.subset(trained[0])  # a conditional model learned no other class
+    test = test.subset(slice(0, n)).to(run.device)
     out = run.path / "figures"
     out.mkdir(exist_ok=True)  # once the data is read: data refused leaves no empty folder
     variant = variant_of(vae)
@@ -161,6 +164,9 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
 
     lines = [f"# Inspection of `{run.path}`", "", f"Model: prior `{run.config.prior_family}`, guide `{run.config.guide}`, "
              f"likelihood `{run.config.likelihood}`, net `{run.config.net}`, z_dim {vae.z_dim}.", ""]  # fmt: skip
+    if trained is not None:
+        lines += [f"Test images: those of the classes the run was trained on, {trained[1]} (a "
+                  "conditional model learned no others).", ""]  # fmt: skip
     for name, title, text in entries:
         lines += [f"## {title}", "", f"![{title}]({name})", "", text, ""]
     index = out / "index.md"

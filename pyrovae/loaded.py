@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyro
 import torch
+from torch import Tensor
 
 from . import checkpoint
 from .build import build_model, resolve_device, run_device
@@ -253,10 +254,8 @@ def evaluate_run(run: Run, k: int | None = None, n_test: int | None = None, seed
     check_seed(seed)
     test, variant = run.data.test.to(run.device), variant_of(run.model)
     labels, classes = variant.test_labels(run.model, test.y), None
-    if labels is not None and (cfg.classes or cfg.exclude_classes):
-        # log p(x | y) of a label the model never trained on goes through untrained weights: no figure
-        classes = trained_classes(run.model.num_classes, cfg.classes, cfg.exclude_classes)
-        seen = torch.isin(labels, torch.tensor(classes, device=labels.device)).nonzero().squeeze(1)
+    if (trained := trained_rows(run, labels)) is not None:
+        seen, classes = trained
         test, labels = test.subset(seen), labels[seen]
     pyro.set_rng_seed(seed)
     res = evaluate(run.model, Split(test.x, labels), k=k, n_ll=n_test, progress=progress)
@@ -270,6 +269,20 @@ def evaluate_run(run: Run, k: int | None = None, n_test: int | None = None, seed
     res["checkpoint"] = which
     write_json(run.path / "eval.json", res)
     return res
+
+
+def trained_rows(run: Run, labels: Tensor | None) -> tuple[Tensor, list[int]] | None:
+    """For a run trained on some classes only (``classes``, ``exclude_classes``), the positions of
+    the ``labels`` its conditional model is given that are of those classes, and the classes;
+    ``None`` for a run of every class, or without labels (an unconditional model's test set keeps
+    every class: scoring unseen ones is the point). log p(x | y) of a label the model never trained
+    on goes through untrained weights, so evaluation, ``score``, ``embed`` and ``inspect`` leave
+    those data out."""
+    cfg = run.config
+    if labels is None or not (cfg.classes or cfg.exclude_classes):
+        return None
+    classes = trained_classes(run.model.num_classes, cfg.classes, cfg.exclude_classes)
+    return torch.isin(labels, torch.tensor(classes, device=labels.device)).nonzero().squeeze(1), classes
 
 
 def write_json(path: str | Path, obj: dict | list) -> None:

@@ -24,7 +24,7 @@ from .checkpoint import atomic_file
 from .config import ConfigError
 from .data import DataError, binarize, check_values, class_indices, is_binary, read_rows, trained_classes
 from .evaluate import cached_prior, is_point_estimate
-from .loaded import EVAL_BINARIZE_SEED, Run, check_shape
+from .loaded import EVAL_BINARIZE_SEED, Run, check_shape, trained_rows
 from .posterior import anomaly_scores, embed, posterior_samples, reconstruct
 
 SPLITS = ("train", "val", "test")
@@ -47,15 +47,23 @@ def open_rows(run: Run, data_file: str | Path | None = None, labels_file: str | 
               split: str | None = None) -> Rows:  # fmt: skip
     """The rows of a file (``.npy`` read through a memory map; ``.pt`` loaded whole) or of one of
     the run's splits (``"train"``, ``"val"``, ``"test"``; validation and test binarized as in
-    training). Exactly one of ``data_file`` and ``split`` must be given."""
+    training; of a conditional run trained on some classes, their images only, as evaluation
+    takes them: see :func:`~pyrovae.loaded.trained_rows`). Exactly one of ``data_file`` and
+    ``split`` must be given."""
     if (data_file is None) == (split is None):
         raise ConfigError("give either a data file (data_file) or one of the run's splits (split: test, say)",
                           "data_file")  # fmt: skip
     if split is not None:
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}", "split")
-        part = getattr(run.data, split)
-        return Rows(part.x, part.y, f"the run's {split} split")
+        part, name = getattr(run.data, split), f"the run's {split} split"
+        trained = trained_rows(run, part.y if run.model.num_classes else None)
+        if trained is not None and len(trained[0]) < len(part):
+            seen, classes = trained
+            name += (f" (its {len(seen)} images of the classes the run was trained on, {classes}, of "
+                     f"{len(part)}: a conditional model learned no others)")  # fmt: skip
+            part = part.subset(seen)
+        return Rows(part.x, part.y, name)
     path = Path(data_file)
     x, y = read_rows(path, labels_file, mmap=True)  # .npy rows stay on disk until scored
     if x.ndim < 2 or x.shape[0] == 0:

@@ -306,3 +306,25 @@ def test_labels_of_classes_not_trained_on_are_refused(
     with pytest.raises(DataError, match=f"label {label} is not a class") as e:
         score(run, rows, k=2, progress=False)
     assert "Trace" not in str(e.value)
+
+
+def test_a_conditional_run_of_some_classes_is_scored_embedded_and_inspected_on_them(
+    cond_dir, tmp_path, capsys
+):
+    """Its model learned p(x | y) of classes 0 and 1 only: the test split is taken as evaluation
+    takes it, the images of those classes, and the output says so (an unconditional run keeps
+    every class: see test_held_out_class_scores_higher)."""
+    test_y = load_run(cond_dir).data.test.y
+    n = int((test_y < 2).sum())
+    assert 0 < n < len(test_y)
+    said = f"its {n} images of the classes the run was trained on, [0, 1], of {len(test_y)}"
+    assert main(["score", str(cond_dir), "--split", "test", "--k", "2", "-o", str(tmp_path / "s.csv"),
+                 "--quiet"]) == 0  # fmt: skip
+    assert f"scored {n} rows" in (out := capsys.readouterr().out) and said in out
+    assert [int(r["label"]) for r in _read_csv(tmp_path / "s.csv")] == test_y[test_y < 2].tolist()
+    assert main(["embed", str(cond_dir), "--split", "test", "-o", str(tmp_path / "z.npy"), "--quiet"]) == 0
+    assert said in capsys.readouterr().out and np.load(tmp_path / "z.npy").shape == (n, 2)
+    assert main(["inspect", str(cond_dir), "--k", "2"]) == 0
+    index = (cond_dir / "figures" / "index.md").read_text()
+    assert "Test images: those of the classes the run was trained on, [0, 1]" in index
+    assert f"Average KL(q||p) per latent dimension over the first {n} test images" in index
