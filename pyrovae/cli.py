@@ -86,6 +86,7 @@ def _speaks() -> bool:
 
 def _score_or_embed(args: argparse.Namespace) -> int:
     from . import score as S
+    from .evaluate import is_point_estimate
     from .loaded import load_run
 
     if args.command == "score":
@@ -113,9 +114,8 @@ def _score_or_embed(args: argparse.Namespace) -> int:
     res = S.score(run, rows, args.output, args.k, args.batch_size, args.seed, threshold, not args.quiet)
     means = ", ".join(f"{name} {res['mean_' + name]:.2f}" for name in S.score_names(run))
     flagged = f"; flagged {res['flagged']:.1%} as anomalous" if threshold else ""
-    print(
-        f"scored {res['n']} rows of {rows.name} (K={args.k}); means: {means}{note}{flagged}; wrote {args.output}"
-    )
+    k = "" if is_point_estimate(run.model) else f" (K={args.k})"  # an autoencoder samples nothing
+    print(f"scored {res['n']} rows of {rows.name}{k}; means: {means}{note}{flagged}; wrote {args.output}")
     return 0
 
 

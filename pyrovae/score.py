@@ -179,7 +179,7 @@ def score(run: Run, rows: Rows, output: str | Path | None = None, k: int = 100, 
     ]
     sums, flagged, kept = dict.fromkeys(names, 0.0), 0, []
     pyro.set_rng_seed(seed)
-    bar = _bar(progress, len(rows), f"scoring, K={k}")
+    bar = _bar(progress, len(rows), "scoring" if is_point_estimate(run.model) else f"scoring, K={k}")
     with _writer(output) as write, cached_prior(run.model):
         write(header)
         for start, x, y in batches(run, rows, batch_size):

@@ -89,15 +89,18 @@ def test_scores_are_evaluates_per_datum_numbers(run_dir, tmp_path):
         assert torch.allclose(got, torch.cat(expected), rtol=1e-6, atol=1e-5), column
 
 
-def test_autoencoder_reports_what_it_has(files, tmp_path):
+def test_autoencoder_reports_what_it_has(files, tmp_path, capsys):
     """A point-mass guide has no ELBO and no log p(x): its columns are -log p(x|z*) and
-    -log p(x, z*), whose difference is -log p(z*), here N(0, I) in closed form."""
+    -log p(x, z*), whose difference is -log p(z*), here N(0, I) in closed form; nothing is
+    importance-sampled, so no K is reported."""
     run = _train(files, tmp_path / "ae", guide="delta")
     out = tmp_path / "ae.csv"
     assert (
         main(["score", str(tmp_path / "ae"), "--data-file", str(files / "x.npy"), "-o", str(out), "--quiet"])
         == 0
     )
+    said = capsys.readouterr().out
+    assert said.startswith(f"scored 150 rows of {files / 'x.npy'}; means: neg_recon ") and "K=" not in said
     rows = _read_csv(out)
     assert list(rows[0]) == ["index", "neg_recon", "neg_log_joint", "recon_error"]
     x = torch.from_numpy(np.load(files / "x.npy")).float().div(255).unsqueeze(1)
@@ -320,7 +323,7 @@ def test_a_conditional_run_of_some_classes_is_scored_embedded_and_inspected_on_t
     said = f"its {n} images of the classes the run was trained on, [0, 1], of {len(test_y)}"
     assert main(["score", str(cond_dir), "--split", "test", "--k", "2", "-o", str(tmp_path / "s.csv"),
                  "--quiet"]) == 0  # fmt: skip
-    assert f"scored {n} rows" in (out := capsys.readouterr().out) and said in out
+    assert f"scored {n} rows" in (out := capsys.readouterr().out) and said in out and "(K=2)" in out
     assert [int(r["label"]) for r in _read_csv(tmp_path / "s.csv")] == test_y[test_y < 2].tolist()
     assert main(["embed", str(cond_dir), "--split", "test", "-o", str(tmp_path / "z.npy"), "--quiet"]) == 0
     assert said in capsys.readouterr().out and np.load(tmp_path / "z.npy").shape == (n, 2)
