@@ -33,14 +33,20 @@ SPLITS = ("train", "val", "test")
 @dataclass
 class Rows:
     """Data to score or embed: ``x`` indexable by row (a tensor, or a memory-mapped array whose
-    rows are converted batch by batch), labels ``y`` or ``None``, and what it is."""
+    rows are converted batch by batch), labels ``y`` or ``None``, what it is, and, for rows taken
+    out of a larger set, their positions there (``origin``), which the output's ``index`` gives."""
 
     x: Tensor | np.ndarray
     y: Tensor | None
     name: str
+    origin: Tensor | None = None
 
     def __len__(self) -> int:
         return self.x.shape[0]
+
+    def index(self, start: int, stop: int) -> list[int]:
+        """The ``index`` column of rows ``start:stop``."""
+        return list(range(start, stop)) if self.origin is None else self.origin[start:stop].tolist()
 
 
 def open_rows(run: Run, data_file: str | Path | None = None, labels_file: str | Path | None = None,
@@ -62,7 +68,7 @@ def open_rows(run: Run, data_file: str | Path | None = None, labels_file: str | 
             seen, classes = trained
             name += (f" (its {len(seen)} images of the classes the run was trained on, {classes}, of "
                      f"{len(part)}: a conditional model learned no others)")  # fmt: skip
-            part = part.subset(seen)
+            return Rows(part.x[seen], part.y[seen], name, seen.cpu())
         return Rows(part.x, part.y, name)
     path = Path(data_file)
     x, y = read_rows(path, labels_file, mmap=True)  # .npy rows stay on disk until scored
@@ -186,7 +192,7 @@ def score(run: Run, rows: Rows, output: str | Path | None = None, k: int = 100, 
             s = score_batch(run, x, y, k)
             for name in names:
                 sums[name] += s[name].sum().item()
-            columns = [range(start, start + len(x)), *([y.tolist()] if y is not None else [])]
+            columns = [rows.index(start, start + len(x)), *([y.tolist()] if y is not None else [])]
             columns += [s[name].tolist() for name in names]
             if threshold is not None:
                 above = s[threshold[0]] > threshold[1]
@@ -256,10 +262,11 @@ def embed_rows(run: Run, rows: Rows, output: str | Path, samples: int | None = N
             if array is not None:
                 array[start : start + len(x)] = z.numpy()
             else:
+                index = rows.index(start, start + len(x))
                 for i, zi in enumerate(z.reshape(len(x), -1, vae.z_dim).tolist()):
                     label = [int(y[i])] if labelled else []
                     for s, row in enumerate(zi):
-                        write([start + i, *label, *([s] if samples else []), *(f"{v:.9g}" for v in row)])
+                        write([index[i], *label, *([s] if samples else []), *(f"{v:.9g}" for v in row)])
             bar.update(len(x))
         if array is not None:
             array.flush()

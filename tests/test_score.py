@@ -324,7 +324,12 @@ def test_a_conditional_run_of_some_classes_is_scored_embedded_and_inspected_on_t
     assert main(["score", str(cond_dir), "--split", "test", "--k", "2", "-o", str(tmp_path / "s.csv"),
                  "--quiet"]) == 0  # fmt: skip
     assert f"scored {n} rows" in (out := capsys.readouterr().out) and said in out and "(K=2)" in out
-    assert [int(r["label"]) for r in _read_csv(tmp_path / "s.csv")] == test_y[test_y < 2].tolist()
+    rows = _read_csv(tmp_path / "s.csv")
+    assert [int(r["label"]) for r in rows] == test_y[test_y < 2].tolist()
+    # index: each image's position in the test split, so it can be found there
+    assert [int(r["index"]) for r in rows] == (test_y < 2).nonzero().squeeze(1).tolist()
+    assert main(["embed", str(cond_dir), "--split", "test", "-o", str(tmp_path / "z.csv"), "--quiet"]) == 0
+    assert [int(r["index"]) for r in _read_csv(tmp_path / "z.csv")] == [int(r["index"]) for r in rows]
     assert main(["embed", str(cond_dir), "--split", "test", "-o", str(tmp_path / "z.npy"), "--quiet"]) == 0
     assert said in capsys.readouterr().out and np.load(tmp_path / "z.npy").shape == (n, 2)
     assert main(["inspect", str(cond_dir), "--k", "2"]) == 0
