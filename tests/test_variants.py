@@ -59,6 +59,26 @@ def test_flags_and_model_name_agree():
     assert Config(model="semisupervised", labeled=10).validate().semi_supervised
 
 
+def test_a_variant_without_owner_is_still_named_where_its_option_belongs(tmp_path, monkeypatch, capsys):
+    """``owner`` is optional: the plain model's refusal of a user variant's option names the
+    variant instead of ending blank ("components applies to ")."""
+    from pyrovae.cli import main
+    from pyrovae.variants import Variant
+
+    class Mine2(Variant):
+        name = "mine2"
+        options = ("components",)
+
+    monkeypatch.setitem(MODELS, "mine2", Mine2)
+    with pytest.raises(ConfigError) as e:
+        Config(components=5).validate()
+    assert str(e.value) == "components applies to model mine2: use model mine2"
+    assert main(["train", "--components", "5", "--quiet", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after a note that no prior reads it
+    assert err.startswith("error: --components applies to model mine2: use") and err.endswith("mine2"), err
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_registered_variant_trains_evaluates_and_inspects_through_its_hooks(tmp_path, custom, tiny_data_file,
                                                                             tiny_config):  # fmt: skip
     data = tiny_data_file(tmp_path)

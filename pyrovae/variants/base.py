@@ -114,7 +114,9 @@ class Variant:
     name: ClassVar[str] = "vae"
     #: Config fields only this variant uses, refused (at a non-default value) by the others
     options: ClassVar[tuple[str, ...]] = ()
-    #: how the others say where an option of this variant belongs
+    #: how the others say where an option of this variant belongs, ending the sentence
+    #: "<option> applies to ..." (``"a conditional run: add conditional"``); without one, the
+    #: variant's name (``"model mine: use model mine"``)
     owner: ClassVar[str] = ""
     training_cls: ClassVar[type[Training]] = Training
     #: whether the model draws data from its prior alone (inspection then shows prior samples,
@@ -134,7 +136,8 @@ class Variant:
                 if getattr(cfg, name) == getattr(defaults, name):
                     continue
                 if cls.name == "vae":
-                    _refuse(f"{name} applies to {other.owner}", name)
+                    owner = other.owner or f"model {other.name}: use model {other.name}"
+                    _refuse(f"{name} applies to {owner}", name)
                 _refuse(f"{name} belongs to model {other.name}, not to model {cls.name}: drop it", name)
 
     @classmethod
