@@ -142,6 +142,8 @@ class Variant:
 
     @classmethod
     def build(cls, cfg: Config, x_shape: tuple[int, ...], num_classes: int = 0) -> nn.Module:
+        """The model of ``cfg`` for data of shape ``x_shape`` and ``num_classes`` labels (0: none);
+        by default a :class:`~pyrovae.models.VAE` of :func:`~pyrovae.build.vae_parts`."""
         from ..build import vae_parts
         from ..models import VAE
 
