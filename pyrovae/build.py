@@ -63,7 +63,8 @@ def unused_options(cfg: Config, given) -> list[tuple[str, str]]:
 
 def build_model(cfg: Config, x_shape: tuple[int, ...], num_classes: int = 0):
     """The model a config describes, for data of shape ``x_shape``: the variant
-    ``cfg.model`` names builds it (see :data:`~pyrovae.variants.MODELS`)."""
+    ``cfg.model`` names builds it (see :data:`~pyrovae.variants.MODELS`); the VAE's components
+    from the options :func:`vae_parts` lists."""
     from .variants import MODELS
 
     try:

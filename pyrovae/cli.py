@@ -181,7 +181,8 @@ def _message(e: Exception) -> str:
     """A library error in the command line's terms: the option it names becomes its flag, and so
     does every other option written with an underscore (``semi_supervised``), except in errors
     about a search space, whose TOML keys are the field names; one-word options (``prior``) are
-    left where they are, since the same words name things."""
+    left where they are, since the same words name things, except in a suggestion of a value
+    ("use elbo trace" becomes "use --elbo trace")."""
     text, option = str(e), getattr(e, "option", None)
     if option and not text.startswith("--"):
         text = re.sub(rf"(?<![\w-]){re.escape(option)}\b", "--" + flag(option), text, count=1)
@@ -189,6 +190,10 @@ def _message(e: Exception) -> str:
         return text  # a search space names options as its TOML keys do: z_dim
     for name in getattr(e, "options", []):  # a list of options, each named (resume's contradictions)
         text = re.sub(rf"(?<![\w-]){re.escape(name)}(?=: )", "--" + flag(name), text)
+    words = {f.name for f in dataclasses.fields(Config) if "_" not in f.name}
+    text = re.sub(
+        r"(?<![\w-])(use|set) ([a-z]+)(?= \w)", lambda m: f"{m[1]} --{m[2]}" if m[2] in words else m[0], text
+    )
     fields = {f.name for f in dataclasses.fields(Config) if "_" in f.name}
     return re.sub(
         r"(?<![\w-])([a-z]+(?:_[a-z]+)+)\b", lambda m: "--" + flag(m[1]) if m[1] in fields else m[1], text

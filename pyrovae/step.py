@@ -8,12 +8,14 @@ captured one.
 from __future__ import annotations
 
 import math
+import re
 
 import pyro
 import torch
 from pyro.infer.util import is_validation_enabled
 from torch import Tensor, nn
 
+from .data import DataError
 from .errors import ConfigError
 
 
@@ -96,6 +98,8 @@ def svi_step(
     try:
         loss = loss_fn(x, y, beta)
     except ValueError as e:
+        if "Expected value argument" in str(e):  # a datum the likelihood cannot score: no NaN to retry
+            raise _outside_support(str(e), loss_fn) from None
         if "invalid values" not in str(e):  # Pyro's validation caught NaN distribution parameters
             raise
         return math.nan, math.nan
@@ -109,6 +113,27 @@ def svi_step(
             found_inf.zero_()
         opt.step()
     return loss_v, norm_v
+
+
+def _outside_support(message: str, loss_fn) -> DataError:
+    """Pyro's refusal of a value outside a distribution's support, in the user's terms: data the
+    likelihood cannot score (grey images for a Bernoulli written without ``needs_binary``)."""
+    from .likelihoods import LIKELIHOODS
+
+    lik = getattr(getattr(getattr(loss_fn, "module", loss_fn), "vae", None), "likelihood", None)
+    lik = getattr(lik, "inner", lik)  # a masked likelihood: name the one it wraps
+    name = next((k for k, v in LIKELIHOODS.items() if v is type(lik)), type(lik).__name__)
+    found = re.search(
+        r"at site '([^']*)'.*?within the support \((.*?)\) of the distribution (\w+)", message, re.S
+    )
+    site, support, family = found.groups() if found else ("x", "?", "?")
+    return DataError(
+        f"the data at site '{site}' has values outside the support {support} of the likelihood {name} "
+        f"({family}): set binarize dynamic to binarize grey images, or declare what the likelihood "
+        'accepts (needs_binary = True, support = "binary" for a Bernoulli; see docs/python-api.md) '
+        "so that such data is binarized or refused before training",
+        "binarize",
+    )
 
 
 STEPS = ("auto", "eager", "graphed", "compiled")

@@ -111,6 +111,39 @@ def test_bad_options_are_refused(tmp_path, capsys, extra, message, tiny_data_fil
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
+@pytest.mark.parametrize(
+    "options, field_advice, flag_advice",
+    [
+        (
+            dict(model="hierarchical", free_bits=0.1, elbo="meanfield"),
+            "; use elbo trace",
+            "; use --elbo trace",
+        ),
+        (dict(semi_supervised=True, labeled=20, elbo="meanfield"), "; use elbo trace", "; use --elbo trace"),
+        (
+            dict(semi_supervised=True, labeled=20, prior="vamp"),
+            "; use prior normal,",
+            "; use --prior normal,",
+        ),
+    ],
+)
+def test_a_suggested_value_names_the_field_in_python_and_the_flag_on_the_command_line(
+    tmp_path, capsys, options, field_advice, flag_advice
+):
+    from pyrovae import Config, ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        Config(**options).validate()
+    assert field_advice in str(e.value) and "--" not in str(e.value)
+    argv = ["train", "--out", str(tmp_path / "r"), "--quiet"]
+    for name, value in options.items():
+        argv += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and flag_advice in err, err
+    assert not (tmp_path / "r").exists()
+
+
 def test_missing_mnist_names_files_and_ways_to_point_at_them(tmp_path, capsys):
     code = main(["train", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"), "--quiet"])
     err = capsys.readouterr().err

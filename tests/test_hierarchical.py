@@ -183,7 +183,8 @@ def test_every_command_works_on_a_two_layer_run(tmp_path, tiny_data_file):
 def test_options_it_cannot_use_are_refused(tmp_path, capsys, tiny_data_file):
     data = tiny_data_file(tmp_path)
     for extra, message in [(["--conditional"], "--conditional belongs to model conditional"), (["--guide", "iaf"], "drop --guide iaf"),
-                           (["--prior", "vamp"], "drop --prior vamp")]:  # fmt: skip
+                           (["--prior", "vamp"], "drop --prior vamp"),
+                           (["--tc-beta", "6"], "model hierarchical cannot use --tc-beta: β-TCVAE")]:  # fmt: skip
         code = main(["train", "--model", "hierarchical", "--dataset", "file", "--data-file", str(data),
                      "--out", str(tmp_path / "r"), "--quiet", *extra])  # fmt: skip
         assert code == 2 and message in capsys.readouterr().err

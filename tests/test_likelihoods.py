@@ -2,11 +2,14 @@
 normalized at any logit in float32, has the right mean, and its output bias starts at the data mean."""
 
 import json
+import math
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
+from pyro.nn import PyroModule
 
 from pyrovae.cli import main
 from pyrovae.distributions import ContinuousBernoulli
@@ -171,23 +174,23 @@ def test_conv_decoder_with_a_continuous_bernoulli_starts_at_the_mean_and_trains(
     assert run.results["log_likelihood"] >= run.results["elbo"]
 
 
+class PlainBernoulli(PyroModule):
+    """The protocol's minimum: no support, needs_binary or bias_from_mean."""
+
+    def __init__(self, x_shape):
+        super().__init__()
+        self.x_shape = tuple(x_shape)
+
+    def forward(self, out):
+        return dist.Bernoulli(logits=out).to_event(len(self.x_shape))
+
+
 def test_a_likelihood_without_bias_from_mean_trains_with_the_default_init_bias(tmp_path, tiny_data_file,
                                                                               tiny_config, monkeypatch):  # fmt: skip
     """bias_from_mean, support and needs_binary are optional in the protocol (docs/python-api.md):
     without them the decoder keeps its own initialization instead of the run failing with an
     AttributeError."""
-    import pyro.distributions as dist
-    from pyro.nn import PyroModule
-
     from pyrovae import train
-
-    class PlainBernoulli(PyroModule):  # the protocol's minimum: no support, needs_binary or bias_from_mean
-        def __init__(self, x_shape):
-            super().__init__()
-            self.x_shape = tuple(x_shape)
-
-        def forward(self, out):
-            return dist.Bernoulli(logits=out).to_event(len(self.x_shape))
 
     monkeypatch.setitem(LIKELIHOODS, "plainbern", PlainBernoulli)
     cfg = tiny_config(tiny_data_file(tmp_path), likelihood="plainbern", epochs=2, binarize="dynamic")
@@ -199,3 +202,28 @@ def test_a_likelihood_without_bias_from_mean_trains_with_the_default_init_bias(t
                 progress=False, evaluate=False)  # fmt: skip
     for a, b in zip(run.model.parameters(), ref.model.parameters(), strict=True):
         torch.testing.assert_close(a, b)  # the same Bernoulli, the decoder's bias left as initialized
+
+
+def test_grey_data_for_a_likelihood_without_needs_binary_is_named_not_called_a_nan(tmp_path, tiny_data_file,
+                                                                                  capsys, monkeypatch):  # fmt: skip
+    """Pyro's validation refuses grey targets for a Bernoulli written without ``needs_binary``: the
+    run says so, naming the likelihood and the remedies, where it used to report a NaN loss and
+    advise a lower learning rate. NaN parameters still count as a non-finite loss."""
+    from pyrovae.step import svi_step
+
+    monkeypatch.setitem(LIKELIHOODS, "plainbern", PlainBernoulli)
+    data = tiny_data_file(tmp_path, binary=False)
+    args = ["train", "--dataset", "file", "--data-file", str(data), "--likelihood", "plainbern", "--z-dim", "2",
+            "--hidden", "8", "--batch-size", "16", "--val-size", "10", "--epochs", "1", "--quiet"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert "likelihood plainbern" in err and "--binarize dynamic" in err and "needs_binary" in err, err
+    assert "non-finite" not in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+    assert main([*args, "--binarize", "dynamic", "--out", str(tmp_path / "ok")]) == 0, capsys.readouterr().err
+
+    def nan_parameters(*_):
+        return dist.Bernoulli(logits=torch.tensor([float("nan")]), validate_args=True)
+
+    assert math.isnan(svi_step(nan_parameters, None, [], None)[0])

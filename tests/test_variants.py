@@ -59,6 +59,51 @@ def test_flags_and_model_name_agree():
     assert Config(model="semisupervised", labeled=10).validate().semi_supervised
 
 
+def test_a_variant_without_owner_is_still_named_where_its_option_belongs(tmp_path, monkeypatch, capsys):
+    """``owner`` is optional: the plain model's refusal of a user variant's option names the
+    variant instead of ending blank ("components applies to ")."""
+    from pyrovae.cli import main
+    from pyrovae.variants import Variant
+
+    class Mine2(Variant):
+        name = "mine2"
+        options = ("components",)
+
+    monkeypatch.setitem(MODELS, "mine2", Mine2)
+    with pytest.raises(ConfigError) as e:
+        Config(components=5).validate()
+    assert str(e.value) == "components applies to model mine2: use model mine2"
+    assert main(["train", "--components", "5", "--quiet", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after a note that no prior reads it
+    assert err.startswith("error: --components applies to model mine2: use") and err.endswith("mine2"), err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("extra, refused", [(["--prior", "vamp"], "--prior vamp"), (["--guide", "iaf"], "--guide iaf"),
+                                            (["--net", "conv"], "--net conv"), (["--dropout", "0.3"], "--dropout 0.3")])  # fmt: skip
+def test_a_variant_with_its_own_parts_refuses_the_shared_ones_it_does_not_read(tmp_path, monkeypatch, capsys,
+                                                                              tiny_data_file, extra, refused):  # fmt: skip
+    """A variant whose build makes its own program (docs/adding-a-model.md) names the shared parts
+    it reads; the others are refused, where they used to be ignored without a word."""
+    from pyrovae.cli import main
+    from pyrovae.variants import Variant
+
+    class Mine(Variant):
+        name = "mine"
+        parts = ("likelihood",)
+
+    monkeypatch.setitem(MODELS, "mine", Mine)
+    data = tiny_data_file(tmp_path)
+    argv = ["train", "--model", "mine", "--dataset", "file", "--data-file", str(data), "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "r"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: model mine builds its own parts, which take no {refused}: drop it", err
+    assert not (tmp_path / "r").exists()
+    Config(model="mine", likelihood="normal").validate()  # a part it reads
+    monkeypatch.setattr(Mine, "parts", None)  # the default: every part read, as vae_parts does
+    Config(model="mine", prior="vamp", dropout=0.3).validate()
+
+
 def test_a_registered_variant_trains_evaluates_and_inspects_through_its_hooks(tmp_path, custom, tiny_data_file,
                                                                             tiny_config):  # fmt: skip
     data = tiny_data_file(tmp_path)

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..data import Dataset, Split
 
+#: The config's choices of the shared parts :func:`~pyrovae.build.vae_parts` builds, which a
+#: variant's :attr:`Variant.parts` may leave unread.
+SHARED_PARTS = ("prior", "guide", "likelihood", "net", "dropout")
+
 #: An inspection figure: ``(file name, title, explanation)``.
 Figure = tuple[str, str, str]
 
@@ -114,8 +118,14 @@ class Variant:
     name: ClassVar[str] = "vae"
     #: Config fields only this variant uses, refused (at a non-default value) by the others
     options: ClassVar[tuple[str, ...]] = ()
-    #: how the others say where an option of this variant belongs
+    #: how the others say where an option of this variant belongs, ending the sentence
+    #: "<option> applies to ..." (``"a conditional run: add conditional"``); without one, the
+    #: variant's name (``"model mine: use model mine"``)
     owner: ClassVar[str] = ""
+    #: the shared parts (of :data:`SHARED_PARTS`) :meth:`build` reads from the config; ``None``:
+    #: all, as :func:`~pyrovae.build.vae_parts` does. A variant that builds its own names those it
+    #: reads (``()``: none), and :meth:`check` refuses the others instead of ignoring them
+    parts: ClassVar[tuple[str, ...] | None] = None
     training_cls: ClassVar[type[Training]] = Training
     #: whether the model draws data from its prior alone (inspection then shows prior samples,
     #: interpolations and traversals); a model that completes given data does not
@@ -134,11 +144,18 @@ class Variant:
                 if getattr(cfg, name) == getattr(defaults, name):
                     continue
                 if cls.name == "vae":
-                    _refuse(f"{name} applies to {other.owner}", name)
+                    owner = other.owner or f"model {other.name}: use model {other.name}"
+                    _refuse(f"{name} applies to {owner}", name)
                 _refuse(f"{name} belongs to model {other.name}, not to model {cls.name}: drop it", name)
+        for name in SHARED_PARTS if cls.parts is not None else ():
+            value = getattr(cfg, name)
+            if name not in cls.parts and value != getattr(defaults, name):
+                _refuse(f"model {cls.name} builds its own parts, which take no {name} {value}: drop it", name)
 
     @classmethod
     def build(cls, cfg: Config, x_shape: tuple[int, ...], num_classes: int = 0) -> nn.Module:
+        """The model of ``cfg`` for data of shape ``x_shape`` and ``num_classes`` labels (0: none);
+        by default a :class:`~pyrovae.models.VAE` of :func:`~pyrovae.build.vae_parts`."""
         from ..build import vae_parts
         from ..models import VAE
 

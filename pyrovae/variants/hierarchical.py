@@ -171,6 +171,10 @@ class Hierarchical(Variant):
                         f"{option} {getattr(cfg, option)}", option)  # fmt: skip
         if cfg.dropout:
             _refuse("model hierarchical has no dropout; drop dropout", "dropout")
+        if cfg.tc_beta is not None:
+            _refuse("model hierarchical cannot use tc_beta: β-TCVAE estimates q(z) from q(z|x_j) of each datum "
+                    "(Chen et al. 2018), while z2's posterior is q(z2|z1) at a sampled z1; drop tc_beta",
+                    "tc_beta")  # fmt: skip
         if cfg.free_bits is not None and cfg.elbo == "meanfield":
             _refuse("model hierarchical: free_bits with the meanfield ELBO would take z1's KL analytically, "
                     "which is not its ELBO term; use elbo trace", "free_bits")  # fmt: skip
