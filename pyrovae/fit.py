@@ -219,7 +219,7 @@ def _loop_and_steps(vae: VAE, training, data: Dataset, cfg: Config, ctx, meta: d
     why = training.uncapturable if kind != "eager" else None
     kind = "eager" if why else kind
     if kind != "eager":
-        training.coefficients_on(ctx.device)
+        training.coefficients_on(ctx.device, params[0].dtype)
     groups = decay_groups(vae, cfg.weight_decay) if cfg.weight_decay else params
     opt = (make_optimizer if kind == "eager" else fused_adam)(groups, cfg.lr, cfg.weight_decay)
     meta = {"config": cfg.to_json(), "x_shape": list(data.x_shape), "num_classes": data.num_classes,
