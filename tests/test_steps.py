@@ -118,6 +118,21 @@ def test_a_float64_models_graphed_step_is_its_eager_step_bit_for_bit(tmp_path, t
     assert losses["graphed"] == pytest.approx(losses["eager"], rel=1e-12, abs=0)
 
 
+def test_the_hierarchical_models_meanfield_elbo_is_captured_and_trains_as_its_eager_step(
+    tmp_path, tiny_data_file, tiny_config, capsys
+):
+    """LayerwiseMeanField_ELBO read its loss with ``.item()``, which a captured step cannot hold:
+    capture failed and the run fell back to the eager step (a host read per step on CUDA)."""
+    data = tiny_data_file(tmp_path)
+    for kind in ("eager", "graphed"):
+        train(tiny_config(data, epochs=2, step=kind, model="hierarchical", elbo="meanfield"), tmp_path / kind,
+              progress=False, evaluate=False)  # fmt: skip
+    assert "could not be captured" not in capsys.readouterr().out
+    pa, pb = (checkpoint.load(tmp_path / k / "checkpoint.pt")["model"] for k in ("eager", "graphed"))
+    assert all(torch.equal(pa[name], pb[name]) for name in pa)
+    _same_runs(tmp_path / "eager", tmp_path / "graphed")
+
+
 def _eager_graphed_step():
     """``step graphed`` run eagerly (``graph=False``), so Python in the model runs at every step."""
     real = SyncFreeSteps.__init__
