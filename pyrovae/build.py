@@ -121,8 +121,8 @@ def _net_options(cfg: Config, *nets) -> dict:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` takes CUDA when present; asking for CUDA without it is an error. Any case is
-    accepted (``CPU``), as for every choice on the command line."""
+    """``auto`` takes CUDA when present; asking for CUDA without it is an error; ``cpu:N`` is the
+    CPU. Any case is accepted (``CPU``), as for every choice on the command line."""
     name = name.strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -141,6 +141,8 @@ def resolve_device(name: str) -> torch.device:
             )
     elif device.type != "cpu":
         raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N", "device")
+    else:
+        device = torch.device("cpu")  # cpu:N is the one CPU device; torch.load cannot map onto "cpu:0"
     return device
 
 

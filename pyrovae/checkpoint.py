@@ -7,6 +7,7 @@ disk, then renamed over the target, so a crash at any moment leaves the old or t
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -129,6 +130,15 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
                 f"{path} holds pickled Python objects, which pyrovae refuses to load (they could run "
                 "code). Only load checkpoints written by pyrovae, or re-save the weights as tensors."
             ) from None
+        # unreadable (permissions, a folder), not damaged; EINVAL is a truncated file's seek past its end
+        if isinstance(e, OSError) and e.errno != errno.EINVAL:
+            raise
+        if "data location" in msg or "deserialize object on" in msg:  # read, but not placed on the device
+            raise CheckpointError(
+                f"{path} could not be loaded onto device {map_location} ({load_error_cause(msg)}); "
+                "choose another device"
+            ) from None
+        # a damaged file fails in many ways: in the zip reader, unpickling, decoding, at its end
         raise CheckpointError(
             f"{path} could not be read: it is truncated or corrupted, or not a checkpoint "
             f"({load_error_cause(msg)}). {_other_checkpoint(path)}"

@@ -24,7 +24,7 @@ from tqdm import tqdm  # plain: tqdm.auto warns and falls back badly in a notebo
 from . import checkpoint, distributed
 from .config import Config
 from .data import DataError, Dataset, Split, is_binary
-from .evaluate import Prepare, split_active_units, validate
+from .evaluate import Prepare, in_model_dtype, split_active_units, validate
 from .graphs import fused_adam, make_steps
 from .loop import Counters, Loop, Signals, clone_state, deterministic_algorithms
 from .models import VAE
@@ -71,7 +71,8 @@ def fit(
     on_epoch: EpochHook | None = None,
     on_step: StepHook | None = None,
 ) -> VAE:
-    """Train ``vae`` on ``data.train`` by SVI, validating on ``data.val`` at β = 1 every epoch.
+    """Train ``vae`` on ``data.train`` by SVI, validating on ``data.val`` at β = 1 every epoch. The
+    images are taken in the model's dtype (float32 MNIST for a ``.double()`` model, say).
 
     ``out`` receives ``config.json`` (``options``: so :func:`~pyrovae.loaded.load_run` opens the
     run, where ``vae`` is the model they describe), ``metrics.csv``, ``checkpoint.pt`` (every epoch
@@ -105,6 +106,7 @@ def fit(
     refuse_resume_and_overwrite(resume, overwrite)
 
     _check_binary_validation(vae, data)
+    data = _in_model_dtype(vae, data)
     ctx = distributed.init(resolve_device(cfg.device))
     progress = progress and ctx.main
 
@@ -219,7 +221,7 @@ def _loop_and_steps(vae: VAE, training, data: Dataset, cfg: Config, ctx, meta: d
     why = training.uncapturable if kind != "eager" else None
     kind = "eager" if why else kind
     if kind != "eager":
-        training.coefficients_on(ctx.device)
+        training.coefficients_on(ctx.device, params[0].dtype)
     groups = decay_groups(vae, cfg.weight_decay) if cfg.weight_decay else params
     opt = (make_optimizer if kind == "eager" else fused_adam)(groups, cfg.lr, cfg.weight_decay)
     meta = {"config": cfg.to_json(), "x_shape": list(data.x_shape), "num_classes": data.num_classes,
@@ -375,6 +377,15 @@ def _describe(failed: tuple, epoch: int) -> str:
         what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
         return f"non-finite {what} at epoch {epoch + 1}, step {last + 1}"
     return f"a non-finite loss or gradient at epoch {epoch + 1}, within steps {first + 1}-{last + 1}"
+
+
+def _in_model_dtype(vae: VAE, data: Dataset) -> Dataset:
+    """``data`` with its images in the model's dtype, as :func:`~pyrovae.evaluate.evaluate` takes
+    them: MNIST is float32 whatever the model's, and a float64 model fails in its first layer on it."""
+    splits = {name: getattr(data, name) for name in ("train", "val", "test")}
+    return dataclasses.replace(
+        data, **{n: dataclasses.replace(s, x=in_model_dtype(vae, s.x)) for n, s in splits.items()}
+    )
 
 
 def _check_binary_validation(vae: VAE, data: Dataset) -> None:

@@ -292,7 +292,8 @@ class SyncFreeSteps(EagerSteps):
         super().__init__(loss_fn, opt, params, clip_norm)
         device = params[0].device
         self.graph, self.compile = graph, compile and device.type != "cuda"
-        self.beta, self._beta = torch.zeros((), device=device), 0.0
+        # in the parameters' dtype: a float32 β would round a float64 model's, which the eager step does not
+        self.beta, self._beta = torch.zeros((), device=device, dtype=params[0].dtype), 0.0
         every = f"the loss read every {self.every} steps"
         if not graph:
             self.description = f"synchronisation-free (the graphed step run eagerly; {every})"

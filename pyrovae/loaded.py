@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,23 +105,31 @@ class Run:
     @property
     def data(self) -> Dataset:
         """The run's data set, loaded on first use (validation/test binarized as in training), on
-        the model's device, so ``run.model`` takes ``run.data``'s tensors as they are."""
+        the model's device and in its dtype, so ``run.model`` takes ``run.data``'s tensors as they are."""
         if self._data is None:
-            self._data = load_data(self.config, self.model.x_shape)
-        d, device = self._data, self.device
-        if any(s.x.device != device for s in (d.train, d.val, d.test)):  # a copy: data given to train stays
-            self._data = dataclasses.replace(d, train=d.train.to(device), val=d.val.to(device),
-                                             test=d.test.to(device))  # fmt: skip
+            with default_dtype(self.dtype):  # as train loaded it: binarizing float64 draws other pixels
+                self._data = load_data(self.config, self.model.x_shape)
+        d, device, dtype = self._data, self.device, self.dtype
+        if any(s.x.device != device or s.x.dtype != dtype for s in (d.train, d.val, d.test)):
+            # a copy: data given to train stays; MNIST is float32 whatever the model's dtype
+            self._data = dataclasses.replace(d, train=d.train.to(device, dtype), val=d.val.to(device, dtype),
+                                             test=d.test.to(device, dtype))  # fmt: skip
         return self._data
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's floating dtype: the one its checkpoint was saved in."""
+        return next(p for p in self.model.parameters() if p.is_floating_point()).dtype
+
 
 def load_run(path: str | Path, which: str = "best", device: str | None = None, data_dir: str | None = None,
              data_file: str | None = None) -> Run:  # fmt: skip
-    """Load ``path/best.pt`` (or ``checkpoint.pt`` with ``which="last"``) into its model.
+    """Load ``path/best.pt`` (or ``checkpoint.pt`` with ``which="last"``) into its model, built in
+    the dtype the checkpoint was saved in (a run trained under a float64 default stays float64).
 
     :param device: where to put the model and, when used, the data; default the device ``train``
         would use for this run here (:func:`~pyrovae.build.run_device`): the run's own ``device``
@@ -145,7 +155,8 @@ def load_run(path: str | Path, which: str = "best", device: str | None = None, d
     shape = ckpt.get("x_shape")
     if shape is None:
         raise checkpoint.CheckpointError(f"{path / name} does not record the data shape")
-    model = build_model(cfg, tuple(shape), int(ckpt.get("num_classes", 0)))
+    with default_dtype(saved_dtype(ckpt["model"])):  # a float64 run reopens as float64, not cast silently
+        model = build_model(cfg, tuple(shape), int(ckpt.get("num_classes", 0)))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -158,6 +169,24 @@ def load_run(path: str | Path, which: str = "best", device: str | None = None, d
         ) from None
     model.to(run_device(cfg.device) if device is None else resolve_device(device)).eval()
     return Run(path, cfg, model)
+
+
+def saved_dtype(state: dict) -> torch.dtype | None:
+    """The floating dtype a model's ``state`` was saved in, where it has one (float32 or float64)."""
+    dtypes = {v.dtype for v in state.values() if torch.is_tensor(v) and v.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 and dtypes <= {torch.float32, torch.float64} else None
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype | None) -> Iterator[None]:
+    """torch's default dtype ``dtype`` inside (``None``: left as it is): a run's model and data
+    are built as ``train`` built them, in the dtype it trained in."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or before)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
 
 
 def _check_same_config(cfg: Config, ckpt: dict, path: Path, name: str) -> None:

@@ -24,7 +24,8 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """Adam (AdamW, decoupled weight decay, when ``weight_decay`` > 0), fused into one kernel per
     step where torch supports it (it updates all parameters in one pass instead of a Python loop
-    over them), with its learning rate a tensor on the parameters' device: the captured step
+    over them), with its learning rate a tensor on the parameters' device, in their dtype (float32
+    on CUDA, whose fused kernel reads it so): the captured step
     (:mod:`pyrovae.graphs`) reads it there, and the eager step takes the same optimizer, so both
     make the same updates. Without a fused kernel for the device or dtype, torch's Adam loop.
 
@@ -36,8 +37,11 @@ def make_optimizer(
     first = params[0]["params"][0] if isinstance(params[0], dict) else params[0]
     cls = cls or (torch.optim.AdamW if weight_decay else torch.optim.Adam)
     options["weight_decay"] = weight_decay
+    # the rate in the parameters' precision (a float64 model's is not rounded to float32), except
+    # where the fused CUDA kernel reads it as float32; never below float32 (a float16 rate rounds)
+    dtype = torch.float32 if first.is_cuda else torch.promote_types(first.dtype, torch.float32)
     try:
-        lr_t = torch.tensor(float(lr), device=first.device)
+        lr_t = torch.tensor(float(lr), device=first.device, dtype=dtype)
         return cls(params, lr=lr_t, fused=True, **options)
     except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
         return cls(params, lr=lr, **options)

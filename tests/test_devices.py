@@ -81,3 +81,19 @@ def test_deterministic_is_a_resumable_option_and_restores_torchs_setting(
     with deterministic_algorithms(True):
         assert torch.are_deterministic_algorithms_enabled()
     assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_cpu_n_is_the_cpu_and_a_run_trained_on_it_ends_and_reopens(tmp_path, tiny_data_file, capsys):
+    """`--device cpu:0` trained, then failed at the end loading best.pt onto "cpu:0", which
+    torch.load cannot map to, with a false message about a corrupted checkpoint."""
+    data = tiny_data_file(tmp_path, n=60)
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "file", "--data-file", str(data), "--z-dim", "2", "--hidden", "8",
+                 "--batch-size", "16", "--val-size", "6", "--epochs", "1", "--eval-k", "3", "--quiet",
+                 "--device", "cpu:0", "--out", str(run)]) == 0  # fmt: skip
+    assert (run / "eval.json").exists() and "corrupted" not in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--k", "2", "--device", "CPU:1", "--quiet"]) == 0
+    # a whole checkpoint that cannot be put on a device is not called damaged
+    with pytest.raises(checkpoint.CheckpointError, match="could not be loaded onto device cpu:0") as e:
+        checkpoint.load(run / "best.pt", map_location=torch.device("cpu:0"))
+    assert "corrupted" not in str(e.value)

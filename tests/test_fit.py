@@ -154,3 +154,19 @@ def test_fit_makes_its_folder_and_refuses_grey_validation_images_under_bernoulli
     with pytest.raises(DataError, match="validation images are grey but the likelihood is for binary data"):
         fit(build_model(cfg, tuple(data.train.x.shape[1:])), data, tmp_path / "grey", cfg, progress=False)
     assert not (tmp_path / "grey").exists()
+
+
+def test_a_float64_model_trains_on_float32_data(tmp_path, tiny_data_file, tiny_config):
+    """Data loaded as float32 (MNIST always is) is taken in the model's dtype, as evaluate takes it,
+    rather than failing in the first layer with torch's dtype mismatch."""
+    from pyrovae import build_model, fit
+    from pyrovae.loaded import load_data
+
+    cfg = tiny_config(tiny_data_file(tmp_path), epochs=1)
+    data = load_data(cfg)
+    assert data.train.x.dtype == torch.float32
+    vae = fit(build_model(cfg, data.x_shape).double(), data, tmp_path / "r", cfg, progress=False)
+    assert {p.dtype for p in vae.parameters()} == {torch.float64}
+    assert data.train.x.dtype == torch.float32  # the caller's data is left as it was
+    best = checkpoint.load(tmp_path / "r" / "best.pt")["model"]
+    assert {v.dtype for v in best.values() if v.is_floating_point()} == {torch.float64}

@@ -136,3 +136,30 @@ def test_resume_of_an_early_stopped_run_trains_no_further(tmp_path, tiny_data_fi
     before = (tmp_path / "r" / "metrics.csv").read_text()
     run = train(cfg, tmp_path / "r", resume=True, progress=False, evaluate=False)
     assert run.complete and (tmp_path / "r" / "metrics.csv").read_text() == before
+
+
+def test_a_float64_run_reopens_as_float64_and_evaluate_repeats_its_figures(
+    tmp_path, tiny_data_file, tiny_config
+):
+    """A run trained under a float64 default (grey data binarized once, which float64 draws do
+    differently) is evaluated in an ordinary float32 process: its model keeps float64, its data is
+    loaded as train loaded it, and `pyrovae evaluate` repeats the eval.json train wrote."""
+    import json
+
+    import torch
+
+    from pyrovae import load_run
+    from pyrovae.cli import main
+
+    cfg = tiny_config(tiny_data_file(tmp_path, binary=False), epochs=1, binarize="dynamic", eval_k=5)
+    torch.set_default_dtype(torch.float64)
+    try:
+        train(cfg, tmp_path / "run", progress=False)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    trained = json.loads((tmp_path / "run" / "eval.json").read_text())
+    run = load_run(tmp_path / "run")
+    assert {p.dtype for p in run.model.parameters()} == {torch.float64}
+    assert run.data.test.x.dtype == torch.float64 and torch.get_default_dtype() == torch.float32
+    assert main(["evaluate", str(tmp_path / "run"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "run" / "eval.json").read_text()) == trained

@@ -5,6 +5,7 @@ step where capture fails. tests/test_cuda.py replays the captured graph against 
 
 import contextlib
 import csv
+import dataclasses
 import subprocess
 import sys
 from unittest import mock
@@ -85,6 +86,51 @@ def test_a_scheduled_capacity_is_a_device_tensor_when_the_step_is_captured(
     capacities = [float(r["capacity"]) for r in _rows(tmp_path / "r")]
     assert seen[0].item() == pytest.approx(capacities[-1]) and 2.0 < capacities[-1] < 4.0
     assert capacities[0] < 2.0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"beta_schedule": "linear", "warmup_epochs": 1.5}, {"capacity": 4.0, "capacity_epochs": 1.5}],
+    ids=["warmup", "capacity"],
+)
+def test_a_float64_models_graphed_step_is_its_eager_step_bit_for_bit(tmp_path, tiny_data_file, tiny_config,
+                                                                     options):  # fmt: skip
+    """β and C fed to the graphed step as tensors in the model's dtype: float32 ones would round a
+    float64 model's schedule, which the eager step takes as Python floats."""
+    from pyrovae import build_model, fit
+    from pyrovae.data import Dataset
+    from pyrovae.loaded import load_data
+
+    cfg = tiny_config(tiny_data_file(tmp_path), **options)
+    data = load_data(cfg)
+    data = Dataset(*(s.to("cpu", torch.float64) for s in (data.train, data.val, data.test)), data.num_classes)
+    params = {}
+    for kind in ("eager", "graphed"):
+        torch.manual_seed(0)
+        vae = build_model(dataclasses.replace(cfg, step=kind), data.x_shape).double()
+        fit(vae, data, tmp_path / kind, dataclasses.replace(cfg, step=kind), progress=False)
+        params[kind] = checkpoint.load(tmp_path / kind / "checkpoint.pt")["model"]
+    assert all(v.dtype == torch.float64 for v in params["graphed"].values() if v.is_floating_point())
+    assert all(torch.equal(params["eager"][k], params["graphed"][k]) for k in params["eager"])
+    # C moves only the loss (its gradient is the sign of KL - C): the losses agree to float64 rounding
+    # (summed in another order); a float32 C or β puts them 1e-8 apart
+    losses = {kind: [float(r["train_loss"]) for r in _rows(tmp_path / kind)] for kind in params}
+    assert losses["graphed"] == pytest.approx(losses["eager"], rel=1e-12, abs=0)
+
+
+def test_the_hierarchical_models_meanfield_elbo_is_captured_and_trains_as_its_eager_step(
+    tmp_path, tiny_data_file, tiny_config, capsys
+):
+    """LayerwiseMeanField_ELBO read its loss with ``.item()``, which a captured step cannot hold:
+    capture failed and the run fell back to the eager step (a host read per step on CUDA)."""
+    data = tiny_data_file(tmp_path)
+    for kind in ("eager", "graphed"):
+        train(tiny_config(data, epochs=2, step=kind, model="hierarchical", elbo="meanfield"), tmp_path / kind,
+              progress=False, evaluate=False)  # fmt: skip
+    assert "could not be captured" not in capsys.readouterr().out
+    pa, pb = (checkpoint.load(tmp_path / k / "checkpoint.pt")["model"] for k in ("eager", "graphed"))
+    assert all(torch.equal(pa[name], pb[name]) for name in pa)
+    _same_runs(tmp_path / "eager", tmp_path / "graphed")
 
 
 def _eager_graphed_step():

@@ -60,6 +60,17 @@ def test_trains_as_pyro_infer_svi_does(optim, kind):
     assert all((p - s).abs().max() > 1e-3 for p, s in zip(params, start, strict=True))
 
 
+@pytest.mark.parametrize("kind", ["eager", "graphed"])
+def test_a_float64_model_trains_as_pyro_infer_svi_does_to_float64_rounding(kind):
+    batches = [b.double() for b in _batches(n=20)]
+    _, pyro_params, _ = _train(pyro.infer.SVI, batches, vae=_vae().double())
+    _, params, svi = _train(_step(kind), batches, vae=_vae().double())
+    assert svi.graphed == (kind == "graphed")
+    assert svi.optimizer.param_groups[0]["lr"].dtype == torch.float64  # not rounded to float32
+    for p, q in zip(params, pyro_params, strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-12)  # a float32 rate: differences of 1e-9
+
+
 def test_the_traced_step_makes_the_eager_steps_updates_bit_for_bit():
     eager, e_params, _ = _train(_step("eager"), _batches())
     graphed, g_params, svi = _train(_step("graphed"), _batches())

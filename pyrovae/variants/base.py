@@ -99,12 +99,15 @@ class Training:
         best nor counts them towards early stopping. A cyclical β never settles; every epoch counts."""
         return settled_epoch(self.cfg)  # options with a capacity always train CapacityELBO
 
-    def coefficients_on(self, device: torch.device) -> None:
+    def coefficients_on(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
         """Hold the scheduled coefficients the objective reads (a capacity C) as tensors on
         ``device``, which :meth:`schedule` then fills in place: a captured CUDA graph reads a
-        tensor at each replay, where it would keep a float's value of the capture."""
+        tensor at each replay, where it would keep a float's value of the capture.
+
+        :param dtype: the model's parameters' dtype (default: torch's), so C is not rounded to
+            float32 for a float64 model, as the eager step's float is not."""
         if isinstance(self.elbo, CapacityELBO) and not isinstance(self.elbo.capacity, Tensor):
-            self.elbo.capacity = torch.tensor(float(self.elbo.capacity), device=device)
+            self.elbo.capacity = torch.tensor(float(self.elbo.capacity), device=device, dtype=dtype)
 
     def scores(self, model: nn.Module) -> dict[str, float]:
         """Figures logged to ``metrics.csv`` after each epoch beyond the ELBO's."""

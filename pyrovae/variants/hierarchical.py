@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING
 
 import pyro
 import pyro.distributions as dist
-from pyro.infer import Trace_ELBO
 from pyro.nn import PyroModule, pyro_method
 from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
+from ..elbos import _ReshapedELBO
 from ..guides import DiagonalNormal
 from ..likelihoods import Bernoulli, Likelihood
 from ..models import VAE, _num_data, _scaled
@@ -122,11 +122,12 @@ class HierarchicalVAE(PyroModule):
     init_output_bias = VAE.init_output_bias  # p(x | z1) starts at the mean datum
 
 
-class LayerwiseMeanField_ELBO(Trace_ELBO):
+class LayerwiseMeanField_ELBO(_ReshapedELBO):
     """The ELBO with the analytic KL at every latent site where it is the ELBO's term (its prior's
     parents drawn before it in the guide: z2 here, as :class:`~pyro.infer.TraceMeanField_ELBO`
     does), and ``log p - log q`` at the sampled value elsewhere (z1, whose prior p(z1 | z2)
-    depends on a z2 the guide draws from z1). The β of the guide site scales its KL."""
+    depends on a z2 the guide draws from z1). The β of the guide site scales its KL; :meth:`loss`
+    reports this objective too."""
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         model_order, guide_order = latent_names(model_trace), latent_names(guide_trace)
@@ -141,7 +142,7 @@ class LayerwiseMeanField_ELBO(Trace_ELBO):
                 elbo = elbo - (q["scale"] * kl_divergence(q["fn"], site["fn"])).sum()
             else:
                 elbo = elbo + site["log_prob_sum"] - guide_trace.nodes[name]["log_prob_sum"]
-        return -elbo.item(), -elbo
+        return -elbo.detach(), -elbo  # no host read: a captured step can hold it
 
 
 class HierarchicalTraining(Training):
