@@ -152,7 +152,10 @@ def load_error_cause(msg: str) -> str:
     """The cause in a ``torch.load`` error message, on one line, without its advice to load unsafely."""
     lines = [line.strip() for line in msg.splitlines() if line.strip()]
     cause = next((lines[i + 1] for i, line in enumerate(lines[:-1]) if line.endswith("error:")), lines[0])
-    return cause[:120]
+    if len(cause) <= 120:
+        return cause
+    cut = cause[:120].rsplit(" ", 1)[0].rstrip(" .,;:")  # at a word's end, not inside one
+    return cut + " ..."
 
 
 def _missing(path: Path) -> str:

@@ -29,6 +29,12 @@ def test_truncated_checkpoint_is_refused_clearly(tmp_path, capsys, tiny_data_fil
     assert "truncated or corrupted" in err and "checkpoint.pt" in err
 
 
+def test_a_long_load_error_is_cut_between_words():
+    msg = "PytorchStreamReader failed reading zip archive: " + "failed finding central directory " * 5
+    cause = checkpoint.load_error_cause(msg)
+    assert cause.endswith("directory ...") and len(cause) <= 124 and msg.startswith(cause[:-4])
+
+
 class Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned",))
