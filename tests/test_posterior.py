@@ -58,6 +58,9 @@ def test_float64_data_is_taken_in_a_float32_models_dtype(tiny_run):
         got = call(x.double())
         torch.manual_seed(0)
         assert got.dtype == torch.float32 and torch.allclose(got, call(x), atol=1e-5), name
+        torch.manual_seed(0)
+        from_numpy = call(x.double().numpy())  # as docs/inspection.md promises
+        assert from_numpy.dtype == torch.float32 and torch.allclose(from_numpy, got, atol=1e-5), name
 
 
 @pytest.mark.parametrize("method", ["linear", "spherical"])
