@@ -74,6 +74,19 @@ def test_interpolation_endpoints_are_the_encodings(tiny_run, method):
         assert torch.allclose(path[2] - path[1], path[4] - path[3], atol=1e-5)
 
 
+def test_the_interpolation_methods_the_docs_name_are_accepted(tiny_run):
+    """docs/inspection.md said ``interpolate`` (with ``slerp``); ``method="slerp"`` is refused."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "inspection.md").read_text()
+    methods = re.findall(r'`method="(\w+)"`', doc)
+    assert methods == ["linear", "spherical"]
+    x = tiny_run.data.test.x[:2]
+    for method in methods:
+        assert P.interpolate(tiny_run.model, x[0], x[1], steps=3, method=method)[1].shape == (3, 1, 8, 8)
+
+
 def test_traversal_changes_only_the_chosen_dimension(tiny_run):
     x = tiny_run.data.test.x[0]
     values = torch.linspace(-2, 2, 5)
