@@ -182,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
         "-o", "--output", type=Path, required=True, help="picture to write (.png, .jpg, .pdf, .svg)"
     )
     s.add_argument("-n", type=_positive, default=None,
-                   help="number of images (default: 64, or about 64 in rows of one class for a conditional run; 8 completions for a structured one)")  # fmt: skip
+                   help="number of images (default: 64; for a conditional run one row per class, about 64 or n rounded up to whole rows; 8 completions for a structured one)")  # fmt: skip
     s.add_argument("--label", type=int, default=None,
                    help="class to generate, for a conditional run (default: one row per class)")  # fmt: skip
     s.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")

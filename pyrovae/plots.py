@@ -57,7 +57,8 @@ def image_grid(
 def sample_grid(vae, path: str | Path, n: int | None = None, label: int | None = None, seed: int = 0,
                 classes: list[int] | None = None) -> Path:  # fmt: skip
     """``n`` images generated from the model (mean of p(x|z), z ~ p(z)): 64 by default; for a
-    conditional model one row per class, or images of class ``label``.
+    conditional model one row per class (``n`` rounded up to whole rows), or images of class
+    ``label``.
 
     :param classes: the classes the model was trained on (default: all its classes); a label
         outside them is refused, since the model never learned what it looks like.
@@ -73,10 +74,11 @@ def sample_grid(vae, path: str | Path, n: int | None = None, label: int | None =
     if vae.num_classes:
         classes = list(range(vae.num_classes)) if classes is None else classes
         if label is None:
-            # one row per class: about 64 images by default, else exactly n (the last rows shorter)
+            # one row per class, about 64 images by default, else n rounded up to whole rows: cutting
+            # the last rows short left out the last classes under a title that promised them all
             per = max(1, 64 // len(classes)) if n is None else -(-n // len(classes))
-            y = torch.tensor(classes, device=device).repeat_interleave(per)[:n]
-            title, nrow = "Samples, one row per class", per
+            y = torch.tensor(classes, device=device).repeat_interleave(per)
+            title, nrow = f"Samples, one row of {per} per class ({_ranges(classes)})", per
         else:
             if label not in classes:
                 raise ValueError(

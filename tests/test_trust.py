@@ -107,12 +107,13 @@ def test_sample_draws_n_images_of_the_trained_classes_in_the_format_asked(
     conditional_run, tmp_path, monkeypatch
 ):
     P = importlib.import_module("pyrovae.posterior")
+    importlib.import_module("pyrovae.inspect_run")  # bound to the real sample_prior, restored after
     drawn, real = [], P.sample_prior
     monkeypatch.setattr(
         P, "sample_prior", lambda vae, n, y=None: drawn.append((n, y.tolist())) or real(vae, n, y)
     )
     assert main(["sample", str(conditional_run), "-n", "5", "-o", str(tmp_path / "s.png")]) == 0
-    assert drawn[-1] == (5, [0, 0, 0, 1, 1])  # five images, rows of the classes it learned
+    assert drawn[-1] == (6, [0, 0, 0, 1, 1, 1])  # five rounded up to whole rows of the classes it learned
     assert main(["sample", str(conditional_run), "-o", str(tmp_path / "s.png")]) == 0
     assert drawn[-1][0] == 64 and set(drawn[-1][1]) == {0, 1}
     assert (
