@@ -91,10 +91,11 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
     kl = kl_per_dim(vae, test.x, y)
     z = embed(vae, test.x, y)  # posterior means
     if variant.generates:
-        a, b = (
-            0,
-            next(i for i in range(1, len(test.x)) if y is None or y[i] != y[0]) if len(test.x) > 1 else 0,
-        )
+        # a conditional model decodes the whole path with one label, so both ends are of that class
+        # (a change of style within it); an unconditional one walks to the next image
+        same = vae.num_classes and y is not None
+        a = 0
+        b = next((i for i in range(1, len(test.x)) if not same or y[i] == y[0]), 0)
         rows = []
         for method in ("linear", "spherical"):
             rows.append(
@@ -109,7 +110,9 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
             nrow=10,
         )
         add("interpolation.png", "Latent interpolation",
-            "Decoded points on a path between the posterior means of two test images.")  # fmt: skip
+            "Decoded points on a path between the posterior means of two test images"
+            + (f" of class {y[a].item()}, decoded with that label: a change of style within the class."
+               if same else "."))  # fmt: skip
         # without a KL per dimension (a VampPrior, say), the spread of the posterior means ranks them
         spread = z.var(0) if kl is None and z.shape[-1] == vae.z_dim and len(z) > 1 else None
         ranks, why = (

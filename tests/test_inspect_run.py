@@ -88,3 +88,22 @@ def test_a_traversal_without_a_kl_per_dimension_ranks_the_dimensions_by_activity
     assert shown == [spread.argsort(descending=True)[:8].tolist()]
     assert shown[0] != list(range(8))
     assert "most active" in (tmp_path / "run" / "figures" / "index.md").read_text()
+
+
+def test_a_conditional_run_interpolates_between_two_images_of_one_class(tiny_conditional_run, monkeypatch):
+    """The path is decoded with one label: its second end was an image of another class, so the
+    figure showed the first class throughout, said to be a path between the two images."""
+    from pyrovae import inspect_run
+
+    ends, real = [], inspect_run.interpolate
+    monkeypatch.setattr(
+        inspect_run,
+        "interpolate",
+        lambda vae, x1, x2, **k: ends.append((x2, k["y"])) or real(vae, x1, x2, **k),
+    )
+    assert main(["inspect", str(tiny_conditional_run.path), "--k", "2", "--n", "12"]) == 0
+    test = tiny_conditional_run.data.test
+    b = next(i for i in range(1, 12) if test.y[i] == test.y[0])
+    assert len(ends) == 2 and all(torch.equal(x2, test.x[b]) and y == test.y[0] for x2, y in ends)
+    index = (tiny_conditional_run.path / "figures" / "index.md").read_text()
+    assert f"two test images of class {test.y[0].item()}, decoded with that label" in index
