@@ -107,3 +107,15 @@ def test_a_conditional_run_interpolates_between_two_images_of_one_class(tiny_con
     assert len(ends) == 2 and all(torch.equal(x2, test.x[b]) and y == test.y[0] for x2, y in ends)
     index = (tiny_conditional_run.path / "figures" / "index.md").read_text()
     assert f"two test images of class {test.y[0].item()}, decoded with that label" in index
+
+
+def test_inspect_says_why_a_vamp_prior_run_has_no_kl_per_dimension(tiny_conditional_run):
+    """A conditional run's VampPrior has no KL per dimension: kl_per_dim.png was left out silently,
+    though docs/inspection.md lists it."""
+    assert main(["inspect", str(tiny_conditional_run.path), "--k", "2", "--n", "12"]) == 0
+    figs = tiny_conditional_run.path / "figures"
+    index = (figs / "index.md").read_text()
+    assert not (figs / "kl_per_dim.png").exists()
+    section = index.split("## KL per dimension\n\n")[1]
+    assert section.startswith("Not drawn: KL(q||p) of this run (prior `vamp`")
+    assert "dimensions are active over these" in section and "![" not in section.split("##")[0]
