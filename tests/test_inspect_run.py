@@ -119,3 +119,14 @@ def test_inspect_says_why_a_vamp_prior_run_has_no_kl_per_dimension(tiny_conditio
     section = index.split("## KL per dimension\n\n")[1]
     assert section.startswith("Not drawn: KL(q||p) of this run (prior `vamp`")
     assert "dimensions are active over these" in section and "![" not in section.split("##")[0]
+
+
+def test_the_latent_map_numbers_dimensions_from_zero_as_the_traversal_does(tiny_conditional_run, monkeypatch):
+    """A 2-D run's latent map said "latent dimensions 1 and 2", its traversal "dimensions [1, 0]"."""
+    figs = _drawn(monkeypatch)
+    assert main(["inspect", str(tiny_conditional_run.path), "--k", "2", "--n", "12"]) == 0
+    titles = [f.axes[0].get_title().replace("\n", " ") for f in figs]
+    latent = next(f.axes[0] for f, t in zip(figs, titles, strict=True) if t.startswith("Posterior means"))
+    assert "latent dimensions 0 and 1" in latent.get_title().replace("\n", " ")
+    assert (latent.get_xlabel(), latent.get_ylabel()) == ("latent dimension 0", "latent dimension 1")
+    assert any("Traversal of dimensions [" in t and ("[0, 1]" in t or "[1, 0]" in t) for t in titles)
