@@ -192,7 +192,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument(
         "-o", "--output", type=Path, required=True, help="picture to write (.png, .jpg, .pdf, .svg)"
     )
-    r.add_argument("-n", type=_positive, default=32, help="number of test images (default: 32)")
+    r.add_argument(
+        "-n",
+        type=_positive,
+        default=32,
+        help="number of test images (default: 32; all of them where there are fewer)",
+    )
 
     w = sub.add_parser("sweep", help="search options with Optuna; each trial a run, the best tested")
     w.add_argument("--space", required=True, type=Path, help="TOML file: one table per option to search")

@@ -238,3 +238,12 @@ def test_train_says_which_given_options_the_run_does_not_read(tmp_path, tiny_dat
     err = capsys.readouterr().err
     assert "note: --guide-scale is not used by this run: only a guide that takes it" in err
     assert "--label-layers" not in err
+
+
+def test_reconstruct_says_when_n_is_more_than_the_test_images(tiny_run, tmp_path, capsys):
+    """-n above the test split drew all of it without a word (10000 MNIST images in one PNG)."""
+    n = len(tiny_run.data.test)
+    assert main(["reconstruct", str(tiny_run.path), "-o", str(tmp_path / "r.png"), "-n", str(n + 50)]) == 0
+    assert f"note: -n {n + 50} is more than the {n} test images: drawing all {n}" in capsys.readouterr().err
+    assert main(["reconstruct", str(tiny_run.path), "-o", str(tmp_path / "r.png"), "-n", str(n)]) == 0
+    assert "note:" not in capsys.readouterr().err
