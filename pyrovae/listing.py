@@ -38,7 +38,8 @@ def list_runs(folder: str | Path) -> list[dict]:
     ``model`` (the model variant, then what it says of itself: prior/guide/likelihood and z for a
     VAE) and ``objective`` (what it trains on: the ELBO, its particles, β and its schedule, or the
     objective that reshapes the KL term), ``point`` (a point-estimate guide: ``val_elbo`` is then
-    log p(x, z*), not an ELBO) and ``conditional`` (a conditional VAE: its figures bound or estimate
+    log p(x, z*), not an ELBO, and it has no test ELBO or log p(x)), ``evaluated`` (it has an
+    ``eval.json``) and ``conditional`` (a conditional VAE: its figures bound or estimate
     log p(x | y) given the true label, not log p(x)). Figures a run does not have yet are ``None``.
 
     ``status`` is ``complete`` (all its epochs), ``stopped early`` (patience), ``incomplete``
@@ -82,6 +83,7 @@ def _describe(path: Path, folder: Path) -> dict:
     else:
         row["status"] = "incomplete"
     res = _eval(path / "eval.json")
+    row["evaluated"] = res is not None
     if res is not None:
         for key in ("elbo", "log_likelihood", "k", "n_ll_images"):
             row[key] = res.get(key)
@@ -132,7 +134,7 @@ def table(runs: list[dict], folder: str | Path, sort: str = "path") -> str:
                       else (int(bool(r.get("conditional"))), -r[key]))  # fmt: skip
     cells = [list(COLUMNS.values())]
     for r in runs:
-        cells.append([_cell(r[c]) + _mark(r, c) for c in COLUMNS])
+        cells.append([_NONE if _has_none(r, c) else _cell(r[c]) + _mark(r, c) for c in COLUMNS])
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     note = ("figures in nats per image: best validation ELBO from metrics.csv, best.pt's (of the epochs from the "
@@ -143,8 +145,17 @@ def table(runs: list[dict], folder: str | Path, sort: str = "path") -> str:
                  "the true label, which no unconditional run's log p(x) compares with: ranked after them")  # fmt: skip
     if any(r.get("point") for r in runs):
         note += ("; *: a point-estimate guide (--guide delta), whose validation figure is log p(x, z*) at "
-                 "its code, not an ELBO, and which has no test ELBO or log p(x)")  # fmt: skip
+                 f"its code, not an ELBO, and which has no test ELBO or log p(x) ({_NONE} once evaluated)")  # fmt: skip
     return "\n".join([*lines, "", f"{len(runs)} runs in {folder}; {note}"])
+
+
+#: The cell of a figure an evaluated run cannot have: "-" says "not evaluated".
+_NONE = "n/a"
+
+
+def _has_none(r: dict, column: str) -> bool:
+    """An evaluated autoencoder's test ELBO, log p(x) and K: figures it has none of."""
+    return bool(r.get("point") and r.get("evaluated")) and column in ("elbo", "log_likelihood", "k")
 
 
 def _mark(r: dict, column: str) -> str:

@@ -386,9 +386,11 @@ def test_runs_marks_a_point_estimate_runs_figure_as_no_elbo_and_sorts_it_last(da
     lines = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split() for line in lines[1:3]}
     point_val = max(float(r["val_elbo"]) for r in _rows(folder / "point" / "metrics.csv"))
-    assert rows["point"][3] == f"{point_val:.2f}*" and rows["point"][4:6] == ["-", "-"]
+    # evaluated, it has no test ELBO, log p(x) or K: "-" said "not evaluated"
+    assert rows["point"][3] == f"{point_val:.2f}*" and rows["point"][4:7] == ["n/a", "n/a", "n/a"]
     assert [line.split()[0] for line in lines[1:3]] == ["vae", "point"]
     assert "*: a point-estimate guide (--guide delta)" in lines[-1] and "not an ELBO" in lines[-1]
+    assert "no test ELBO or log p(x) (n/a once evaluated)" in lines[-1]
 
 
 def test_runs_marks_a_conditional_runs_figures_as_given_the_label_and_ranks_them_after(
