@@ -39,7 +39,8 @@ def list_runs(folder: str | Path) -> list[dict]:
     VAE) and ``objective`` (what it trains on: the ELBO, its particles, β and its schedule, or the
     objective that reshapes the KL term), ``point`` (a point-estimate guide: ``val_elbo`` is then
     log p(x, z*), not an ELBO, and it has no test ELBO or log p(x)), ``evaluated`` (it has an
-    ``eval.json``) and ``conditional`` (a conditional VAE: its figures bound or estimate
+    ``eval.json``), ``eval_checkpoint`` (the checkpoint ``eval.json`` tested: ``best``, ``last``
+    or a file name) and ``conditional`` (a conditional VAE: its figures bound or estimate
     log p(x | y) given the true label, not log p(x)). Figures a run does not have yet are ``None``.
 
     ``status`` is ``complete`` (all its epochs), ``stopped early`` (patience), ``incomplete``
@@ -87,6 +88,7 @@ def _describe(path: Path, folder: Path) -> dict:
     if res is not None:
         for key in ("elbo", "log_likelihood", "k", "n_ll_images"):
             row[key] = res.get(key)
+        row["eval_checkpoint"] = res.get("checkpoint")
     return row
 
 
@@ -143,6 +145,9 @@ def table(runs: list[dict], folder: str | Path, sort: str = "path") -> str:
     if any(r.get("conditional") for r in runs):
         note += ("; ^: a conditional run (--conditional), whose figures bound or estimate log p(x | y) given "
                  "the true label, which no unconditional run's log p(x) compares with: ranked after them")  # fmt: skip
+    if any(r.get("eval_checkpoint") not in (None, "best") for r in runs):
+        note += ("; +: test figures of another checkpoint than best.pt, whose validation ELBO is shown "
+                 "(evaluate --checkpoint last, say; eval.json names it)")  # fmt: skip
     if any(r.get("point") for r in runs):
         note += ("; *: a point-estimate guide (--guide delta), whose validation figure is log p(x, z*) at "
                  f"its code, not an ELBO, and which has no test ELBO or log p(x) ({_NONE} once evaluated)")  # fmt: skip
@@ -162,11 +167,14 @@ def _mark(r: dict, column: str) -> str:
     """The mark of a figure that is not what its column's header says."""
     if r[column] is None:
         return ""
+    mark = ""
     if column == "val_elbo" and r.get("point"):
-        return "*"
+        mark += "*"
     if column in ("val_elbo", "elbo", "log_likelihood") and r.get("conditional"):
-        return "^"
-    return ""
+        mark += "^"
+    if column in ("elbo", "log_likelihood") and r.get("eval_checkpoint") not in (None, "best"):
+        mark += "+"  # beside best.pt's validation ELBO, of another checkpoint
+    return mark
 
 
 def _number(v) -> bool:

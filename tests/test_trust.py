@@ -393,6 +393,25 @@ def test_runs_marks_a_point_estimate_runs_figure_as_no_elbo_and_sorts_it_last(da
     assert "no test ELBO or log p(x) (n/a once evaluated)" in lines[-1]
 
 
+def test_runs_marks_test_figures_of_the_last_checkpoint(data, tmp_path, capsys):
+    """After ``evaluate --checkpoint last`` the row put checkpoint.pt's test figures beside best.pt's
+    validation ELBO, unmarked."""
+    folder = tmp_path / "runs"
+    assert _train(data, folder / "a", "--epochs", "2", "--no-eval") == 0
+    assert main(["evaluate", str(folder / "a"), "--checkpoint", "last", "--k", "3", "--n-test", "5"]) == 0
+    capsys.readouterr()
+    assert main(["runs", str(folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = lines[1].split()
+    assert not row[3].endswith("+") and row[4].endswith("+") and row[5].endswith("+")
+    assert "+: test figures of another checkpoint than best.pt" in lines[-1]
+    assert main(["evaluate", str(folder / "a"), "--k", "3", "--n-test", "5"]) == 0  # best.pt again: unmarked
+    capsys.readouterr()
+    assert main(["runs", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "+" not in out.splitlines()[1] and "+:" not in out
+
+
 def test_runs_marks_a_conditional_runs_figures_as_given_the_label_and_ranks_them_after(
     data, tmp_path, capsys
 ):
