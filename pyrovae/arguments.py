@@ -198,6 +198,7 @@ def parser() -> argparse.ArgumentParser:
         default=32,
         help="number of test images (default: 32; all of them where there are fewer)",
     )
+    r.add_argument("--seed", type=_seed, default=0, help="seed of a Monte Carlo posterior mean (default: 0)")
 
     w = sub.add_parser("sweep", help="search options with Optuna; each trial a run, the best tested")
     w.add_argument("--space", required=True, type=Path, help="TOML file: one table per option to search")
@@ -227,6 +228,7 @@ def parser() -> argparse.ArgumentParser:
     )
     i.add_argument("--n", type=_positive, default=2000,
                    help="test images for the latent map and anomalies (default: 2000)")  # fmt: skip
+    i.add_argument("--seed", type=_seed, default=0, help="seed of the samples and estimates (default: 0)")
 
     dg = sub.add_parser("disentanglement", help="BetaVAE, FactorVAE, MIG and DCI scores of a dsprites run, "
                         "and a labelled traversal -> RUN/disentanglement.json, RUN/traversal.png")  # fmt: skip

@@ -161,6 +161,9 @@ def _command(args: argparse.Namespace) -> int:
         if args.n > len(test):  # the picture shows fewer than asked: say so, not silently
             print(f"note: -n {args.n} is more than the {len(test)} test images: drawing all {len(test)}",
                   file=sys.stderr)  # fmt: skip
+        import pyro
+
+        pyro.set_rng_seed(args.seed)  # a guide without an analytic mean averages its samples
         plots.reconstruction_grid(run.model, test.x, test.y, args.output)
     elif args.command == "disentanglement":
         from .disentanglement import disentangle_run, summary
@@ -173,7 +176,7 @@ def _command(args: argparse.Namespace) -> int:
     elif args.command == "inspect":
         from .inspect_run import inspect_run
 
-        print(f"figures and {inspect_run(run, k=args.k, n=args.n)} written")
+        print(f"figures and {inspect_run(run, k=args.k, n=args.n, seed=args.seed)} written")
         return 0
     print(f"wrote {args.output}")
     return 0

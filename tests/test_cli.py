@@ -247,3 +247,19 @@ def test_reconstruct_says_when_n_is_more_than_the_test_images(tiny_run, tmp_path
     assert f"note: -n {n + 50} is more than the {n} test images: drawing all {n}" in capsys.readouterr().err
     assert main(["reconstruct", str(tiny_run.path), "-o", str(tmp_path / "r.png"), "-n", str(n)]) == 0
     assert "note:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command", [["inspect", "--k", "2", "--n", "10"], ["reconstruct", "-o", "{tmp}/r.png"]]
+)
+def test_inspect_and_reconstruct_take_the_seed_docs_cli_promises(tiny_run, tmp_path, monkeypatch, command):
+    """docs/cli.md: "--seed ... seeds everything"; inspect and reconstruct refused it."""
+    from pyrovae import plots
+
+    seeds, real = [], plots.image_grid
+    monkeypatch.setattr(
+        plots, "image_grid", lambda *a, **k: seeds.append(torch.initial_seed()) or real(*a, **k)
+    )
+    args = [command[0], str(tiny_run.path), *(c.format(tmp=tmp_path) for c in command[1:])]
+    assert main([*args, "--seed", "7"]) == 0
+    assert seeds and seeds[0] == 7
