@@ -182,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
         "-o", "--output", type=Path, required=True, help="picture to write (.png, .jpg, .pdf, .svg)"
     )
     s.add_argument("-n", type=_positive, default=None,
-                   help="number of images (default: 64, or about 64 in rows of one class for a conditional run; 8 completions for a structured one)")  # fmt: skip
+                   help="number of images (default: 64; for a conditional run one row per class, about 64 or n rounded up to whole rows; 8 completions for a structured one)")  # fmt: skip
     s.add_argument("--label", type=int, default=None,
                    help="class to generate, for a conditional run (default: one row per class)")  # fmt: skip
     s.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
@@ -192,7 +192,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument(
         "-o", "--output", type=Path, required=True, help="picture to write (.png, .jpg, .pdf, .svg)"
     )
-    r.add_argument("-n", type=_positive, default=32, help="number of test images (default: 32)")
+    r.add_argument(
+        "-n",
+        type=_positive,
+        default=32,
+        help="number of test images (default: 32; all of them where there are fewer)",
+    )
+    r.add_argument("--seed", type=_seed, default=0, help="seed of a Monte Carlo posterior mean (default: 0)")
 
     w = sub.add_parser("sweep", help="search options with Optuna; each trial a run, the best tested")
     w.add_argument("--space", required=True, type=Path, help="TOML file: one table per option to search")
@@ -222,6 +228,7 @@ def parser() -> argparse.ArgumentParser:
     )
     i.add_argument("--n", type=_positive, default=2000,
                    help="test images for the latent map and anomalies (default: 2000)")  # fmt: skip
+    i.add_argument("--seed", type=_seed, default=0, help="seed of the samples and estimates (default: 0)")
 
     dg = sub.add_parser("disentanglement", help="BetaVAE, FactorVAE, MIG and DCI scores of a dsprites run, "
                         "and a labelled traversal -> RUN/disentanglement.json, RUN/traversal.png")  # fmt: skip

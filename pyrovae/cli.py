@@ -159,6 +159,12 @@ def _command(args: argparse.Namespace) -> int:
         variant_of(run.model).samples(run, args.output, args.n, args.label, args.seed)
     elif args.command == "reconstruct":
         test = run.data.test.subset(slice(0, args.n))
+        if args.n > len(test):  # the picture shows fewer than asked: say so, not silently
+            print(f"note: -n {args.n} is more than the {len(test)} test images: drawing all {len(test)}",
+                  file=sys.stderr)  # fmt: skip
+        import pyro
+
+        pyro.set_rng_seed(args.seed)  # a guide without an analytic mean averages its samples
         plots.reconstruction_grid(run.model, test.x, test.y, args.output)
     elif args.command == "disentanglement":
         from .disentanglement import disentangle_run, summary
@@ -171,7 +177,7 @@ def _command(args: argparse.Namespace) -> int:
     elif args.command == "inspect":
         from .inspect_run import inspect_run
 
-        print(f"figures and {inspect_run(run, k=args.k, n=args.n)} written")
+        print(f"figures and {inspect_run(run, k=args.k, n=args.n, seed=args.seed)} written")
         return 0
     print(f"wrote {args.output}")
     return 0

@@ -13,6 +13,7 @@ from contextlib import contextmanager, nullcontext
 
 import pyro
 import torch
+from numpy.typing import ArrayLike
 from pyro import poutine
 from pyro.distributions import Independent, Normal
 from pyro.poutine.util import site_is_subsample
@@ -28,10 +29,13 @@ from .sites import latent_sites, site_kl_per_dim, site_log_prob, site_means, tra
 MAX_ELEMENTS = 2**23
 
 
-def in_model_dtype(vae: VAE, x: Tensor) -> Tensor:
+def in_model_dtype(vae: VAE, x: Tensor | ArrayLike) -> Tensor:
     """``x`` in the model's floating dtype: data of another (NumPy's float64, say) would fail in the
-    first layer with torch's "mat1 and mat2 must have the same dtype"."""
+    first layer with torch's "mat1 and mat2 must have the same dtype". An array that is not a
+    tensor (a NumPy array, a list) becomes one on the model's device."""
     ref = next((p for p in vae.parameters() if p.is_floating_point()), None)
+    if not isinstance(x, Tensor):
+        x = torch.as_tensor(x, device=None if ref is None else ref.device)
     return x.to(ref.dtype) if ref is not None and x.is_floating_point() else x
 
 

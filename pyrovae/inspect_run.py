@@ -43,7 +43,7 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
     )  # labels of a conditional model, the images a structured one completes
     entries: list[tuple[str, str, str]] = []
 
-    def add(name: str, title: str, text: str) -> None:
+    def add(name: str, title: str, text: str) -> None:  # name "": a section without a figure
         entries.append((name, title, text))
 
     # 1. samples from the model
@@ -94,10 +94,11 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
     kl = kl_per_dim(vae, test.x, y)
     z = embed(vae, test.x, y)  # posterior means
     if variant.generates:
-        a, b = (
-            0,
-            next(i for i in range(1, len(test.x)) if y is None or y[i] != y[0]) if len(test.x) > 1 else 0,
-        )
+        # a conditional model decodes the whole path with one label, so both ends are of that class
+        # (a change of style within it); an unconditional one walks to the next image
+        same = vae.num_classes and y is not None
+        a = 0
+        b = next((i for i in range(1, len(test.x)) if not same or y[i] == y[0]), 0)
         rows = []
         for method in ("linear", "spherical"):
             rows.append(
@@ -112,7 +113,9 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
             nrow=10,
         )
         add("interpolation.png", "Latent interpolation",
-            "Decoded points on a path between the posterior means of two test images.")  # fmt: skip
+            "Decoded points on a path between the posterior means of two test images"
+            + (f" of class {y[a].item()}, decoded with that label: a change of style within the class."
+               if same else "."))  # fmt: skip
         # without a KL per dimension (a VampPrior, say), the spread of the posterior means ranks them
         spread = z.var(0) if kl is None and z.shape[-1] == vae.z_dim and len(z) > 1 else None
         ranks, why = (
@@ -138,6 +141,12 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
         add("kl_per_dim.png", "KL per dimension",
             f"Average KL(q||p) per latent dimension over the first {len(test)} test images. "
             + _active_units_text(run, vae, test.x, y))  # fmt: skip
+    else:  # said, not silently left out: the docs list this figure
+        add("", "KL per dimension",
+            f"Not drawn: KL(q||p) of this run (prior `{run.config.prior_family}`, guide `{run.config.guide}`) "
+            "does not split into one term per latent dimension, which needs q(z|x) and p(z) both "
+            "diagonal Normals (a VampPrior is a mixture); eval.json's kl_per_dim is null for the same "
+            "reason. " + _active_units_text(run, vae, test.x, y))  # fmt: skip
 
     # 5. training curves
     if (run.path / "metrics.csv").exists():
@@ -168,7 +177,7 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
         lines += [f"Test images: those of the classes the run was trained on, {trained[1]} (a "
                   "conditional model learned no others).", ""]  # fmt: skip
     for name, title, text in entries:
-        lines += [f"## {title}", "", f"![{title}]({name})", "", text, ""]
+        lines += [f"## {title}", "", *([f"![{title}]({name})", ""] if name else []), text, ""]
     index = out / "index.md"
     index.write_text("\n".join(lines))
     return index

@@ -38,7 +38,9 @@ def list_runs(folder: str | Path) -> list[dict]:
     ``model`` (the model variant, then what it says of itself: prior/guide/likelihood and z for a
     VAE) and ``objective`` (what it trains on: the ELBO, its particles, β and its schedule, or the
     objective that reshapes the KL term), ``point`` (a point-estimate guide: ``val_elbo`` is then
-    log p(x, z*), not an ELBO) and ``conditional`` (a conditional VAE: its figures bound or estimate
+    log p(x, z*), not an ELBO, and it has no test ELBO or log p(x)), ``evaluated`` (it has an
+    ``eval.json``), ``eval_checkpoint`` (the checkpoint ``eval.json`` tested: ``best``, ``last``
+    or a file name) and ``conditional`` (a conditional VAE: its figures bound or estimate
     log p(x | y) given the true label, not log p(x)). Figures a run does not have yet are ``None``.
 
     ``status`` is ``complete`` (all its epochs), ``stopped early`` (patience), ``incomplete``
@@ -82,9 +84,11 @@ def _describe(path: Path, folder: Path) -> dict:
     else:
         row["status"] = "incomplete"
     res = _eval(path / "eval.json")
+    row["evaluated"] = res is not None
     if res is not None:
         for key in ("elbo", "log_likelihood", "k", "n_ll_images"):
             row[key] = res.get(key)
+        row["eval_checkpoint"] = res.get("checkpoint")
     return row
 
 
@@ -132,7 +136,7 @@ def table(runs: list[dict], folder: str | Path, sort: str = "path") -> str:
                       else (int(bool(r.get("conditional"))), -r[key]))  # fmt: skip
     cells = [list(COLUMNS.values())]
     for r in runs:
-        cells.append([_cell(r[c]) + _mark(r, c) for c in COLUMNS])
+        cells.append([_NONE if _has_none(r, c) else _cell(r[c]) + _mark(r, c) for c in COLUMNS])
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     note = ("figures in nats per image: best validation ELBO from metrics.csv, best.pt's (of the epochs from the "
@@ -141,21 +145,36 @@ def table(runs: list[dict], folder: str | Path, sort: str = "path") -> str:
     if any(r.get("conditional") for r in runs):
         note += ("; ^: a conditional run (--conditional), whose figures bound or estimate log p(x | y) given "
                  "the true label, which no unconditional run's log p(x) compares with: ranked after them")  # fmt: skip
+    if any(r.get("eval_checkpoint") not in (None, "best") for r in runs):
+        note += ("; +: test figures of another checkpoint than best.pt, whose validation ELBO is shown "
+                 "(evaluate --checkpoint last, say; eval.json names it)")  # fmt: skip
     if any(r.get("point") for r in runs):
         note += ("; *: a point-estimate guide (--guide delta), whose validation figure is log p(x, z*) at "
-                 "its code, not an ELBO, and which has no test ELBO or log p(x)")  # fmt: skip
+                 f"its code, not an ELBO, and which has no test ELBO or log p(x) ({_NONE} once evaluated)")  # fmt: skip
     return "\n".join([*lines, "", f"{len(runs)} runs in {folder}; {note}"])
+
+
+#: The cell of a figure an evaluated run cannot have: "-" says "not evaluated".
+_NONE = "n/a"
+
+
+def _has_none(r: dict, column: str) -> bool:
+    """An evaluated autoencoder's test ELBO, log p(x) and K: figures it has none of."""
+    return bool(r.get("point") and r.get("evaluated")) and column in ("elbo", "log_likelihood", "k")
 
 
 def _mark(r: dict, column: str) -> str:
     """The mark of a figure that is not what its column's header says."""
     if r[column] is None:
         return ""
+    mark = ""
     if column == "val_elbo" and r.get("point"):
-        return "*"
+        mark += "*"
     if column in ("val_elbo", "elbo", "log_likelihood") and r.get("conditional"):
-        return "^"
-    return ""
+        mark += "^"
+    if column in ("elbo", "log_likelihood") and r.get("eval_checkpoint") not in (None, "best"):
+        mark += "+"  # beside best.pt's validation ELBO, of another checkpoint
+    return mark
 
 
 def _number(v) -> bool:

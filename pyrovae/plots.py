@@ -57,7 +57,8 @@ def image_grid(
 def sample_grid(vae, path: str | Path, n: int | None = None, label: int | None = None, seed: int = 0,
                 classes: list[int] | None = None) -> Path:  # fmt: skip
     """``n`` images generated from the model (mean of p(x|z), z ~ p(z)): 64 by default; for a
-    conditional model one row per class, or images of class ``label``.
+    conditional model one row per class (``n`` rounded up to whole rows), or images of class
+    ``label``.
 
     :param classes: the classes the model was trained on (default: all its classes); a label
         outside them is refused, since the model never learned what it looks like.
@@ -73,10 +74,11 @@ def sample_grid(vae, path: str | Path, n: int | None = None, label: int | None =
     if vae.num_classes:
         classes = list(range(vae.num_classes)) if classes is None else classes
         if label is None:
-            # one row per class: about 64 images by default, else exactly n (the last rows shorter)
+            # one row per class, about 64 images by default, else n rounded up to whole rows: cutting
+            # the last rows short left out the last classes under a title that promised them all
             per = max(1, 64 // len(classes)) if n is None else -(-n // len(classes))
-            y = torch.tensor(classes, device=device).repeat_interleave(per)[:n]
-            title, nrow = "Samples, one row per class", per
+            y = torch.tensor(classes, device=device).repeat_interleave(per)
+            title, nrow = f"Samples, one row of {per} per class ({_ranges(classes)})", per
         else:
             if label not in classes:
                 raise ValueError(
@@ -157,7 +159,8 @@ def latent_map(z: torch.Tensor, labels: torch.Tensor | None, path: str | Path, m
     """Posterior means in 2-D, coloured by label: the means themselves for a 2-D latent space,
     else t-SNE (when scikit-learn is installed and ``method`` allows it) or PCA."""
     z = z.detach().double().cpu()
-    how = "latent dimensions 1 and 2"
+    how = "latent dimensions 0 and 1"  # numbered from 0, as the traversal's title and z[:, d] index them
+    axes = ("latent dimension 0", "latent dimension 1")
     if z.shape[1] > 2:
         if method in ("auto", "tsne"):
             try:
@@ -166,6 +169,7 @@ def latent_map(z: torch.Tensor, labels: torch.Tensor | None, path: str | Path, m
                 # perplexity must stay below the number of points (a few dozen in quick runs)
                 tsne = TSNE(init="pca", random_state=0, perplexity=min(30.0, (len(z) - 1) / 3))
                 z2, how = torch.as_tensor(tsne.fit_transform(z.numpy())), "t-SNE"
+                axes = ("t-SNE 1", "t-SNE 2")
             except ImportError:
                 if method == "tsne":
                     raise
@@ -176,6 +180,7 @@ def latent_map(z: torch.Tensor, labels: torch.Tensor | None, path: str | Path, m
             z2 = zc @ v[:2].T
             var = (s[:2] ** 2 / (s**2).sum()).tolist()
             how = f"PCA (components explain {var[0]:.0%} and {var[1]:.0%} of the variance)"
+            axes = ("component 1", "component 2")
     else:
         z2 = z
     fig, ax = plt.subplots(figsize=(7, 6))
@@ -192,8 +197,8 @@ def latent_map(z: torch.Tensor, labels: torch.Tensor | None, path: str | Path, m
     else:
         ax.scatter(z2[:, 0], z2[:, 1], s=6, alpha=0.8)
     ax.set_title(_wrap(f"Posterior means E[z|x] of {len(z)} test images, {how}", 6.0))
-    ax.set_xlabel("component 1")
-    ax.set_ylabel("component 2")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
     return save(fig, path)
 
 

@@ -1,9 +1,9 @@
 """Posterior inspection: the functions behind ``pyrovae inspect`` and the notebooks.
 
-Each takes a model and tensors on the model's device (in any floating dtype: they are converted
-to the model's) and returns tensors or distributions there; :func:`embed` and
-:func:`anomaly_scores`, which go through whole data sets a batch at a time, take data anywhere
-and return results on the data's device. Nothing here draws pictures
+Each takes a model and tensors on the model's device, or arrays (NumPy's), in any floating dtype:
+they are converted to the model's device and dtype. They return tensors or distributions there;
+:func:`embed` and :func:`anomaly_scores`, which go through whole data sets a batch at a time,
+take data anywhere and return results on the data's device (the CPU for an array). Nothing here draws pictures
 (see :mod:`pyrovae.plots`). Data are generated and decoded through the model's Pyro program
 (``poutine.trace`` / ``condition``, :class:`~pyro.infer.Predictive`), never by calling its
 decoder: a hierarchical prior is sampled ancestrally, and a latent code is decoded by
@@ -15,12 +15,19 @@ from __future__ import annotations
 
 import pyro
 import torch
+from numpy.typing import ArrayLike
 from pyro import poutine
 from pyro.infer import Predictive
 from torch import Tensor
 
 from .evaluate import elbo_terms, in_model_dtype, is_point_estimate, log_likelihood, posterior_mean
 from .models import VAE
+
+
+def _as_tensors(x: Tensor | ArrayLike, y: Tensor | ArrayLike | None) -> tuple[Tensor, Tensor | None]:
+    """``x`` and ``y`` as tensors, those that are not (NumPy arrays) on the CPU: where whole data
+    sets are read a batch at a time, the data stay where they are."""
+    return torch.as_tensor(x), None if y is None else torch.as_tensor(y)
 
 
 def _first_latent(vae: VAE, x: Tensor, y: Tensor | None) -> str:
@@ -103,7 +110,8 @@ def interpolate(
     :returns: the latent path ``(steps, z_dim)`` (endpoints equal the encodings) and the decoded
         means ``(steps, *x_shape)``.
     """
-    pair = in_model_dtype(vae, torch.stack([x1, x2]))
+    pair = torch.stack([in_model_dtype(vae, x1), in_model_dtype(vae, x2)])
+    y = None if y is None else torch.as_tensor(y, device=pair.device)
     yy = None if y is None else y.reshape(1).expand(2)
     za, zb = posterior_mean(vae, pair, yy)
     t = torch.linspace(0, 1, steps, device=pair.device, dtype=pair.dtype)
@@ -127,7 +135,8 @@ def traverse(
         ``(len(dims), len(values), *x_shape)``.
     """
     x = in_model_dtype(vae, x)
-    values = torch.linspace(-3, 3, 9) if values is None else values
+    y = None if y is None else torch.as_tensor(y, device=x.device)
+    values = torch.linspace(-3, 3, 9) if values is None else torch.as_tensor(values)
     values = values.to(x)
     z0 = posterior_mean(vae, x[None], None if y is None else y.reshape(1))[0]  # (z_dim,)
     z = z0.expand(len(dims), len(values), -1).clone()
@@ -162,6 +171,7 @@ def posterior_predictive(
 def embed(vae: VAE, x: Tensor, y: Tensor | None = None, batch_size: int = 1000) -> Tensor:
     """Posterior means of a whole data set, shape ``(N, z_dim)``, on ``x``'s device: each batch is
     encoded on the model's device, so a data set larger than GPU memory can stay on the CPU."""
+    x, y = _as_tensors(x, y)
     device, parts = vae._reference().device, []
     for i in range(0, x.shape[0], batch_size):
         yy = None if y is None or not getattr(vae, "num_classes", 0) else y[i : i + batch_size].to(device)
@@ -179,6 +189,7 @@ def anomaly_scores(
     A point-estimate guide (an autoencoder) has neither: its scores are ``neg_recon``
     (-log p(x|z*)) and ``neg_log_joint`` (-log p(x, z*)).
     """
+    x, y = _as_tensors(x, y)
     point, device = is_point_estimate(vae), vae._reference().device
     first, second = [], []
     for i in range(0, x.shape[0], batch_size):  # batches on the model's device, scores on x's

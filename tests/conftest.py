@@ -107,6 +107,19 @@ def tiny_run(tmp_path_factory):
     return load_run(tmp / "run")
 
 
+@pytest.fixture(scope="session")
+def tiny_conditional_run(tmp_path_factory, tiny_config):
+    """A conditional VAE (its class-wise VampPrior) trained briefly on the tiny three-class data."""
+    from pyrovae import train
+    from pyrovae.loaded import load_run
+
+    tmp = tmp_path_factory.mktemp("cond")
+    cfg = tiny_config(_tiny_data_file(tmp, n=60), conditional=True, pseudo_inputs=6, epochs=2)
+    pyro.clear_param_store()
+    train(cfg, tmp / "run", progress=False, evaluate=False)
+    return load_run(tmp / "run")
+
+
 class LowRankGuide(PyroModule):
     """A user's guide, written to the protocol only: q(z|x) = N(mu(x), F(x) F(x)^T + diag(d(x)))."""
 

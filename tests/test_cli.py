@@ -271,3 +271,28 @@ def test_train_says_which_given_options_the_run_does_not_read(tmp_path, tiny_dat
     err = capsys.readouterr().err
     assert "note: --guide-scale is not used by this run: only a guide that takes it" in err
     assert "--label-layers" not in err
+
+
+def test_reconstruct_says_when_n_is_more_than_the_test_images(tiny_run, tmp_path, capsys):
+    """-n above the test split drew all of it without a word (10000 MNIST images in one PNG)."""
+    n = len(tiny_run.data.test)
+    assert main(["reconstruct", str(tiny_run.path), "-o", str(tmp_path / "r.png"), "-n", str(n + 50)]) == 0
+    assert f"note: -n {n + 50} is more than the {n} test images: drawing all {n}" in capsys.readouterr().err
+    assert main(["reconstruct", str(tiny_run.path), "-o", str(tmp_path / "r.png"), "-n", str(n)]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command", [["inspect", "--k", "2", "--n", "10"], ["reconstruct", "-o", "{tmp}/r.png"]]
+)
+def test_inspect_and_reconstruct_take_the_seed_docs_cli_promises(tiny_run, tmp_path, monkeypatch, command):
+    """docs/cli.md: "--seed ... seeds everything"; inspect and reconstruct refused it."""
+    from pyrovae import plots
+
+    seeds, real = [], plots.image_grid
+    monkeypatch.setattr(
+        plots, "image_grid", lambda *a, **k: seeds.append(torch.initial_seed()) or real(*a, **k)
+    )
+    args = [command[0], str(tiny_run.path), *(c.format(tmp=tmp_path) for c in command[1:])]
+    assert main([*args, "--seed", "7"]) == 0
+    assert seeds and seeds[0] == 7

@@ -268,3 +268,20 @@ def test_labels_are_one_hot_encoded_and_checked_while_pyro_validates():
         vae.one_hot(torch.tensor([0, 3]), x)
     with pyro.validation_enabled(True), pytest.raises(ValueError, match="from -1 to 1"):
         vae.model(x[:2], torch.tensor([-1, 1]))
+
+
+@pytest.mark.parametrize("n, per", [(2, 1), (4, 2), (6, 2)])
+def test_sample_with_few_images_still_shows_every_class_in_its_row(tiny_conditional_run, tmp_path, monkeypatch,
+                                                                   n, per):  # fmt: skip
+    """``sample -n 2`` of a three-class run drew classes 0 and 1 under "one row per class", -n 4
+    one image of class 2: every class gets a whole row (n rounded up), and the title says so."""
+    from pyrovae import posterior
+
+    drawn, labels, real = [], [], posterior.sample_prior
+    monkeypatch.setattr(plots, "image_grid", lambda images, path, title, nrow=8: drawn.append((title, nrow)))
+    monkeypatch.setattr(
+        posterior, "sample_prior", lambda vae, n, y: labels.append(y.tolist()) or real(vae, n, y)
+    )
+    assert main(["sample", str(tiny_conditional_run.path), "-n", str(n), "-o", str(tmp_path / "s.png")]) == 0
+    assert labels == [[c for c in range(3) for _ in range(per)]]
+    assert drawn == [(f"Samples, one row of {per} per class (0, 1, 2)", per)]

@@ -88,3 +88,45 @@ def test_a_traversal_without_a_kl_per_dimension_ranks_the_dimensions_by_activity
     assert shown == [spread.argsort(descending=True)[:8].tolist()]
     assert shown[0] != list(range(8))
     assert "most active" in (tmp_path / "run" / "figures" / "index.md").read_text()
+
+
+def test_a_conditional_run_interpolates_between_two_images_of_one_class(tiny_conditional_run, monkeypatch):
+    """The path is decoded with one label: its second end was an image of another class, so the
+    figure showed the first class throughout, said to be a path between the two images."""
+    from pyrovae import inspect_run
+
+    ends, real = [], inspect_run.interpolate
+    monkeypatch.setattr(
+        inspect_run,
+        "interpolate",
+        lambda vae, x1, x2, **k: ends.append((x2, k["y"])) or real(vae, x1, x2, **k),
+    )
+    assert main(["inspect", str(tiny_conditional_run.path), "--k", "2", "--n", "12"]) == 0
+    test = tiny_conditional_run.data.test
+    b = next(i for i in range(1, 12) if test.y[i] == test.y[0])
+    assert len(ends) == 2 and all(torch.equal(x2, test.x[b]) and y == test.y[0] for x2, y in ends)
+    index = (tiny_conditional_run.path / "figures" / "index.md").read_text()
+    assert f"two test images of class {test.y[0].item()}, decoded with that label" in index
+
+
+def test_inspect_says_why_a_vamp_prior_run_has_no_kl_per_dimension(tiny_conditional_run):
+    """A conditional run's VampPrior has no KL per dimension: kl_per_dim.png was left out silently,
+    though docs/inspection.md lists it."""
+    assert main(["inspect", str(tiny_conditional_run.path), "--k", "2", "--n", "12"]) == 0
+    figs = tiny_conditional_run.path / "figures"
+    index = (figs / "index.md").read_text()
+    assert not (figs / "kl_per_dim.png").exists()
+    section = index.split("## KL per dimension\n\n")[1]
+    assert section.startswith("Not drawn: KL(q||p) of this run (prior `vamp`")
+    assert "dimensions are active over these" in section and "![" not in section.split("##")[0]
+
+
+def test_the_latent_map_numbers_dimensions_from_zero_as_the_traversal_does(tiny_conditional_run, monkeypatch):
+    """A 2-D run's latent map said "latent dimensions 1 and 2", its traversal "dimensions [1, 0]"."""
+    figs = _drawn(monkeypatch)
+    assert main(["inspect", str(tiny_conditional_run.path), "--k", "2", "--n", "12"]) == 0
+    titles = [f.axes[0].get_title().replace("\n", " ") for f in figs]
+    latent = next(f.axes[0] for f, t in zip(figs, titles, strict=True) if t.startswith("Posterior means"))
+    assert "latent dimensions 0 and 1" in latent.get_title().replace("\n", " ")
+    assert (latent.get_xlabel(), latent.get_ylabel()) == ("latent dimension 0", "latent dimension 1")
+    assert any("Traversal of dimensions [" in t and ("[0, 1]" in t or "[1, 0]" in t) for t in titles)

@@ -58,6 +58,9 @@ def test_float64_data_is_taken_in_a_float32_models_dtype(tiny_run):
         got = call(x.double())
         torch.manual_seed(0)
         assert got.dtype == torch.float32 and torch.allclose(got, call(x), atol=1e-5), name
+        torch.manual_seed(0)
+        from_numpy = call(x.double().numpy())  # as docs/inspection.md promises
+        assert from_numpy.dtype == torch.float32 and torch.allclose(from_numpy, got, atol=1e-5), name
 
 
 @pytest.mark.parametrize("method", ["linear", "spherical"])
@@ -69,6 +72,19 @@ def test_interpolation_endpoints_are_the_encodings(tiny_run, method):
     assert images.shape == (6, 1, 8, 8)
     if method == "linear":
         assert torch.allclose(path[2] - path[1], path[4] - path[3], atol=1e-5)
+
+
+def test_the_interpolation_methods_the_docs_name_are_accepted(tiny_run):
+    """docs/inspection.md said ``interpolate`` (with ``slerp``); ``method="slerp"`` is refused."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "inspection.md").read_text()
+    methods = re.findall(r'`method="(\w+)"`', doc)
+    assert methods == ["linear", "spherical"]
+    x = tiny_run.data.test.x[:2]
+    for method in methods:
+        assert P.interpolate(tiny_run.model, x[0], x[1], steps=3, method=method)[1].shape == (3, 1, 8, 8)
 
 
 def test_traversal_changes_only_the_chosen_dimension(tiny_run):

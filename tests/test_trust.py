@@ -107,12 +107,13 @@ def test_sample_draws_n_images_of_the_trained_classes_in_the_format_asked(
     conditional_run, tmp_path, monkeypatch
 ):
     P = importlib.import_module("pyrovae.posterior")
+    importlib.import_module("pyrovae.inspect_run")  # bound to the real sample_prior, restored after
     drawn, real = [], P.sample_prior
     monkeypatch.setattr(
         P, "sample_prior", lambda vae, n, y=None: drawn.append((n, y.tolist())) or real(vae, n, y)
     )
     assert main(["sample", str(conditional_run), "-n", "5", "-o", str(tmp_path / "s.png")]) == 0
-    assert drawn[-1] == (5, [0, 0, 0, 1, 1])  # five images, rows of the classes it learned
+    assert drawn[-1] == (6, [0, 0, 0, 1, 1, 1])  # five rounded up to whole rows of the classes it learned
     assert main(["sample", str(conditional_run), "-o", str(tmp_path / "s.png")]) == 0
     assert drawn[-1][0] == 64 and set(drawn[-1][1]) == {0, 1}
     assert (
@@ -385,9 +386,30 @@ def test_runs_marks_a_point_estimate_runs_figure_as_no_elbo_and_sorts_it_last(da
     lines = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split() for line in lines[1:3]}
     point_val = max(float(r["val_elbo"]) for r in _rows(folder / "point" / "metrics.csv"))
-    assert rows["point"][3] == f"{point_val:.2f}*" and rows["point"][4:6] == ["-", "-"]
+    # evaluated, it has no test ELBO, log p(x) or K: "-" said "not evaluated"
+    assert rows["point"][3] == f"{point_val:.2f}*" and rows["point"][4:7] == ["n/a", "n/a", "n/a"]
     assert [line.split()[0] for line in lines[1:3]] == ["vae", "point"]
     assert "*: a point-estimate guide (--guide delta)" in lines[-1] and "not an ELBO" in lines[-1]
+    assert "no test ELBO or log p(x) (n/a once evaluated)" in lines[-1]
+
+
+def test_runs_marks_test_figures_of_the_last_checkpoint(data, tmp_path, capsys):
+    """After ``evaluate --checkpoint last`` the row put checkpoint.pt's test figures beside best.pt's
+    validation ELBO, unmarked."""
+    folder = tmp_path / "runs"
+    assert _train(data, folder / "a", "--epochs", "2", "--no-eval") == 0
+    assert main(["evaluate", str(folder / "a"), "--checkpoint", "last", "--k", "3", "--n-test", "5"]) == 0
+    capsys.readouterr()
+    assert main(["runs", str(folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = lines[1].split()
+    assert not row[3].endswith("+") and row[4].endswith("+") and row[5].endswith("+")
+    assert "+: test figures of another checkpoint than best.pt" in lines[-1]
+    assert main(["evaluate", str(folder / "a"), "--k", "3", "--n-test", "5"]) == 0  # best.pt again: unmarked
+    capsys.readouterr()
+    assert main(["runs", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "+" not in out.splitlines()[1] and "+:" not in out
 
 
 def test_runs_marks_a_conditional_runs_figures_as_given_the_label_and_ranks_them_after(
