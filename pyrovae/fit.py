@@ -187,6 +187,9 @@ def fit(
                 on_epoch(dict(loop.c.rows[-1]))
             if progress:
                 _report(loop.c.rows[-1], cfg, loop.c)
+            if signals.caught is not None:  # during validation or the hook: nothing after the steps reads it
+                raise Interrupted(f"stopped by signal {signals.caught} after epoch {epoch + 1}; checkpoint "
+                                  f"written to {ckpt_path}: the run can be resumed")  # fmt: skip
 
     # 5. the best parameters
     if ctx.active:

@@ -183,6 +183,33 @@ def test_ctrl_c_hint_can_be_followed_literally(data, tmp_path, capsys, interrupt
     assert [int(r["epoch"]) for r in _rows(out / "metrics.csv")] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_last_validation_stops_the_run_before_its_evaluation(
+    data, tmp_path, capsys, monkeypatch, sig
+):
+    """The flag a signal sets was read between steps only: after the last epoch's steps nothing
+    read it, and the run went on to be evaluated, exiting 0."""
+    F = importlib.import_module("pyrovae.fit")
+    real = F._validate
+
+    def validate(vae, val, prepare, training, ctx, epoch, *a, **k):
+        if epoch + 1 == 2:
+            os.kill(os.getpid(), sig)
+        return real(vae, val, prepare, training, ctx, epoch, *a, **k)
+
+    monkeypatch.setattr(F, "_validate", validate)
+    out = tmp_path / "run"
+    assert _train(data, out, "--epochs", "2") == 130
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith(f"interrupted: stopped by signal {int(sig)} after epoch 2") and "Traceback" not in err
+    )
+    assert not (out / "eval.json").exists() and len(_rows(out / "metrics.csv")) == 2
+    monkeypatch.undo()
+    assert main(["train", "--resume", "--out", str(out), "--quiet"]) == 0  # nothing left but the evaluation
+    assert "already complete" in capsys.readouterr().out and (out / "eval.json").exists()
+
+
 # -- sweeps ---------------------------------------------------------------------------------
 def _sweep(space, out, data, trials, *more):
     return main(["sweep", "--space", str(space), "--trials", str(trials), "--out", str(out), "--dataset", "file",
