@@ -13,7 +13,9 @@ import argparse
 import dataclasses
 import os
 import re
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .arguments import flag, parser
@@ -202,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
     except SystemExit as e:  # a usage error (status 2) or --help (0): returned, as every other outcome
         return e.code if isinstance(e.code, int) else 2
+    restore = _sigterm_as_ctrl_c()
     try:
         if args.command == "sweep":
             code = _sweep(args)
@@ -225,6 +228,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: cannot use {e.filename or 'a file'}: {e.strerror or e}; free space, fix the "
                   "permissions or choose another path", file=sys.stderr)  # fmt: skip
         return 2
+    finally:
+        restore()
+
+
+def _sigterm_as_ctrl_c() -> Callable[[], None]:
+    """Make SIGTERM raise :class:`KeyboardInterrupt` as SIGINT does, so that outside training (data
+    loading, evaluation) it too ends in one ``interrupted:`` line and status 130, not a silent
+    kill; returns what puts the handler before back (nothing to do outside the main thread,
+    which cannot set one)."""
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    try:
+        before = signal.signal(signal.SIGTERM, stop)
+    except ValueError:
+        return lambda: None
+    # None: a handler not set from Python, which cannot be put back; the default is the nearest
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
 def _resume_hint(args: argparse.Namespace) -> str:

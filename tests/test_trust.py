@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -208,6 +209,28 @@ def test_a_signal_during_the_last_validation_stops_the_run_before_its_evaluation
     monkeypatch.undo()
     assert main(["train", "--resume", "--out", str(out), "--quiet"]) == 0  # nothing left but the evaluation
     assert "already complete" in capsys.readouterr().out and (out / "eval.json").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_evaluation_ends_in_one_interrupted_line(data, tmp_path, sig):
+    """Outside training SIGTERM killed the command silently (status 143) where SIGINT said
+    ``interrupted:`` and exited 130; run as a process of its own, since an unhandled SIGTERM ends it."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    assert _train(data, out, "--epochs", "1", "--no-eval") == 0
+    script = ("import os, sys, pyrovae.loaded as L; from pyrovae.cli import main\n"
+              f"L.evaluate = lambda *a, **k: os.kill(os.getpid(), {int(sig)}) or os.pause()\n"
+              "sys.exit(main(sys.argv[1:]))")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", script, "evaluate", str(out), "--k", "2", "--quiet"],
+                         capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert res.returncode == 130, res.stderr
+    assert (
+        res.stderr.strip() == f"interrupted: stopped by {'Ctrl-C' if sig == signal.SIGINT else 'signal 15'}"
+    )
+    assert not (out / "eval.json").exists()
 
 
 # -- sweeps ---------------------------------------------------------------------------------
