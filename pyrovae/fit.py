@@ -131,6 +131,8 @@ def fit(
         saved = checkpoint.load(ckpt_path, map_location=ctx.device)
         _check_same_config(cfg, saved, out, "checkpoint.pt")  # an edited config.json must not train on
         loop.load_state_dict(saved)
+        if ctx.main:
+            _repair_metrics(out / "metrics.csv", loop.c.rows)
     good = clone_state(loop.state_dict())  # what a NaN rollback returns to
     if progress:
         tqdm.write(f"training step: {steps.description}")
@@ -338,6 +340,15 @@ def _end_epoch(loop: Loop, row: dict, cfg: Config, out: Path, ctx: distributed.C
         checkpoint.save(saved, out / "checkpoint.pt")
         checkpoint.write_text(out / "metrics.csv", metrics_csv(c.rows))
     return clone_state(snap)
+
+
+def _repair_metrics(path: Path, rows: list[dict]) -> None:
+    """Rewrite ``metrics.csv`` from the rows a checkpoint holds, where they differ: a kill between
+    an epoch's ``checkpoint.pt`` and its ``metrics.csv`` left the file a row short (or a row ahead
+    of a checkpoint written before it), which no later epoch of a complete run would mend."""
+    text = metrics_csv(rows)
+    if rows and (not path.exists() or path.read_bytes() != text.encode()):
+        checkpoint.write_text(path, text)
 
 
 def _report(row: dict, cfg: Config, c: Counters) -> None:
