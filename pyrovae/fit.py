@@ -204,9 +204,10 @@ def fit(
 def _open_out(out: Path, cfg: Config, resume: bool, overwrite: bool) -> None:
     """Refuse a folder holding another run (a stale ``config.json`` would describe the wrong
     model), as :func:`~pyrovae.runs.train` does, then write ``config.json``."""
-    from .runs import RUN_FILES, _refuse_occupied, _remove_run_files, resumed_config
+    from .runs import RUN_FILES, _refuse_occupied, _remove_run_files, refuse_lost_checkpoint, resumed_config
 
     if resume and (out / "config.json").exists():
+        refuse_lost_checkpoint(out)
         resumed_config(out, dataclasses.asdict(cfg))
     elif not resume and any((out / name).exists() for name in RUN_FILES if name != "config.json"):
         _refuse_occupied(out, overwrite)  # a config.json alone is a start that failed: replaced

@@ -95,6 +95,22 @@ def refuse_resume_and_overwrite(resume: bool, overwrite: bool) -> None:
         )
 
 
+def refuse_lost_checkpoint(out: Path) -> None:
+    """Refuse to resume a run whose ``checkpoint.pt`` is gone while its ``best.pt`` and trained
+    epochs (``metrics.csv``, written after ``checkpoint.pt``) are there: resuming would silently
+    train it anew from epoch 0 over that ``best.pt``. A ``best.pt`` without ``metrics.csv`` is the
+    first epoch's writes cut short, and resumes from scratch as a ``config.json`` alone does."""
+    if (
+        all((out / name).exists() for name in ("best.pt", "metrics.csv"))
+        and not (out / "checkpoint.pt").exists()
+    ):
+        raise checkpoint.CheckpointError(
+            f"resume: {out} holds no checkpoint.pt (its best.pt can still be evaluated or sampled: "
+            "--checkpoint best); the run cannot be resumed without checkpoint.pt, so train it again "
+            "with --overwrite (overwrite=True)"
+        )
+
+
 def _refuse_occupied(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(
@@ -155,6 +171,8 @@ def train(
     out = Path(out)
     cfg.validate()
     refuse_resume_and_overwrite(resume, overwrite)
+    if resume:
+        refuse_lost_checkpoint(out)
     before = Config.load(out / "config.json") if resume and (out / "config.json").exists() else None
     if before is not None and cfg.data_dir == before.data_dir:  # not given anew: found as load_run finds it,
         cfg.data_dir = _moved_mnist(cfg)  # in $PYROVAE_DATA where the saved folder lost MNIST

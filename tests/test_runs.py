@@ -66,6 +66,30 @@ def test_resume_refuses_fewer_epochs_than_the_run_has_trained(tmp_path, tiny_dat
     assert train(tiny_config(data, epochs=2), tmp_path / "r", resume=True, progress=False).complete
 
 
+def test_resume_without_checkpoint_pt_is_refused_not_trained_anew(
+    tmp_path, tiny_data_file, tiny_config, capsys
+):
+    """It trained from epoch 0 again, silently, over the run's best.pt."""
+    from pyrovae.checkpoint import CheckpointError
+    from pyrovae.cli import main
+
+    data, run = tiny_data_file(tmp_path), tmp_path / "r"
+    train(tiny_config(data, epochs=1), run, progress=False, evaluate=False)
+    (run / "checkpoint.pt").unlink()
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: resume: ") and len(err.splitlines()) == 1
+    assert (
+        "--checkpoint best" in err
+        and "cannot be resumed without checkpoint.pt" in err
+        and "--overwrite" in err
+    )
+    with pytest.raises(CheckpointError, match="cannot be resumed without checkpoint.pt"):
+        train(tiny_config(data, epochs=2), run, resume=True, progress=False)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
 def test_existing_run_directory_is_refused(tmp_path, tiny_data_file, tiny_config):
     data = tiny_data_file(tmp_path)
     train(tiny_config(data, epochs=1), tmp_path / "r", progress=False, evaluate=False)
