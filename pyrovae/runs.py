@@ -211,7 +211,7 @@ def train(
     try:
         vae = fit(vae, data, out, cfg, resume=resume, progress=progress, on_epoch=_chain(hooks),
                   on_step=board.on_step if board else None, meta={"evaluate": evaluate, "made_by": "train"})  # fmt: skip
-    except Exception:
+    except BaseException:  # Ctrl-C before the first checkpoint too: the same command can run again
         if fresh:
             _clean_failed_start(out)
         raise

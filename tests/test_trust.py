@@ -184,6 +184,26 @@ def test_ctrl_c_hint_can_be_followed_literally(data, tmp_path, capsys, interrupt
     assert [int(r["epoch"]) for r in _rows(out / "metrics.csv")] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("where", ["load_data", "fit"])
+def test_ctrl_c_before_the_first_checkpoint_says_to_run_the_same_command_again(
+    data, tmp_path, capsys, monkeypatch, where
+):
+    """The hint said ``continue with: pyrovae train --resume``, which was then refused: the folder
+    held no run (Ctrl-C while loading the data) or a config.json the command refused."""
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(R, where, ctrl_c)
+    out = tmp_path / "run"
+    assert _train(data, out, "--epochs", "1", "--no-eval") == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "interrupted: stopped by Ctrl-C (nothing was trained: run the same command again)"
+    monkeypatch.undo()
+    assert _train(data, out, "--epochs", "1", "--no-eval") == 0, capsys.readouterr().err
+    assert len(_rows(out / "metrics.csv")) == 1
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_the_last_validation_stops_the_run_before_its_evaluation(
     data, tmp_path, capsys, monkeypatch, sig
