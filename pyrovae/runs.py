@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import pyro
@@ -41,6 +42,9 @@ DATA_OPTIONS = ("dataset", "data_dir", "data_file", "labels_file", "val_size", "
                 "batch_size")  # fmt: skip
 RUN_FILES = ["config.json", "metrics.csv", "checkpoint.pt", "best.pt", "eval.json", "samples.png",
              "reconstructions.png"]  # fmt: skip
+#: Files other commands write into a run about its model (``disentanglement``); ``inspect``'s
+#: ``figures/`` goes with them, as far as its ``index.md`` names its files.
+DESCRIBING_FILES = ["disentanglement.json", "traversal.png"]
 
 
 # -- the run directory ----------------------------------------------------------------------
@@ -120,11 +124,19 @@ def _refuse_occupied(out: Path, overwrite: bool) -> None:
 
 
 def _remove_run_files(out: Path) -> None:
-    """The files a run writes, TensorBoard's event files included; nothing else of the folder."""
-    for name in RUN_FILES:
+    """The files a run writes, TensorBoard's event files included, and those other commands wrote
+    into it about its model (``inspect``'s figures, ``disentanglement``'s); nothing else of the folder."""
+    for name in RUN_FILES + DESCRIBING_FILES:
         (out / name).unlink(missing_ok=True)
     for events in out.glob("events.out.tfevents.*"):
         events.unlink()
+    figures = out / "figures"
+    if (figures / "index.md").is_file():  # inspect's: it names each figure it wrote
+        for name in re.findall(r"^!\[[^\]]*\]\(([^)/.][^)/]*)\)$", (figures / "index.md").read_text(), re.M):
+            (figures / name).unlink(missing_ok=True)
+        (figures / "index.md").unlink()
+        if not any(figures.iterdir()):  # files of the user's own are kept, and the folder with them
+            figures.rmdir()
 
 
 def _clean_failed_start(out: Path) -> None:

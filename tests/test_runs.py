@@ -98,6 +98,28 @@ def test_existing_run_directory_is_refused(tmp_path, tiny_data_file, tiny_config
     train(tiny_config(data, epochs=1), tmp_path / "r", overwrite=True, progress=False, evaluate=False)
 
 
+def test_overwrite_removes_what_pyrovae_wrote_about_the_old_model_and_keeps_the_users_files(
+    tmp_path, tiny_data_file, capsys
+):
+    """``inspect``'s figures/ (with an index.md describing the replaced model) outlived --overwrite."""
+    from pyrovae.cli import main
+
+    data, run = tiny_data_file(tmp_path), tmp_path / "r"
+    args = ["train", "--dataset", "file", "--data-file", str(data), "--z-dim", "2", "--hidden", "8",
+            "--batch-size", "16", "--val-size", "12", "--epochs", "1", "--no-eval", "--quiet", "--out", str(run)]  # fmt: skip
+    inspect = ["inspect", str(run), "--n", "10", "--k", "2"]
+    assert main(args) == 0 and main(inspect) == 0
+    (run / "disentanglement.json").write_text("{}")  # as `pyrovae disentanglement` leaves it
+    (run / "notes.txt").write_text("mine")
+    assert main([*args, "--overwrite"]) == 0, capsys.readouterr().err
+    assert not (run / "figures").exists() and not (run / "disentanglement.json").exists()
+    assert main(inspect) == 0
+    (run / "figures" / "mine.png").write_text("a figure of the user's")
+    assert main([*args, "--overwrite"]) == 0, capsys.readouterr().err
+    assert [p.name for p in (run / "figures").iterdir()] == ["mine.png"]
+    assert (run / "notes.txt").read_text() == "mine"
+
+
 def test_a_run_that_fails_at_its_first_step_leaves_nothing(
     tmp_path, monkeypatch, tiny_data_file, poison_decoder, tiny_config
 ):
