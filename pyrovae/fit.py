@@ -145,7 +145,7 @@ def fit(
             lr = _start_epoch(loop, cfg, train)
             batches = training.batches(c.perm, cfg.batch_size)
             bar = _bar(c, epoch, cfg.epochs, len(batches), progress)
-            t0, failed, since, images = time.perf_counter(), None, c.step_in_epoch, 0
+            t0, failed, since, images = time.perf_counter() - c.seconds, None, c.step_in_epoch, 0
             coefs = training.schedule(epoch + max(c.step_in_epoch - 1, 0) / len(batches))
 
             # 4a. steps; the loss is read every steps.every steps (1 for the eager step), and at once
@@ -171,6 +171,7 @@ def fit(
                 bar.set_postfix(loss=f"{c.loss_sum / c.seen:.2f}", refresh=False)
                 if signals.caught is not None:
                     bar.close()
+                    c.seconds = time.perf_counter() - t0
                     _interrupt(loop, ctx, ckpt_path, signals.caught, epoch, s)
             bar.close()
 
@@ -263,7 +264,7 @@ def _start_epoch(loop: Loop, cfg: Config, train: Split) -> float:
             group["lr"] = lr
     if c.perm is None:
         c.perm = torch.randperm(len(train), generator=loop.data_rng, device=loop.device)
-        c.step_in_epoch, c.loss_sum, c.seen = 0, 0.0, 0
+        c.step_in_epoch, c.loss_sum, c.seen, c.seconds = 0, 0.0, 0, 0.0
     return lr
 
 

@@ -111,6 +111,27 @@ def test_a_kill_between_the_last_epochs_writes_is_mended_by_resume(
     assert line[:3] == ["run", "complete", "2/2"], line
 
 
+def test_a_resumed_epoch_counts_the_seconds_before_its_interrupt(tmp_path, tiny_data_file, tiny_config):
+    """Its metrics.csv row counted only the part after the resume."""
+    from pyrovae import build_model, fit
+    from pyrovae.fit import Interrupted
+    from pyrovae.loaded import load_data
+
+    cfg = tiny_config(tiny_data_file(tmp_path), epochs=1)
+    data = load_data(cfg)
+
+    def slow(step, loss):
+        time.sleep(0.1)
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted, match="step 4"):
+        fit(build_model(cfg, data.x_shape), data, tmp_path / "r", cfg, progress=False, on_step=slow)
+    fit(build_model(cfg, data.x_shape), data, tmp_path / "r", cfg, resume=True, progress=False)
+    (row,) = csv.DictReader(open(tmp_path / "r" / "metrics.csv"))
+    assert float(row["seconds"]) >= 0.4
+
+
 def _cmd(data, out, epochs=40):
     return [sys.executable, "-m", "pyrovae", "train", "--dataset", "file", "--data-file", str(data), "--z-dim", "2",
             "--hidden", "32", "--batch-size", "8", "--val-size", "10", "--epochs", str(epochs), "--seed", "1",
