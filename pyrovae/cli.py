@@ -13,7 +13,10 @@ import argparse
 import dataclasses
 import os
 import re
+import signal
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .arguments import flag, parser
@@ -214,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
     except SystemExit as e:  # a usage error (status 2) or --help (0): returned, as every other outcome
         return e.code if isinstance(e.code, int) else 2
+    restore, started = _sigterm_as_ctrl_c(), time.time()
     try:
         if args.command == "sweep":
             code = _sweep(args)
@@ -230,19 +234,48 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (Interrupted, KeyboardInterrupt) as e:
         if _speaks():
-            print(f"interrupted: {str(e) or 'stopped by Ctrl-C'}{_resume_hint(args)}", file=sys.stderr)
+            print(f"interrupted: {str(e) or 'stopped by Ctrl-C'}{_resume_hint(args, e, started)}",
+                  file=sys.stderr)  # fmt: skip
         return 130
     except OSError as e:  # a file system refusing a write the checks before could not foresee
         if _speaks():
             print(f"error: cannot use {e.filename or 'a file'}: {e.strerror or e}; free space, fix the "
                   "permissions or choose another path", file=sys.stderr)  # fmt: skip
         return 2
+    finally:
+        restore()
 
 
-def _resume_hint(args: argparse.Namespace) -> str:
-    """The command that continues what was interrupted, to follow literally."""
+def _sigterm_as_ctrl_c() -> Callable[[], None]:
+    """Make SIGTERM raise :class:`KeyboardInterrupt` as SIGINT does, so that outside training (data
+    loading, evaluation) it too ends in one ``interrupted:`` line and status 130, not a silent
+    kill; returns what puts the handler before back (nothing to do outside the main thread,
+    which cannot set one)."""
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    try:
+        before = signal.signal(signal.SIGTERM, stop)
+    except ValueError:
+        return lambda: None
+    # None: a handler not set from Python, which cannot be put back; the default is the nearest
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
+
+
+def _resume_hint(args: argparse.Namespace, e: BaseException, started: float) -> str:
+    """The command that continues what was interrupted, to follow literally; ``started``: when
+    the command began (a checkpoint written since is this run's, not one it was to overwrite)."""
+    from .fit import Interrupted
+
     if args.command == "train":
-        return f" (continue with: pyrovae train --resume --out {_train_out(args)})"
+        out = _train_out(args)
+        ckpt = out / "checkpoint.pt"
+        # a second of slack: a file's time stamp may lag the clock by a tick
+        ours = ckpt.exists() and ckpt.stat().st_mtime >= started - 1
+        if isinstance(e, Interrupted) or args.resume or ours:
+            return f" (continue with: pyrovae train --resume --out {out})"
+        return " (nothing was trained: run the same command again)"
     if args.command == "sweep":
         return (f" (continue with: pyrovae sweep --resume --out {args.out} --space {args.space} "
                 f"--trials {args.trials} and the options given before)")  # fmt: skip

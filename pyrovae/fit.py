@@ -133,6 +133,8 @@ def fit(
         saved = checkpoint.load(ckpt_path, map_location=ctx.device)
         _check_same_config(cfg, saved, out, "checkpoint.pt")  # an edited config.json must not train on
         loop.load_state_dict(saved)
+        if ctx.main:
+            _repair_metrics(out / "metrics.csv", loop.c.rows)
     good = clone_state(loop.state_dict())  # what a NaN rollback returns to
     if progress:
         tqdm.write(f"training step: {steps.description}")
@@ -145,7 +147,7 @@ def fit(
             lr = _start_epoch(loop, cfg, train)
             batches = training.batches(c.perm, cfg.batch_size)
             bar = _bar(c, epoch, cfg.epochs, len(batches), progress)
-            t0, failed, since, images = time.perf_counter(), None, c.step_in_epoch, 0
+            t0, failed, since, images = time.perf_counter() - c.seconds, None, c.step_in_epoch, 0
             coefs = training.schedule(epoch + max(c.step_in_epoch - 1, 0) / len(batches))
 
             # 4a. steps; the loss is read every steps.every steps (1 for the eager step), and at once
@@ -171,6 +173,7 @@ def fit(
                 bar.set_postfix(loss=f"{c.loss_sum / c.seen:.2f}", refresh=False)
                 if signals.caught is not None:
                     bar.close()
+                    c.seconds = time.perf_counter() - t0
                     _interrupt(loop, ctx, ckpt_path, signals.caught, epoch, s)
             bar.close()
 
@@ -189,6 +192,9 @@ def fit(
                 on_epoch(dict(loop.c.rows[-1]))
             if progress:
                 _report(loop.c.rows[-1], cfg, loop.c)
+            if signals.caught is not None:  # during validation or the hook: nothing after the steps reads it
+                raise Interrupted(f"stopped by signal {signals.caught} after epoch {epoch + 1}; checkpoint "
+                                  f"written to {ckpt_path}: the run can be resumed")  # fmt: skip
 
     # 5. the best parameters
     if ctx.active:
@@ -201,9 +207,10 @@ def fit(
 def _open_out(out: Path, cfg: Config, resume: bool, overwrite: bool) -> None:
     """Refuse a folder holding another run (a stale ``config.json`` would describe the wrong
     model), as :func:`~pyrovae.runs.train` does, then write ``config.json``."""
-    from .runs import RUN_FILES, _refuse_occupied, _remove_run_files, resumed_config
+    from .runs import RUN_FILES, _refuse_occupied, _remove_run_files, refuse_lost_checkpoint, resumed_config
 
     if resume and (out / "config.json").exists():
+        refuse_lost_checkpoint(out)
         resumed_config(out, dataclasses.asdict(cfg))
     elif not resume and any((out / name).exists() for name in RUN_FILES if name != "config.json"):
         _refuse_occupied(out, overwrite)  # a config.json alone is a start that failed: replaced
@@ -259,7 +266,7 @@ def _start_epoch(loop: Loop, cfg: Config, train: Split) -> float:
             group["lr"] = lr
     if c.perm is None:
         c.perm = torch.randperm(len(train), generator=loop.data_rng, device=loop.device)
-        c.step_in_epoch, c.loss_sum, c.seen = 0, 0.0, 0
+        c.step_in_epoch, c.loss_sum, c.seen, c.seconds = 0, 0.0, 0, 0.0
     return lr
 
 
@@ -337,6 +344,15 @@ def _end_epoch(loop: Loop, row: dict, cfg: Config, out: Path, ctx: distributed.C
         checkpoint.save(saved, out / "checkpoint.pt")
         checkpoint.write_text(out / "metrics.csv", metrics_csv(c.rows))
     return clone_state(snap)
+
+
+def _repair_metrics(path: Path, rows: list[dict]) -> None:
+    """Rewrite ``metrics.csv`` from the rows a checkpoint holds, where they differ: a kill between
+    an epoch's ``checkpoint.pt`` and its ``metrics.csv`` left the file a row short (or a row ahead
+    of a checkpoint written before it), which no later epoch of a complete run would mend."""
+    text = metrics_csv(rows)
+    if rows and (not path.exists() or path.read_bytes() != text.encode()):
+        checkpoint.write_text(path, text)
 
 
 def _report(row: dict, cfg: Config, c: Counters) -> None:

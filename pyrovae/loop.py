@@ -24,6 +24,7 @@ class Counters:
     perm: torch.Tensor | None = None  # this epoch's order, kept so a mid-epoch resume is exact
     loss_sum: float = 0.0
     seen: int = 0
+    seconds: float = 0.0  # spent on this epoch's steps before an interrupt, so its row counts them
     best: float = -math.inf
     bad_epochs: int = 0
     lr_factor: float = 1.0

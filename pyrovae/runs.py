@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import pyro
@@ -41,6 +42,9 @@ DATA_OPTIONS = ("dataset", "data_dir", "data_file", "labels_file", "val_size", "
                 "batch_size")  # fmt: skip
 RUN_FILES = ["config.json", "metrics.csv", "checkpoint.pt", "best.pt", "eval.json", "samples.png",
              "reconstructions.png"]  # fmt: skip
+#: Files other commands write into a run about its model (``disentanglement``); ``inspect``'s
+#: ``figures/`` goes with them, as far as its ``index.md`` names its files.
+DESCRIBING_FILES = ["disentanglement.json", "traversal.png"]
 
 
 # -- the run directory ----------------------------------------------------------------------
@@ -95,8 +99,28 @@ def refuse_resume_and_overwrite(resume: bool, overwrite: bool) -> None:
         )
 
 
+def refuse_lost_checkpoint(out: Path) -> None:
+    """Refuse to resume a run whose ``checkpoint.pt`` is gone while its ``best.pt`` and trained
+    epochs (``metrics.csv``, written after ``checkpoint.pt``) are there: resuming would silently
+    train it anew from epoch 0 over that ``best.pt``. A ``best.pt`` without ``metrics.csv`` is the
+    first epoch's writes cut short, and resumes from scratch as a ``config.json`` alone does."""
+    if (
+        all((out / name).exists() for name in ("best.pt", "metrics.csv"))
+        and not (out / "checkpoint.pt").exists()
+    ):
+        raise checkpoint.CheckpointError(
+            f"resume: {out} holds no checkpoint.pt (its best.pt can still be evaluated or sampled: "
+            "--checkpoint best); the run cannot be resumed without checkpoint.pt, so train it again "
+            "with --overwrite (overwrite=True)"
+        )
+
+
 def _refuse_occupied(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    """Refuse a folder that holds files unless ``overwrite``: a ``config.json`` alone (with the
+    partial files of writes a kill cut short) is a start that failed before its first checkpoint,
+    replaced as :func:`~pyrovae.fit.fit` replaces it."""
+    failed_start = lambda p: p.name == "config.json" or checkpoint.TEMPORARY.fullmatch(p.name)  # noqa: E731
+    if out.exists() and not all(map(failed_start, out.iterdir())) and not overwrite:
         raise ConfigError(
             f"{out} already holds files: continue its run with --resume (resume=True in Python) or "
             "replace it with --overwrite (overwrite=True)", "out",
@@ -104,11 +128,19 @@ def _refuse_occupied(out: Path, overwrite: bool) -> None:
 
 
 def _remove_run_files(out: Path) -> None:
-    """The files a run writes, TensorBoard's event files included; nothing else of the folder."""
-    for name in RUN_FILES:
+    """The files a run writes, TensorBoard's event files included, and those other commands wrote
+    into it about its model (``inspect``'s figures, ``disentanglement``'s); nothing else of the folder."""
+    for name in RUN_FILES + DESCRIBING_FILES:
         (out / name).unlink(missing_ok=True)
     for events in out.glob("events.out.tfevents.*"):
         events.unlink()
+    figures = out / "figures"
+    if (figures / "index.md").is_file():  # inspect's: it names each figure it wrote
+        for name in re.findall(r"^!\[[^\]]*\]\(([^)/.][^)/]*)\)$", (figures / "index.md").read_text(), re.M):
+            (figures / name).unlink(missing_ok=True)
+        (figures / "index.md").unlink()
+        if not any(figures.iterdir()):  # files of the user's own are kept, and the folder with them
+            figures.rmdir()
 
 
 def _clean_failed_start(out: Path) -> None:
@@ -155,6 +187,8 @@ def train(
     out = Path(out)
     cfg.validate()
     refuse_resume_and_overwrite(resume, overwrite)
+    if resume:
+        refuse_lost_checkpoint(out)
     before = Config.load(out / "config.json") if resume and (out / "config.json").exists() else None
     if before is not None and cfg.data_dir == before.data_dir:  # not given anew: found as load_run finds it,
         cfg.data_dir = _moved_mnist(cfg)  # in $PYROVAE_DATA where the saved folder lost MNIST
@@ -193,7 +227,7 @@ def train(
     try:
         vae = fit(vae, data, out, cfg, resume=resume, progress=progress, on_epoch=_chain(hooks),
                   on_step=board.on_step if board else None, meta={"evaluate": evaluate, "made_by": "train"})  # fmt: skip
-    except Exception:
+    except BaseException:  # Ctrl-C before the first checkpoint too: the same command can run again
         if fresh:
             _clean_failed_start(out)
         raise

@@ -71,6 +71,67 @@ def test_early_stopping(tmp_path, tiny_data_file, tiny_config):
     assert float(rows[-2]["val_elbo"]) == best or float(rows[-1]["val_elbo"]) < best
 
 
+class _Killed(BaseException):
+    """A kill -9 in the middle of the epoch's writes: no handler of pyrovae's catches it."""
+
+
+@pytest.mark.parametrize("killed", ["checkpoint.pt", "metrics.csv"])
+def test_a_kill_between_the_last_epochs_writes_is_mended_by_resume(
+    tmp_path, tiny_data_file, monkeypatch, capsys, killed
+):
+    """best.pt, checkpoint.pt and metrics.csv are written one after the other: a kill after the
+    last checkpoint left metrics.csv a row short for good, which `pyrovae runs` showed as incomplete."""
+    from pyrovae.cli import main
+
+    data, out = tiny_data_file(tmp_path), tmp_path / "run"
+    args = ["train", "--dataset", "file", "--data-file", str(data), "--z-dim", "2", "--hidden", "8",
+            "--batch-size", "16", "--val-size", "12", "--epochs", "2", "--no-eval", "--quiet", "--out", str(out)]  # fmt: skip
+    real, writes = checkpoint.atomic_write, []
+
+    def write(path, what):
+        writes.append(path.name)
+        if writes.count(killed) == 2:  # the last epoch's
+            raise _Killed
+        real(path, what)
+
+    monkeypatch.setattr(checkpoint, "atomic_write", write)
+    with pytest.raises(_Killed):
+        main(args)
+    monkeypatch.undo()
+    assert main(["train", "--resume", "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    saved = checkpoint.load(out / "checkpoint.pt")["state"]["rows"]
+    assert [r["val_elbo"] for r in saved] == [float(r["val_elbo"]) for r in rows]
+    best = max(rows, key=lambda r: float(r["val_elbo"]))
+    assert checkpoint.load(out / "best.pt")["state"]["epoch"] == int(best["epoch"])
+    capsys.readouterr()
+    assert main(["runs", str(tmp_path)]) == 0
+    line = capsys.readouterr().out.splitlines()[1].split()
+    assert line[:3] == ["run", "complete", "2/2"], line
+
+
+def test_a_resumed_epoch_counts_the_seconds_before_its_interrupt(tmp_path, tiny_data_file, tiny_config):
+    """Its metrics.csv row counted only the part after the resume."""
+    from pyrovae import build_model, fit
+    from pyrovae.fit import Interrupted
+    from pyrovae.loaded import load_data
+
+    cfg = tiny_config(tiny_data_file(tmp_path), epochs=1)
+    data = load_data(cfg)
+
+    def slow(step, loss):
+        time.sleep(0.1)
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted, match="step 4"):
+        fit(build_model(cfg, data.x_shape), data, tmp_path / "r", cfg, progress=False, on_step=slow)
+    fit(build_model(cfg, data.x_shape), data, tmp_path / "r", cfg, resume=True, progress=False)
+    (row,) = csv.DictReader(open(tmp_path / "r" / "metrics.csv"))
+    assert float(row["seconds"]) >= 0.4
+
+
 def _cmd(data, out, epochs=40):
     return [sys.executable, "-m", "pyrovae", "train", "--dataset", "file", "--data-file", str(data), "--z-dim", "2",
             "--hidden", "32", "--batch-size", "8", "--val-size", "10", "--epochs", str(epochs), "--seed", "1",

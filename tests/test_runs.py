@@ -66,12 +66,77 @@ def test_resume_refuses_fewer_epochs_than_the_run_has_trained(tmp_path, tiny_dat
     assert train(tiny_config(data, epochs=2), tmp_path / "r", resume=True, progress=False).complete
 
 
+def test_resume_without_checkpoint_pt_is_refused_not_trained_anew(
+    tmp_path, tiny_data_file, tiny_config, capsys
+):
+    """It trained from epoch 0 again, silently, over the run's best.pt."""
+    from pyrovae.checkpoint import CheckpointError
+    from pyrovae.cli import main
+
+    data, run = tiny_data_file(tmp_path), tmp_path / "r"
+    train(tiny_config(data, epochs=1), run, progress=False, evaluate=False)
+    (run / "checkpoint.pt").unlink()
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: resume: ") and len(err.splitlines()) == 1
+    assert (
+        "--checkpoint best" in err
+        and "cannot be resumed without checkpoint.pt" in err
+        and "--overwrite" in err
+    )
+    with pytest.raises(CheckpointError, match="cannot be resumed without checkpoint.pt"):
+        train(tiny_config(data, epochs=2), run, resume=True, progress=False)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
 def test_existing_run_directory_is_refused(tmp_path, tiny_data_file, tiny_config):
     data = tiny_data_file(tmp_path)
     train(tiny_config(data, epochs=1), tmp_path / "r", progress=False, evaluate=False)
     with pytest.raises(ConfigError, match="--resume .* --overwrite"):
         train(tiny_config(data, epochs=1), tmp_path / "r", progress=False, evaluate=False)
     train(tiny_config(data, epochs=1), tmp_path / "r", overwrite=True, progress=False, evaluate=False)
+
+
+def test_overwrite_removes_what_pyrovae_wrote_about_the_old_model_and_keeps_the_users_files(
+    tmp_path, tiny_data_file, capsys
+):
+    """``inspect``'s figures/ (with an index.md describing the replaced model) outlived --overwrite."""
+    from pyrovae.cli import main
+
+    data, run = tiny_data_file(tmp_path), tmp_path / "r"
+    args = ["train", "--dataset", "file", "--data-file", str(data), "--z-dim", "2", "--hidden", "8",
+            "--batch-size", "16", "--val-size", "12", "--epochs", "1", "--no-eval", "--quiet", "--out", str(run)]  # fmt: skip
+    inspect = ["inspect", str(run), "--n", "10", "--k", "2"]
+    assert main(args) == 0 and main(inspect) == 0
+    (run / "disentanglement.json").write_text("{}")  # as `pyrovae disentanglement` leaves it
+    (run / "notes.txt").write_text("mine")
+    assert main([*args, "--overwrite"]) == 0, capsys.readouterr().err
+    assert not (run / "figures").exists() and not (run / "disentanglement.json").exists()
+    assert main(inspect) == 0
+    (run / "figures" / "mine.png").write_text("a figure of the user's")
+    assert main([*args, "--overwrite"]) == 0, capsys.readouterr().err
+    assert [p.name for p in (run / "figures").iterdir()] == ["mine.png"]
+    assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_a_start_killed_before_its_first_checkpoint_is_replaced_by_the_same_command(
+    tmp_path, tiny_data_file, capsys
+):
+    """A kill -9 before the first checkpoint leaves config.json alone, which fit() replaces: the
+    same `pyrovae train` refused it ("already holds files")."""
+    from pyrovae.cli import main
+
+    data, run = tiny_data_file(tmp_path), tmp_path / "r"
+    args = ["train", "--dataset", "file", "--data-file", str(data), "--z-dim", "2", "--hidden", "8",
+            "--batch-size", "16", "--val-size", "12", "--epochs", "1", "--no-eval", "--quiet", "--out", str(run)]  # fmt: skip
+    run.mkdir()
+    (run / "config.json").write_text(Config(z_dim=5).to_json())
+    (run / ".checkpoint.pt.999999999.abcd1234.tmp").write_bytes(b"cut short")  # a write the kill cut short
+    assert main(args) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "checkpoint.pt", "config.json", "metrics.csv"]
+    assert Config.load(run / "config.json").z_dim == 2
+    assert main(args) == 2 and "already holds files" in capsys.readouterr().err  # a run, not a failed start
 
 
 def test_a_run_that_fails_at_its_first_step_leaves_nothing(

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,6 +183,75 @@ def test_ctrl_c_hint_can_be_followed_literally(data, tmp_path, capsys, interrupt
     assert command == ["pyrovae", "train", "--resume", "--out", str(out)]
     assert main([*command[1:], "--quiet"]) == 0
     assert [int(r["epoch"]) for r in _rows(out / "metrics.csv")] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("where", ["load_data", "fit"])
+def test_ctrl_c_before_the_first_checkpoint_says_to_run_the_same_command_again(
+    data, tmp_path, capsys, monkeypatch, where
+):
+    """The hint said ``continue with: pyrovae train --resume``, which was then refused: the folder
+    held no run (Ctrl-C while loading the data) or a config.json the command refused."""
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(R, where, ctrl_c)
+    out = tmp_path / "run"
+    assert _train(data, out, "--epochs", "1", "--no-eval") == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "interrupted: stopped by Ctrl-C (nothing was trained: run the same command again)"
+    monkeypatch.undo()
+    assert _train(data, out, "--epochs", "1", "--no-eval") == 0, capsys.readouterr().err
+    assert len(_rows(out / "metrics.csv")) == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_last_validation_stops_the_run_before_its_evaluation(
+    data, tmp_path, capsys, monkeypatch, sig
+):
+    """The flag a signal sets was read between steps only: after the last epoch's steps nothing
+    read it, and the run went on to be evaluated, exiting 0."""
+    F = importlib.import_module("pyrovae.fit")
+    real = F._validate
+
+    def validate(vae, val, prepare, training, ctx, epoch, *a, **k):
+        if epoch + 1 == 2:
+            os.kill(os.getpid(), sig)
+        return real(vae, val, prepare, training, ctx, epoch, *a, **k)
+
+    monkeypatch.setattr(F, "_validate", validate)
+    out = tmp_path / "run"
+    assert _train(data, out, "--epochs", "2") == 130
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith(f"interrupted: stopped by signal {int(sig)} after epoch 2") and "Traceback" not in err
+    )
+    assert not (out / "eval.json").exists() and len(_rows(out / "metrics.csv")) == 2
+    monkeypatch.undo()
+    assert main(["train", "--resume", "--out", str(out), "--quiet"]) == 0  # nothing left but the evaluation
+    assert "already complete" in capsys.readouterr().out and (out / "eval.json").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_evaluation_ends_in_one_interrupted_line(data, tmp_path, sig):
+    """Outside training SIGTERM killed the command silently (status 143) where SIGINT said
+    ``interrupted:`` and exited 130; run as a process of its own, since an unhandled SIGTERM ends it."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    assert _train(data, out, "--epochs", "1", "--no-eval") == 0
+    script = ("import os, sys, pyrovae.loaded as L; from pyrovae.cli import main\n"
+              f"L.evaluate = lambda *a, **k: os.kill(os.getpid(), {int(sig)}) or os.pause()\n"
+              "sys.exit(main(sys.argv[1:]))")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", script, "evaluate", str(out), "--k", "2", "--quiet"],
+                         capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert res.returncode == 130, res.stderr
+    assert (
+        res.stderr.strip() == f"interrupted: stopped by {'Ctrl-C' if sig == signal.SIGINT else 'signal 15'}"
+    )
+    assert not (out / "eval.json").exists()
 
 
 # -- sweeps ---------------------------------------------------------------------------------
