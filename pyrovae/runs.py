@@ -26,10 +26,12 @@ from .loaded import (  # a run read back lived here: its names stay importable f
     EVAL_BINARIZE_SEED,  # noqa: F401
     Run,
     _moved_mnist,
+    default_dtype,
     evaluate_run,  # noqa: F401
     finish,
     load_data,
     load_run,  # noqa: F401
+    saved_dtype,
     write_json,  # noqa: F401
 )
 
@@ -201,11 +203,13 @@ def train(
     distributed.check_devices(resolve_device(cfg.device))
     if rank0 and not resume:
         _refuse_occupied(out, overwrite)  # before the data is loaded
-    data = data if data is not None else load_data(cfg)
-    if progress and rank0:
-        print(data.describe())
-    pyro.set_rng_seed(cfg.seed)  # the model's initial parameters
-    vae = build_model(cfg, data.x_shape, data.num_classes)
+    saved = checkpoint.load(out / "checkpoint.pt") if resume and (out / "checkpoint.pt").exists() else None
+    with default_dtype(saved_dtype(saved["model"]) if saved else None):  # a float64 run resumes as float64
+        data = data if data is not None else load_data(cfg)
+        if progress and rank0:
+            print(data.describe())
+        pyro.set_rng_seed(cfg.seed)  # the model's initial parameters
+        vae = build_model(cfg, data.x_shape, data.num_classes)
     if cfg.init_bias and hasattr(vae, "init_output_bias"):  # optional for a model variant
         vae.init_output_bias(data.train.x.mean(0))
     board = None
@@ -213,7 +217,6 @@ def train(
         from .tracking import require_tensorboard
 
         require_tensorboard()  # before out is touched
-    saved = checkpoint.load(out / "checkpoint.pt") if resume and (out / "checkpoint.pt").exists() else None
     fresh = _open_run_dir(out, cfg, resume, overwrite, saved) if rank0 else False
     complete = _trained_epochs(saved, cfg) if resume else None
     if evaluate is None:  # a resumed run keeps the choice it was started with (--no-eval)

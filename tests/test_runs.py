@@ -1,6 +1,7 @@
 """The run layer: what a run directory holds, resuming it, and refusing what would overwrite or contradict it."""
 
 import csv
+import dataclasses
 import importlib
 
 import pytest
@@ -228,3 +229,15 @@ def test_a_float64_run_reopens_as_float64_and_evaluate_repeats_its_figures(
     assert run.data.test.x.dtype == torch.float64 and torch.get_default_dtype() == torch.float32
     assert main(["evaluate", str(tmp_path / "run"), "--quiet"]) == 0
     assert json.loads((tmp_path / "run" / "eval.json").read_text()) == trained
+
+    # resumed here, in float32, it trains on in float64: as if it had trained 2 epochs at once
+    resumed = train(dataclasses.replace(cfg, epochs=2), tmp_path / "run", resume=True, progress=False)
+    torch.set_default_dtype(torch.float64)
+    try:
+        straight = train(dataclasses.replace(cfg, epochs=2), tmp_path / "straight", progress=False)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    for (name, a), b in zip(
+        resumed.model.state_dict().items(), straight.model.state_dict().values(), strict=True
+    ):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
