@@ -161,7 +161,9 @@ def _command(args: argparse.Namespace) -> int:
 
         variant_of(run.model).samples(run, args.output, args.n, args.label, args.seed)
     elif args.command == "reconstruct":
-        test = run.data.test.subset(slice(0, args.n))
+        from .loaded import trained_test
+
+        test = trained_test(run).subset(slice(0, args.n))
         if args.n > len(test):  # the picture shows fewer than asked: say so, not silently
             print(f"note: -n {args.n} is more than the {len(test)} test images: drawing all {len(test)}",
                   file=sys.stderr)  # fmt: skip

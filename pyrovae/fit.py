@@ -8,9 +8,7 @@ nothing is stored on the model. Everything a resumed run needs is in one place, 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import time
 from collections.abc import Callable
@@ -21,25 +19,17 @@ import torch
 from pyro.infer.util import is_validation_enabled
 from tqdm import tqdm  # plain: tqdm.auto warns and falls back badly in a notebook without ipywidgets
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, records
 from .config import Config
 from .data import DataError, Dataset, Split, is_binary
-from .evaluate import Prepare, in_model_dtype, split_active_units, validate
+from .evaluate import Prepare, in_model_dtype
 from .graphs import fused_adam, make_steps
 from .loop import Counters, Loop, Signals, clone_state, deterministic_algorithms
 from .models import VAE
 from .step import TRACE_PAYS_FROM, decay_groups, make_optimizer, resolve_step
 from .variants import variant_of
 
-METRICS = ["epoch", "train_loss", "val_elbo", "val_recon", "val_kl", "val_active_units", "beta", "capacity",
-           "lr", "weight_norm", "seconds"]  # fmt: skip
-"""Columns of ``metrics.csv``, one row per epoch. ``train_loss`` is the training objective (with
-β, free bits, capacity and dropout as trained); the ``val_`` figures are at β = 1 with dropout
-off; ``val_active_units`` counts latent dimensions whose posterior mean varies over the validation
-set (variance > 0.01); ``beta`` is the mean β of the epoch's steps; ``weight_norm`` is the 2-norm of the networks' weight matrices, the
-parameters weight decay shrinks."""
-
-#: A hook called after every epoch with its ``metrics.csv`` row (a dict keyed by :data:`METRICS`),
+#: A hook called after every epoch with its ``metrics.csv`` row (a dict keyed by :data:`~pyrovae.records.METRICS`),
 #: once the epoch's checkpoint is written; an exception it raises (a pruned Optuna trial, say)
 #: ends the fit there and propagates, leaving a resumable run.
 EpochHook = Callable[[dict], None]
@@ -134,7 +124,7 @@ def fit(
         _check_same_config(cfg, saved, out, "checkpoint.pt")  # an edited config.json must not train on
         loop.load_state_dict(saved)
         if ctx.main:
-            _repair_metrics(out / "metrics.csv", loop.c.rows)
+            records.repair_metrics(out / "metrics.csv", loop.c.rows)
     good = clone_state(loop.state_dict())  # what a NaN rollback returns to
     if progress:
         tqdm.write(f"training step: {steps.description}")
@@ -185,13 +175,13 @@ def fit(
             seconds = time.perf_counter() - t0
 
             # 4c. validate at beta = 1, record, checkpoint, early stopping
-            row = _validate(vae, val, val_prepare, training, ctx, epoch, len(batches), lr, coefs["capacity"],
+            row = records.epoch_row(vae, val, val_prepare, training, ctx, epoch, len(batches), lr, coefs["capacity"],
                             seconds)  # fmt: skip
-            good = _end_epoch(loop, row, cfg, out, ctx, settled=epoch + 1 >= training.settled())
+            good = records.end_epoch(loop, row, cfg, out, ctx, settled=epoch + 1 >= training.settled())
             if on_epoch is not None and ctx.main:
                 on_epoch(dict(loop.c.rows[-1]))
             if progress:
-                _report(loop.c.rows[-1], cfg, loop.c)
+                records.report(loop.c.rows[-1], cfg, loop.c)
             if signals.caught is not None:  # during validation or the hook: nothing after the steps reads it
                 raise Interrupted(f"stopped by signal {signals.caught} after epoch {epoch + 1}; checkpoint "
                                   f"written to {ckpt_path}: the run can be resumed")  # fmt: skip
@@ -301,77 +291,7 @@ def _roll_back(loop: Loop, good: dict, cfg: Config, failed: tuple, epoch: int, c
     )
 
 
-def _validate(vae, val: Split, prepare, training, ctx, epoch: int, steps: int, lr: float, capacity,
-              seconds: float) -> dict:  # fmt: skip
-    """The epoch's ``metrics.csv`` row: validation ELBO terms and active units at β = 1, and the
-    variant's own scores."""
-    # 16 draws, not evaluate's 64, where the guide's mean is a Monte Carlo average (an IAF's): the
-    # noise correction keeps the count unbiased, and 64 draws cost half an epoch's training
-    units = split_active_units(vae, val, prepare, samples=16)
-    recon, kl, units = ctx.broadcast([*validate(vae, val, prepare), units])
-    beta = _epoch_beta(training, epoch, steps)
-    return {
-        "epoch": epoch + 1, "val_elbo": recon - kl, "val_recon": recon, "val_kl": kl,
-        "val_active_units": int(units), "beta": beta, "capacity": capacity, "lr": lr,
-        "weight_norm": _weight_norm(vae), "seconds": round(seconds, 3), **training.scores(vae),
-    }  # fmt: skip
-
-
-def _end_epoch(loop: Loop, row: dict, cfg: Config, out: Path, ctx: distributed.Context,
-               settled: bool = True) -> dict:  # fmt: skip
-    """Record the row, count the epoch, write ``best.pt`` when it improved, ``checkpoint.pt`` and
-    ``metrics.csv``; returns the state a NaN rollback would return to.
-
-    An epoch before the schedules have ``settled`` (a KL warm-up or the capacity's rise) always
-    becomes ``best.pt`` and leaves the first settled epoch nothing to beat: its ELBO scores a model
-    trained for another objective, which a rising β or C may make worse by design."""
-    c = loop.c
-    row = {"epoch": row["epoch"], "train_loss": c.loss_sum / max(c.seen, 1), **row}
-    c.rows.append(row)
-    c.epoch, c.perm = row["epoch"], None
-    score = row[f"val_{cfg.monitor}"] if cfg.monitor != "elbo" else row["val_elbo"]
-    improved = score > c.best or not settled
-    c.best, c.bad_epochs = (score, 0) if improved else (c.best, c.bad_epochs + 1)
-    if not settled:
-        c.best = -math.inf
-    snap = loop.state_dict()
-    # every rank's random streams (its z draws and binarization differ), so each resumes its own
-    ranks = ctx.gather(snap["rng"]) if ctx.active else None
-    if ctx.main:  # one writer; every rank holds the same parameters
-        saved = snap if ranks is None else {**snap, "rng_ranks": ranks}
-        if improved:
-            checkpoint.save(saved, out / "best.pt")
-        checkpoint.save(saved, out / "checkpoint.pt")
-        checkpoint.write_text(out / "metrics.csv", metrics_csv(c.rows))
-    return clone_state(snap)
-
-
-def _repair_metrics(path: Path, rows: list[dict]) -> None:
-    """Rewrite ``metrics.csv`` from the rows a checkpoint holds, where they differ: a kill between
-    an epoch's ``checkpoint.pt`` and its ``metrics.csv`` left the file a row short (or a row ahead
-    of a checkpoint written before it), which no later epoch of a complete run would mend."""
-    text = metrics_csv(rows)
-    if rows and (not path.exists() or path.read_bytes() != text.encode()):
-        checkpoint.write_text(path, text)
-
-
-def _report(row: dict, cfg: Config, c: Counters) -> None:
-    extra = {k: v for k, v in row.items() if k not in METRICS}
-    acc = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in extra.items())
-    tqdm.write(f"epoch {row['epoch']}: train loss {c.rows[-1]['train_loss']:.2f}, "
-               f"val ELBO {row['val_elbo']:.2f} nats/image{acc} ({row['seconds']:.1f}s)")  # fmt: skip
-    if cfg.patience and c.bad_epochs >= cfg.patience:
-        tqdm.write(f"early stop: no better validation {cfg.monitor} for {cfg.patience} epochs")
-
-
 # -- helpers --------------------------------------------------------------------------------
-def _epoch_beta(training, epoch: int, steps: int) -> float:
-    """The mean β of an epoch's steps, the weight its ``train_loss`` was trained with on average
-    (a cyclical schedule may rise and fall within one epoch), to six significant digits."""
-    mean = sum(training.schedule(epoch + s / steps)["beta"] for s in range(steps)) / steps
-    return float(f"{mean:.6g}")
-
-
 def _lr(cfg: Config, epoch: int, factor: float) -> float:
     if cfg.lr_schedule == "cosine":
         return cfg.lr * factor * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
@@ -416,17 +336,3 @@ def _check_binary_validation(vae: VAE, data: Dataset) -> None:
             "(pyrovae.loaded.load_data(config) does, with a fixed seed) or use a likelihood for grey "
             "values (cbernoulli, normal, laplace)", "binarize",
         )  # fmt: skip
-
-
-@torch.no_grad()
-def _weight_norm(vae: VAE) -> float:
-    decayed = decay_groups(vae, 1.0)[0]["params"]
-    return torch.nn.utils.get_total_norm(decayed).item() if decayed else 0.0
-
-
-def metrics_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, METRICS + [k for k in (rows[0] if rows else {}) if k not in METRICS])
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()

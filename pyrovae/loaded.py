@@ -265,10 +265,18 @@ def finish(run: Run, k: int | None = None, n_test: int | None = None, seed: int 
 
     res = evaluate_run(run, k, n_test, seed, progress, which)
     variant_of(run.model).samples(run, run.path / "samples.png", seed=seed)
-    test = run.data.test
+    test = trained_test(run)
     plots.reconstruction_grid(run.model, test.x[:32], test.y[:32] if test.y is not None else None,
                               run.path / "reconstructions.png")  # fmt: skip
     return res
+
+
+def trained_test(run: Run) -> Split:
+    """The run's test split as its figures take it: of a conditional run trained on some classes,
+    the images of those classes (see :func:`trained_rows`); otherwise all of it."""
+    test = run.data.test
+    trained = trained_rows(run, test.y if run.model.num_classes else None)
+    return test if trained is None else test.subset(trained[0])
 
 
 def evaluate_run(run: Run, k: int | None = None, n_test: int | None = None, seed: int = 0,

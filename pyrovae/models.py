@@ -169,6 +169,8 @@ class VAE(PyroModule):
                 else f"y of shape (batch, {self.condition_shape})"
             )
             raise ValueError(f"this VAE is conditional: pass {what}")
+        if not isinstance(y, Tensor):  # labels from NumPy or a list, as the data may come
+            y = torch.as_tensor(y, device=like.device)
         if self.condition_shape:
             if tuple(y.shape[1:]) != self.condition_shape:
                 raise ValueError(

@@ -83,6 +83,7 @@ def sample_prior(vae: VAE, n: int | None = None, y: Tensor | None = None, mean: 
     :param y: class labels (or conditioning tensors) for a conditional model, one per datum.
     """
     if y is not None:
+        y = torch.as_tensor(y, device=vae._reference().device)
         if n is not None and n != y.shape[0]:
             raise ValueError(f"sample_prior: n={n} but {y.shape[0]} labels y were given")
         n = y.shape[0]

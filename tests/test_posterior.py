@@ -63,6 +63,28 @@ def test_float64_data_is_taken_in_a_float32_models_dtype(tiny_run):
         assert from_numpy.dtype == torch.float32 and torch.allclose(from_numpy, got, atol=1e-5), name
 
 
+def test_a_conditional_models_labels_may_come_from_numpy_or_a_list(tiny_conditional_run):
+    """Every helper takes labels as the data may come, as docs/inspection.md says of x: encode and
+    reconstruct failed on a NumPy array of labels ('no attribute is_floating_point')."""
+    vae, test = tiny_conditional_run.model, tiny_conditional_run.data.test
+    x, y = test.x[:6], test.y[:6]
+    calls = {
+        "encode": lambda y: P.encode(vae, x, y).mean,
+        "posterior_samples": lambda y: P.posterior_samples(vae, x, y, num_samples=2),
+        "reconstruct": lambda y: P.reconstruct(vae, x, y),
+        "posterior_predictive": lambda y: P.posterior_predictive(vae, x, y, num_samples=2)["x"],
+        "sample_prior": lambda y: P.sample_prior(vae, y=y),
+        "embed": lambda y: P.embed(vae, x, y),
+        "anomaly_scores": lambda y: P.anomaly_scores(vae, x, y, k=2)["neg_elbo"],
+    }
+    for name, call in calls.items():
+        torch.manual_seed(0)
+        want = call(y)
+        for given in (y.numpy(), y.tolist()):
+            torch.manual_seed(0)
+            assert torch.equal(call(given), want), name
+
+
 @pytest.mark.parametrize("method", ["linear", "spherical"])
 def test_interpolation_endpoints_are_the_encodings(tiny_run, method):
     x = tiny_run.data.test.x[:2]

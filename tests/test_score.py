@@ -332,6 +332,19 @@ def test_a_conditional_run_of_some_classes_is_scored_embedded_and_inspected_on_t
     assert [int(r["index"]) for r in _read_csv(tmp_path / "z.csv")] == [int(r["index"]) for r in rows]
     assert main(["embed", str(cond_dir), "--split", "test", "-o", str(tmp_path / "z.npy"), "--quiet"]) == 0
     assert said in capsys.readouterr().out and np.load(tmp_path / "z.npy").shape == (n, 2)
+    import pyrovae.plots
+
+    drawn = []
+    real = pyrovae.plots.reconstruction_grid
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(
+            pyrovae.plots,
+            "reconstruction_grid",
+            lambda vae, x, y, path: drawn.append(y) or real(vae, x, y, path),
+        )
+        assert main(["reconstruct", str(cond_dir), "-n", "1000", "-o", str(tmp_path / "r.png")]) == 0
+    assert drawn[0].tolist() == test_y[test_y < 2].tolist()  # decoded with labels it learned only
+    assert f"drawing all {n}" in capsys.readouterr().err
     assert main(["inspect", str(cond_dir), "--k", "2"]) == 0
     index = (cond_dir / "figures" / "index.md").read_text()
     assert "Test images: those of the classes the run was trained on, [0, 1]" in index

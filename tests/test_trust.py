@@ -211,15 +211,15 @@ def test_a_signal_during_the_last_validation_stops_the_run_before_its_evaluation
 ):
     """The flag a signal sets was read between steps only: after the last epoch's steps nothing
     read it, and the run went on to be evaluated, exiting 0."""
-    F = importlib.import_module("pyrovae.fit")
-    real = F._validate
+    R = importlib.import_module("pyrovae.records")
+    real = R.epoch_row
 
     def validate(vae, val, prepare, training, ctx, epoch, *a, **k):
         if epoch + 1 == 2:
             os.kill(os.getpid(), sig)
         return real(vae, val, prepare, training, ctx, epoch, *a, **k)
 
-    monkeypatch.setattr(F, "_validate", validate)
+    monkeypatch.setattr(R, "epoch_row", validate)
     out = tmp_path / "run"
     assert _train(data, out, "--epochs", "2") == 130
     err = capsys.readouterr().err.strip()
