@@ -31,13 +31,12 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
     :param n: test images used for the latent map, KL bars and anomaly ranking.
     """
     pyro.set_rng_seed(seed)
-    vae, test = run.model, run.data.test
-    if (trained := trained_rows(run, test.y if vae.num_classes else None)) is not None:
+    vae, test, variant = run.model, run.data.test, variant_of(run.model)
+    if (trained := trained_rows(run, variant.test_labels(vae, test.y))) is not None:
         test = test.subset(trained[0])  # a conditional model learned no other class
     test = test.subset(slice(0, n)).to(run.device)
     out = run.path / "figures"
     out.mkdir(exist_ok=True)  # once the data is read: data refused leaves no empty folder
-    variant = variant_of(vae)
     y = variant.inputs(
         vae, test.x, test.y
     )  # labels of a conditional model, the images a structured one completes
@@ -158,7 +157,8 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
         )
 
     # 6. anomalies
-    all_scores = anomaly_scores(vae, test.x, y, k=k)
+    # the labels evaluation gives: M2's log p(x) sums over y, as eval.json's does
+    all_scores = anomaly_scores(vae, test.x, variant.test_labels(vae, test.y), k=k)
     if "neg_log_likelihood" in all_scores:
         scores, what = all_scores["neg_log_likelihood"], f"importance-sampled -log p(x) (K={k})"
     else:  # an autoencoder has no log p(x)

@@ -26,6 +26,7 @@ from .data import DataError, binarize, check_values, class_indices, is_binary, r
 from .evaluate import cached_prior, is_point_estimate
 from .loaded import EVAL_BINARIZE_SEED, Run, check_shape, trained_rows
 from .posterior import anomaly_scores, embed, posterior_samples, reconstruct
+from .variants import variant_of
 
 SPLITS = ("train", "val", "test")
 
@@ -63,7 +64,7 @@ def open_rows(run: Run, data_file: str | Path | None = None, labels_file: str | 
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}", "split")
         part, name = getattr(run.data, split), f"the run's {split} split"
-        trained = trained_rows(run, part.y if run.model.num_classes else None)
+        trained = trained_rows(run, variant_of(run.model).test_labels(run.model, part.y))
         if trained is not None and len(trained[0]) < len(part):
             seen, classes = trained
             name += (f" (its {len(seen)} images of the classes the run was trained on, {classes}, of "
@@ -149,10 +150,14 @@ def default_threshold_score(run: Run) -> str:
 def score_batch(run: Run, x: Tensor, y: Tensor | None, k: int) -> dict[str, Tensor]:
     """Per-datum scores (higher is more anomalous), shape ``(batch,)`` each: those of
     :func:`~pyrovae.posterior.anomaly_scores` and ``recon_error``, the squared distance between
-    the datum and the mean of p(x|z) at the posterior mean of z."""
-    y = y if run.model.num_classes else None
-    out = anomaly_scores(run.model, x, y, k=k, batch_size=len(x))
-    out["recon_error"] = (reconstruct(run.model, x, y) - x).pow(2).flatten(1).sum(1)
+    the datum and the mean of p(x|z) at the posterior mean of z. The model is given the labels
+    evaluation gives it (:meth:`~pyrovae.variants.Variant.test_labels`): a conditional model's,
+    none for M2, whose scores sum over y as ``eval.json``'s do; M2 reconstructs with the class
+    q(y|x) infers (:meth:`~pyrovae.variants.Variant.inputs`)."""
+    vae, variant = run.model, variant_of(run.model)
+    out = anomaly_scores(vae, x, variant.test_labels(vae, y), k=k, batch_size=len(x))
+    rec = reconstruct(vae, x, variant.inputs(vae, x, y))
+    out["recon_error"] = (rec - x).pow(2).flatten(1).sum(1)
     return out
 
 

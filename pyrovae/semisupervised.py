@@ -106,6 +106,11 @@ class SSVAE(VAE):
         """q(y | x), batch shape ``(batch,)``."""
         return self.classifier(x)
 
+    def predict(self, x: Tensor) -> Tensor:
+        """The most probable class of q(y | x), shape ``(batch,)``: the label M2 decodes with where
+        it is given none."""
+        return self.classify(x).probs.argmax(-1)
+
     def label_prior(self, like: Tensor) -> dist.Categorical:
         """p(y): uniform over the classes."""
         return dist.Categorical(logits=like.new_zeros(self.num_classes))
@@ -115,7 +120,7 @@ class SSVAE(VAE):
         """q(z | x, y); ``y`` may carry enumeration dimensions (``(K, 1)``), over which ``x`` is
         broadcast. Without ``y``, at the most probable class of q(y | x)."""
         if y is None:
-            y = self.classify(x).probs.argmax(-1)
+            y = self.predict(x)
         y1 = self.one_hot(y, x)
         lead = torch.broadcast_shapes(y1.shape[:-1], x.shape[:1])  # e.g. (K, 1, batch)
         return self.guide_net(x.expand(*lead, *self.x_shape), y1)

@@ -3,6 +3,7 @@ from poutine traces, the labelled and unlabelled terms, particles, dtype, data s
 
 import csv
 import json
+import re
 
 import pyro
 import pytest
@@ -285,3 +286,42 @@ def test_a_batch_of_as_many_images_as_classes_is_not_taken_for_one_hot_labels(ss
     three = log_likelihood(ss, x[:K], k=4000)  # a batch of K = 3 images
     four = log_likelihood(ss, x, k=4000)[:K]
     assert torch.allclose(three, four, atol=0.1), (three, four)
+
+
+def _trained_m2(tmp_path, epochs: int = 3):
+    """A small M2 run on the bars, evaluated (eval.json) with K=10 on every test image."""
+    data = _separable(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "file", "--data-file", str(data), "--val-size", "15", "--semi-supervised",
+                 "--labeled", "6", "--z-dim", "2", "--hidden", "16", "--batch-size", "20", "--lr", "0.01",
+                 "--epochs", str(epochs), "--eval-k", "10", "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    return out
+
+
+def test_score_and_inspect_of_m2_give_log_px_summed_over_y_as_evaluate_does(tmp_path, capsys):
+    """score passed M2 the true label, so its figures were -log p(x, y), not eval.json's -log p(x)."""
+    out = _trained_m2(tmp_path)
+    res = json.loads((out / "eval.json").read_text())
+    n = res["n_images"]
+    assert res["n_ll_images"] == n <= 100  # one batch each, so score draws what evaluate drew
+    scores = tmp_path / "scores.csv"
+    assert main(["score", str(out), "--split", "test", "--k", "10", "--batch-size", "100", "-o", str(scores),
+                 "--quiet"]) == 0  # fmt: skip
+    rows = list(csv.DictReader(open(scores)))
+    assert len(rows) == n and [int(r["label"]) for r in rows] == load_run(out).data.test.y.tolist()
+    neg_elbo = torch.tensor([float(r["neg_elbo"]) for r in rows])
+    neg_ll = torch.tensor([float(r["neg_log_likelihood"]) for r in rows])
+    assert neg_elbo.mean().item() == pytest.approx(-res["elbo"], abs=1e-4)
+    assert neg_ll.mean().item() == pytest.approx(-res["log_likelihood"], abs=1e-4)
+    # the reconstruction decodes with the class q(y|x) infers, the code evaluation takes
+    run = load_run(out)
+    x = run.data.test.x
+    rec = run.model.decode(run.model.encode(x).mean, run.model.predict(x)).mean
+    err = torch.tensor([float(r["recon_error"]) for r in rows])
+    assert torch.allclose(err, (rec - x).pow(2).flatten(1).sum(1), atol=1e-4)
+    # inspect's ranking is of the same -log p(x): its extremes are score's, to the nats it prints
+    assert main(["inspect", str(out), "--k", "10", "--n", str(n)]) == 0
+    text = (out / "figures" / "index.md").read_text()
+    ranked = re.search(r"top: highest, (-?\d+) nats; bottom: lowest, (-?\d+) nats", text)
+    assert ranked, text
+    assert abs(float(ranked[1]) - neg_ll.max().item()) < 1 and abs(float(ranked[2]) - neg_ll.min().item()) < 1

@@ -133,6 +133,15 @@ class SemiSupervised(Variant):
         return None  # the semi-supervised ELBO and log p(x) sum over y
 
     @classmethod
+    def inputs(cls, model: nn.Module, x: Tensor, y: Tensor | None) -> Tensor | None:
+        """The class q(y|x) infers, not the true label: M2 is evaluated without labels, and its
+        ``encode`` without one takes this class, so reconstructions, KL and active units of
+        inspection are those of ``eval.json``."""
+        from ..evaluate import in_model_dtype
+
+        return model.predict(in_model_dtype(model, x))
+
+    @classmethod
     def test_scores(cls, model: nn.Module, test: Split) -> dict:
         return {"test_accuracy": m2.accuracy(model, test)}
 
