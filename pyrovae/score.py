@@ -92,11 +92,11 @@ def batches(run: Run, rows: Rows, batch_size: int) -> Iterator[tuple[int, Tensor
     ref = vae._reference()
     needs_binary = run.config.resolve_binarize()
     g = torch.Generator().manual_seed(EVAL_BINARIZE_SEED)
-    if vae.num_classes and rows.y is None:
+    if takes_labels(run) and rows.y is None:
         raise ConfigError(
             f"the run is conditional on labels but {rows.name} has none; give labels_file", "labels_file"
         )
-    if vae.num_classes:
+    if takes_labels(run):
         check_labels(run, rows.y, rows.name)
     for start in range(0, len(rows), batch_size):
         stop = min(start + batch_size, len(rows))
@@ -112,6 +112,14 @@ def batches(run: Run, rows: Rows, batch_size: int) -> Iterator[tuple[int, Tensor
             x = binarize(x, g)
         y = None if rows.y is None else rows.y[start:stop].to(ref.device)
         yield start, x.to(ref.device, ref.dtype), y
+
+
+def takes_labels(run: Run) -> bool:
+    """Whether the run's model is given labels with its data, as evaluation gives them
+    (:meth:`~pyrovae.variants.Variant.test_labels`): a conditional model is; M2, which infers
+    its label, and an unconditional model are not (their data's labels are only reported)."""
+    vae = run.model
+    return variant_of(vae).test_labels(vae, torch.zeros(1, dtype=torch.long)) is not None
 
 
 def check_labels(run: Run, y: Tensor, name: str) -> None:
@@ -238,6 +246,8 @@ def embed_rows(run: Run, rows: Rows, output: str | Path, samples: int | None = N
     """Write the posterior mean E[z|x] of every row (or ``samples`` draws z ~ q(z|x)) to ``output``
     in the rows' order: ``.npy`` of shape ``(N, z_dim)`` (``(N, samples, z_dim)`` with draws), or
     ``.csv`` with ``index``, ``label`` (if known), ``sample`` (with draws) and ``z0, z1, ...``.
+    The model is given the labels evaluation gives it: M2 none, so its z is of q(z|x,y) at the
+    class q(y|x) infers, as its ``encode`` takes it.
 
     :returns: the shape written.
     """
@@ -258,7 +268,7 @@ def embed_rows(run: Run, rows: Rows, output: str | Path, samples: int | None = N
         write(["index", *(["label"] if labelled else []), *(["sample"] if samples else []),
                *(f"z{i}" for i in range(vae.z_dim))])  # fmt: skip
         for start, x, y in batches(run, rows, batch_size):
-            yy = y if vae.num_classes else None
+            yy = variant_of(vae).test_labels(vae, y)
             if samples is None:
                 z = embed(vae, x, yy, batch_size=len(x))  # (batch, z_dim)
             else:

@@ -325,3 +325,29 @@ def test_score_and_inspect_of_m2_give_log_px_summed_over_y_as_evaluate_does(tmp_
     ranked = re.search(r"top: highest, (-?\d+) nats; bottom: lowest, (-?\d+) nats", text)
     assert ranked, text
     assert abs(float(ranked[1]) - neg_ll.max().item()) < 1 and abs(float(ranked[2]) - neg_ll.min().item()) < 1
+
+
+def test_m2_scores_and_embeds_data_without_labels_and_its_own_unlabelled_images(tmp_path, capsys):
+    """M2 infers y, so unlabelled data are its data: score of a file without labels was refused
+    ("the run is conditional on labels"), and of the train split for its -1 markers."""
+    import numpy as np
+
+    from pyrovae.posterior import posterior_mean
+
+    out = _trained_m2(tmp_path, epochs=1)
+    run = load_run(out)
+    x = run.data.test.x[:20]
+    np.save(tmp_path / "x.npy", x.numpy())
+    for source in (["--data-file", str(tmp_path / "x.npy")], ["--split", "train"]):
+        assert main(["score", str(out), *source, "--k", "3", "-o", str(tmp_path / "s.csv"), "--quiet"]) == 0
+        assert main(["embed", str(out), *source, "-o", str(tmp_path / "z.npy"), "--quiet"]) == 0
+        assert "error" not in capsys.readouterr().err
+    rows = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert [int(r["label"]) for r in rows] == run.data.train.y.tolist()  # -1: hidden in training
+    assert UNLABELED in run.data.train.y.tolist()
+    # the code of an image is the mean of q(z|x,y) at the class q(y|x) infers, as evaluation's
+    z = np.load(tmp_path / "z.npy")
+    assert np.allclose(z, posterior_mean(run.model, run.data.train.x).numpy(), atol=1e-5)
+    assert main(["embed", str(out), "--data-file", str(tmp_path / "x.npy"), "-o", str(tmp_path / "z.npy"),
+                 "--quiet"]) == 0  # fmt: skip
+    assert np.allclose(np.load(tmp_path / "z.npy"), posterior_mean(run.model, x).numpy(), atol=1e-5)
