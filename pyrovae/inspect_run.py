@@ -21,6 +21,7 @@ from .posterior import (
     sample_prior,
     traverse,
 )
+from .score import takes_labels
 from .variants import variant_of
 
 
@@ -40,6 +41,8 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
     y = variant.inputs(
         vae, test.x, test.y
     )  # labels of a conditional model, the images a structured one completes
+    # M2: labels it infers (y above), where a conditional model is given them
+    inferred = bool(vae.num_classes) and not takes_labels(run)
     entries: list[tuple[str, str, str]] = []
 
     def add(name: str, title: str, text: str) -> None:  # name "": a section without a figure
@@ -56,7 +59,7 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
         add(
             "samples.png",
             "Class-conditional samples",
-            "Each row decodes z ~ p(z|y) for one label y (mean of p(x|z,y)).",
+            f"Each row decodes z ~ {'p(z)' if inferred else 'p(z|y)'} with one label y (mean of p(x|z,y)).",
         )
     elif variant.generates:
         plots.image_grid(sample_prior(vae, 64), out / "samples.png", "Samples from the model")
@@ -113,7 +116,8 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
         )
         add("interpolation.png", "Latent interpolation",
             "Decoded points on a path between the posterior means of two test images"
-            + (f" of class {y[a].item()}, decoded with that label: a change of style within the class."
+            + (f" {'q(y|x) puts in' if inferred else 'of'} class {y[a].item()}, decoded with that label: a "
+               "change of style within the class."
                if same else "."))  # fmt: skip
         # without a KL per dimension (a VampPrior, say), the spread of the posterior means ranks them
         spread = z.var(0) if kl is None and z.shape[-1] == vae.z_dim and len(z) > 1 else None
@@ -138,7 +142,8 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
     if kl is not None:
         plots.kl_bars(kl, out / "kl_per_dim.png")
         add("kl_per_dim.png", "KL per dimension",
-            f"Average KL(q||p) per latent dimension over the first {len(test)} test images. "
+            f"Average KL(q||p) per latent dimension over the first {len(test)} test images"
+            + (", q(z|x,y) at the class q(y|x) infers, as in eval.json. " if inferred else ". ")
             + _active_units_text(run, vae, test.x, y))  # fmt: skip
     else:  # said, not silently left out: the docs list this figure
         add("", "KL per dimension",

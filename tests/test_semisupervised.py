@@ -351,3 +351,15 @@ def test_m2_scores_and_embeds_data_without_labels_and_its_own_unlabelled_images(
     assert main(["embed", str(out), "--data-file", str(tmp_path / "x.npy"), "-o", str(tmp_path / "z.npy"),
                  "--quiet"]) == 0  # fmt: skip
     assert np.allclose(np.load(tmp_path / "z.npy"), posterior_mean(run.model, x).numpy(), atol=1e-5)
+
+
+def test_inspect_of_m2_says_what_it_drew_and_counts_active_units_as_eval_json(tmp_path):
+    """index.md said M2's samples decode z ~ p(z|y) (its prior is p(z)), and counted active units
+    given the true label, against eval.json's count without it."""
+    out = _trained_m2(tmp_path, epochs=1)
+    res = json.loads((out / "eval.json").read_text())
+    assert main(["inspect", str(out), "--k", "3", "--n", str(res["n_images"])]) == 0
+    text = (out / "figures" / "index.md").read_text()
+    assert "z ~ p(z) with one label y" in text and "p(z|y)" not in text
+    assert "q(z|x,y) at the class q(y|x) infers, as in eval.json" in text
+    assert f"{res['active_units']} of 2 dimensions are active over these {res['n_images']} images" in text
