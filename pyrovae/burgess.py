@@ -21,7 +21,12 @@ def _plan(x_shape: Sequence[int], label_layers: str, num_classes: int) -> tuple[
     if len(x_shape) != 3 or x_shape[1] % 16 or x_shape[2] % 16:
         raise ValueError(
             f"the burgess network needs images (channels, height, width) with sides divisible by 16, got "
-            f"{tuple(x_shape)}; use --net conv or mlp"
+            f"{tuple(x_shape)}; use "
+            + (
+                "--net conv (sides divisible by 4) or mlp"
+                if len(x_shape) == 3
+                else "--net mlp for flat vectors"
+            )
         )
     if num_classes and label_layers != "input":
         raise ValueError("the burgess network takes a label at its input only: use --label-layers input")
