@@ -44,6 +44,7 @@ def unused_options(cfg: Config, given) -> list[tuple[str, str]]:
     label. Only what is certain is named; a model variant that builds its own parts may ignore more.
     """
     prior, guide = PRIORS.get(cfg.prior_family), GUIDES.get(cfg.guide)
+    point = getattr(guide, "point_estimate", False)
     rules = {
         "warmup_epochs": (cfg.beta_schedule != "constant", "a β schedule (--beta-schedule linear or cyclical)"),
         "capacity_epochs": (cfg.capacity is not None, "--capacity"),
@@ -57,6 +58,9 @@ def unused_options(cfg: Config, given) -> list[tuple[str, str]]:
         "guide_scale": (_takes(guide, "scale"), "a guide that takes it (--guide diag, fullrank or iaf)"),
         "label_layers": (cfg.conditional or cfg.semi_supervised, "a model with a label (--conditional or "
                          "--semi-supervised)"),
+        # a point estimate draws nothing: K copies of it are one particle, and it has no log p(x) to sample
+        "num_particles": (not point, "a guide that samples (not --guide delta)"),
+        "eval_k": (not point, "a guide that samples (not --guide delta): an autoencoder has no log p(x)"),
     }  # fmt: skip
     return [(name, what) for name, (used, what) in rules.items() if name in given and not used]
 

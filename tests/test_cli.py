@@ -258,7 +258,8 @@ def test_train_says_which_given_options_the_run_does_not_read(tmp_path, tiny_dat
         assert f"note: {option} is not used by this run: only " in err, option
     assert "only a prior that takes it (--prior mixture) reads it" in err
     used = ["--prior", "mixture", "--components", "3", "--beta-schedule", "linear", "--warmup-epochs", "3",
-            "--lr-schedule", "exponential", "--lr-decay", "0.5", "--guide", "iaf", "--flow-layers", "2"]  # fmt: skip
+            "--lr-schedule", "exponential", "--lr-decay", "0.5", "--guide", "iaf", "--flow-layers", "2",
+            "--num-particles", "2", "--eval-k", "5"]  # fmt: skip
     assert main([*common, *used, "--out", str(tmp_path / "b")]) == 0
     assert "note:" not in capsys.readouterr().err
     # where a label enters, with no label; a guide's scale, for a guide without one
@@ -267,9 +268,12 @@ def test_train_says_which_given_options_the_run_does_not_read(tmp_path, tiny_dat
         "note: --label-layers is not used by this run: only a model with a label" in capsys.readouterr().err
     )
     assert main([*common, "--guide", "delta", "--guide-scale", "exp", "--conditional", "--label-layers", "input",
-                 "--out", str(tmp_path / "d")]) == 0  # fmt: skip
+                 "--num-particles", "3", "--eval-k", "5", "--out", str(tmp_path / "d")]) == 0  # fmt: skip
     err = capsys.readouterr().err
     assert "note: --guide-scale is not used by this run: only a guide that takes it" in err
+    # a point estimate: K copies of it are one particle, and an autoencoder has no log p(x) to sample
+    assert "note: --num-particles is not used by this run: only a guide that samples" in err
+    assert "note: --eval-k is not used by this run: only a guide that samples" in err
     assert "--label-layers" not in err
 
 
