@@ -33,8 +33,9 @@ SORT_KEYS = {"path": None, "elbo": "elbo", "ll": "log_likelihood", "val": "val_e
 def list_runs(folder: str | Path) -> list[dict]:
     """One dict per run directory under ``folder`` (a folder holding ``config.json``), sorted by
     path: ``run`` (its path relative to ``folder``), ``status``, ``epochs`` ("done/asked"),
-    ``val_elbo`` (best validation ELBO), ``elbo`` and ``log_likelihood`` (test, nats per image,
-    from ``eval.json``), ``k`` (importance samples of that log p(x)), ``n_ll_images`` and
+    ``val_elbo`` (``best.pt``'s validation ELBO: the best, or that of the epoch with the best
+    ``monitor``), ``elbo`` and ``log_likelihood`` (test, nats per image, from ``eval.json``),
+    ``k`` (importance samples of that log p(x)), ``n_ll_images`` and
     ``model`` (the model variant, then what it says of itself: prior/guide/likelihood and z for a
     VAE) and ``objective`` (what it trains on: the ELBO, its particles, β and its schedule, or the
     objective that reshapes the KL term), ``point`` (a point-estimate guide: ``val_elbo`` is then
@@ -67,8 +68,13 @@ def _describe(path: Path, folder: Path) -> dict:
     rows = _metrics(path / "metrics.csv")
     done = len(rows)
     settled = settled_epoch(cfg)
-    vals = [float(r["val_elbo"]) for r in settled_rows(rows, settled) if r.get("val_elbo") not in (None, "")]
-    row["val_elbo"] = max(vals) if vals else None
+    # best.pt is the first settled epoch with the best monitored figure (--monitor accuracy, say):
+    # its validation ELBO is shown, which need not be the best of metrics.csv
+    key = "val_elbo" if cfg.monitor == "elbo" else f"val_{cfg.monitor}"
+    scored = [r for r in settled_rows(rows, settled) if r.get(key) not in (None, "")]
+    vals = [float(r[key]) for r in scored]
+    best = scored[max(range(len(vals)), key=vals.__getitem__)] if vals else None
+    row["val_elbo"] = float(best["val_elbo"]) if best and best.get("val_elbo") not in (None, "") else None
     guide = GUIDES.get(cfg.guide)
     # a point-estimate guide's validation figure is log p(x, z*), which no ELBO compares with
     row["point"] = bool(getattr(guide, "point_estimate", False))
