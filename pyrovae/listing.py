@@ -6,14 +6,17 @@ its key figures, read from the files a run writes (``config.json``, ``metrics.cs
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
 
+from . import checkpoint
 from .config import Config, ConfigError
 from .guides import GUIDES
 from .objectives import describe_objective
 from .schedules import settled_epoch, settled_rows
+from .semisupervised import default_alpha
 
 #: Columns of :func:`table`, with their headers.
 COLUMNS = {
@@ -80,7 +83,7 @@ def _describe(path: Path, folder: Path) -> dict:
     row["point"] = bool(getattr(guide, "point_estimate", False))
     row["conditional"] = bool(cfg.conditional)
     row["epochs"] = f"{done}/{cfg.epochs}"
-    row["model"], row["objective"] = _model_and_objective(cfg)
+    row["model"], row["objective"] = _model_and_objective(_with_default_alpha(cfg, path / "checkpoint.pt"))
     if not (path / "checkpoint.pt").exists():
         row["status"] = "not started"
     elif done >= cfg.epochs:
@@ -108,6 +111,18 @@ def _model_and_objective(cfg: Config) -> tuple[str, str]:
     if variant is None:
         return cfg.model, describe_objective(cfg)
     return f"{cfg.model} {variant.describe(cfg)}", variant.describe_objective(cfg)
+
+
+def _with_default_alpha(cfg: Config, path: Path) -> Config:
+    """``cfg`` with the α an M2 run trained with where it took the default, 0.1·N/labeled, N the
+    training images its checkpoint records (before it has one, the formula is shown)."""
+    if cfg.model != "semisupervised" or cfg.aux_weight is not None or not cfg.labeled:
+        return cfg
+    try:
+        n = checkpoint.load(path).get("train_images")
+    except (checkpoint.CheckpointError, OSError):
+        return cfg
+    return dataclasses.replace(cfg, aux_weight=default_alpha(n, cfg.labeled)) if isinstance(n, int) else cfg
 
 
 def _stopped_early(vals: list[float], patience: int) -> bool:

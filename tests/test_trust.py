@@ -478,6 +478,25 @@ def test_runs_shows_the_validation_elbo_of_best_pt_under_monitor_accuracy(data, 
     assert capsys.readouterr().out.splitlines()[1].split()[3] == f"{best_pt_val:.2f}"
 
 
+def test_runs_shows_the_alpha_an_m2_run_trained_with(data, tmp_path, capsys):
+    """The objective column said ``α=0.1·N/6``, a formula without its N, where training used a number."""
+    from pyrovae.semisupervised import default_alpha
+
+    folder = tmp_path / "runs"
+    assert (
+        _train(data, folder / "m2", "--epochs", "1", "--semi-supervised", "--labeled", "6", "--no-eval") == 0
+    )
+    assert _train(data, folder / "set", "--epochs", "1", "--semi-supervised", "--labeled", "6", "--no-eval",
+                  "--aux-weight", "0.5") == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["runs", str(folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    alpha = default_alpha(len(load_run(folder / "m2").data.train), 6)  # as training computes it
+    assert lines[1].split()[0] == "m2" and lines[1].endswith(f"y enumerated; α={alpha:g}")
+    assert lines[2].split()[0] == "set" and lines[2].endswith("y enumerated; α=0.5")
+    assert "N/" not in "\n".join(lines)
+
+
 def test_runs_marks_test_figures_of_the_last_checkpoint(data, tmp_path, capsys):
     """After ``evaluate --checkpoint last`` the row put checkpoint.pt's test figures beside best.pt's
     validation ELBO, unmarked."""
