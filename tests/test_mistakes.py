@@ -87,6 +87,10 @@ MISTAKES = [
     ("run inside a file", [*T[:-1], "{w}/afile/r", *R], "is a file, not a folder", None),
     ("keep and drop classes", [*T, *R, "--classes", "0", "--exclude-classes", "1"], "give --classes", None),
     ("a class the data lacks", [*T, *R, "--classes", "9"], "not labels of the training data", None),
+    ("a data file for MNIST", ["train", "--data-file", "{data}", *T[5:], *R],
+     "--data-file was given but --dataset is 'mnist': set --dataset file to train on your own file", None),
+    ("a labels file for MNIST", ["train", "--labels-file", "{data}", *T[5:], *R],
+     "--labels-file was given but --dataset is 'mnist': set --dataset file", None),
     ("M2 with its switch off", [*T, *R, "--model", "semisupervised", "--labeled", "6", "--no-semi-supervised"],
      "--semi-supervised is off, but model semisupervised is the model it chooses: leave it on, or use --model vae",
      None),
@@ -221,7 +225,7 @@ def test_evaluate_refuses_a_run_it_cannot_write_before_computing(world, capsys, 
 
 
 def test_library_errors_name_fields_and_the_cli_names_flags(tmp_path, capsys):
-    from pyrovae import Config, train
+    from pyrovae import Config, ConfigError, train
     from pyrovae.data import DataError
 
     with pytest.raises(DataError) as e:
@@ -229,6 +233,10 @@ def test_library_errors_name_fields_and_the_cli_names_flags(tmp_path, capsys):
     assert "data_file" in str(e.value) and "--" not in str(e.value)
     assert main(["train", "--dataset", "file", "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert "--data-file" in capsys.readouterr().err
+    with pytest.raises(ConfigError) as e:  # a field the data set does not read: named, and what to set
+        Config(data_file="f.npy").validate()
+    assert "data_file was given but dataset is 'mnist': set dataset file" in str(e.value)
+    assert "--" not in str(e.value) and e.value.option == "dataset"
 
 
 @pytest.mark.parametrize("on_nan, says, never", [("stop", "(--on-nan rollback)", "'rollback'"),
