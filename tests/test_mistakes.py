@@ -91,6 +91,12 @@ MISTAKES = [
      "--data-file was given but --dataset is 'mnist': set --dataset file to train on your own file", None),
     ("a labels file for MNIST", ["train", "--labels-file", "{data}", *T[5:], *R],
      "--labels-file was given but --dataset is 'mnist': set --dataset file", None),
+    ("M2 on some classes", [*T, *R, "--semi-supervised", "--labeled", "6", "--classes", "0", "2"],
+     "--classes leaves class(es) 1 without training images, but --semi-supervised's label y ranges over all 3 "
+     "classes of the data (q(y|x), the ELBO's sum over y, the test accuracy), and no labels can be balanced over a "
+     "class with no images: drop it", "lower"),
+    ("M2 without a class", [*T, *R, "--semi-supervised", "--labeled", "6", "--exclude-classes", "1"],
+     "--exclude-classes leaves class(es) 1 without training images", "lower"),
     ("M2 with its switch off", [*T, *R, "--model", "semisupervised", "--labeled", "6", "--no-semi-supervised"],
      "--semi-supervised is off, but model semisupervised is the model it chooses: leave it on, or use --model vae",
      None),
