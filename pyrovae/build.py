@@ -45,6 +45,10 @@ def unused_options(cfg: Config, given) -> list[tuple[str, str]]:
     """
     prior, guide = PRIORS.get(cfg.prior_family), GUIDES.get(cfg.guide)
     point = getattr(guide, "point_estimate", False)
+    # model structured builds its own q(z|x,c) (softplus scale), whatever guide_scale says
+    scale_read = _takes(guide, "scale") and cfg.model != "structured"
+    scale_reader = ("a model whose guide is --guide's (--model structured's q(z|x,c) is its own)"
+                    if cfg.model == "structured" else "a guide that takes it (--guide diag, fullrank or iaf)")  # fmt: skip
     rules = {
         "warmup_epochs": (cfg.beta_schedule != "constant", "a β schedule (--beta-schedule linear or cyclical)"),
         "capacity_epochs": (cfg.capacity is not None, "--capacity"),
@@ -55,7 +59,7 @@ def unused_options(cfg: Config, given) -> list[tuple[str, str]]:
         "flow_layers": (_takes(prior, "layers") or _takes(guide, "layers"), "--prior flow or --guide iaf"),
         "likelihood_scale": (_takes(LIKELIHOODS.get(cfg.likelihood), "scale"),
                              "a likelihood that takes it (--likelihood normal or laplace)"),
-        "guide_scale": (_takes(guide, "scale"), "a guide that takes it (--guide diag, fullrank or iaf)"),
+        "guide_scale": (scale_read, scale_reader),
         "label_layers": (cfg.conditional or cfg.semi_supervised, "a model with a label (--conditional or "
                          "--semi-supervised)"),
         # a point estimate draws nothing: K copies of it are one particle, and it has no log p(x) to sample

@@ -75,6 +75,11 @@ class _WithAuto:
         return value == "auto" or value in self.registry
 
 
+#: The models a switch option also chooses: --conditional and --semi-supervised are spellings of
+#: --model conditional and --model semisupervised.
+_SWITCHES = {"semisupervised": "semi_supervised", "conditional": "conditional"}
+
+
 @dataclass
 class Config:
     """Everything that defines a run, in sections: data, model, objective, optimization,
@@ -255,12 +260,10 @@ class Config:
     )
 
     def __post_init__(self) -> None:
-        # --conditional and --semi-supervised are spellings of --model conditional / semisupervised
-        flags = {"semisupervised": "semi_supervised", "conditional": "conditional"}
         if self.model == "vae":
-            self.model = next((m for m, flag in flags.items() if getattr(self, flag)), "vae")
-        if self.model in flags:
-            setattr(self, flags[self.model], True)
+            self.model = next((m for m, flag in _SWITCHES.items() if getattr(self, flag)), "vae")
+        if self.model in _SWITCHES:
+            setattr(self, _SWITCHES[self.model], True)
 
     # -- (de)serialization -------------------------------------------------------------------------
     def to_json(self) -> str:
@@ -271,6 +274,13 @@ class Config:
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"unknown config keys {sorted(unknown)}")
+        switch = _SWITCHES.get(d.get("model"))
+        # given off, not left at its default: the model would turn it back on silently
+        if switch and d.get(switch) is False:
+            raise ConfigError(
+                f"{switch} is off, but model {d['model']} is the model it chooses: leave it on, or use model vae",
+                switch,
+            )  # fmt: skip
         return cls(**d)
 
     @classmethod

@@ -328,7 +328,8 @@ def check_options(cfg) -> None:
             )
         if cfg.dataset == "dsprites":
             raise ConfigError("dsprites has its own labels (the shape); drop labels_file", option)
-        raise ConfigError("data_file was given but dataset is 'mnist': set dataset 'file' to train on the file",
+        # "set dataset file", unquoted: the CLI's message says "set --dataset file"
+        raise ConfigError(f"{option} was given but dataset is 'mnist': set dataset file to train on your own file",
                           "dataset")  # fmt: skip
 
 

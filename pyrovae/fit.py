@@ -221,8 +221,9 @@ def _loop_and_steps(vae: VAE, training, data: Dataset, cfg: Config, ctx, meta: d
         training.coefficients_on(ctx.device, params[0].dtype)
     groups = decay_groups(vae, cfg.weight_decay) if cfg.weight_decay else params
     opt = (make_optimizer if kind == "eager" else fused_adam)(groups, cfg.lr, cfg.weight_decay)
+    # train_images: what a default from the data's size was (M2's α), for `runs`, which loads no data
     meta = {"config": cfg.to_json(), "x_shape": list(data.x_shape), "num_classes": data.num_classes,
-            "made_by": "fit", **(meta or {})}  # fmt: skip
+            "train_images": len(data.train), "made_by": "fit", **(meta or {})}  # fmt: skip
     loop = Loop(vae, opt, ctx.device, cfg.seed, ctx.rank, meta)
     steps = make_steps(kind, distributed.wrap(training.loss, ctx), opt, params, cfg.clip_norm)
     if why:

@@ -6,14 +6,17 @@ its key figures, read from the files a run writes (``config.json``, ``metrics.cs
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
 
+from . import checkpoint
 from .config import Config, ConfigError
 from .guides import GUIDES
 from .objectives import describe_objective
 from .schedules import settled_epoch, settled_rows
+from .semisupervised import default_alpha
 
 #: Columns of :func:`table`, with their headers.
 COLUMNS = {
@@ -33,8 +36,9 @@ SORT_KEYS = {"path": None, "elbo": "elbo", "ll": "log_likelihood", "val": "val_e
 def list_runs(folder: str | Path) -> list[dict]:
     """One dict per run directory under ``folder`` (a folder holding ``config.json``), sorted by
     path: ``run`` (its path relative to ``folder``), ``status``, ``epochs`` ("done/asked"),
-    ``val_elbo`` (best validation ELBO), ``elbo`` and ``log_likelihood`` (test, nats per image,
-    from ``eval.json``), ``k`` (importance samples of that log p(x)), ``n_ll_images`` and
+    ``val_elbo`` (``best.pt``'s validation ELBO: the best, or that of the epoch with the best
+    ``monitor``), ``elbo`` and ``log_likelihood`` (test, nats per image, from ``eval.json``),
+    ``k`` (importance samples of that log p(x)), ``n_ll_images`` and
     ``model`` (the model variant, then what it says of itself: prior/guide/likelihood and z for a
     VAE) and ``objective`` (what it trains on: the ELBO, its particles, β and its schedule, or the
     objective that reshapes the KL term), ``point`` (a point-estimate guide: ``val_elbo`` is then
@@ -67,14 +71,19 @@ def _describe(path: Path, folder: Path) -> dict:
     rows = _metrics(path / "metrics.csv")
     done = len(rows)
     settled = settled_epoch(cfg)
-    vals = [float(r["val_elbo"]) for r in settled_rows(rows, settled) if r.get("val_elbo") not in (None, "")]
-    row["val_elbo"] = max(vals) if vals else None
+    # best.pt is the first settled epoch with the best monitored figure (--monitor accuracy, say):
+    # its validation ELBO is shown, which need not be the best of metrics.csv
+    key = "val_elbo" if cfg.monitor == "elbo" else f"val_{cfg.monitor}"
+    scored = [r for r in settled_rows(rows, settled) if r.get(key) not in (None, "")]
+    vals = [float(r[key]) for r in scored]
+    best = scored[max(range(len(vals)), key=vals.__getitem__)] if vals else None
+    row["val_elbo"] = float(best["val_elbo"]) if best and best.get("val_elbo") not in (None, "") else None
     guide = GUIDES.get(cfg.guide)
     # a point-estimate guide's validation figure is log p(x, z*), which no ELBO compares with
     row["point"] = bool(getattr(guide, "point_estimate", False))
     row["conditional"] = bool(cfg.conditional)
     row["epochs"] = f"{done}/{cfg.epochs}"
-    row["model"], row["objective"] = _model_and_objective(cfg)
+    row["model"], row["objective"] = _model_and_objective(_with_default_alpha(cfg, path / "checkpoint.pt"))
     if not (path / "checkpoint.pt").exists():
         row["status"] = "not started"
     elif done >= cfg.epochs:
@@ -102,6 +111,18 @@ def _model_and_objective(cfg: Config) -> tuple[str, str]:
     if variant is None:
         return cfg.model, describe_objective(cfg)
     return f"{cfg.model} {variant.describe(cfg)}", variant.describe_objective(cfg)
+
+
+def _with_default_alpha(cfg: Config, path: Path) -> Config:
+    """``cfg`` with the α an M2 run trained with where it took the default, 0.1·N/labeled, N the
+    training images its checkpoint records (before it has one, the formula is shown)."""
+    if cfg.model != "semisupervised" or cfg.aux_weight is not None or not cfg.labeled:
+        return cfg
+    try:
+        n = checkpoint.load(path).get("train_images")
+    except (checkpoint.CheckpointError, OSError):
+        return cfg
+    return dataclasses.replace(cfg, aux_weight=default_alpha(n, cfg.labeled)) if isinstance(n, int) else cfg
 
 
 def _stopped_early(vals: list[float], patience: int) -> bool:

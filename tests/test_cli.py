@@ -275,6 +275,13 @@ def test_train_says_which_given_options_the_run_does_not_read(tmp_path, tiny_dat
     assert "note: --num-particles is not used by this run: only a guide that samples" in err
     assert "note: --eval-k is not used by this run: only a guide that samples" in err
     assert "--label-layers" not in err
+    # model structured builds its own q(z|x,c), whose scale does not follow --guide-scale
+    assert main([*common, "--model", "structured", "--quadrants", "2", "--baseline-epochs", "1", "--guide-scale",
+                 "exp", "--out", str(tmp_path / "e")]) == 0  # fmt: skip
+    assert (
+        "note: --guide-scale is not used by this run: only a model whose guide is --guide's (--model structured's"
+        in capsys.readouterr().err
+    )
 
 
 def test_reconstruct_says_when_n_is_more_than_the_test_images(tiny_run, tmp_path, capsys):

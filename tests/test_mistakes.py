@@ -87,6 +87,21 @@ MISTAKES = [
     ("run inside a file", [*T[:-1], "{w}/afile/r", *R], "is a file, not a folder", None),
     ("keep and drop classes", [*T, *R, "--classes", "0", "--exclude-classes", "1"], "give --classes", None),
     ("a class the data lacks", [*T, *R, "--classes", "9"], "not labels of the training data", None),
+    ("a data file for MNIST", ["train", "--data-file", "{data}", *T[5:], *R],
+     "--data-file was given but --dataset is 'mnist': set --dataset file to train on your own file", None),
+    ("a labels file for MNIST", ["train", "--labels-file", "{data}", *T[5:], *R],
+     "--labels-file was given but --dataset is 'mnist': set --dataset file", None),
+    ("M2 on some classes", [*T, *R, "--semi-supervised", "--labeled", "6", "--classes", "0", "2"],
+     "--classes leaves class(es) 1 without training images, but --semi-supervised's label y ranges over all 3 "
+     "classes of the data (q(y|x), the ELBO's sum over y, the test accuracy), and no labels can be balanced over a "
+     "class with no images: drop it", "lower"),
+    ("M2 without a class", [*T, *R, "--semi-supervised", "--labeled", "6", "--exclude-classes", "1"],
+     "--exclude-classes leaves class(es) 1 without training images", "lower"),
+    ("M2 with its switch off", [*T, *R, "--model", "semisupervised", "--labeled", "6", "--no-semi-supervised"],
+     "--semi-supervised is off, but model semisupervised is the model it chooses: leave it on, or use --model vae",
+     None),
+    ("a conditional VAE with its switch off", [*T, *R, "--model", "conditional", "--no-conditional"],
+     "--conditional is off, but model conditional is the model it chooses", None),
     ("MNIST not there", ["train", "--data-dir", "{w}/nowhere", "--out", "{w}/new", "--quiet"],
      "MNIST files missing", None),
     ("evaluate a plain folder", ["evaluate", "{w}"], "not a pyrovae run directory", None),
@@ -216,7 +231,7 @@ def test_evaluate_refuses_a_run_it_cannot_write_before_computing(world, capsys, 
 
 
 def test_library_errors_name_fields_and_the_cli_names_flags(tmp_path, capsys):
-    from pyrovae import Config, train
+    from pyrovae import Config, ConfigError, train
     from pyrovae.data import DataError
 
     with pytest.raises(DataError) as e:
@@ -224,6 +239,10 @@ def test_library_errors_name_fields_and_the_cli_names_flags(tmp_path, capsys):
     assert "data_file" in str(e.value) and "--" not in str(e.value)
     assert main(["train", "--dataset", "file", "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert "--data-file" in capsys.readouterr().err
+    with pytest.raises(ConfigError) as e:  # a field the data set does not read: named, and what to set
+        Config(data_file="f.npy").validate()
+    assert "data_file was given but dataset is 'mnist': set dataset file" in str(e.value)
+    assert "--" not in str(e.value) and e.value.option == "dataset"
 
 
 @pytest.mark.parametrize("on_nan, says, never", [("stop", "(--on-nan rollback)", "'rollback'"),

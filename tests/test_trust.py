@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyrovae import Config, load_run
+from pyrovae import Config, checkpoint, load_run
 from pyrovae.cli import main
 from pyrovae.config import ConfigError
 
@@ -422,7 +422,7 @@ def test_a_run_fit_made_of_a_users_components_says_how_to_load_it(data, tmp_path
 
     from torch import nn
 
-    from pyrovae import VAE, checkpoint, fit
+    from pyrovae import VAE, fit
 
     class LinearDecoder(nn.Module):  # as docs/python-api.md writes it
         def __init__(self, z_dim, x_shape=(1, 8, 8)):
@@ -461,6 +461,40 @@ def test_runs_marks_a_point_estimate_runs_figure_as_no_elbo_and_sorts_it_last(da
     assert [line.split()[0] for line in lines[1:3]] == ["vae", "point"]
     assert "*: a point-estimate guide (--guide delta)" in lines[-1] and "not an ELBO" in lines[-1]
     assert "no test ELBO or log p(x) (n/a once evaluated)" in lines[-1]
+
+
+def test_runs_shows_the_validation_elbo_of_best_pt_under_monitor_accuracy(data, tmp_path, capsys):
+    """--monitor accuracy picks best.pt by accuracy: the column, which says it is best.pt's, showed
+    the best ELBO of metrics.csv, of another epoch."""
+    folder = tmp_path / "runs"
+    assert _train(data, folder / "m2", "--epochs", "4", "--semi-supervised", "--labeled", "6",
+                  "--monitor", "accuracy", "--no-eval") == 0  # fmt: skip
+    rows = _rows(folder / "m2" / "metrics.csv")
+    epoch = checkpoint.load(folder / "m2" / "best.pt")["state"]["epoch"]
+    best_pt_val = float(rows[epoch - 1]["val_elbo"])
+    assert best_pt_val < max(float(r["val_elbo"]) for r in rows)  # the case: the ELBO improved after
+    capsys.readouterr()
+    assert main(["runs", str(folder)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[3] == f"{best_pt_val:.2f}"
+
+
+def test_runs_shows_the_alpha_an_m2_run_trained_with(data, tmp_path, capsys):
+    """The objective column said ``α=0.1·N/6``, a formula without its N, where training used a number."""
+    from pyrovae.semisupervised import default_alpha
+
+    folder = tmp_path / "runs"
+    assert (
+        _train(data, folder / "m2", "--epochs", "1", "--semi-supervised", "--labeled", "6", "--no-eval") == 0
+    )
+    assert _train(data, folder / "set", "--epochs", "1", "--semi-supervised", "--labeled", "6", "--no-eval",
+                  "--aux-weight", "0.5") == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["runs", str(folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    alpha = default_alpha(len(load_run(folder / "m2").data.train), 6)  # as training computes it
+    assert lines[1].split()[0] == "m2" and lines[1].endswith(f"y enumerated; α={alpha:g}")
+    assert lines[2].split()[0] == "set" and lines[2].endswith("y enumerated; α=0.5")
+    assert "N/" not in "\n".join(lines)
 
 
 def test_runs_marks_test_figures_of_the_last_checkpoint(data, tmp_path, capsys):

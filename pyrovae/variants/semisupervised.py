@@ -115,6 +115,17 @@ class SemiSupervised(Variant):
         ``split_seed``); the others become :data:`~pyrovae.semisupervised.UNLABELED`."""
         if not data.num_classes:
             _refuse("semi_supervised needs labelled data (MNIST, or a labels file)", "semi_supervised")
+        from ..data import trained_classes
+
+        seen = trained_classes(data.num_classes, cfg.classes, cfg.exclude_classes)
+        if len(seen) < data.num_classes:
+            option = "classes" if cfg.classes is not None else "exclude_classes"
+            missing = ", ".join(str(c) for c in range(data.num_classes) if c not in seen)
+            _refuse(
+                f"{option} leaves class(es) {missing} without training images, but semi_supervised's label y ranges "
+                f"over all {data.num_classes} classes of the data (q(y|x), the ELBO's sum over y, the test "
+                "accuracy), and no labels can be balanced over a class with no images: drop it", option,
+            )  # fmt: skip
         if cfg.labeled > len(data.train) or cfg.labeled < data.num_classes:
             _refuse(
                 f"labeled must be between {data.num_classes} (one per class) and the {len(data.train)} training "
