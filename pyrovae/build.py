@@ -64,7 +64,7 @@ def unused_options(cfg: Config, given) -> list[tuple[str, str]]:
                          "--semi-supervised)"),
         # a point estimate draws nothing: K copies of it are one particle, and it has no log p(x) to sample
         "num_particles": (not point, "a guide that samples (not --guide delta)"),
-        "eval_k": (not point, "a guide that samples (not --guide delta): an autoencoder has no log p(x)"),
+        "eval_k": (not point, "a guide that samples (not --guide delta; an autoencoder has no log p(x))"),
     }  # fmt: skip
     return [(name, what) for name, (used, what) in rules.items() if name in given and not used]
 

@@ -124,7 +124,7 @@ class SemiSupervised(Variant):
             _refuse(
                 f"{option} leaves class(es) {missing} without training images, but semi_supervised's label y ranges "
                 f"over all {data.num_classes} classes of the data (q(y|x), the ELBO's sum over y, the test "
-                "accuracy), and no labels can be balanced over a class with no images: drop it", option,
+                "accuracy), and no labels can be balanced over a class with no images: train on every class", option,
             )  # fmt: skip
         if cfg.labeled > len(data.train) or cfg.labeled < data.num_classes:
             _refuse(
