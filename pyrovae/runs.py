@@ -118,11 +118,7 @@ def refuse_lost_checkpoint(out: Path) -> None:
 
 
 def _refuse_occupied(out: Path, overwrite: bool) -> None:
-    """Refuse a folder that holds files unless ``overwrite``: a ``config.json`` alone (with the
-    partial files of writes a kill cut short) is a start that failed before its first checkpoint,
-    replaced as :func:`~pyrovae.fit.fit` replaces it."""
-    failed_start = lambda p: p.name == "config.json" or checkpoint.TEMPORARY.fullmatch(p.name)  # noqa: E731
-    if out.exists() and not all(map(failed_start, out.iterdir())) and not overwrite:
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(
             f"{out} already holds files: continue its run with --resume (resume=True in Python) or "
             "replace it with --overwrite (overwrite=True)", "out",

@@ -121,25 +121,6 @@ def test_overwrite_removes_what_pyrovae_wrote_about_the_old_model_and_keeps_the_
     assert (run / "notes.txt").read_text() == "mine"
 
 
-def test_a_start_killed_before_its_first_checkpoint_is_replaced_by_the_same_command(
-    tmp_path, tiny_data_file, capsys
-):
-    """A kill -9 before the first checkpoint leaves config.json alone, which fit() replaces: the
-    same `pyrovae train` refused it ("already holds files")."""
-    from pyrovae.cli import main
-
-    data, run = tiny_data_file(tmp_path), tmp_path / "r"
-    args = ["train", "--dataset", "file", "--data-file", str(data), "--z-dim", "2", "--hidden", "8",
-            "--batch-size", "16", "--val-size", "12", "--epochs", "1", "--no-eval", "--quiet", "--out", str(run)]  # fmt: skip
-    run.mkdir()
-    (run / "config.json").write_text(Config(z_dim=5).to_json())
-    (run / ".checkpoint.pt.999999999.abcd1234.tmp").write_bytes(b"cut short")  # a write the kill cut short
-    assert main(args) == 0, capsys.readouterr().err
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "checkpoint.pt", "config.json", "metrics.csv"]
-    assert Config.load(run / "config.json").z_dim == 2
-    assert main(args) == 2 and "already holds files" in capsys.readouterr().err  # a run, not a failed start
-
-
 def test_a_run_that_fails_at_its_first_step_leaves_nothing(
     tmp_path, monkeypatch, tiny_data_file, poison_decoder, tiny_config
 ):
