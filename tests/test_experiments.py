@@ -374,7 +374,6 @@ def test_a_user_error_in_any_script_is_one_error_line(mnist_dir, tmp_path):
                         "--results-dir", str(tmp_path / "results"))  # fmt: skip
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text("{}")
-    (tmp_path / "run" / "metrics.csv").write_text("epoch\n1\n")  # config.json alone is a failed start
     occupied = _script("mnist_vae.py", "--epochs", "1", "--quiet", *data, "--out", str(tmp_path / "run"))
     for script, says in [(quadrants, "--quadrants 1, 2 or 3"), (occupied, "--overwrite")]:
         assert script.returncode == 2 and "Traceback" not in script.stderr, script.stderr
