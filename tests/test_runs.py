@@ -5,6 +5,7 @@ import dataclasses
 import importlib
 
 import pytest
+import torch
 
 from pyrovae import TrainingError, checkpoint, train
 from pyrovae.config import Config, ConfigError
@@ -97,6 +98,24 @@ def test_existing_run_directory_is_refused(tmp_path, tiny_data_file, tiny_config
     with pytest.raises(ConfigError, match="--resume .* --overwrite"):
         train(tiny_config(data, epochs=1), tmp_path / "r", progress=False, evaluate=False)
     train(tiny_config(data, epochs=1), tmp_path / "r", overwrite=True, progress=False, evaluate=False)
+
+
+def test_a_config_json_alone_is_refused_as_a_run_in_its_first_epoch_and_resumes(
+    tmp_path, tiny_data_file, tiny_config
+):
+    """A kill -9 before the first checkpoint leaves config.json alone, as a run still in its first
+    epoch does: the same command refuses the folder (replacing it would train a second run into a
+    live one's folder); --resume trains it, as far as one trained straight through."""
+    data = tiny_data_file(tmp_path)
+    cfg = tiny_config(data, epochs=2)
+    straight = train(cfg, tmp_path / "straight", progress=False, evaluate=False)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text((tmp_path / "straight" / "config.json").read_text())
+    with pytest.raises(ConfigError, match="--resume .* --overwrite"):
+        train(cfg, tmp_path / "r", progress=False, evaluate=False)
+    resumed = train(cfg, tmp_path / "r", resume=True, progress=False, evaluate=False)
+    for a, b in zip(resumed.model.state_dict().values(), straight.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_overwrite_removes_what_pyrovae_wrote_about_the_old_model_and_keeps_the_users_files(
