@@ -33,7 +33,7 @@ def inspect_run(run: Run, k: int = 100, n: int = 2000, seed: int = 0) -> Path:
     """
     pyro.set_rng_seed(seed)
     vae, test, variant = run.model, run.data.test, variant_of(run.model)
-    if (trained := trained_rows(run, variant.test_labels(vae, test.y))) is not None:
+    if (trained := trained_rows(run, test.y)) is not None:
         test = test.subset(trained[0])  # a conditional model learned no other class
     test = test.subset(slice(0, n)).to(run.device)
     out = run.path / "figures"

@@ -275,7 +275,7 @@ def trained_test(run: Run) -> Split:
     """The run's test split as its figures take it: of a conditional run trained on some classes,
     the images of those classes (see :func:`trained_rows`); otherwise all of it."""
     test = run.data.test
-    trained = trained_rows(run, test.y if run.model.num_classes else None)
+    trained = trained_rows(run, test.y)
     return test if trained is None else test.subset(trained[0])
 
 
@@ -291,7 +291,7 @@ def evaluate_run(run: Run, k: int | None = None, n_test: int | None = None, seed
     check_seed(seed)
     test, variant = run.data.test.to(run.device), variant_of(run.model)
     labels, classes = variant.test_labels(run.model, test.y), None
-    if (trained := trained_rows(run, labels)) is not None:
+    if (trained := trained_rows(run, test.y)) is not None:
         seen, classes = trained
         test, labels = test.subset(seen), labels[seen]
     pyro.set_rng_seed(seed)
@@ -309,13 +309,15 @@ def evaluate_run(run: Run, k: int | None = None, n_test: int | None = None, seed
 
 
 def trained_rows(run: Run, labels: Tensor | None) -> tuple[Tensor, list[int]] | None:
-    """For a run trained on some classes only (``classes``, ``exclude_classes``), the positions of
-    the ``labels`` its conditional model is given that are of those classes, and the classes;
-    ``None`` for a run of every class, or without labels (an unconditional model's test set keeps
-    every class: scoring unseen ones is the point). log p(x | y) of a label the model never trained
-    on goes through untrained weights, so evaluation, ``score``, ``embed`` and ``inspect`` leave
-    those data out."""
+    """For a run trained on some classes only (``classes``, ``exclude_classes``) whose model is
+    given the data's ``labels`` (a conditional one: the variant's
+    :meth:`~pyrovae.variants.Variant.test_labels` says), the positions of the labels of those
+    classes, and the classes; ``None`` for a run of every class, or whose model takes no labels (an
+    unconditional model's test set keeps every class: scoring unseen ones is the point). log p(x |
+    y) of a label the model never trained on goes through untrained weights, so evaluation,
+    ``score``, ``embed``, ``inspect`` and ``reconstruct`` leave those data out."""
     cfg = run.config
+    labels = None if labels is None else variant_of(run.model).test_labels(run.model, labels)
     if labels is None or not (cfg.classes or cfg.exclude_classes):
         return None
     classes = trained_classes(run.model.num_classes, cfg.classes, cfg.exclude_classes)

@@ -64,7 +64,7 @@ def open_rows(run: Run, data_file: str | Path | None = None, labels_file: str | 
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}", "split")
         part, name = getattr(run.data, split), f"the run's {split} split"
-        trained = trained_rows(run, variant_of(run.model).test_labels(run.model, part.y))
+        trained = trained_rows(run, part.y)
         if trained is not None and len(trained[0]) < len(part):
             seen, classes = trained
             name += (f" (its {len(seen)} images of the classes the run was trained on, {classes}, of "
