@@ -104,7 +104,7 @@ class Config:
         ("auto", "dynamic", "none"),
     )  # fmt: skip
     val_size: int = _opt(
-        10000, "validation images held out of the training set (a data file's or dSprites' validation and test "
+        data.DEFAULT_VAL_SIZE, "validation images held out of the training set (a data file's or dSprites' validation and test "
         "splits hold at most a tenth of its images each)", domain=POSITIVE_INT,
     )  # fmt: skip
     train_size: int | None = _opt(

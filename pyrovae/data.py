@@ -31,6 +31,11 @@ SPECIFIC = {"image_size": 64, "labels_file": None, "data_file": None}
 """The options only some data sets take, with their defaults, in the order they are checked."""
 
 
+#: The validation images held out of MNIST's 60,000 training images unless asked otherwise; a data
+#: file's split caps it at a tenth, and says so only where another size was asked for.
+DEFAULT_VAL_SIZE = 10000
+
+
 class DataError(ValueError):
     """Data that cannot be used, with a message saying what to do about it.
 
@@ -344,7 +349,7 @@ def load_dataset(
     data_dir: str | None = None,
     data_file: str | None = None,
     labels_file: str | None = None,
-    val_size: int = 10000,
+    val_size: int = DEFAULT_VAL_SIZE,
     split_seed: int = 0,
     image_size: int = 64,
     train_size: int | None = None,
@@ -372,9 +377,7 @@ def load_dataset(
                             full.subset(perm[2 * n_hold :]))  # fmt: skip
         k = int(full.y.max()) + 1 if full.y is not None else 0
         split = "80/10/10" if n_hold == max(1, n // 10) else f"with val_size {n_hold} for validation and test"
-        capped = (
-            f"; val_size {val_size} capped at a tenth" if n_hold < val_size != 10000 else ""
-        )  # 10000: MNIST's
+        capped = f"; val_size {val_size} capped at a tenth" if n_hold < val_size != DEFAULT_VAL_SIZE else ""
         notes.append(f"{n} rows split {split} at random (split_seed {split_seed}{capped})")
         return Dataset(train, val, test, k, Path(data_file).stem, notes)
     raise DataError(f"unknown dataset {name!r}; choose 'mnist', 'file' or 'dsprites'")

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import DataError, Dataset, Split, hold_out
+from .data import DEFAULT_VAL_SIZE, DataError, Dataset, Split, hold_out
 
 FACTORS = ("shape", "scale", "orientation", "pos_x", "pos_y")
 SIZES = (3, 6, 40, 32, 32)
@@ -251,7 +251,7 @@ def from_npz(path: str | os.PathLike, image_size: int = 64) -> ArraySprites:
 def load_dsprites(
     data_file: str | None = None,
     image_size: int = 64,
-    val_size: int = 10000,
+    val_size: int = DEFAULT_VAL_SIZE,
     split_seed: int = 0,
     train_size: int | None = None,
 ) -> Dataset:
